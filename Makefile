@@ -1,0 +1,37 @@
+# Cyclotron: the README's commands. Every target that needs the toolchain, torch or data runs setup first.
+SHELL := /bin/bash
+ENV := . scripts/env.sh &&
+BIN := bin/cyclotron
+
+.PHONY: setup build demo quick test lint unit bench clean
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	@$(ENV) cargo build --release -p cyclotron
+	@mkdir -p bin && $(ENV) ln -sf "$$CARGO_TARGET_DIR/release/cyclotron" $(BIN)
+
+## the main job: Fashion-MNIST, lr_find → SGDR with snapshots → ensemble (results in runs/demo/)
+demo: build
+	$(BIN) train examples/fashion_mnist.toml --out runs/demo
+
+## the small version of the demo (under two minutes on 2 cores)
+quick: build
+	$(BIN) train examples/quick.toml --out runs/quick
+
+lint: setup
+	@$(ENV) cargo fmt --all -- --check
+	@$(ENV) cargo clippy --release --workspace --all-targets -- -D warnings
+
+unit: setup
+	@$(ENV) cargo nextest run --release --workspace --no-fail-fast
+
+test: lint unit
+
+bench: build
+	@scripts/bench.sh
+
+clean:
+	@$(ENV) cargo clean
+	rm -rf bin runs

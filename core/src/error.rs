@@ -1,0 +1,24 @@
+//! The one error type of `cyclotron-core`.
+
+/// Errors of the core crate: each names what went wrong and where, so a user can act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{origin}: cannot parse the job spec: {message}")]
+    SpecParse { origin: String, message: String },
+    #[error("invalid job spec:\n  - {}", problems.join("\n  - "))]
+    InvalidSpec { problems: Vec<String> },
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("store {url}: {message}")]
+    StoreUrl { url: String, message: String },
+    #[error("store {url}: cannot create or write the folder {path}: {source}")]
+    StoreNotWritable { url: String, path: String, source: std::io::Error },
+    #[error("store {url}: {op} {key}: {source}")]
+    Store { url: String, op: &'static str, key: String, source: object_store::Error },
+    #[error("checkpoint {key}: {message}")]
+    Corrupt { key: String, message: String },
+    #[error("checkpoint {key}: bad manifest: {source}")]
+    Manifest { key: String, source: serde_json::Error },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

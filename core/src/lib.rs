@@ -1,0 +1,19 @@
+//! `cyclotron-core`: what every Cyclotron role shares, with no libtorch inside, so the
+//! coordinator builds and ships without it.
+//!
+//! - [`spec`]: the TOML job spec and its validation;
+//! - [`schedule`]: learning-rate schedules as pure functions of the step (constant, cosine, SGDR, one-cycle);
+//! - [`lr_range`]: LR-range test analysis (smoothing, divergence stop, suggestions);
+//! - [`checkpoint`]: the checkpoint manifest and the store over `object_store` (`file://`, `memory://`);
+//! - [`results`]: what a job reports (`results.json`, `lr_find.json`);
+//! - [`ids`]: identifier newtypes.
+
+pub mod checkpoint;
+pub mod error;
+pub mod ids;
+pub mod lr_range;
+pub mod results;
+pub mod schedule;
+pub mod spec;
+
+pub use error::{Error, Result};

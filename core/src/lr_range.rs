@@ -1,0 +1,371 @@
+//! LR-range test analysis (Smith 2015; fastai's `lr_find`), pure and independent of training.
+//!
+//! The learner asks [`LrRange::lr_at`] for the learning rate of step `i`, trains one batch,
+//! and feeds the raw loss to [`LrFinder::record`], which smooths it (EMA, β = 0.98, bias
+//! corrected) and says when to stop. [`suggest`] turns the smoothed curve into the three
+//! suggestions `steep`, `valley` and `minimum`.
+
+use serde::{Deserialize, Serialize};
+
+/// Exponential ramp from `start` to `end` over `steps` steps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LrRange {
+    pub start: f64,
+    pub end: f64,
+    pub steps: u32,
+}
+
+impl LrRange {
+    /// lr_i = start · (end/start)^(i/(n−1)).
+    pub fn lr_at(&self, i: u32) -> f64 {
+        if self.steps <= 1 {
+            return self.start;
+        }
+        let t = f64::from(i) / f64::from(self.steps - 1);
+        self.start * (self.end / self.start).powf(t)
+    }
+}
+
+/// Whether the range test should go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Continue,
+    /// The smoothed loss is NaN or above 4× the best seen: the LR is too high.
+    Diverged,
+}
+
+/// Steps before the best loss starts being tracked (fastai: the first batches are noisy).
+pub const BEST_AFTER_STEPS: usize = 10;
+/// Divergence threshold as a multiple of the best smoothed loss.
+pub const DIVERGENCE_FACTOR: f64 = 4.0;
+
+/// Accumulates a range test: EMA smoothing with bias correction and the divergence stop.
+#[derive(Debug, Clone)]
+pub struct LrFinder {
+    beta: f64,
+    avg: f64,
+    best: f64,
+    pub lrs: Vec<f64>,
+    pub raw_losses: Vec<f64>,
+    pub losses: Vec<f64>,
+}
+
+impl Default for LrFinder {
+    fn default() -> Self {
+        Self::new(0.98)
+    }
+}
+
+impl LrFinder {
+    pub fn new(beta: f64) -> Self {
+        LrFinder { beta, avg: 0.0, best: f64::INFINITY, lrs: vec![], raw_losses: vec![], losses: vec![] }
+    }
+
+    /// Record the raw loss of one step trained at `lr`; returns whether to continue.
+    pub fn record(&mut self, lr: f64, loss: f64) -> Verdict {
+        let i = self.losses.len();
+        self.avg = self.beta * self.avg + (1.0 - self.beta) * loss;
+        let smoothed = self.avg / (1.0 - self.beta.powi(i as i32 + 1));
+        self.lrs.push(lr);
+        self.raw_losses.push(loss);
+        self.losses.push(smoothed);
+        if smoothed.is_nan() || smoothed > DIVERGENCE_FACTOR * self.best {
+            return Verdict::Diverged;
+        }
+        if i >= BEST_AFTER_STEPS && smoothed < self.best {
+            self.best = smoothed;
+        }
+        Verdict::Continue
+    }
+}
+
+/// The three suggestions of an LR-range test, as learning rates.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Suggestions {
+    /// Steepest descent of loss against log lr (first 10% and last 5 points dropped).
+    pub steep: f64,
+    /// fastai v2 `valley`: halfway along the longest decreasing run of the curve.
+    pub valley: f64,
+    /// The lr of the minimum loss, divided by 10.
+    pub minimum: f64,
+}
+
+/// Which suggestion an `lr = "auto"` stage takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SuggestionKind {
+    Steep,
+    #[default]
+    Valley,
+    Minimum,
+}
+
+impl Suggestions {
+    pub fn get(&self, kind: SuggestionKind) -> f64 {
+        match kind {
+            SuggestionKind::Steep => self.steep,
+            SuggestionKind::Valley => self.valley,
+            SuggestionKind::Minimum => self.minimum,
+        }
+    }
+}
+
+/// Suggest learning rates from a curve (`lrs` increasing, `losses` smoothed, same length).
+/// Returns `None` when the curve has fewer than 3 finite points: nothing can be said.
+pub fn suggest(lrs: &[f64], losses: &[f64]) -> Option<Suggestions> {
+    let n = lrs.len().min(losses.len());
+    // a trailing NaN (the divergence stop) carries no information
+    let n = (0..n).rev().find(|&i| losses[i].is_finite()).map_or(0, |i| i + 1);
+    if n < 3 {
+        return None;
+    }
+    let (lrs, losses) = (&lrs[..n], &losses[..n]);
+    Some(Suggestions {
+        steep: lrs[steepest_index(lrs, losses)],
+        valley: lrs[valley_index(losses)],
+        minimum: lrs[argmin(losses)] / 10.0,
+    })
+}
+
+fn argmin(xs: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, x) in xs.iter().enumerate() {
+        if *x < xs[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Index of min d loss / d log lr, after dropping the first 10% and the last 5 points (fewer
+/// when the curve is short). Derivatives as numpy's `gradient`: central inside, one-sided at the edges.
+fn steepest_index(lrs: &[f64], losses: &[f64]) -> usize {
+    let n = losses.len();
+    let mut lo = n / 10;
+    let mut hi = n.saturating_sub(5);
+    if hi < lo + 2 {
+        lo = 0;
+        hi = n;
+    }
+    let x: Vec<f64> = lrs[lo..hi].iter().map(|l| l.ln()).collect();
+    let y = &losses[lo..hi];
+    let m = x.len();
+    let grad = |i: usize| -> f64 {
+        let (a, b) = if i == 0 {
+            (0, 1)
+        } else if i == m - 1 {
+            (m - 2, m - 1)
+        } else {
+            (i - 1, i + 1)
+        };
+        (y[b] - y[a]) / (x[b] - x[a])
+    };
+    let mut best = 0;
+    for i in 1..m {
+        if grad(i) < grad(best) {
+            best = i;
+        }
+    }
+    lo + best
+}
+
+/// fastai v2 `valley`: the longest decreasing subsequence of the losses, and the point
+/// `start + ⌊L/3⌋ + ⌊L/6⌋` (≈ half-way) along it, where L = end − start.
+fn valley_index(losses: &[f64]) -> usize {
+    let n = losses.len();
+    let mut lds = vec![1usize; n];
+    let (mut max_start, mut max_end) = (0usize, 0usize);
+    for i in 1..n {
+        for j in 0..i {
+            if losses[i] < losses[j] && lds[i] < lds[j] + 1 {
+                lds[i] = lds[j] + 1;
+            }
+            if lds[max_end] < lds[i] {
+                max_end = i;
+                max_start = max_end - lds[max_end];
+            }
+        }
+    }
+    let sections = (max_end - max_start) as f64 / 3.0;
+    (max_start + sections as usize + (sections / 2.0) as usize).min(n - 1)
+}
+
+/// What `lr_find.json` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LrFindReport {
+    pub lrs: Vec<f64>,
+    /// Smoothed losses (what the suggestions read).
+    pub losses: Vec<f64>,
+    pub raw_losses: Vec<f64>,
+    pub suggestion: Option<Suggestions>,
+    /// True when the divergence stop ended the test before the last step.
+    pub diverged: bool,
+}
+
+impl LrFindReport {
+    pub fn from_finder(f: LrFinder, diverged: bool) -> Self {
+        let suggestion = suggest(&f.lrs, &f.losses);
+        LrFindReport { lrs: f.lrs, losses: f.losses, raw_losses: f.raw_losses, suggestion, diverged }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ramp(n: u32) -> Vec<f64> {
+        let r = LrRange { start: 1e-7, end: 10.0, steps: n };
+        (0..n).map(|i| r.lr_at(i)).collect()
+    }
+
+    #[test]
+    fn ramp_is_exponential_from_start_to_end() {
+        let lrs = ramp(100);
+        assert!((lrs[0] - 1e-7).abs() < 1e-20);
+        assert!((lrs[99] - 10.0).abs() < 1e-9);
+        let ratio = lrs[1] / lrs[0];
+        assert!(lrs.windows(2).all(|w| (w[1] / w[0] - ratio).abs() < 1e-9));
+        // 8 decades over 99 intervals
+        assert!((ratio.log10() - 8.0 / 99.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn ema_is_bias_corrected() {
+        let mut f = LrFinder::default();
+        // a constant loss smooths to itself from the first step, thanks to the correction
+        for i in 0..30 {
+            f.record(1e-3, 2.5);
+            assert!((f.losses[i] - 2.5).abs() < 1e-12, "step {i}: {}", f.losses[i]);
+        }
+        // hand-computed second step: avg = 0.98·0.02·1 + 0.02·3, corrected by 1 − 0.98²
+        let mut f = LrFinder::default();
+        f.record(1e-3, 1.0);
+        f.record(1e-3, 3.0);
+        let want = (0.98 * 0.02 * 1.0 + 0.02 * 3.0) / (1.0 - 0.98f64.powi(2));
+        assert!((f.losses[1] - want).abs() < 1e-12);
+    }
+
+    #[test]
+    fn diverges_above_four_times_best_but_not_in_the_first_ten_steps() {
+        let mut f = LrFinder::new(0.0); // no smoothing: the verdict reads raw losses
+        // a big early spike cannot stop the test: best is not tracked yet
+        assert_eq!(f.record(1e-6, 1.0), Verdict::Continue);
+        assert_eq!(f.record(1e-6, 100.0), Verdict::Continue);
+        for _ in 2..12 {
+            assert_eq!(f.record(1e-5, 1.0), Verdict::Continue);
+        }
+        assert_eq!(f.record(1e-4, 3.9), Verdict::Continue);
+        assert_eq!(f.record(1e-3, 4.1), Verdict::Diverged);
+    }
+
+    #[test]
+    fn nan_stops_at_once() {
+        let mut f = LrFinder::default();
+        f.record(1e-4, 1.0);
+        assert_eq!(f.record(1e-3, f64::NAN), Verdict::Diverged);
+    }
+
+    /// loss(x) = 2 − tanh(x − x0) + q·(x − x0)⁺² with x = ln lr: steepest at x0, then a valley
+    /// floor, then divergence.
+    fn synthetic(lrs: &[f64], x0: f64) -> Vec<f64> {
+        lrs.iter()
+            .map(|l| {
+                let x = l.ln() - x0;
+                2.0 - x.tanh() + if x > 2.0 { 3.0 * (x - 2.0).powi(2) } else { 0.0 }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn steep_finds_the_steepest_point() {
+        let lrs = ramp(100);
+        // put the inflection exactly on grid point 37 (and, separately, half-way between 60 and 61)
+        let s = suggest(&lrs, &synthetic(&lrs, lrs[37].ln())).unwrap();
+        assert_eq!(s.steep, lrs[37]);
+        let mid = 0.5 * (lrs[60].ln() + lrs[61].ln());
+        let s = suggest(&lrs, &synthetic(&lrs, mid)).unwrap();
+        assert!(s.steep == lrs[60] || s.steep == lrs[61], "steep {} not next to the inflection", s.steep);
+    }
+
+    #[test]
+    fn minimum_is_min_loss_lr_over_ten() {
+        let lrs = ramp(100);
+        let losses = synthetic(&lrs, (1e-3f64).ln());
+        let i = argmin(&losses);
+        let s = suggest(&lrs, &losses).unwrap();
+        assert_eq!(s.minimum, lrs[i] / 10.0);
+        // the minimum sits between tanh saturation and the quadratic blow-up: x − x0 ≈ 2
+        assert!(lrs[i] > 1e-3 * 2f64.exp() / 2.0 && lrs[i] < 1e-3 * 3f64.exp());
+    }
+
+    #[test]
+    fn valley_is_half_way_down_the_longest_decreasing_run() {
+        // flat-ish noise for 20 points, strictly decreasing for 60, then rising for 20
+        let mut losses = vec![];
+        for i in 0..20 {
+            losses.push(5.0 + if i % 2 == 0 { 0.01 } else { -0.01 });
+        }
+        for i in 0..60 {
+            losses.push(4.9 - i as f64 * 0.05);
+        }
+        for i in 0..20 {
+            losses.push(2.0 + i as f64 * 0.2);
+        }
+        let lrs = ramp(100);
+        // the longest decreasing subsequence starts in the noise (one point of it) and ends at index
+        // 79; fastai's rule: start = end − length, idx = start + ⌊L/3⌋ + ⌊L/6⌋
+        let idx = valley_index(&losses);
+        assert!((45..=52).contains(&idx), "valley index {idx}");
+        let s = suggest(&lrs, &losses).unwrap();
+        assert_eq!(s.valley, lrs[idx]);
+    }
+
+    #[test]
+    fn valley_on_a_clean_decreasing_run_matches_the_formula() {
+        // strictly decreasing on 10..=40, flat before and rising after
+        let losses: Vec<f64> = (0..50)
+            .map(|i| match i {
+                0..=9 => 10.0,
+                10..=40 => 9.0 - (i - 10) as f64 * 0.1,
+                _ => 9.0,
+            })
+            .collect();
+        // LDS: 10.0 at i=0, then 9.0 … 6.0 at i = 10..=40 → length 32, ends at 40, start = 40 − 32 = 8
+        let sections = 32.0 / 3.0;
+        let want = 8 + sections as usize + (sections / 2.0) as usize;
+        assert_eq!(valley_index(&losses), want);
+    }
+
+    #[test]
+    fn trailing_nan_is_ignored_and_short_curves_give_nothing() {
+        let lrs = ramp(30);
+        let mut losses = synthetic(&lrs, (1e-4f64).ln());
+        let clean = suggest(&lrs[..29], &losses[..29]).unwrap();
+        losses[29] = f64::NAN;
+        assert_eq!(suggest(&lrs, &losses).unwrap(), clean);
+        assert_eq!(suggest(&lrs[..2], &losses[..2]), None);
+        assert_eq!(suggest(&[], &[]), None);
+    }
+
+    #[test]
+    fn finder_to_report_on_a_diverging_run() {
+        let r = LrRange { start: 1e-5, end: 10.0, steps: 100 };
+        let mut f = LrFinder::default();
+        let mut diverged = false;
+        for i in 0..100 {
+            let lr = r.lr_at(i);
+            let x = lr.ln() - (1e-2f64).ln();
+            let loss = 2.0 - x.tanh() + if x > 1.0 { (x - 1.0).powi(2) * 5.0 } else { 0.0 };
+            if f.record(lr, loss) == Verdict::Diverged {
+                diverged = true;
+                break;
+            }
+        }
+        assert!(diverged, "the quadratic blow-up must trigger the 4× stop");
+        let rep = LrFindReport::from_finder(f, diverged);
+        assert!(rep.lrs.len() < 100);
+        let s = rep.suggestion.unwrap();
+        assert!(s.steep > 1e-3 && s.steep < 1e-1, "steep {}", s.steep);
+        assert!(s.minimum < s.steep * 10.0);
+    }
+}

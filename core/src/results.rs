@@ -1,0 +1,83 @@
+//! What a training job reports: the schema of `results.json` and of the history that
+//! `training.png` draws. Produced by the worker, read by the CLI, the coordinator and plots.
+
+use serde::{Deserialize, Serialize};
+
+use crate::lr_range::LrFindReport;
+
+/// Loss and accuracy of a model on one split.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub loss: f64,
+    pub accuracy: f64,
+}
+
+/// One evaluated snapshot (a cycle end). `loss`/`accuracy` are on the evaluation split (the test
+/// set when the data has one, else the validation set); `valid` is on the validation split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotResult {
+    /// Index of the snapshot over the whole job (`snapshots/cycle-<index>/` in the store).
+    pub index: usize,
+    pub stage: usize,
+    /// Cycle within its stage.
+    pub cycle: u32,
+    /// Epochs completed within its stage when it was taken.
+    pub epoch: u32,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub valid: Metrics,
+}
+
+/// The ensemble: average of the members' softmax outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnsembleResult {
+    /// Snapshot indices averaged (chosen on the validation split, never the test set).
+    pub members: Vec<usize>,
+    /// How members were chosen: `last` or `greedy`.
+    pub selection: String,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub valid: Metrics,
+}
+
+/// Per-epoch record of one stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub stage: usize,
+    pub epoch: u32,
+    /// Global step (over the whole job) at the end of the epoch.
+    pub step: u64,
+    pub train_loss: f64,
+    pub valid: Metrics,
+    pub seconds: f64,
+}
+
+/// Step-level history for plots: global step, loss of that batch, reference LR.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepHistory {
+    pub steps: Vec<u64>,
+    pub losses: Vec<f64>,
+    pub lrs: Vec<f64>,
+    /// Global steps at which a stage started (the first is 0).
+    pub stage_starts: Vec<u64>,
+    /// Global steps at which a cycle ended, and whether a snapshot was saved there.
+    pub cycle_ends: Vec<(u64, bool)>,
+}
+
+/// Everything `cyclotron train` writes to `results.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainResults {
+    pub job: String,
+    /// Which split `loss`/`accuracy` of snapshots and ensemble refer to: `test` or `valid`.
+    pub eval_split: String,
+    pub snapshots: Vec<SnapshotResult>,
+    pub ensemble: Option<EnsembleResult>,
+    /// The model as it stands at the end of the last stage.
+    #[serde(rename = "final")]
+    pub final_model: Metrics,
+    pub epochs: Vec<EpochRecord>,
+    /// LR-range tests run during the job (stage index, report).
+    pub lr_finds: Vec<(usize, LrFindReport)>,
+    pub history: StepHistory,
+    pub train_seconds: f64,
+}

@@ -1,0 +1,306 @@
+//! The job spec: one TOML file describes a whole training job (data, model, optimiser, LR finder,
+//! training stages, ensemble, where results go). Parsing rejects unknown fields; [`JobSpec::validate`]
+//! checks everything else once and names each problem so a user can fix it.
+//!
+//! The fast.ai seed recipe is one file (see `examples/seed_recipe.toml`):
+//! ```toml
+//! [[stage]]            # head only, constant LR
+//! freeze = true
+//! lr = 0.01
+//! epochs = 3
+//! [[stage]]            # unfreeze, discriminative LRs, SGDR with cycle_mult = 2
+//! lr_find = true
+//! lr = "auto"
+//! group_lrs = "thirds"
+//! cycles = 3
+//! cycle_len = 1
+//! cycle_mult = 2
+//! ```
+
+mod stage;
+mod validate;
+
+pub use stage::{GroupLrs, LrValue, ScheduleKind, StageSpec};
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::lr_range::SuggestionKind;
+
+/// Model architectures a worker can build.
+pub const KNOWN_ARCHS: &[&str] = &["small_resnet", "resnet18", "resnet34"];
+
+/// Default location of Debian's `dataset-fashion-mnist` files.
+pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Job name: names the run's folder in the store; letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Checkpoint store URL: `file://PATH` (default `file://./runs`) or `memory://`.
+    #[serde(default = "default_output")]
+    pub output: String,
+    pub data: DataSpec,
+    pub model: ModelSpec,
+    #[serde(default)]
+    pub optimizer: OptimizerSpec,
+    /// The LR-range test settings; present means "run one before the first stage".
+    #[serde(default)]
+    pub lr_find: Option<LrFindSpec>,
+    #[serde(rename = "stage", default)]
+    pub stages: Vec<StageSpec>,
+    #[serde(default)]
+    pub ensemble: EnsembleSpec,
+    #[serde(default)]
+    pub runtime: RuntimeSpec,
+}
+
+fn default_seed() -> u64 {
+    42
+}
+fn default_output() -> String {
+    "file://./runs".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataSource {
+    /// idx files (`train-images-idx3-ubyte.gz`, …) as Debian's `dataset-fashion-mnist` ships them.
+    FashionMnist,
+    /// `PATH/train/<class>/*`, `PATH/valid/<class>/*` (and optional `PATH/test/<class>/*`).
+    ImageFolder,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    pub source: DataSource,
+    /// Folder of the data; defaults to Debian's Fashion-MNIST folder for `fashion_mnist`.
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Share of the training set held out for validation (and ensemble member selection) when the
+    /// source has no validation split of its own.
+    #[serde(default = "default_valid_pct")]
+    pub valid_pct: f64,
+    /// Side of the square images fed to the model (`image_folder` resizes to it).
+    #[serde(default)]
+    pub size: Option<u32>,
+    /// Use only the first N training items (after the validation split), for quick runs.
+    #[serde(default)]
+    pub limit_train: Option<usize>,
+    /// Use only the first N items of the validation and test splits.
+    #[serde(default)]
+    pub limit_eval: Option<usize>,
+    /// Batches prepared ahead by the loading thread.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: usize,
+}
+
+fn default_batch_size() -> usize {
+    128
+}
+fn default_valid_pct() -> f64 {
+    0.1
+}
+fn default_prefetch() -> usize {
+    4
+}
+
+impl DataSpec {
+    pub fn resolved_path(&self) -> String {
+        match (&self.path, self.source) {
+            (Some(p), _) => p.clone(),
+            (None, DataSource::FashionMnist) => FASHION_MNIST_DIR.into(),
+            (None, DataSource::ImageFolder) => String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// One of [`KNOWN_ARCHS`].
+    pub arch: String,
+    /// Base width (channels of the first block) of `small_resnet`.
+    #[serde(default = "default_width")]
+    pub width: i64,
+}
+
+fn default_width() -> i64 {
+    32
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    #[default]
+    Sgd,
+    Adamw,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerSpec {
+    #[serde(default)]
+    pub kind: OptimizerKind,
+    #[serde(default = "default_momentum")]
+    pub momentum: f64,
+    #[serde(default)]
+    pub nesterov: bool,
+    #[serde(default = "default_wd")]
+    pub weight_decay: f64,
+    #[serde(default = "default_betas")]
+    pub betas: [f64; 2],
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+}
+
+fn default_momentum() -> f64 {
+    0.9
+}
+fn default_wd() -> f64 {
+    5e-4
+}
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.99]
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+
+impl Default for OptimizerSpec {
+    fn default() -> Self {
+        OptimizerSpec {
+            kind: OptimizerKind::Sgd,
+            momentum: default_momentum(),
+            nesterov: false,
+            weight_decay: default_wd(),
+            betas: default_betas(),
+            eps: default_eps(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LrFindSpec {
+    #[serde(default = "default_lr_start")]
+    pub start: f64,
+    #[serde(default = "default_lr_end")]
+    pub end: f64,
+    /// At most this many steps (and at most one epoch).
+    #[serde(default = "default_lr_steps")]
+    pub steps: u32,
+    /// Which suggestion `lr = "auto"` stages take.
+    #[serde(default)]
+    pub suggestion: SuggestionKind,
+}
+
+fn default_lr_start() -> f64 {
+    1e-7
+}
+fn default_lr_end() -> f64 {
+    10.0
+}
+fn default_lr_steps() -> u32 {
+    100
+}
+
+impl Default for LrFindSpec {
+    fn default() -> Self {
+        LrFindSpec {
+            start: default_lr_start(),
+            end: default_lr_end(),
+            steps: default_lr_steps(),
+            suggestion: SuggestionKind::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// The last `members` snapshots.
+    Last,
+    /// Greedy forward selection on the validation split (Caruana et al. 2004), at most `members`.
+    #[default]
+    Greedy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnsembleSpec {
+    /// Maximum number of snapshots averaged; 0 turns the ensemble off.
+    #[serde(default = "default_members")]
+    pub members: usize,
+    #[serde(default)]
+    pub selection: Selection,
+}
+
+fn default_members() -> usize {
+    3
+}
+
+impl Default for EnsembleSpec {
+    fn default() -> Self {
+        EnsembleSpec { members: default_members(), selection: Selection::default() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceSpec {
+    /// CUDA when available, else CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSpec {
+    /// libtorch intra-op threads; default: the machine's cores.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    #[serde(default)]
+    pub device: DeviceSpec,
+}
+
+impl JobSpec {
+    /// Parse TOML text; `origin` names the source in errors (a file path or "<inline>").
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<JobSpec> {
+        toml::from_str(text).map_err(|e| Error::SpecParse { origin: origin.to_string(), message: e.to_string() })
+    }
+
+    /// Read, parse and validate a job spec file.
+    pub fn load(path: &Path) -> Result<JobSpec> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
+        let spec = Self::from_toml_str(&text, &path.display().to_string())?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Everything wrong with the spec, at once. Stage numbers in messages are 1-based.
+    pub fn validate(&self) -> Result<()> {
+        let problems = validate::problems(self);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidSpec { problems })
+        }
+    }
+
+    /// Whether any stage (or the job itself) runs an LR-range test.
+    pub fn runs_lr_find(&self) -> bool {
+        self.lr_find.is_some() || self.stages.iter().any(|s| s.lr_find)
+    }
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Idempotent setup: installs what is missing, and is fast (a few checks) when everything is there.
+#   - Debian: protobuf-compiler, dataset-fashion-mnist, prometheus (scrape tests), fonts-dejavu-core (plots)
+#   - PyPI torch==2.11.0 in a venv at $CYCLOTRON_VENV (default ~/.cache/cyclotron/torch-2.11.0);
+#     the build links its libtorch (LIBTORCH_USE_PYTORCH=1) and bakes its lib/ folder into the rpath
+#   - rustfmt and clippy components
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/env.sh"
+
+say() { printf 'setup: %s\n' "$*"; }
+
+debs=(protobuf-compiler dataset-fashion-mnist prometheus fonts-dejavu-core)
+missing=()
+for p in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+want_torch="2.11.0"
+if ! "$CYCLOTRON_VENV/bin/python" -c "import torch,sys; sys.exit(0 if torch.__version__.split('+')[0]=='$want_torch' else 1)" 2>/dev/null; then
+  say "installing torch==$want_torch into $CYCLOTRON_VENV (about 5 GB with its CUDA libraries; once)"
+  python3 -m venv "$CYCLOTRON_VENV"
+  "$CYCLOTRON_VENV/bin/pip" install -q --upgrade pip
+  "$CYCLOTRON_VENV/bin/pip" install -q "torch==$want_torch"
+fi
+
+if command -v rustup >/dev/null 2>&1; then
+  for c in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+  done
+fi
