@@ -1,1 +1,15 @@
-//! placeholder
+//! `cyclotron-worker`: the only crate that links libtorch. It trains: models split into layer
+//! groups ([`models`]), data sets and the background loader ([`data`]), optimisers with per-group
+//! learning rates ([`optim`]), the [`learner`] (fit by any schedule, LR-range test, evaluation),
+//! snapshot [`ensemble`]s, and [`job`], which runs a whole job spec on one process.
+
+pub mod data;
+pub mod ensemble;
+pub mod error;
+pub mod job;
+pub mod learner;
+pub mod models;
+pub mod optim;
+pub mod tensor_io;
+
+pub use error::{Error, Result};

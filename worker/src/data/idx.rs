@@ -40,16 +40,11 @@ pub struct IdxArray {
 
 /// Reads a `u8` idx file with exactly `ndims` dimensions, gunzipping it if it is gzipped.
 pub fn read_idx(path: &Path, ndims: u8) -> Result<IdxArray> {
-    let io_err = |source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io_err = |source| DataError::Io { path: path.to_path_buf(), source };
     let raw = std::fs::read(path).map_err(io_err)?;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::with_capacity(raw.len() * 4);
-        GzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(io_err)?;
+        GzDecoder::new(raw.as_slice()).read_to_end(&mut out).map_err(io_err)?;
         out
     } else {
         raw
@@ -72,32 +67,21 @@ fn parse_idx(path: &Path, bytes: &[u8], ndims: u8) -> Result<IdxArray> {
     }
     let found = word(0);
     if found != expected {
-        return Err(DataError::IdxMagic {
-            path: path.to_path_buf(),
-            found,
-            expected,
-        });
+        return Err(DataError::IdxMagic { path: path.to_path_buf(), found, expected });
     }
     if bytes.len() < header_len {
         return Err(truncated(header_len as u64));
     }
-    let dims: Vec<usize> = (0..usize::from(ndims))
-        .map(|d| word(4 + 4 * d) as usize)
-        .collect();
+    let dims: Vec<usize> = (0..usize::from(ndims)).map(|d| word(4 + 4 * d) as usize).collect();
     // u64 arithmetic: dims are u32, so at most 3 of them multiply without overflow; saturate
     // beyond so a corrupt header reads as "truncated", never as a wrapped small size.
-    let data_len = dims
-        .iter()
-        .fold(1u64, |acc, &d| acc.saturating_mul(d as u64));
+    let data_len = dims.iter().fold(1u64, |acc, &d| acc.saturating_mul(d as u64));
     let total = (header_len as u64).saturating_add(data_len);
     if (bytes.len() as u64) < total {
         return Err(truncated(total));
     }
     // Trailing bytes past the promised data are ignored, as the reference readers do.
-    Ok(IdxArray {
-        dims,
-        data: bytes[header_len..total as usize].to_vec(),
-    })
+    Ok(IdxArray { dims, data: bytes[header_len..total as usize].to_vec() })
 }
 
 /// `dir/name.gz` if it exists, else `dir/name` if it exists.
@@ -105,10 +89,7 @@ fn find_file(dir: &Path, name: &str) -> Result<PathBuf> {
     [dir.join(format!("{name}.gz")), dir.join(name)]
         .into_iter()
         .find(|p| p.is_file())
-        .ok_or_else(|| DataError::IdxMissing {
-            dir: dir.to_path_buf(),
-            name: name.to_string(),
-        })
+        .ok_or_else(|| DataError::IdxMissing { dir: dir.to_path_buf(), name: name.to_string() })
 }
 
 /// Loads one split (`train` or `t10k`) of an MNIST-style data set from `dir`.
@@ -126,18 +107,10 @@ fn load_split(dir: &Path, prefix: &str, classes: &[&str]) -> Result<Dataset> {
             n_labels: labels.dims[0],
         });
     }
-    if let Some((index, &label)) = labels
-        .data
-        .iter()
-        .enumerate()
-        .find(|(_, &l)| usize::from(l) >= classes.len())
+    if let Some((index, &label)) =
+        labels.data.iter().enumerate().find(|(_, &l)| usize::from(l) >= classes.len())
     {
-        return Err(DataError::LabelOutOfRange {
-            path: labels_path,
-            index,
-            label,
-            classes: classes.len(),
-        });
+        return Err(DataError::LabelOutOfRange { path: labels_path, index, label, classes: classes.len() });
     }
     Ok(Dataset::new(
         images.data,

@@ -25,48 +25,23 @@ pub use sampler::{epoch_order, permutation, shard, SplitMix64};
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("cannot find {name} or {name}.gz in {dir}")]
     IdxMissing { dir: PathBuf, name: String },
     #[error("{path}: bad idx magic number {found:#010x}, expected {expected:#010x}")]
-    IdxMagic {
-        path: PathBuf,
-        found: u32,
-        expected: u32,
-    },
+    IdxMagic { path: PathBuf, found: u32, expected: u32 },
     #[error("{path}: idx file truncated: header promises {expected} bytes, found {found}")]
-    IdxTruncated {
-        path: PathBuf,
-        expected: u64,
-        found: u64,
-    },
+    IdxTruncated { path: PathBuf, expected: u64, found: u64 },
     #[error("{images} holds {n_images} images but {labels} holds {n_labels} labels")]
-    IdxCountMismatch {
-        images: PathBuf,
-        n_images: usize,
-        labels: PathBuf,
-        n_labels: usize,
-    },
+    IdxCountMismatch { images: PathBuf, n_images: usize, labels: PathBuf, n_labels: usize },
     #[error("{path}: label {label} of item {index} is outside 0..{classes}")]
-    LabelOutOfRange {
-        path: PathBuf,
-        index: usize,
-        label: u8,
-        classes: usize,
-    },
+    LabelOutOfRange { path: PathBuf, index: usize, label: u8, classes: usize },
     #[error("{path} does not exist or is not a folder: expected {layout}")]
     MissingFolder { path: PathBuf, layout: String },
     #[error("{path} has no class sub-folders: expected {layout}")]
     NoClasses { path: PathBuf, layout: String },
     #[error("{path}: class folder {class:?} is not one of the {known} classes found in train/")]
-    UnknownClass {
-        path: PathBuf,
-        class: String,
-        known: usize,
-    },
+    UnknownClass { path: PathBuf, class: String, known: usize },
     #[error("no readable images under {path} ({skipped} files skipped)")]
     NoImages { path: PathBuf, skipped: usize },
     #[error("image size must be at least 1 pixel, got {size}")]

@@ -88,9 +88,7 @@ pub fn shard(order: &[usize], rank: usize, world: usize) -> Vec<usize> {
         return Vec::new();
     }
     let per_rank = order.len().div_ceil(world);
-    (0..per_rank)
-        .map(|k| order[(rank + k * world) % order.len()])
-        .collect()
+    (0..per_rank).map(|k| order[(rank + k * world) % order.len()]).collect()
 }
 
 #[cfg(test)]
@@ -99,10 +97,7 @@ mod tests {
 
     fn is_permutation(order: &[usize], n: usize) -> bool {
         let mut seen = vec![false; n];
-        order.len() == n
-            && order
-                .iter()
-                .all(|&i| i < n && !std::mem::replace(&mut seen[i], true))
+        order.len() == n && order.iter().all(|&i| i < n && !std::mem::replace(&mut seen[i], true))
     }
 
     #[test]

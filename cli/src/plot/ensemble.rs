@@ -1,0 +1,241 @@
+//! `ensemble.png`: a bar per snapshot and one for the ensemble, each the accuracy on the
+//! evaluation split (`results.eval_split`), with its value written above it. Ensemble members are
+//! drawn darker than the snapshots left out.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use cyclotron_core::results::TrainResults;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use super::style::{self, FONT};
+use super::NoData;
+
+struct Bar {
+    label: String,
+    /// Accuracy in percent; NaN when it was not measured.
+    accuracy: f64,
+    colour: RGBColor,
+}
+
+/// Draw `results` to the PNG at `path` (see the module doc). Accuracies are fractions in [0, 1]
+/// as `cyclotron train` writes them; a set with any value above 1 is taken as already in percent.
+/// [`NoData`] when there is neither a snapshot nor an ensemble with a finite accuracy.
+pub fn ensemble_png(results: &TrainResults, path: &Path) -> Result<()> {
+    let bars = bars(results);
+    let finite = bars.iter().map(|b| b.accuracy).filter(|a| a.is_finite());
+    let Some((lo, hi)) = style::min_max(finite) else {
+        let n = results.snapshots.len();
+        return Err(NoData(format!("ensemble: no finite accuracy among {n} snapshots and the ensemble")).into());
+    };
+    let (y_lo, y_hi) = accuracy_window(lo, hi);
+
+    style::ensure_font()?;
+    let root = BitMapBackend::new(path, style::ENSEMBLE_SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let caption = match &results.ensemble {
+        Some(e) => format!(
+            "Snapshots and their ensemble ({} of {} snapshots, selection \"{}\" on the validation split)",
+            e.members.len(),
+            results.snapshots.len(),
+            e.selection
+        ),
+        None => "Snapshots (no ensemble was evaluated)".to_string(),
+    };
+    let n = bars.len() as i32;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(caption, (FONT, 20))
+        .margin(20)
+        .x_label_area_size(45)
+        .y_label_area_size(75)
+        // a discrete i32 range includes its end: `0..n - 1` holds the n bars
+        .build_cartesian_2d((0..n - 1).into_segmented(), y_lo..y_hi)?;
+    let labels: Vec<&str> = bars.iter().map(|b| b.label.as_str()).collect();
+    let y_desc = format!("accuracy on the {} split (%)", results.eval_split);
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(bars.len())
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => labels.get(*i as usize).map_or(String::new(), |s| s.to_string()),
+            _ => String::new(),
+        })
+        .y_label_formatter(&|v| format!("{v:.1}"))
+        .y_desc(y_desc)
+        .label_style(style::label_style())
+        .axis_desc_style(style::axis_desc_style())
+        .bold_line_style(BLACK.mix(0.12))
+        .light_line_style(BLACK.mix(0.04))
+        .draw()?;
+
+    // a quarter of each slot is gap
+    let (plot_w, _) = chart.plotting_area().dim_in_pixel();
+    let gap = (plot_w / (2 * bars.len() as u32) / 4).max(1);
+    let value_style = style::label_style().pos(Pos::new(HPos::Center, VPos::Bottom));
+    for (i, bar) in (0..).zip(&bars) {
+        let centre = SegmentValue::CenterOf(i);
+        if !bar.accuracy.is_finite() {
+            let text = Text::new("n/a", (0, -4), value_style.clone());
+            chart.plotting_area().draw(&(EmptyElement::at((centre, y_lo)) + text))?;
+            continue;
+        }
+        let mut rect =
+            Rectangle::new([(SegmentValue::Exact(i), y_lo), (SegmentValue::Exact(i + 1), bar.accuracy)], bar.colour.filled());
+        rect.set_margin(0, 0, gap, gap);
+        chart.plotting_area().draw(&rect)?;
+        let text = Text::new(format!("{:.2}", bar.accuracy), (0, -4), value_style.clone());
+        chart.plotting_area().draw(&(EmptyElement::at((centre, bar.accuracy)) + text))?;
+    }
+    if let Some(e) = results.ensemble.as_ref().map(|_| bars[bars.len() - 1].accuracy).filter(|a| a.is_finite()) {
+        let level = [(SegmentValue::Exact(0), e), (SegmentValue::Exact(n), e)];
+        chart.draw_series(DashedLineSeries::new(level, 8, 5, style::ORANGE.mix(0.8).stroke_width(1)))?;
+    }
+
+    // legend: the three bar colours
+    for (colour, label) in
+        [(style::BLUE_T, "ensemble member"), (style::LIGHT_BLUE, "snapshot left out"), (style::ORANGE, "ensemble")]
+    {
+        chart.draw_series(std::iter::empty::<Circle<(SegmentValue<i32>, f64), i32>>())?
+            .label(label)
+            .legend(style::legend_box(colour));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .margin(12)
+        .label_font(style::label_style())
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.4))
+        .draw()?;
+    root.present().with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn bars(results: &TrainResults) -> Vec<Bar> {
+    let members = results.ensemble.as_ref().map_or(&[][..], |e| &e.members[..]);
+    let mut bars: Vec<Bar> = results
+        .snapshots
+        .iter()
+        .map(|s| Bar {
+            label: format!("snapshot {}", s.index),
+            accuracy: s.accuracy,
+            colour: if members.contains(&s.index) { style::BLUE_T } else { style::LIGHT_BLUE },
+        })
+        .collect();
+    if let Some(e) = &results.ensemble {
+        bars.push(Bar { label: "ensemble".into(), accuracy: e.accuracy, colour: style::ORANGE });
+    }
+    let fractions = bars.iter().all(|b| b.accuracy.is_nan() || b.accuracy <= 1.0);
+    if fractions {
+        bars.iter_mut().for_each(|b| b.accuracy *= 100.0);
+    }
+    bars
+}
+
+/// The accuracy axis in percent: zoomed on the bars (their differences are what matters), with
+/// room above the tallest for its value and the legend, within 0..100 where possible.
+fn accuracy_window(lo: f64, hi: f64) -> (f64, f64) {
+    let span = (hi - lo).max(1.0);
+    let y_lo = (lo - span).max(0.0).floor();
+    let y_hi = hi + 0.6 * (hi - y_lo).max(1.0);
+    (y_lo, if hi <= 100.0 { y_hi.min(100.0 + 0.25 * (100.0 - y_lo)) } else { y_hi })
+}
+
+#[cfg(test)]
+mod tests {
+    use cyclotron_core::results::{EnsembleResult, Metrics, SnapshotResult, StepHistory};
+    use tempfile::TempDir;
+
+    use super::super::test_png::{assert_png, count_colour};
+    use super::*;
+
+    fn results(accuracies: &[f64], ensemble: Option<f64>) -> TrainResults {
+        let m = Metrics { loss: 0.3, accuracy: 0.9 };
+        let snapshots = (0..accuracies.len())
+            .map(|i| SnapshotResult {
+                index: i,
+                stage: 5,
+                cycle: i as u32,
+                epoch: 1 << i,
+                loss: 0.3,
+                accuracy: accuracies[i],
+                valid: m,
+            })
+            .collect::<Vec<_>>();
+        let members: Vec<usize> = (1..accuracies.len()).collect();
+        TrainResults {
+            job: "fashion".into(),
+            eval_split: "test".into(),
+            snapshots,
+            ensemble: ensemble.map(|accuracy| EnsembleResult {
+                members,
+                selection: "greedy".into(),
+                loss: 0.2,
+                accuracy,
+                valid: m,
+            }),
+            final_model: m,
+            epochs: vec![],
+            lr_finds: vec![],
+            history: StepHistory::default(),
+            train_seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn draws_a_bar_per_snapshot_and_the_ensemble() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("ensemble.png");
+        ensemble_png(&results(&[0.886, 0.918, 0.931], Some(0.924)), &path).unwrap();
+        let img = assert_png(&path, style::ENSEMBLE_SIZE);
+        // bars are big blocks: each colour covers thousands of pixels
+        for colour in [style::BLUE_T, style::LIGHT_BLUE, style::ORANGE] {
+            assert!(count_colour(&img, colour) > 3000, "too little of {colour:?}");
+        }
+    }
+
+    #[test]
+    fn accuracies_become_percent_and_members_are_marked() {
+        let b = bars(&results(&[0.5, 0.75], Some(0.8)));
+        let got: Vec<_> = b.iter().map(|b| (b.label.as_str(), b.accuracy, b.colour)).collect();
+        assert_eq!(
+            got,
+            [("snapshot 0", 50.0, style::LIGHT_BLUE), ("snapshot 1", 75.0, style::BLUE_T), ("ensemble", 80.0, style::ORANGE)]
+        );
+        // already in percent: left alone
+        assert_eq!(bars(&results(&[88.6], None))[0].accuracy, 88.6);
+    }
+
+    #[test]
+    fn the_axis_zooms_on_the_bars() {
+        let (lo, hi) = accuracy_window(88.6, 93.1);
+        assert!(lo <= 88.6 - 4.0 && lo >= 80.0, "{lo}");
+        assert!(hi > 93.1 && hi <= 102.0, "{hi}");
+        let (lo, hi) = accuracy_window(50.0, 50.0);
+        assert!(lo < 50.0 && hi > 50.0);
+        assert_eq!(accuracy_window(0.0, 0.0).0, 0.0);
+    }
+
+    #[test]
+    fn degenerate_results_fail_cleanly_or_draw() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("e.png");
+        let err = ensemble_png(&results(&[], None), &path).unwrap_err();
+        assert!(err.downcast_ref::<NoData>().is_some(), "{err}");
+        assert!(ensemble_png(&results(&[f64::NAN], Some(f64::NAN)), &path).is_err());
+        // one snapshot, no ensemble; and a NaN bar beside good ones
+        ensemble_png(&results(&[0.9], None), &path).unwrap();
+        assert_png(&path, style::ENSEMBLE_SIZE);
+        ensemble_png(&results(&[f64::NAN, 0.9], Some(0.91)), &path).unwrap();
+        assert_png(&path, style::ENSEMBLE_SIZE);
+    }
+
+    pub fn dump_impl(out: &std::path::Path) {
+        ensemble_png(&results(&[0.886, 0.918, 0.931], Some(0.924)), &out.join("ensemble.png")).unwrap();
+    }
+}
+#[cfg(test)]
+pub fn dump(out: &std::path::Path) {
+    tests::dump_impl(out)
+}

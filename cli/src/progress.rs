@@ -1,0 +1,84 @@
+//! Progress bars and log lines from the learner's events. Bars draw only on a terminal; the
+//! one-line epoch summaries always print (to stderr), so logs of non-interactive runs stay useful.
+
+use cyclotron_worker::learner::{Event, Observer};
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    ema: f64,
+    quiet: bool,
+}
+
+impl Progress {
+    pub fn new(quiet: bool) -> Self {
+        Progress { bar: None, ema: f64::NAN, quiet }
+    }
+
+    fn start(&mut self, len: u64, prefix: String) {
+        if self.quiet {
+            return;
+        }
+        let bar = ProgressBar::new(len);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>22} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(prefix);
+        self.bar = Some(bar);
+        self.ema = f64::NAN;
+    }
+
+    fn tick(&mut self, loss: f64, lr: f64) {
+        self.ema = if self.ema.is_nan() { loss } else { 0.98 * self.ema + 0.02 * loss };
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+            bar.set_message(format!("loss {:.4} lr {lr:.2e}", self.ema));
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn line(&self, text: String) {
+        if !self.quiet {
+            eprintln!("{text}");
+        }
+    }
+}
+
+impl Observer for Progress {
+    fn on_event(&mut self, e: &Event) {
+        match e {
+            Event::LrFindStart { steps } => self.start(u64::from(*steps), "lr_find".into()),
+            Event::LrFindStep { lr, loss, .. } => self.tick(*loss, *lr),
+            Event::LrFindEnd { report } => {
+                self.finish();
+                let s = report.suggestion.map_or("no suggestion (diverged at once)".to_string(), |s| {
+                    format!("steep {:.2e}, valley {:.2e}, minimum/10 {:.2e}", s.steep, s.valley, s.minimum)
+                });
+                self.line(format!("lr_find: {} steps{}; {s}", report.lrs.len(), if report.diverged { ", stopped on divergence" } else { "" }));
+            }
+            Event::EpochStart { stage, epoch, epochs, steps } => {
+                self.start(*steps, format!("stage {} epoch {}/{}", stage + 1, epoch + 1, epochs))
+            }
+            Event::Step { loss, lr, .. } => self.tick(*loss, *lr),
+            Event::EpochEnd { record: r } => {
+                self.finish();
+                self.line(format!(
+                    "stage {} epoch {}: train loss {:.4}  valid loss {:.4}  valid accuracy {:.2}%  ({:.1}s)",
+                    r.stage + 1,
+                    r.epoch,
+                    r.train_loss,
+                    r.valid.loss,
+                    100.0 * r.valid.accuracy,
+                    r.seconds
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The batch loader: a background thread turns a [`Dataset`] into normalised `f32` NCHW tensors
+//! and hands them to the training thread over a bounded channel, so pixel gathering and
+//! conversion overlap with the model's step.
+//!
+//! Protocol: the producer sends batches in order over a `sync_channel(prefetch)` and exits after
+//! the last one, or as soon as a send fails because the [`Loader`] (the receiver) was dropped,
+//! or when it sees the stop flag between batches. Dropping the loader sets the flag, drops the
+//! receiver (which wakes a producer blocked in `send`) and joins the thread, so nothing outlives
+//! it. A panic in the producer is re-raised on the training thread rather than ending the epoch
+//! early in silence.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tch::Tensor;
+
+use super::{epoch_order, Dataset};
+
+/// One batch, ready for the model: `x` f32 `[B, C, H, W]` normalised, `y` i64 `[B]`; on CPU.
+#[derive(Debug)]
+pub struct Batch {
+    pub x: Tensor,
+    pub y: Tensor,
+}
+
+/// Per-channel normalisation `(x/255 - mean) / std`. One value is used for every channel;
+/// empty vectors mean no normalisation (mean 0, std 1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalize {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl Normalize {
+    /// Only scales to `[0, 1]`.
+    pub fn identity() -> Normalize {
+        Normalize { mean: Vec::new(), std: Vec::new() }
+    }
+
+    /// The statistics of `ds`, as [`Dataset::channel_stats`] computes them.
+    pub fn from_stats(ds: &Dataset) -> Normalize {
+        let (mean, std) = ds.channel_stats();
+        Normalize { mean, std }
+    }
+
+    /// A 256-entry lookup table per channel: `table[c * 256 + v]` is the normalised value of
+    /// pixel value `v` in channel `c`, computed with exactly the documented formula.
+    ///
+    /// # Panics
+    /// If `mean` or `std` has a length other than 0, 1 or `channels`.
+    fn table(&self, channels: usize) -> Vec<f32> {
+        let pick = |values: &[f32], c: usize, default: f32, what: &str| match values.len() {
+            0 => default,
+            1 => values[0],
+            n if n == channels => values[c],
+            n => panic!("Normalize: {what} has {n} values for {channels} channels"),
+        };
+        (0..channels)
+            .flat_map(|c| {
+                let mean = pick(&self.mean, c, 0.0, "mean");
+                let std = pick(&self.std, c, 1.0, "std");
+                (0..=255u8).map(move |v| (f32::from(v) / 255.0 - mean) / std)
+            })
+            .collect()
+    }
+}
+
+/// How a [`Loader`] walks its data set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoaderConfig {
+    /// Items per batch (0 counts as 1).
+    pub batch_size: usize,
+    /// `Some(seed)`: the order is `epoch_order(len, seed, epoch)`; `None`: the view's order.
+    pub shuffle_seed: Option<u64>,
+    pub epoch: u64,
+    /// Drop a last batch smaller than `batch_size`.
+    pub drop_last: bool,
+    /// Batches prepared ahead: the bounded channel's depth (0 counts as 1).
+    pub prefetch: usize,
+}
+
+/// One epoch of batches from a background thread; see the module docs for the protocol.
+pub struct Loader {
+    rx: Option<Receiver<Batch>>,
+    stop: Arc<AtomicBool>,
+    worker: Option<JoinHandle<()>>,
+    num_batches: usize,
+    yielded: usize,
+    waited: Duration,
+}
+
+/// What the producer thread owns: the rows to emit, in order, and how to emit them.
+struct Producer {
+    images: Arc<Vec<u8>>,
+    labels: Arc<Vec<i64>>,
+    shape: [usize; 3],
+    rows: Vec<usize>,
+    batch_size: usize,
+    num_batches: usize,
+    table: Vec<f32>,
+}
+
+impl Loader {
+    /// Starts the producer thread for one epoch of `ds`.
+    ///
+    /// # Panics
+    /// If `norm` has a number of values other than 0, 1 or `ds.channels`.
+    pub fn new(ds: &Dataset, norm: &Normalize, cfg: &LoaderConfig) -> Loader {
+        let batch_size = cfg.batch_size.max(1);
+        let num_batches = if cfg.drop_last { ds.len() / batch_size } else { ds.len().div_ceil(batch_size) };
+        let rows = match cfg.shuffle_seed {
+            Some(seed) => {
+                epoch_order(ds.len(), seed, cfg.epoch).into_iter().map(|pos| ds.indices[pos]).collect()
+            }
+            None => ds.indices.clone(),
+        };
+        let producer = Producer {
+            images: Arc::clone(&ds.images),
+            labels: Arc::clone(&ds.labels),
+            shape: [ds.channels, ds.height, ds.width],
+            rows,
+            batch_size,
+            num_batches,
+            table: norm.table(ds.channels),
+        };
+        let (tx, rx) = sync_channel(cfg.prefetch.max(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let worker = std::thread::Builder::new()
+            .name("cyclotron-loader".into())
+            .spawn(move || producer.run(&tx, &flag))
+            .unwrap_or_else(|e| panic!("cannot spawn the loader thread: {e}"));
+        Loader { rx: Some(rx), stop, worker: Some(worker), num_batches, yielded: 0, waited: Duration::ZERO }
+    }
+
+    /// Batches in this epoch.
+    pub fn num_batches(&self) -> usize {
+        self.num_batches
+    }
+
+    /// Seconds the training thread has spent blocked waiting for batches so far.
+    pub fn wait_seconds(&self) -> f64 {
+        self.waited.as_secs_f64()
+    }
+
+    /// Joins the producer; if it panicked, re-raises the panic on this thread when `reraise`
+    /// (a `Drop` must not, and the panic message has been printed already).
+    fn join_worker(&mut self, reraise: bool) {
+        if let Some(Err(panic)) = self.worker.take().map(JoinHandle::join) {
+            if reraise {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        let rx = self.rx.as_ref()?;
+        let started = Instant::now();
+        let batch = rx.recv();
+        self.waited += started.elapsed();
+        match batch {
+            Ok(batch) => {
+                self.yielded += 1;
+                Some(batch)
+            }
+            Err(_) => {
+                // The producer is done: normally after the last batch, or it panicked.
+                self.rx = None;
+                self.join_worker(true);
+                debug_assert_eq!(self.yielded, self.num_batches);
+                None
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.num_batches - self.yielded;
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for Loader {}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Disconnect first: a producer blocked in `send` wakes up with an error and exits.
+        self.rx = None;
+        self.join_worker(false);
+    }
+}
+
+impl Producer {
+    fn run(&self, tx: &SyncSender<Batch>, stop: &AtomicBool) {
+        for chunk in self.rows.chunks(self.batch_size).take(self.num_batches) {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if tx.send(self.assemble(chunk)).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Gathers `rows` into one normalised batch.
+    fn assemble(&self, rows: &[usize]) -> Batch {
+        let [c, h, w] = self.shape;
+        let (plane, item) = (h * w, c * h * w);
+        let mut x = Vec::with_capacity(rows.len() * item);
+        for &row in rows {
+            let pixels = &self.images[row * item..(row + 1) * item];
+            for (ch, plane_pixels) in pixels.chunks_exact(plane.max(1)).enumerate() {
+                let table = &self.table[ch * 256..(ch + 1) * 256];
+                x.extend(plane_pixels.iter().map(|&v| table[usize::from(v)]));
+            }
+        }
+        let y: Vec<i64> = rows.iter().map(|&row| self.labels[row]).collect();
+        let b = rows.len() as i64;
+        Batch { x: Tensor::from_slice(&x).view([b, c as i64, h as i64, w as i64]), y: Tensor::from_slice(&y) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::channel;
+
+    /// `n` items of 1×2×2; item r has every pixel equal to r and label r.
+    fn ramp(n: u8) -> Dataset {
+        let images = (0..n).flat_map(|r| [r; 4]).collect();
+        let labels = (0..i64::from(n)).collect();
+        Dataset::new(images, (1, 2, 2), labels, vec!["only".into()])
+    }
+
+    fn config(batch_size: usize, shuffle_seed: Option<u64>, drop_last: bool) -> LoaderConfig {
+        LoaderConfig { batch_size, shuffle_seed, epoch: 0, drop_last, prefetch: 2 }
+    }
+
+    fn labels_of(loader: Loader) -> Vec<Vec<i64>> {
+        loader.map(|b| Vec::<i64>::try_from(&b.y).expect("labels")).collect()
+    }
+
+    #[test]
+    fn shuffled_batches_cover_the_epoch_once() {
+        let ds = ramp(10);
+        let loader = Loader::new(&ds, &Normalize::identity(), &config(3, Some(7), false));
+        assert_eq!((loader.num_batches(), loader.len()), (4, 4));
+        let batches = labels_of(loader);
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![3, 3, 3, 1]);
+        let order: Vec<i64> = batches.concat();
+        let expected: Vec<i64> = epoch_order(10, 7, 0).iter().map(|&i| i as i64).collect();
+        assert_eq!(order, expected);
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..10).collect::<Vec<_>>());
+
+        let next_epoch = LoaderConfig { epoch: 1, ..config(3, Some(7), false) };
+        let order1 = labels_of(Loader::new(&ds, &Normalize::identity(), &next_epoch)).concat();
+        assert_ne!(order, order1);
+    }
+
+    #[test]
+    fn unshuffled_follows_the_view_and_drop_last_is_honoured() {
+        let ds = ramp(10).subset(&[9, 0, 5, 4, 3]);
+        let batches = labels_of(Loader::new(&ds, &Normalize::identity(), &config(2, None, true)));
+        assert_eq!(batches, vec![vec![9, 0], vec![5, 4]]);
+        let batches = labels_of(Loader::new(&ds, &Normalize::identity(), &config(2, None, false)));
+        assert_eq!(batches, vec![vec![9, 0], vec![5, 4], vec![3]]);
+        let empty = Loader::new(&ds.take(0), &Normalize::identity(), &config(2, None, false));
+        assert_eq!((empty.num_batches(), labels_of(empty).len()), (0, 0));
+    }
+
+    #[test]
+    fn pixels_are_normalised_per_channel() {
+        // Two items of 2×1×2.
+        let images = vec![0, 255, 51, 102, 255, 0, 204, 153];
+        let ds = Dataset::new(images.clone(), (2, 1, 2), vec![1, 0], vec!["a".into(), "b".into()]);
+        let norm = Normalize { mean: vec![0.5, 0.2], std: vec![0.5, 0.25] };
+        let mut loader = Loader::new(&ds, &norm, &config(2, None, false));
+        let batch = loader.next().expect("one batch");
+        assert!(loader.next().is_none());
+        assert_eq!(batch.x.size(), vec![2, 2, 1, 2]);
+        assert_eq!((batch.x.kind(), batch.y.kind()), (tch::Kind::Float, tch::Kind::Int64));
+        let x = Vec::<f32>::try_from(&batch.x.flatten(0, -1)).expect("x");
+        for (i, (&got, &v)) in x.iter().zip(&images).enumerate() {
+            let c = (i / 2) % 2;
+            let want = (f32::from(v) / 255.0 - norm.mean[c]) / norm.std[c];
+            assert!((got - want).abs() < 1e-6, "element {i}: {got} vs {want}");
+        }
+        // By hand, item 0: channel 0 (0, 255) → (-1, 1); channel 1 (51, 102) → (0, 0.8).
+        let by_hand = [-1.0, 1.0, 0.0, 0.8];
+        assert!(x.iter().zip(by_hand).all(|(g, w)| (g - w).abs() < 1e-6), "{x:?}");
+        assert_eq!(Vec::<i64>::try_from(&batch.y).expect("y"), vec![1, 0]);
+        assert!(loader.wait_seconds() >= 0.0);
+    }
+
+    #[test]
+    #[should_panic(expected = "mean has 3 values for 2 channels")]
+    fn mismatched_normalisation_is_rejected() {
+        let ds = Dataset::new(vec![0; 4], (2, 1, 2), vec![0], vec!["a".into()]);
+        let norm = Normalize { mean: vec![0.0; 3], std: vec![1.0] };
+        Loader::new(&ds, &norm, &config(1, None, false));
+    }
+
+    #[test]
+    fn dropping_mid_epoch_stops_the_producer() {
+        // A hang detector with a generous deadline, not a timing assertion.
+        let (done_tx, done_rx) = channel();
+        std::thread::spawn(move || {
+            let ds = ramp(200);
+            let cfg = LoaderConfig { prefetch: 1, ..config(1, Some(3), false) };
+            let mut loader = Loader::new(&ds, &Normalize::identity(), &cfg);
+            let first = loader.next().map(|b| b.y.size());
+            drop(loader);
+            let _ = done_tx.send(first);
+        });
+        let first = done_rx.recv_timeout(Duration::from_secs(60)).expect("drop hung");
+        assert_eq!(first, Some(vec![1]));
+    }
+}

@@ -1,0 +1,109 @@
+//! Snapshot ensembles (Huang et al. 2017): average the softmax outputs of several snapshots.
+//! Members are chosen on the validation split — the last M, or greedy forward selection
+//! (Caruana et al. 2004) by validation log-loss — and only then scored on the test split.
+
+use cyclotron_core::results::Metrics;
+use cyclotron_core::spec::Selection;
+use tch::Tensor;
+
+use crate::learner::metrics;
+
+/// Mean of probability tensors of the same shape.
+pub fn average(probs: &[&Tensor]) -> Tensor {
+    debug_assert!(!probs.is_empty());
+    let stacked = Tensor::stack(probs, 0);
+    stacked.mean_dim(0, false, tch::Kind::Float)
+}
+
+/// Pick at most `max` members among `valid_probs` (one tensor per snapshot, in order taken).
+pub fn select(selection: Selection, valid_probs: &[Tensor], labels: &Tensor, max: usize) -> Vec<usize> {
+    let n = valid_probs.len();
+    if n == 0 || max == 0 {
+        return vec![];
+    }
+    match selection {
+        Selection::Last => (n.saturating_sub(max)..n).collect(),
+        Selection::Greedy => greedy(valid_probs, labels, max),
+    }
+}
+
+/// Start from the best single snapshot; add the snapshot that lowers the ensemble's validation
+/// log-loss most; stop when none does or `max` is reached. Never worse than the best single one
+/// on the validation split.
+fn greedy(valid_probs: &[Tensor], labels: &Tensor, max: usize) -> Vec<usize> {
+    let score = |members: &[usize]| -> Metrics {
+        let ps: Vec<&Tensor> = members.iter().map(|&i| &valid_probs[i]).collect();
+        metrics(&average(&ps), labels)
+    };
+    let mut chosen: Vec<usize> = vec![];
+    let mut best = f64::INFINITY;
+    while chosen.len() < max {
+        let mut pick = None;
+        for i in 0..valid_probs.len() {
+            if chosen.contains(&i) {
+                continue;
+            }
+            let mut trial = chosen.clone();
+            trial.push(i);
+            let loss = score(&trial).loss;
+            if loss < best - 1e-9 {
+                best = loss;
+                pick = Some(i);
+            }
+        }
+        match pick {
+            Some(i) => chosen.push(i),
+            None => break,
+        }
+    }
+    chosen.sort_unstable();
+    chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probs(rows: &[[f32; 2]]) -> Tensor {
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        Tensor::from_slice(&flat).view([rows.len() as i64, 2])
+    }
+
+    #[test]
+    fn average_is_elementwise_mean() {
+        let a = probs(&[[1.0, 0.0]]);
+        let b = probs(&[[0.5, 0.5]]);
+        assert!(average(&[&a, &b]).allclose(&probs(&[[0.75, 0.25]]), 1e-6, 1e-6, false));
+    }
+
+    #[test]
+    fn last_takes_the_tail() {
+        let ps: Vec<Tensor> = (0..5).map(|_| probs(&[[1.0, 0.0]])).collect();
+        let y = Tensor::from_slice(&[0i64]);
+        assert_eq!(select(Selection::Last, &ps, &y, 3), vec![2, 3, 4]);
+        assert_eq!(select(Selection::Last, &ps, &y, 9), vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn greedy_skips_a_bad_member_and_keeps_complementary_ones() {
+        let y = Tensor::from_slice(&[0i64, 1, 0, 1]);
+        // a and b are each right on half the items and confident; their average is right everywhere
+        let a = probs(&[[0.9, 0.1], [0.1, 0.9], [0.4, 0.6], [0.6, 0.4]]);
+        let b = probs(&[[0.4, 0.6], [0.6, 0.4], [0.9, 0.1], [0.1, 0.9]]);
+        // c is confidently wrong everywhere
+        let bad = probs(&[[0.05, 0.95], [0.95, 0.05], [0.05, 0.95], [0.95, 0.05]]);
+        let chosen = select(Selection::Greedy, &[a.shallow_clone(), bad, b.shallow_clone()], &y, 3);
+        assert_eq!(chosen, vec![0, 2]);
+        let ens = metrics(&average(&[&a, &b]), &y);
+        assert_eq!(ens.accuracy, 1.0);
+    }
+
+    #[test]
+    fn greedy_never_loses_to_the_best_single_member_on_validation() {
+        let y = Tensor::from_slice(&[0i64, 1, 1]);
+        let good = probs(&[[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]]);
+        let worse = probs(&[[0.6, 0.4], [0.5, 0.5], [0.6, 0.4]]);
+        let chosen = select(Selection::Greedy, &[worse, good.shallow_clone()], &y, 2);
+        assert_eq!(chosen, vec![1]);
+    }
+}

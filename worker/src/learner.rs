@@ -1,0 +1,262 @@
+//! The learner: a model, its optimiser and its data, trained by any [`Schedule`].
+//!
+//! `fit` runs one stage: every step sets each layer group's learning rate to its peak times the
+//! schedule's factor, trains one batch, and reports the loss; at the end of every epoch it measures
+//! loss and accuracy on the validation split; at every cycle end it hands a snapshot to the caller.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use cyclotron_core::lr_range::{LrFindReport, LrFinder, LrRange, Verdict};
+use cyclotron_core::results::{EpochRecord, Metrics};
+use cyclotron_core::schedule::{Schedule, SnapshotPoint};
+use cyclotron_core::spec::OptimizerSpec;
+use tch::{Device, Kind, Tensor};
+
+use crate::data::{Dataset, Loader, LoaderConfig, Normalize};
+use crate::error::{Error, Result};
+use crate::models::Net;
+use crate::optim::Optimizer;
+use crate::tensor_io::{clone_vars, load_into};
+
+/// What the learner tells its observer (progress bars, logs, later metrics and the coordinator).
+#[derive(Debug, Clone)]
+pub enum Event {
+    LrFindStart { steps: u32 },
+    LrFindStep { i: u32, lr: f64, loss: f64 },
+    LrFindEnd { report: Box<LrFindReport> },
+    EpochStart { stage: usize, epoch: u32, epochs: u32, steps: u64 },
+    Step { stage: usize, step: u64, loss: f64, lr: f64 },
+    EpochEnd { record: EpochRecord },
+}
+
+pub trait Observer {
+    fn on_event(&mut self, event: &Event);
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default)]
+pub struct Quiet;
+impl Observer for Quiet {
+    fn on_event(&mut self, _: &Event) {}
+}
+
+/// The data a learner trains and evaluates on.
+pub struct DataBundle {
+    pub train: Dataset,
+    pub valid: Dataset,
+    pub norm: Normalize,
+    pub batch_size: usize,
+    pub prefetch: usize,
+}
+
+pub struct Learner {
+    pub net: Net,
+    pub opt: Optimizer,
+    opt_spec: OptimizerSpec,
+    pub data: DataBundle,
+    pub device: Device,
+    pub seed: u64,
+    /// Epochs trained over the whole job: seeds each epoch's shuffle.
+    pub epochs_done: u64,
+    /// Optimiser steps over the whole job.
+    pub global_step: u64,
+    pub abort: Arc<AtomicBool>,
+}
+
+impl Learner {
+    pub fn new(net: Net, opt_spec: &OptimizerSpec, data: DataBundle, device: Device, seed: u64) -> Self {
+        let opt = Optimizer::new(opt_spec, net.parameters());
+        Learner {
+            net,
+            opt,
+            opt_spec: opt_spec.clone(),
+            data,
+            device,
+            seed,
+            epochs_done: 0,
+            global_step: 0,
+            abort: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Full batches per epoch of the training split.
+    pub fn steps_per_epoch(&self) -> Result<u64> {
+        let n = self.data.train.len() / self.data.batch_size;
+        if n == 0 {
+            return Err(Error::Invalid {
+                what: "data.batch_size".into(),
+                message: format!(
+                    "{} is larger than the training split ({} items); lower batch_size or raise limit_train",
+                    self.data.batch_size,
+                    self.data.train.len()
+                ),
+            });
+        }
+        Ok(n as u64)
+    }
+
+    fn loader(&self, ds: &Dataset, shuffle: bool, epoch: u64, batch_size: usize) -> Loader {
+        let cfg = LoaderConfig {
+            batch_size,
+            shuffle_seed: shuffle.then_some(self.seed),
+            epoch,
+            drop_last: shuffle,
+            prefetch: self.data.prefetch,
+        };
+        Loader::new(ds, &self.data.norm, &cfg)
+    }
+
+    /// Freeze the first `frozen` layer groups.
+    pub fn freeze_to(&mut self, frozen: usize) {
+        self.net.freeze_to(frozen);
+    }
+
+    /// One training step at per-group learning rates `lrs`; returns the batch loss.
+    fn train_step(&mut self, x: &Tensor, y: &Tensor, lrs: &[f64]) -> f64 {
+        let x = x.to_device(self.device);
+        let y = y.to_device(self.device);
+        let loss = self.net.forward_t(&x, true).cross_entropy_for_logits(&y);
+        self.opt.zero_grad();
+        loss.backward();
+        self.opt.step(lrs);
+        loss.double_value(&[])
+    }
+
+    fn check_abort(&self) -> Result<()> {
+        if self.abort.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        Ok(())
+    }
+
+    /// Train one stage. `peaks[g]` is group g's peak learning rate; `on_snapshot` is called at
+    /// every cycle end of the schedule (when `snapshots` is on) with the point reached.
+    pub fn fit(
+        &mut self,
+        stage: usize,
+        schedule: &dyn Schedule,
+        peaks: &[f64],
+        obs: &mut dyn Observer,
+        on_snapshot: &mut dyn FnMut(&mut Learner, SnapshotPoint) -> Result<()>,
+    ) -> Result<Vec<EpochRecord>> {
+        let spe = self.steps_per_epoch()?;
+        let total = schedule.total_steps();
+        let epochs = total.div_ceil(spe) as u32;
+        let points = schedule.snapshot_points();
+        let mut records = Vec::with_capacity(epochs as usize);
+        let mut step = 0u64;
+        let mut lrs = vec![0.0; peaks.len()];
+        for epoch in 0..epochs {
+            let started = Instant::now();
+            obs.on_event(&Event::EpochStart { stage, epoch, epochs, steps: spe });
+            let loader = self.loader(&self.data.train, true, self.epochs_done, self.data.batch_size);
+            let (mut sum, mut n) = (0.0, 0u64);
+            for batch in loader {
+                if step >= total {
+                    break;
+                }
+                self.check_abort()?;
+                let factor = schedule.factor_at(step);
+                for (lr, peak) in lrs.iter_mut().zip(peaks) {
+                    *lr = peak * factor;
+                }
+                let loss = self.train_step(&batch.x, &batch.y, &lrs);
+                if !loss.is_finite() {
+                    return Err(Error::Diverged { stage, step: self.global_step, loss });
+                }
+                step += 1;
+                self.global_step += 1;
+                sum += loss;
+                n += 1;
+                obs.on_event(&Event::Step { stage, step: self.global_step, loss, lr: schedule.lr_at(step - 1) });
+                if let Some(p) = points.iter().find(|p| p.step == step) {
+                    on_snapshot(self, *p)?;
+                }
+            }
+            self.epochs_done += 1;
+            let valid = self.evaluate(&self.data.valid)?;
+            let record = EpochRecord {
+                stage,
+                epoch: epoch + 1,
+                step: self.global_step,
+                train_loss: if n > 0 { sum / n as f64 } else { f64::NAN },
+                valid,
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            obs.on_event(&Event::EpochEnd { record: record.clone() });
+            records.push(record);
+        }
+        Ok(records)
+    }
+
+    /// Softmax probabilities of the model on `ds`, in order, on the CPU: [N, classes].
+    pub fn predict(&self, ds: &Dataset) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let mut parts = vec![];
+        for batch in self.loader(ds, false, 0, self.data.batch_size * 2) {
+            self.check_abort()?;
+            let logits = self.net.forward_t(&batch.x.to_device(self.device), false);
+            parts.push(logits.softmax(-1, Kind::Float).to_device(Device::Cpu));
+        }
+        if parts.is_empty() {
+            return Err(Error::Invalid { what: "evaluation".into(), message: "the split is empty".into() });
+        }
+        Ok(Tensor::cat(&parts, 0))
+    }
+
+    /// Loss and accuracy on `ds`.
+    pub fn evaluate(&self, ds: &Dataset) -> Result<Metrics> {
+        let probs = self.predict(ds)?;
+        Ok(metrics(&probs, &labels(ds)))
+    }
+
+    /// LR-range test: train at exponentially increasing learning rates (every trainable group at
+    /// the same lr) until divergence, `range.steps` steps or one epoch, whichever comes first.
+    /// Model weights and optimiser state are restored afterwards.
+    pub fn lr_find(&mut self, range: LrRange, obs: &mut dyn Observer) -> Result<LrFindReport> {
+        let saved = clone_vars(&self.net.vs);
+        let steps = range.steps.min(self.steps_per_epoch()? as u32);
+        let range = LrRange { steps, ..range };
+        // a fresh optimiser: the test must not disturb the real one's momentum
+        let real_opt = std::mem::replace(&mut self.opt, Optimizer::new(&self.opt_spec, self.net.parameters()));
+        obs.on_event(&Event::LrFindStart { steps });
+        let mut finder = LrFinder::default();
+        let mut diverged = false;
+        let loader = self.loader(&self.data.train, true, self.epochs_done, self.data.batch_size);
+        let result = (|| -> Result<()> {
+            for (i, batch) in (0..steps).zip(loader) {
+                self.check_abort()?;
+                let lr = range.lr_at(i);
+                let lrs = vec![lr; crate::models::GROUPS];
+                let loss = self.train_step(&batch.x, &batch.y, &lrs);
+                obs.on_event(&Event::LrFindStep { i, lr, loss });
+                if finder.record(lr, loss) == Verdict::Diverged {
+                    diverged = true;
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        self.opt = real_opt;
+        load_into(&self.net.vs, &saved, "weights saved before lr_find")?;
+        result?;
+        let report = LrFindReport::from_finder(finder, diverged);
+        obs.on_event(&Event::LrFindEnd { report: Box::new(report.clone()) });
+        Ok(report)
+    }
+}
+
+/// Labels of a dataset view as an i64 tensor.
+pub fn labels(ds: &Dataset) -> Tensor {
+    let ys: Vec<i64> = ds.indices.iter().map(|&i| ds.labels[i]).collect();
+    Tensor::from_slice(&ys)
+}
+
+/// Negative log-likelihood and accuracy of probabilities `probs` [N, C] against `labels` [N].
+pub fn metrics(probs: &Tensor, labels: &Tensor) -> Metrics {
+    let loss = probs.clamp_min(1e-12).log().nll_loss(labels).double_value(&[]);
+    let accuracy = probs.argmax(-1, false).eq_tensor(labels).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+    Metrics { loss, accuracy }
+}

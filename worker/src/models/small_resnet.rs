@@ -1,0 +1,60 @@
+//! A small ResNet for 28×28 and 32×32 images: a 3×3 stem and two residual stages that halve the
+//! resolution and double the width, then global average pooling and a linear head. Five 3×3
+//! convolutions; at width 32 it trains an epoch of Fashion-MNIST in well under a minute on 2 cores.
+//!
+//! ```text
+//! stem   conv3x3(c→w) BN ReLU                   H×W      group 0 (body early)
+//! block1 BasicBlock(w→2w, stride 2)             H/2      group 0
+//! block2 BasicBlock(2w→4w, stride 2)            H/4      group 1 (body late)
+//! head   avg pool, Linear(4w→classes)                    group 2 (head)
+//! ```
+//! Names match the PyTorch twin in `bench/pytorch_step.py` (`stem.conv`, `block1.conv1`, …).
+
+use tch::nn::{self, ModuleT};
+
+fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64) -> nn::Conv2D {
+    nn::conv2d(p, cin, cout, k, nn::ConvConfig { stride, padding: k / 2, bias: false, ..Default::default() })
+}
+
+fn basic_block(p: nn::Path, cin: i64, cout: i64, stride: i64) -> impl ModuleT {
+    let conv1 = conv(&p / "conv1", cin, cout, 3, stride);
+    let bn1 = nn::batch_norm2d(&p / "bn1", cout, Default::default());
+    let conv2 = conv(&p / "conv2", cout, cout, 3, 1);
+    let bn2 = nn::batch_norm2d(&p / "bn2", cout, Default::default());
+    let sc_conv = conv(&p / "shortcut" / "conv", cin, cout, 1, stride);
+    let sc_bn = nn::batch_norm2d(&p / "shortcut" / "bn", cout, Default::default());
+    nn::func_t(move |xs, train| {
+        let ys = xs.apply(&conv1).apply_t(&bn1, train).relu().apply(&conv2).apply_t(&bn2, train);
+        (ys + xs.apply(&sc_conv).apply_t(&sc_bn, train)).relu()
+    })
+}
+
+/// Build the network under `p`.
+pub fn small_resnet(p: &nn::Path, in_channels: i64, width: i64, num_classes: i64) -> impl ModuleT {
+    let stem_conv = conv(p / "stem" / "conv", in_channels, width, 3, 1);
+    let stem_bn = nn::batch_norm2d(p / "stem" / "bn", width, Default::default());
+    let block1 = basic_block(p / "block1", width, 2 * width, 2);
+    let block2 = basic_block(p / "block2", 2 * width, 4 * width, 2);
+    let fc = nn::linear(p / "head" / "fc", 4 * width, num_classes, Default::default());
+    nn::func_t(move |xs, train| {
+        xs.apply(&stem_conv)
+            .apply_t(&stem_bn, train)
+            .relu()
+            .apply_t(&block1, train)
+            .apply_t(&block2, train)
+            .adaptive_avg_pool2d([1, 1])
+            .flatten(1, -1)
+            .apply(&fc)
+    })
+}
+
+/// Layer group of a variable of this model.
+pub fn group_of(name: &str) -> usize {
+    if name.starts_with("head.") {
+        2
+    } else if name.starts_with("block2.") {
+        1
+    } else {
+        0
+    }
+}
