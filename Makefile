@@ -24,7 +24,9 @@ lint: setup
 	@$(ENV) cargo fmt --all -- --check
 	@$(ENV) cargo clippy --release --workspace --all-targets -- -D warnings
 
+## unit tests of every crate, then the end-to-end tests in tests/ that spawn the built binary
 unit: setup
+	@$(ENV) cargo build --release -p cyclotron
 	@$(ENV) cargo nextest run --release --workspace --no-fail-fast
 
 test: lint unit

@@ -14,7 +14,11 @@ use cyclotron_core::spec::JobSpec;
 use cyclotron_worker::job;
 
 #[derive(Parser)]
-#[command(name = "cyclotron", version, about = "Training on libtorch: LR-range tests, SGDR with snapshots, snapshot ensembles")]
+#[command(
+    name = "cyclotron",
+    version,
+    about = "Training on libtorch: LR-range tests, SGDR with snapshots, snapshot ensembles"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -44,6 +48,25 @@ enum Cmd {
     Plot { run_dir: PathBuf },
     /// Parse and validate a job spec without running it.
     Check { job: PathBuf },
+    /// Time the engine's training step on synthetic data (what `make bench` compares to PyTorch).
+    #[command(hide = true)]
+    BenchStep {
+        #[arg(long, default_value = "small_resnet")]
+        model: String,
+        #[arg(long, default_value_t = 32)]
+        width: i64,
+        #[arg(long, default_value_t = 128)]
+        batch_size: i64,
+        #[arg(long, default_value_t = 2)]
+        threads: i32,
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        /// Write the result as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -68,7 +91,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Check { job } => {
             let spec = JobSpec::load(&job)?;
-            println!("{}: ok ({} stages, {} epochs)", job.display(), spec.stages.len(), spec.stages.iter().map(|s| s.total_epochs()).sum::<u64>());
+            println!(
+                "{}: ok ({} stages, {} epochs)",
+                job.display(),
+                spec.stages.len(),
+                spec.stages.iter().map(|s| s.total_epochs()).sum::<u64>()
+            );
             Ok(())
         }
         Cmd::LrFind { job, out } => {
@@ -93,6 +121,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::debug!(path = %path.display(), "plot written");
             }
             output::print_results(&results, &spec.output, &spec.name, &run);
+            Ok(())
+        }
+        Cmd::BenchStep { model, width, batch_size, threads, steps, warmup, json } => {
+            let r =
+                cyclotron_worker::bench::step_throughput(&model, width, batch_size, threads, steps, warmup)?;
+            println!("cyclotron {model} batch {batch_size} threads {threads}: {:.1} samples/s (median step {:.2} ms)", r.samples_per_s, r.step_ms_median);
+            if let Some(path) = json {
+                output::write_json(&path, &r)?;
+            }
             Ok(())
         }
         Cmd::Plot { run_dir } => {

@@ -9,8 +9,9 @@ use cyclotron_core::results::TrainResults;
 
 /// Create `dir` and prove it is writable, before any training starts.
 pub fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("output folder {}: cannot create it; choose another --out", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!("output folder {}: cannot create it; choose another --out", dir.display())
+    })?;
     let probe = dir.join(".cyclotron-write-probe");
     std::fs::write(&probe, b"")
         .with_context(|| format!("output folder {}: not writable; choose another --out", dir.display()))?;
@@ -45,7 +46,10 @@ pub fn print_lr_find(r: &LrFindReport) {
 pub fn print_results(r: &TrainResults, store: &str, job: &str, run: &str) {
     let split = &r.eval_split;
     println!();
-    println!("{:<12} {:>5} {:>5} {:>5} {:>10} {:>10} {:>12}", "model", "stage", "cycle", "epoch", "loss", "accuracy", "valid acc");
+    println!(
+        "{:<12} {:>5} {:>5} {:>5} {:>10} {:>10} {:>12}",
+        "model", "stage", "cycle", "epoch", "loss", "accuracy", "valid acc"
+    );
     for s in &r.snapshots {
         println!(
             "{:<12} {:>5} {:>5} {:>5} {:>10.4} {:>9.2}% {:>11.2}%",
@@ -58,6 +62,9 @@ pub fn print_results(r: &TrainResults, store: &str, job: &str, run: &str) {
             100.0 * s.valid.accuracy
         );
     }
+    if r.ensemble.is_none() {
+        println!("{:<12} (no snapshots were taken, or ensemble.members = 0)", "ensemble");
+    }
     if let Some(e) = &r.ensemble {
         let members: Vec<String> = e.members.iter().map(|m| m.to_string()).collect();
         println!(
@@ -69,7 +76,13 @@ pub fn print_results(r: &TrainResults, store: &str, job: &str, run: &str) {
             100.0 * e.valid.accuracy
         );
     }
-    println!("{:<12} {:>17} {:>10.4} {:>9.2}%", "final", "", r.final_model.loss, 100.0 * r.final_model.accuracy);
+    println!(
+        "{:<12} {:>17} {:>10.4} {:>9.2}%",
+        "final",
+        "",
+        r.final_model.loss,
+        100.0 * r.final_model.accuracy
+    );
     println!();
     println!("loss and accuracy on the {split} split; {:.0}s of training; snapshots in {store}/{job}/{run}/snapshots/", r.train_seconds);
 }

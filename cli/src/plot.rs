@@ -116,7 +116,9 @@ pub(crate) mod test_png {
     /// Decode `path`, check its size and that it is not blank; returns the decoded image.
     pub fn assert_png(path: &Path, size: (u32, u32)) -> image::RgbaImage {
         assert!(path.is_file(), "{} was not written", path.display());
-        let img = image::open(path).unwrap_or_else(|e| panic!("{} does not decode: {e}", path.display())).to_rgba8();
+        let img = image::open(path)
+            .unwrap_or_else(|e| panic!("{} does not decode: {e}", path.display()))
+            .to_rgba8();
         assert_eq!(img.dimensions(), size, "{}", path.display());
         let colours: HashSet<[u8; 4]> = img.pixels().map(|p| p.0).collect();
         assert!(colours.len() > 16, "{} looks blank: {} distinct colours", path.display(), colours.len());
@@ -251,7 +253,13 @@ mod tests {
     #[test]
     fn run_dir_with_nothing_drawable_fails_with_the_reasons() {
         let dir = TempDir::new().unwrap();
-        let empty = LrFindReport { lrs: vec![], losses: vec![], raw_losses: vec![], suggestion: None, diverged: false };
+        let empty = LrFindReport {
+            lrs: vec![],
+            losses: vec![],
+            raw_losses: vec![],
+            suggestion: None,
+            diverged: false,
+        };
         write_json(&dir.path().join("lr_find.json"), &empty);
         let err = plot_run_dir(dir.path()).unwrap_err().to_string();
         assert!(err.contains("no plot could be drawn") && err.contains("lr_find.png"), "{err}");

@@ -61,7 +61,11 @@ impl Observer for Progress {
                 let s = report.suggestion.map_or("no suggestion (diverged at once)".to_string(), |s| {
                     format!("steep {:.2e}, valley {:.2e}, minimum/10 {:.2e}", s.steep, s.valley, s.minimum)
                 });
-                self.line(format!("lr_find: {} steps{}; {s}", report.lrs.len(), if report.diverged { ", stopped on divergence" } else { "" }));
+                self.line(format!(
+                    "lr_find: {} steps{}; {s}",
+                    report.lrs.len(),
+                    if report.diverged { ", stopped on divergence" } else { "" }
+                ));
             }
             Event::EpochStart { stage, epoch, epochs, steps } => {
                 self.start(*steps, format!("stage {} epoch {}/{}", stage + 1, epoch + 1, epochs))

@@ -14,7 +14,7 @@ pub enum Error {
     #[error("store {url}: cannot create or write the folder {path}: {source}")]
     StoreNotWritable { url: String, path: String, source: std::io::Error },
     #[error("store {url}: {op} {key}: {source}")]
-    Store { url: String, op: &'static str, key: String, source: object_store::Error },
+    Store { url: String, op: &'static str, key: String, source: Box<object_store::Error> },
     #[error("checkpoint {key}: {message}")]
     Corrupt { key: String, message: String },
     #[error("checkpoint {key}: bad manifest: {source}")]

@@ -248,7 +248,7 @@ mod tests {
     #[test]
     fn diverges_above_four_times_best_but_not_in_the_first_ten_steps() {
         let mut f = LrFinder::new(0.0); // no smoothing: the verdict reads raw losses
-        // a big early spike cannot stop the test: best is not tracked yet
+                                        // a big early spike cannot stop the test: best is not tracked yet
         assert_eq!(f.record(1e-6, 1.0), Verdict::Continue);
         assert_eq!(f.record(1e-6, 100.0), Verdict::Continue);
         for _ in 2..12 {

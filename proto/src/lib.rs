@@ -1,1 +1,24 @@
-//! placeholder
+//! `cyclotron-proto`: the wire contract between users, coordinators and workers.
+//!
+//! Today it carries the identifier newtypes every role shares and the protocol version a worker
+//! announces when it registers. The gRPC services (submit / watch jobs, worker registration with
+//! leases and rendezvous, raft peer messages) and the one place that maps domain errors to
+//! `tonic::Status` codes land here with the coordinator.
+
+pub use cyclotron_core::ids::{JobId, Rank, RunId, Step};
+
+/// Version of the worker ↔ coordinator protocol; a worker speaking another one is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_print_and_serialise_as_their_inner_value() {
+        assert_eq!(JobId("j-1".into()).to_string(), "j-1");
+        assert_eq!(Step(42).to_string(), "42");
+        assert_eq!(Rank(3), Rank(3));
+        assert!(Step(1) < Step(2));
+    }
+}

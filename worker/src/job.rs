@@ -54,7 +54,9 @@ pub fn load_data(spec: &JobSpec) -> Result<JobData> {
     if data.valid.is_empty() {
         return Err(Error::Invalid {
             what: "data".into(),
-            message: format!("the validation split of {path} is empty; raise data.valid_pct or add images to valid/"),
+            message: format!(
+                "the validation split of {path} is empty; raise data.valid_pct or add images to valid/"
+            ),
         });
     }
     Ok(data)
@@ -75,7 +77,8 @@ pub fn device(spec: &JobSpec) -> Result<Device> {
 
 /// Build the learner for `spec` on `data`.
 pub fn learner(spec: &JobSpec, data: &JobData) -> Result<Learner> {
-    let threads = spec.runtime.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads =
+        spec.runtime.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     tch::set_num_threads(threads as i32);
     tch::manual_seed(spec.seed as i64);
     let device = device(spec)?;
@@ -166,7 +169,8 @@ pub fn run_train(spec: &JobSpec, run_id: &str, obs: &mut dyn Observer) -> Result
         let lr = match stage.fixed_lr() {
             Some(lr) => lr,
             None => {
-                let report = &lr_finds.last().expect("validate() ensures an LR-range test precedes lr = \"auto\"").1;
+                let report =
+                    &lr_finds.last().expect("validate() ensures an LR-range test precedes lr = \"auto\"").1;
                 let s = report.suggestion.ok_or_else(|| Error::Invalid {
                     what: format!("stage {}: lr = \"auto\"", si + 1),
                     message: "the LR-range test gave no suggestion (it diverged at once); set lr explicitly or lower lr_find.start".into(),
@@ -252,7 +256,8 @@ pub fn run_train(spec: &JobSpec, run_id: &str, obs: &mut dyn Observer) -> Result
         history: rec.history,
         train_seconds: started.elapsed().as_secs_f64(),
     };
-    let body = serde_json::to_vec_pretty(&results).map_err(|e| Error::Invalid { what: "results".into(), message: e.to_string() })?;
+    let body = serde_json::to_vec_pretty(&results)
+        .map_err(|e| Error::Invalid { what: "results".into(), message: e.to_string() })?;
     rt.block_on(store.put_raw(&format!("{}/{}/results.json", spec.name, run_id), body.into()))?;
     Ok(results)
 }

@@ -115,13 +115,7 @@ impl Learner {
 
     /// One training step at per-group learning rates `lrs`; returns the batch loss.
     fn train_step(&mut self, x: &Tensor, y: &Tensor, lrs: &[f64]) -> f64 {
-        let x = x.to_device(self.device);
-        let y = y.to_device(self.device);
-        let loss = self.net.forward_t(&x, true).cross_entropy_for_logits(&y);
-        self.opt.zero_grad();
-        loss.backward();
-        self.opt.step(lrs);
-        loss.double_value(&[])
+        train_step(&self.net, &mut self.opt, &x.to_device(self.device), &y.to_device(self.device), lrs)
     }
 
     fn check_abort(&self) -> Result<()> {
@@ -170,7 +164,12 @@ impl Learner {
                 self.global_step += 1;
                 sum += loss;
                 n += 1;
-                obs.on_event(&Event::Step { stage, step: self.global_step, loss, lr: schedule.lr_at(step - 1) });
+                obs.on_event(&Event::Step {
+                    stage,
+                    step: self.global_step,
+                    loss,
+                    lr: schedule.lr_at(step - 1),
+                });
                 if let Some(p) = points.iter().find(|p| p.step == step) {
                     on_snapshot(self, *p)?;
                 }
@@ -220,7 +219,8 @@ impl Learner {
         let steps = range.steps.min(self.steps_per_epoch()? as u32);
         let range = LrRange { steps, ..range };
         // a fresh optimiser: the test must not disturb the real one's momentum
-        let real_opt = std::mem::replace(&mut self.opt, Optimizer::new(&self.opt_spec, self.net.parameters()));
+        let real_opt =
+            std::mem::replace(&mut self.opt, Optimizer::new(&self.opt_spec, self.net.parameters()));
         obs.on_event(&Event::LrFindStart { steps });
         let mut finder = LrFinder::default();
         let mut diverged = false;
@@ -248,6 +248,16 @@ impl Learner {
     }
 }
 
+/// The training step every path shares (the learner, the LR-range test, `make bench`): forward in
+/// training mode, cross-entropy, backward, one optimiser update. Returns the batch loss.
+pub fn train_step(net: &Net, opt: &mut Optimizer, x: &Tensor, y: &Tensor, lrs: &[f64]) -> f64 {
+    let loss = net.forward_t(x, true).cross_entropy_for_logits(y);
+    opt.zero_grad();
+    loss.backward();
+    opt.step(lrs);
+    loss.double_value(&[])
+}
+
 /// Labels of a dataset view as an i64 tensor.
 pub fn labels(ds: &Dataset) -> Tensor {
     let ys: Vec<i64> = ds.indices.iter().map(|&i| ds.labels[i]).collect();
@@ -257,6 +267,133 @@ pub fn labels(ds: &Dataset) -> Tensor {
 /// Negative log-likelihood and accuracy of probabilities `probs` [N, C] against `labels` [N].
 pub fn metrics(probs: &Tensor, labels: &Tensor) -> Metrics {
     let loss = probs.clamp_min(1e-12).log().nll_loss(labels).double_value(&[]);
-    let accuracy = probs.argmax(-1, false).eq_tensor(labels).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+    let accuracy =
+        probs.argmax(-1, false).eq_tensor(labels).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
     Metrics { loss, accuracy }
+}
+
+#[cfg(test)]
+mod tests {
+    use cyclotron_core::schedule::{Constant, Sgdr};
+    use tch::Device;
+
+    use super::*;
+    use crate::models::{self, GROUPS};
+
+    /// Two classes of 12×12 grey images: a bright square top-left vs bottom-right, with noise.
+    fn toy(n: usize, seed: u64) -> Dataset {
+        let mut rng = crate::data::SplitMix64::new(seed);
+        let (mut images, mut labels) = (vec![], vec![]);
+        for i in 0..n {
+            let label = (i % 2) as i64;
+            for y in 0..12 {
+                for x in 0..12 {
+                    let lit = if label == 0 { x < 6 && y < 6 } else { x >= 6 && y >= 6 };
+                    let noise = rng.below(60) as u8;
+                    images.push(if lit { 160 + noise } else { noise });
+                }
+            }
+            labels.push(label);
+        }
+        Dataset::new(images, (1, 12, 12), labels, vec!["tl".into(), "br".into()])
+    }
+
+    fn learner() -> Learner {
+        tch::manual_seed(0);
+        let train = toy(256, 1);
+        let valid = toy(64, 2);
+        let net = models::build("small_resnet", 4, 1, 2, Device::Cpu).unwrap();
+        let data =
+            DataBundle { norm: Normalize::from_stats(&train), train, valid, batch_size: 32, prefetch: 2 };
+        Learner::new(net, &OptimizerSpec::default(), data, Device::Cpu, 3)
+    }
+
+    #[test]
+    fn fit_learns_and_snapshots_at_every_cycle_end() {
+        let mut l = learner();
+        let before = l.evaluate(&l.data.valid).unwrap();
+        let spe = l.steps_per_epoch().unwrap();
+        assert_eq!(spe, 8);
+        let sched = Sgdr {
+            lr_max: 0.05,
+            lr_min: 0.0,
+            steps_per_epoch: spe,
+            cycles: 2,
+            cycle_len: 1,
+            cycle_mult: 2,
+            warmup: true,
+        };
+        let mut seen = vec![];
+        let records = l
+            .fit(0, &sched, &[0.05; GROUPS], &mut Quiet, &mut |l, p| {
+                seen.push((p.cycle, p.epoch, l.global_step));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(seen, vec![(0, 1, 8), (1, 3, 24)], "snapshots after cycle 0 (1 epoch) and 1 (2 more)");
+        assert_eq!(records.len(), 3);
+        assert_eq!(l.global_step, 24);
+        let after = records.last().unwrap().valid;
+        assert!(after.accuracy > 0.9, "toy problem not learned: {after:?}");
+        assert!(after.loss < before.loss);
+    }
+
+    #[test]
+    fn lr_find_restores_weights_and_optimiser_state() {
+        let mut l = learner();
+        // one real step so the optimiser has momentum to protect
+        l.fit(
+            0,
+            &Constant { lr: 0.01, steps_per_epoch: 8, epochs: 1 },
+            &[0.01; GROUPS],
+            &mut Quiet,
+            &mut |_, _| Ok(()),
+        )
+        .unwrap();
+        let weights = clone_vars(&l.net.vs);
+        let (momentum, _) = l.opt.state();
+        let report = l.lr_find(LrRange { start: 1e-4, end: 10.0, steps: 50 }, &mut Quiet).unwrap();
+        // at most one epoch of steps
+        assert!(!report.lrs.is_empty() && report.lrs.len() <= 8, "{} steps", report.lrs.len());
+        for ((n, a), (_, b)) in weights.iter().zip(clone_vars(&l.net.vs).iter()) {
+            assert!(a.equal(b), "{n} changed by lr_find");
+        }
+        let (after, _) = l.opt.state();
+        assert_eq!(momentum.len(), after.len());
+        for ((n, a), (_, b)) in momentum.iter().zip(after.iter()) {
+            assert!(a.equal(b), "momentum of {n} changed by lr_find");
+        }
+    }
+
+    #[test]
+    fn frozen_groups_do_not_move() {
+        let mut l = learner();
+        l.freeze_to(2);
+        let before = clone_vars(&l.net.vs);
+        l.fit(
+            0,
+            &Constant { lr: 0.05, steps_per_epoch: 8, epochs: 1 },
+            &[0.05; GROUPS],
+            &mut Quiet,
+            &mut |_, _| Ok(()),
+        )
+        .unwrap();
+        for ((name, a), (_, b)) in before.iter().zip(clone_vars(&l.net.vs).iter()) {
+            let group = l.net.group_of(name);
+            if group < 2 && !models::is_buffer(name) {
+                assert!(a.equal(b), "{name} in frozen group {group} moved");
+            }
+            if name == "head.fc.weight" {
+                assert!(!a.equal(b), "the head did not train");
+            }
+        }
+    }
+
+    #[test]
+    fn batch_larger_than_the_data_is_an_error_naming_the_field() {
+        let mut l = learner();
+        l.data.batch_size = 1000;
+        let e = l.steps_per_epoch().unwrap_err().to_string();
+        assert!(e.starts_with("data.batch_size: 1000 is larger than the training split (256 items)"), "{e}");
+    }
 }

@@ -26,7 +26,10 @@ pub struct Optimizer {
 
 impl std::fmt::Debug for Optimizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Optimizer").field("kind", &self.spec.kind).field("params", &self.params.len()).finish()
+        f.debug_struct("Optimizer")
+            .field("kind", &self.spec.kind)
+            .field("params", &self.params.len())
+            .finish()
     }
 }
 
@@ -151,7 +154,8 @@ mod tests {
     #[test]
     fn sgd_matches_the_pytorch_recurrence() {
         let p = param(&[1.0, -2.0]);
-        let mut opt = Optimizer::new(&spec(OptimizerKind::Sgd, 0.9, 0.1), vec![("p".into(), 0, p.shallow_clone())]);
+        let mut opt =
+            Optimizer::new(&spec(OptimizerKind::Sgd, 0.9, 0.1), vec![("p".into(), 0, p.shallow_clone())]);
         let (mut x, mut buf) = ([1.0f64, -2.0], [0.0f64; 2]);
         for step in 0..5 {
             opt.zero_grad();
@@ -164,14 +168,18 @@ mod tests {
             }
         }
         let got: Vec<f32> = Vec::try_from(&p.detach()).unwrap();
-        assert!((got[0] as f64 - x[0]).abs() < 1e-6 && (got[1] as f64 - x[1]).abs() < 1e-6, "{got:?} vs {x:?}");
+        assert!(
+            (got[0] as f64 - x[0]).abs() < 1e-6 && (got[1] as f64 - x[1]).abs() < 1e-6,
+            "{got:?} vs {x:?}"
+        );
     }
 
     #[test]
     fn adamw_first_step_moves_each_weight_by_lr() {
         // with bias correction the first Adam step is lr·sign(g) (up to eps), plus decoupled decay
         let p = param(&[3.0, -0.5]);
-        let mut opt = Optimizer::new(&spec(OptimizerKind::Adamw, 0.0, 0.0), vec![("p".into(), 0, p.shallow_clone())]);
+        let mut opt =
+            Optimizer::new(&spec(OptimizerKind::Adamw, 0.0, 0.0), vec![("p".into(), 0, p.shallow_clone())]);
         (&p * &p * 0.5).sum(Kind::Float).backward();
         opt.step(&[0.01]);
         let got: Vec<f32> = Vec::try_from(&p.detach()).unwrap();
@@ -185,7 +193,11 @@ mod tests {
         let frozen = param(&[1.0]);
         let mut opt = Optimizer::new(
             &spec(OptimizerKind::Sgd, 0.0, 0.0),
-            vec![("a".into(), 0, a.shallow_clone()), ("b".into(), 1, b.shallow_clone()), ("f".into(), 1, frozen.shallow_clone())],
+            vec![
+                ("a".into(), 0, a.shallow_clone()),
+                ("b".into(), 1, b.shallow_clone()),
+                ("f".into(), 1, frozen.shallow_clone()),
+            ],
         );
         (&a + &b).sum(Kind::Float).backward();
         opt.step(&[0.1, 0.3]);
@@ -197,7 +209,8 @@ mod tests {
     #[test]
     fn state_round_trips() {
         let p = param(&[1.0, 2.0]);
-        let mut opt = Optimizer::new(&spec(OptimizerKind::Adamw, 0.0, 0.01), vec![("p".into(), 0, p.shallow_clone())]);
+        let mut opt =
+            Optimizer::new(&spec(OptimizerKind::Adamw, 0.0, 0.01), vec![("p".into(), 0, p.shallow_clone())]);
         (&p * &p).sum(Kind::Float).backward();
         opt.step(&[0.01]);
         let (tensors, counts) = opt.state();

@@ -47,8 +47,10 @@ pub fn to_safetensors(named: &[(String, Tensor)]) -> Result<Vec<u8>> {
 
 /// Parse safetensors bytes into CPU tensors.
 pub fn from_safetensors(bytes: &[u8], what: &str) -> Result<Vec<(String, Tensor)>> {
-    let st = SafeTensors::deserialize(bytes)
-        .map_err(|e| Error::Checkpoint { key: what.into(), message: format!("not a safetensors file: {e}") })?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Checkpoint {
+        key: what.into(),
+        message: format!("not a safetensors file: {e}"),
+    })?;
     st.tensors().into_iter().map(|(name, view)| Ok((name, Tensor::try_from(view)?))).collect()
 }
 
@@ -57,7 +59,8 @@ pub fn from_safetensors(bytes: &[u8], what: &str) -> Result<Vec<(String, Tensor)
 pub fn load_into(vs: &tch::nn::VarStore, src: &[(String, Tensor)], what: &str) -> Result<()> {
     let vars = vs.variables();
     let missing: Vec<_> = vars.keys().filter(|k| !src.iter().any(|(n, _)| n == *k)).cloned().collect();
-    let unexpected: Vec<_> = src.iter().filter(|(n, _)| !vars.contains_key(n)).map(|(n, _)| n.clone()).collect();
+    let unexpected: Vec<_> =
+        src.iter().filter(|(n, _)| !vars.contains_key(n)).map(|(n, _)| n.clone()).collect();
     let mut problems = vec![];
     if !missing.is_empty() {
         problems.push(format!("missing keys: {}", missing.join(", ")));
@@ -68,7 +71,11 @@ pub fn load_into(vs: &tch::nn::VarStore, src: &[(String, Tensor)], what: &str) -
     for (name, t) in src {
         if let Some(v) = vars.get(name) {
             if v.size() != t.size() {
-                problems.push(format!("{name}: shape {:?} in the file, {:?} in the model", t.size(), v.size()));
+                problems.push(format!(
+                    "{name}: shape {:?} in the file, {:?} in the model",
+                    t.size(),
+                    v.size()
+                ));
             }
         }
     }
@@ -92,7 +99,6 @@ pub fn clone_vars(vs: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
     v
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,12 +108,16 @@ mod tests {
     fn round_trip_keeps_names_kinds_and_values() {
         let a = Tensor::randn([3, 4], (Kind::Float, Device::Cpu));
         let b = Tensor::from_slice(&[1i64, 2, 3]);
-        let bytes = to_safetensors(&[("a".into(), a.shallow_clone()), ("b.c".into(), b.shallow_clone())]).unwrap();
+        let bytes =
+            to_safetensors(&[("a".into(), a.shallow_clone()), ("b.c".into(), b.shallow_clone())]).unwrap();
         let back = from_safetensors(&bytes, "t").unwrap();
         let get = |n: &str| back.iter().find(|(k, _)| k == n).unwrap().1.shallow_clone();
         assert!(get("a").equal(&a));
         assert!(get("b.c").equal(&b));
-        assert!(from_safetensors(b"garbage", "x.safetensors").unwrap_err().to_string().contains("x.safetensors"));
+        assert!(from_safetensors(b"garbage", "x.safetensors")
+            .unwrap_err()
+            .to_string()
+            .contains("x.safetensors"));
     }
 
     #[test]
@@ -115,10 +125,16 @@ mod tests {
         let vs = tch::nn::VarStore::new(Device::Cpu);
         let _w = vs.root().zeros("w", &[2]);
         let _v = vs.root().zeros("v", &[2]);
-        let src = vec![("w".to_string(), Tensor::ones([2], (Kind::Float, Device::Cpu))), ("zz".to_string(), Tensor::ones([1], (Kind::Float, Device::Cpu)))];
+        let src = vec![
+            ("w".to_string(), Tensor::ones([2], (Kind::Float, Device::Cpu))),
+            ("zz".to_string(), Tensor::ones([1], (Kind::Float, Device::Cpu))),
+        ];
         let e = load_into(&vs, &src, "m").unwrap_err().to_string();
         assert!(e.contains("missing keys: v") && e.contains("unexpected keys: zz"), "{e}");
-        let src = vec![("w".to_string(), Tensor::ones([2], (Kind::Float, Device::Cpu))), ("v".to_string(), Tensor::ones([2], (Kind::Float, Device::Cpu)))];
+        let src = vec![
+            ("w".to_string(), Tensor::ones([2], (Kind::Float, Device::Cpu))),
+            ("v".to_string(), Tensor::ones([2], (Kind::Float, Device::Cpu))),
+        ];
         load_into(&vs, &src, "m").unwrap();
         assert_eq!(vs.variables()["w"].sum(Kind::Float).double_value(&[]), 2.0);
     }

@@ -27,7 +27,9 @@ pub fn ensemble_png(results: &TrainResults, path: &Path) -> Result<()> {
     let finite = bars.iter().map(|b| b.accuracy).filter(|a| a.is_finite());
     let Some((lo, hi)) = style::min_max(finite) else {
         let n = results.snapshots.len();
-        return Err(NoData(format!("ensemble: no finite accuracy among {n} snapshots and the ensemble")).into());
+        return Err(
+            NoData(format!("ensemble: no finite accuracy among {n} snapshots and the ensemble")).into()
+        );
     };
     let (y_lo, y_hi) = accuracy_window(lo, hi);
 
@@ -80,23 +82,30 @@ pub fn ensemble_png(results: &TrainResults, path: &Path) -> Result<()> {
             chart.plotting_area().draw(&(EmptyElement::at((centre, y_lo)) + text))?;
             continue;
         }
-        let mut rect =
-            Rectangle::new([(SegmentValue::Exact(i), y_lo), (SegmentValue::Exact(i + 1), bar.accuracy)], bar.colour.filled());
+        let mut rect = Rectangle::new(
+            [(SegmentValue::Exact(i), y_lo), (SegmentValue::Exact(i + 1), bar.accuracy)],
+            bar.colour.filled(),
+        );
         rect.set_margin(0, 0, gap, gap);
         chart.plotting_area().draw(&rect)?;
         let text = Text::new(format!("{:.2}", bar.accuracy), (0, -4), value_style.clone());
         chart.plotting_area().draw(&(EmptyElement::at((centre, bar.accuracy)) + text))?;
     }
-    if let Some(e) = results.ensemble.as_ref().map(|_| bars[bars.len() - 1].accuracy).filter(|a| a.is_finite()) {
+    if let Some(e) =
+        results.ensemble.as_ref().map(|_| bars[bars.len() - 1].accuracy).filter(|a| a.is_finite())
+    {
         let level = [(SegmentValue::Exact(0), e), (SegmentValue::Exact(n), e)];
         chart.draw_series(DashedLineSeries::new(level, 8, 5, style::ORANGE.mix(0.8).stroke_width(1)))?;
     }
 
     // legend: the three bar colours
-    for (colour, label) in
-        [(style::BLUE_T, "ensemble member"), (style::LIGHT_BLUE, "snapshot left out"), (style::ORANGE, "ensemble")]
-    {
-        chart.draw_series(std::iter::empty::<Circle<(SegmentValue<i32>, f64), i32>>())?
+    for (colour, label) in [
+        (style::BLUE_T, "ensemble member"),
+        (style::LIGHT_BLUE, "snapshot left out"),
+        (style::ORANGE, "ensemble"),
+    ] {
+        chart
+            .draw_series(std::iter::empty::<Circle<(SegmentValue<i32>, f64), i32>>())?
             .label(label)
             .legend(style::legend_box(colour));
     }
@@ -201,7 +210,11 @@ mod tests {
         let got: Vec<_> = b.iter().map(|b| (b.label.as_str(), b.accuracy, b.colour)).collect();
         assert_eq!(
             got,
-            [("snapshot 0", 50.0, style::LIGHT_BLUE), ("snapshot 1", 75.0, style::BLUE_T), ("ensemble", 80.0, style::ORANGE)]
+            [
+                ("snapshot 0", 50.0, style::LIGHT_BLUE),
+                ("snapshot 1", 75.0, style::BLUE_T),
+                ("ensemble", 80.0, style::ORANGE)
+            ]
         );
         // already in percent: left alone
         assert_eq!(bars(&results(&[88.6], None))[0].accuracy, 88.6);

@@ -16,7 +16,10 @@ pub fn lr_find_png(report: &LrFindReport, path: &Path) -> Result<()> {
     let smooth = finite_points(&report.lrs, &report.losses);
     if smooth.is_empty() {
         let steps = report.lrs.len();
-        return Err(NoData(format!("lr_find: none of its {steps} steps has a finite learning rate and loss")).into());
+        return Err(NoData(format!(
+            "lr_find: none of its {steps} steps has a finite learning rate and loss"
+        ))
+        .into());
     }
     let raw = finite_points(&report.lrs, &report.raw_losses);
     let (x_lo, x_hi) = lr_window(&smooth);
@@ -25,11 +28,8 @@ pub fn lr_find_png(report: &LrFindReport, path: &Path) -> Result<()> {
     style::ensure_font()?;
     let root = BitMapBackend::new(path, style::LR_FIND_SIZE).into_drawing_area();
     root.fill(&WHITE)?;
-    let caption = if report.diverged {
-        "LR range test (stopped when the loss diverged)"
-    } else {
-        "LR range test"
-    };
+    let caption =
+        if report.diverged { "LR range test (stopped when the loss diverged)" } else { "LR range test" };
     let mut chart = ChartBuilder::on(&root)
         .caption(caption, style::caption_style())
         .margin(20)
@@ -71,7 +71,11 @@ pub fn lr_find_png(report: &LrFindReport, path: &Path) -> Result<()> {
     }
 
     if let Some(s) = report.suggestion {
-        let marks = [("steep", s.steep, style::GREEN_T), ("valley", s.valley, style::ORANGE), ("minimum", s.minimum, style::RED_T)];
+        let marks = [
+            ("steep", s.steep, style::GREEN_T),
+            ("valley", s.valley, style::ORANGE),
+            ("minimum", s.minimum, style::RED_T),
+        ];
         for (name, lr, colour) in marks {
             // the marker sits on the curve at the suggested lr, when that point is on the plot
             let at = Some((lr, loss_near(&smooth, lr)))
@@ -138,7 +142,11 @@ fn loss_window(points: &[(f64, f64)]) -> (f64, f64) {
 /// Smoothed loss at the point whose lr is nearest `lr` in log space.
 fn loss_near(points: &[(f64, f64)], lr: f64) -> f64 {
     let distance = |p: &(f64, f64)| (p.0.ln() - lr.ln()).abs();
-    points.iter().min_by(|a, b| distance(a).total_cmp(&distance(b))).map(|p| p.1).expect("points is not empty")
+    points
+        .iter()
+        .min_by(|a, b| distance(a).total_cmp(&distance(b)))
+        .map(|p| p.1)
+        .expect("points is not empty")
 }
 
 #[cfg(test)]
@@ -158,7 +166,8 @@ mod tests {
             let lr = r.lr_at(i);
             let x = (lr / 3e-3).ln();
             let noise = 0.08 * ((i * 7919 % 101) as f64 / 101.0 - 0.5);
-            let loss = 2.3 - 0.6 * (x.tanh() + 1.0) + if x > 2.0 { 2.0 * (x - 2.0).powi(2) } else { 0.0 } + noise;
+            let loss =
+                2.3 - 0.6 * (x.tanh() + 1.0) + if x > 2.0 { 2.0 * (x - 2.0).powi(2) } else { 0.0 } + noise;
             if f.record(lr, loss) == Verdict::Diverged {
                 diverged = true;
                 break;
@@ -197,11 +206,22 @@ mod tests {
     fn degenerate_reports_fail_cleanly_or_draw() {
         let dir = TempDir::new().unwrap();
         let path = dir.path().join("x.png");
-        let empty = LrFindReport { lrs: vec![], losses: vec![], raw_losses: vec![], suggestion: None, diverged: false };
+        let empty = LrFindReport {
+            lrs: vec![],
+            losses: vec![],
+            raw_losses: vec![],
+            suggestion: None,
+            diverged: false,
+        };
         let err = lr_find_png(&empty, &path).unwrap_err();
         assert!(err.downcast_ref::<NoData>().is_some(), "{err}");
 
-        let nan = LrFindReport { lrs: vec![1e-3, 1e-2], losses: vec![f64::NAN; 2], raw_losses: vec![f64::NAN; 2], ..empty.clone() };
+        let nan = LrFindReport {
+            lrs: vec![1e-3, 1e-2],
+            losses: vec![f64::NAN; 2],
+            raw_losses: vec![f64::NAN; 2],
+            ..empty.clone()
+        };
         assert!(lr_find_png(&nan, &path).unwrap_err().downcast_ref::<NoData>().is_some());
         assert!(!path.exists());
 
@@ -209,7 +229,12 @@ mod tests {
         let one = LrFindReport { lrs: vec![1e-3], losses: vec![2.0], raw_losses: vec![], ..empty.clone() };
         lr_find_png(&one, &path).unwrap();
         assert_png(&path, style::LR_FIND_SIZE);
-        let flat = LrFindReport { lrs: vec![1e-4, 1e-3, 1e-2], losses: vec![1.0; 3], raw_losses: vec![1.0; 2], ..empty };
+        let flat = LrFindReport {
+            lrs: vec![1e-4, 1e-3, 1e-2],
+            losses: vec![1.0; 3],
+            raw_losses: vec![1.0; 2],
+            ..empty
+        };
         lr_find_png(&flat, &path).unwrap();
         assert_png(&path, style::LR_FIND_SIZE);
     }

@@ -74,7 +74,8 @@ pub fn fmt_sci(v: f64) -> String {
 /// `v` with as many decimals as an axis spanning `span` needs to tell its ticks apart.
 pub fn fmt_fixed(v: f64, span: f64) -> String {
     // plotters puts about ten ticks on an axis, on 1-2-5 steps
-    let decimals = if span > 0.0 && span.is_finite() { (-(span / 8.0).log10()).ceil().clamp(0.0, 6.0) } else { 2.0 };
+    let decimals =
+        if span > 0.0 && span.is_finite() { (-(span / 8.0).log10()).ceil().clamp(0.0, 6.0) } else { 2.0 };
     format!("{v:.*}", decimals as usize)
 }
 
@@ -226,7 +227,10 @@ mod tests {
         assert_eq!(runs, vec![vec![(0.0, 0.5), (0.5, 1.0)], vec![(1.5, 1.0), (2.0, 0.5), (2.25, 0.0)]]);
         // entirely inside: unchanged; entirely outside or a single point: nothing
         assert_eq!(clip_to_band(&points[..1], (0.0, 1.0), false), Vec::<Vec<_>>::new());
-        assert_eq!(clip_to_band(&[(0.0, 0.2), (1.0, 0.2)], (0.0, 1.0), false), vec![vec![(0.0, 0.2), (1.0, 0.2)]]);
+        assert_eq!(
+            clip_to_band(&[(0.0, 0.2), (1.0, 0.2)], (0.0, 1.0), false),
+            vec![vec![(0.0, 0.2), (1.0, 0.2)]]
+        );
         assert!(clip_to_band(&[(0.0, 5.0), (1.0, 7.0)], (0.0, 1.0), false).is_empty());
         // on a log axis the crossing is interpolated in log x: half-way between 1e-3 and 1e-1 is 1e-2
         let runs = clip_to_band(&[(1e-3, 0.0), (1e-1, 2.0)], (0.0, 1.0), true);

@@ -26,7 +26,10 @@ pub fn training_png(history: &StepHistory, path: &Path) -> Result<()> {
     let h = Curves::new(history);
     if h.loss.is_empty() && h.lr.is_empty() {
         let steps = history.steps.len();
-        return Err(NoData(format!("training: none of its {steps} steps has a finite loss or learning rate")).into());
+        return Err(NoData(format!(
+            "training: none of its {steps} steps has a finite loss or learning rate"
+        ))
+        .into());
     }
     let xs = h.loss.iter().chain(&h.lr).map(|p| p.0);
     let events = h.stage_starts.iter().copied().chain(h.cycle_ends.iter().map(|c| c.0));
@@ -120,7 +123,9 @@ fn loss_panel(area: &Area, x: (f64, f64), h: &Curves) -> Result<()> {
         chart.plotting_area().draw(&(EmptyElement::at((s, y_hi)) + label))?;
     }
     let band = (y_lo, y_hi);
-    chart.draw_series(clip_to_band(&h.loss, band, false).into_iter().map(|r| PathElement::new(r, raw_style())))?;
+    chart.draw_series(
+        clip_to_band(&h.loss, band, false).into_iter().map(|r| PathElement::new(r, raw_style())),
+    )?;
     let smooth = clip_to_band(&h.smooth, band, false);
     chart.draw_series(smooth.into_iter().map(|r| PathElement::new(r, smooth_style())))?;
     if h.smooth.len() == 1 {
@@ -175,7 +180,8 @@ fn draw_events(chart: &mut Chart, h: &Curves, (y_lo, y_hi): (f64, f64)) -> Resul
     for &(s, _) in &h.cycle_ends {
         chart.draw_series(DashedLineSeries::new([(s, y_lo), (s, y_hi)], 6, 4, cycle_style()))?;
     }
-    let stage_lines = h.stage_starts.iter().map(|&s| PathElement::new(vec![(s, y_lo), (s, y_hi)], stage_style()));
+    let stage_lines =
+        h.stage_starts.iter().map(|&s| PathElement::new(vec![(s, y_lo), (s, y_hi)], stage_style()));
     chart.draw_series(stage_lines)?;
     Ok(())
 }
@@ -297,7 +303,12 @@ mod tests {
         let path = dir.path().join("t.png");
         let err = training_png(&StepHistory::default(), &path).unwrap_err();
         assert!(err.downcast_ref::<NoData>().is_some(), "{err}");
-        let nan = StepHistory { steps: vec![0, 1], losses: vec![f64::NAN; 2], lrs: vec![f64::NAN; 2], ..StepHistory::default() };
+        let nan = StepHistory {
+            steps: vec![0, 1],
+            losses: vec![f64::NAN; 2],
+            lrs: vec![f64::NAN; 2],
+            ..StepHistory::default()
+        };
         assert!(training_png(&nan, &path).unwrap_err().downcast_ref::<NoData>().is_some());
 
         // NaN losses with good lrs: the loss panel says so, the lr panel is drawn

@@ -83,10 +83,8 @@ impl CheckpointStore {
         let probe = std::path::Path::new(path).join(".cyclotron-write-probe");
         std::fs::write(&probe, b"").map_err(not_writable)?;
         let _ = std::fs::remove_file(&probe);
-        let local = object_store::local::LocalFileSystem::new_with_prefix(path).map_err(|e| Error::StoreUrl {
-            url: url.into(),
-            message: e.to_string(),
-        })?;
+        let local = object_store::local::LocalFileSystem::new_with_prefix(path)
+            .map_err(|e| Error::StoreUrl { url: url.into(), message: e.to_string() })?;
         Ok(Self::from_object_store(url, Arc::new(local)))
     }
 
@@ -101,7 +99,7 @@ impl CheckpointStore {
 
     fn err(&self, op: &'static str, key: &str) -> impl FnOnce(object_store::Error) -> Error + '_ {
         let key = key.to_string();
-        move |source| Error::Store { url: self.url.clone(), op, key, source }
+        move |source| Error::Store { url: self.url.clone(), op, key, source: Box::new(source) }
     }
 
     /// Commit a checkpoint in `dir`: every blob, then the manifest.
@@ -118,7 +116,10 @@ impl CheckpointStore {
         for blob in blobs {
             entries.push(BlobEntry::of(&blob.name, &blob.data));
             let key = format!("{dir}/{}", blob.name);
-            self.store.put(&ObjPath::from(key.as_str()), PutPayload::from(blob.data)).await.map_err(self.err("put", &key))?;
+            self.store
+                .put(&ObjPath::from(key.as_str()), PutPayload::from(blob.data))
+                .await
+                .map_err(self.err("put", &key))?;
         }
         let manifest = Manifest {
             version: MANIFEST_VERSION,
@@ -135,19 +136,26 @@ impl CheckpointStore {
                 .unwrap_or(0),
         };
         let key = format!("{dir}/{MANIFEST_FILE}");
-        let body = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Manifest { key: key.clone(), source: e })?;
-        self.store.put(&ObjPath::from(key.as_str()), PutPayload::from(body)).await.map_err(self.err("put", &key))?;
+        let body = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| Error::Manifest { key: key.clone(), source: e })?;
+        self.store
+            .put(&ObjPath::from(key.as_str()), PutPayload::from(body))
+            .await
+            .map_err(self.err("put", &key))?;
         Ok(manifest)
     }
 
     /// Every committed checkpoint under `prefix` (folders holding a manifest), sorted by folder.
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, Manifest)>> {
         let p = ObjPath::from(prefix);
-        let metas: Vec<_> = self.store.list(Some(&p)).try_collect().await.map_err(self.err("list", prefix))?;
+        let metas: Vec<_> =
+            self.store.list(Some(&p)).try_collect().await.map_err(self.err("list", prefix))?;
         let mut dirs: Vec<String> = metas
             .iter()
             .filter(|m| m.location.filename() == Some(MANIFEST_FILE))
-            .filter_map(|m| m.location.as_ref().strip_suffix(&format!("/{MANIFEST_FILE}")).map(str::to_string))
+            .filter_map(|m| {
+                m.location.as_ref().strip_suffix(&format!("/{MANIFEST_FILE}")).map(str::to_string)
+            })
             .collect();
         dirs.sort();
         let mut out = Vec::with_capacity(dirs.len());
@@ -185,9 +193,10 @@ impl CheckpointStore {
     /// Read one blob of a committed checkpoint, verifying its size and checksum.
     pub async fn read_blob(&self, dir: &str, manifest: &Manifest, name: &str) -> Result<Bytes> {
         let key = format!("{dir}/{name}");
-        let entry = manifest
-            .blob(name)
-            .ok_or_else(|| Error::Corrupt { key: key.clone(), message: "not listed in the manifest".into() })?;
+        let entry = manifest.blob(name).ok_or_else(|| Error::Corrupt {
+            key: key.clone(),
+            message: "not listed in the manifest".into(),
+        })?;
         let data = self.get(&key).await?;
         if !entry.matches(&data) {
             return Err(Error::Corrupt {
@@ -247,17 +256,44 @@ mod tests {
         assert!(store.latest(&run).await.unwrap().is_none());
         for step in [10u64, 30, 20] {
             store
-                .commit(&run.checkpoint_dir(step), CheckpointKind::Checkpoint, (step, 0, 1, None), blobs(&step.to_string()), serde_json::json!({"step": step}))
+                .commit(
+                    &run.checkpoint_dir(step),
+                    CheckpointKind::Checkpoint,
+                    (step, 0, 1, None),
+                    blobs(&step.to_string()),
+                    serde_json::json!({"step": step}),
+                )
                 .await
                 .unwrap();
         }
-        store.commit(&run.snapshot_dir(0), CheckpointKind::Snapshot, (15, 0, 1, Some(0)), blobs("s0"), serde_json::Value::Null).await.unwrap();
-        store.commit(&run.snapshot_dir(1), CheckpointKind::Snapshot, (25, 0, 2, Some(1)), blobs("s1"), serde_json::Value::Null).await.unwrap();
+        store
+            .commit(
+                &run.snapshot_dir(0),
+                CheckpointKind::Snapshot,
+                (15, 0, 1, Some(0)),
+                blobs("s0"),
+                serde_json::Value::Null,
+            )
+            .await
+            .unwrap();
+        store
+            .commit(
+                &run.snapshot_dir(1),
+                CheckpointKind::Snapshot,
+                (25, 0, 2, Some(1)),
+                blobs("s1"),
+                serde_json::Value::Null,
+            )
+            .await
+            .unwrap();
 
         let (dir, latest) = store.latest(&run).await.unwrap().unwrap();
         assert_eq!(latest.step, 30);
         assert_eq!(dir, "job/run-1/ckpt-0000000030");
-        assert_eq!(store.read_blob(&dir, &latest, "model.safetensors").await.unwrap(), Bytes::from("weights-30"));
+        assert_eq!(
+            store.read_blob(&dir, &latest, "model.safetensors").await.unwrap(),
+            Bytes::from("weights-30")
+        );
         assert_eq!(latest.state["step"], 30);
 
         let snaps = store.snapshots(&run).await.unwrap();

@@ -82,7 +82,9 @@ mod tests {
 
     #[test]
     fn total_epochs_is_the_geometric_sum() {
-        for (cycles, len, mult, want) in [(3, 1, 1, 3), (3, 1, 2, 7), (4, 2, 3, 2 + 6 + 18 + 54), (1, 5, 7, 5)] {
+        for (cycles, len, mult, want) in
+            [(3, 1, 1, 3), (3, 1, 2, 7), (4, 2, 3, 2 + 6 + 18 + 54), (1, 5, 7, 5)]
+        {
             let s = sgdr(cycles, len, mult);
             super::super::contract::check(&s);
             assert_eq!(s.total_epochs(), want, "cycles={cycles} len={len} mult={mult}");

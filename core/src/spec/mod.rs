@@ -32,6 +32,9 @@ use crate::lr_range::SuggestionKind;
 /// Model architectures a worker can build.
 pub const KNOWN_ARCHS: &[&str] = &["small_resnet", "resnet18", "resnet34"];
 
+/// Layer groups of every model (body early, body late, head): the length of `group_lrs` lists.
+pub const LAYER_GROUPS: usize = 3;
+
 /// Default location of Debian's `dataset-fashion-mnist` files.
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
@@ -277,7 +280,8 @@ pub struct RuntimeSpec {
 impl JobSpec {
     /// Parse TOML text; `origin` names the source in errors (a file path or "<inline>").
     pub fn from_toml_str(text: &str, origin: &str) -> Result<JobSpec> {
-        toml::from_str(text).map_err(|e| Error::SpecParse { origin: origin.to_string(), message: e.to_string() })
+        toml::from_str(text)
+            .map_err(|e| Error::SpecParse { origin: origin.to_string(), message: e.to_string() })
     }
 
     /// Read, parse and validate a job spec file.

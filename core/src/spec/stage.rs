@@ -103,7 +103,11 @@ fn yes() -> bool {
 
 impl StageSpec {
     pub fn schedule_kind(&self) -> ScheduleKind {
-        self.schedule.unwrap_or(if self.cycles.is_some() { ScheduleKind::Sgdr } else { ScheduleKind::Constant })
+        self.schedule.unwrap_or(if self.cycles.is_some() {
+            ScheduleKind::Sgdr
+        } else {
+            ScheduleKind::Constant
+        })
     }
 
     pub fn snapshots(&self) -> bool {
@@ -153,7 +157,9 @@ impl StageSpec {
         let epochs = self.epochs.unwrap_or(1);
         match self.schedule_kind() {
             ScheduleKind::Constant => Box::new(Constant { lr, steps_per_epoch, epochs }),
-            ScheduleKind::Cosine => Box::new(Cosine { lr_max: lr, lr_min: self.lr_min, steps_per_epoch, epochs }),
+            ScheduleKind::Cosine => {
+                Box::new(Cosine { lr_max: lr, lr_min: self.lr_min, steps_per_epoch, epochs })
+            }
             ScheduleKind::OneCycle => Box::new(OneCycle::new(lr, steps_per_epoch, epochs)),
             ScheduleKind::Sgdr => Box::new(Sgdr {
                 lr_max: lr,

@@ -1,6 +1,6 @@
 //! Every check of a job spec, in one place, each naming the field and what to do about it.
 
-use super::{stage::GroupLrs, DataSource, JobSpec, LrValue, ScheduleKind, KNOWN_ARCHS};
+use super::{stage::GroupLrs, DataSource, JobSpec, LrValue, ScheduleKind, KNOWN_ARCHS, LAYER_GROUPS};
 
 /// All problems with `spec`; empty when it is valid.
 pub(super) fn problems(spec: &JobSpec) -> Vec<String> {
@@ -13,7 +13,9 @@ pub(super) fn problems(spec: &JobSpec) -> Vec<String> {
             spec.name
         ));
     }
-    if !(spec.output.starts_with("file://") || spec.output.starts_with("memory://") || !spec.output.contains("://"))
+    if !(spec.output.starts_with("file://")
+        || spec.output.starts_with("memory://")
+        || !spec.output.contains("://"))
     {
         p.push(format!(
             "output: {:?} is not a supported store URL; use file://PATH or memory:// (s3:// is not built in yet)",
@@ -22,7 +24,11 @@ pub(super) fn problems(spec: &JobSpec) -> Vec<String> {
     }
     data(spec, &mut p);
     if !KNOWN_ARCHS.contains(&spec.model.arch.as_str()) {
-        p.push(format!("model.arch: unknown model {:?}; known models: {}", spec.model.arch, KNOWN_ARCHS.join(", ")));
+        p.push(format!(
+            "model.arch: unknown model {:?}; known models: {}",
+            spec.model.arch,
+            KNOWN_ARCHS.join(", ")
+        ));
     }
     if spec.model.width < 1 || spec.model.width > 1024 {
         p.push(format!("model.width: must be between 1 and 1024, got {}", spec.model.width));
@@ -62,7 +68,10 @@ fn data(spec: &JobSpec, p: &mut Vec<String>) {
         p.push(format!("data.size: must be between 8 and 1024 pixels, got {}", d.size.unwrap_or(0)));
     }
     if d.limit_train == Some(0) || d.limit_eval == Some(0) {
-        p.push("data.limit_train / data.limit_eval: must be ≥ 1 when set (leave them out to use everything)".into());
+        p.push(
+            "data.limit_train / data.limit_eval: must be ≥ 1 when set (leave them out to use everything)"
+                .into(),
+        );
     }
     if d.prefetch == 0 {
         p.push("data.prefetch: must be ≥ 1".into());
@@ -96,11 +105,14 @@ fn stages(spec: &JobSpec, p: &mut Vec<String>) {
             (Some(_), GroupLrs::Explicit(_)) => {
                 p.push(format!("{at}: give either lr or an explicit group_lrs list, not both"));
             }
-            (None, GroupLrs::Explicit(v)) => {
-                if v.is_empty() || v.iter().any(|x| !(*x > 0.0 && x.is_finite())) {
-                    p.push(format!("{at}: group_lrs must be learning rates > 0, got {v:?}"));
-                }
+            (None, GroupLrs::Explicit(v)) if v.is_empty() || v.iter().any(|x| !(*x > 0.0 && x.is_finite())) => {
+                p.push(format!("{at}: group_lrs must be learning rates > 0, got {v:?}"));
             }
+            (None, GroupLrs::Explicit(v)) if v.len() != LAYER_GROUPS => p.push(format!(
+                "{at}: group_lrs needs {LAYER_GROUPS} learning rates (body early, body late, head), got {}",
+                v.len()
+            )),
+            (None, GroupLrs::Explicit(_)) => {}
             (None, _) => p.push(format!("{at}: lr is missing; set lr = 0.01 (say) or lr = \"auto\"")),
             _ => {}
         }
@@ -140,7 +152,10 @@ fn stages(spec: &JobSpec, p: &mut Vec<String>) {
                 p.push(format!("{at}: cycle_mult must be ≥ 1, got 0"));
             }
             if s.total_epochs() > 10_000 {
-                p.push(format!("{at}: {} epochs is more than 10000; lower cycles or cycle_mult", s.total_epochs()));
+                p.push(format!(
+                    "{at}: {} epochs is more than 10000; lower cycles or cycle_mult",
+                    s.total_epochs()
+                ));
             }
         } else {
             if s.cycles.is_some() || s.cycle_len.is_some() || s.cycle_mult != 1 {
@@ -152,10 +167,6 @@ fn stages(spec: &JobSpec, p: &mut Vec<String>) {
                 _ => {}
             }
         }
-    }
-    let snapshots = spec.stages.iter().any(|s| s.snapshots());
-    if spec.ensemble.members > 0 && !snapshots && !spec.stages.is_empty() {
-        p.push("ensemble.members: no stage saves snapshots; set snapshot = true on a stage or members = 0".into());
     }
 }
 
@@ -183,23 +194,42 @@ arch = "small_resnet"
 
     #[test]
     fn a_good_spec_has_no_problems() {
-        assert_eq!(check("[[stage]]\nlr = 0.01\ncycles = 3\ncycle_len = 1\ncycle_mult = 2\n"), Vec::<String>::new());
+        assert_eq!(
+            check("[[stage]]\nlr = 0.01\ncycles = 3\ncycle_len = 1\ncycle_mult = 2\n"),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
     fn error_texts_name_the_field() {
         let cases = [
-            ("[[stage]]\nlr = 0.01\ncycles = 3\ncycle_len = 1\ncycle_mult = 0\n", "stage 1: cycle_mult must be ≥ 1, got 0"),
+            (
+                "[[stage]]\nlr = 0.01\ncycles = 3\ncycle_len = 1\ncycle_mult = 0\n",
+                "stage 1: cycle_mult must be ≥ 1, got 0",
+            ),
             ("[[stage]]\nlr = -1.0\nepochs = 1\n", "stage 1: lr must be > 0, got -1"),
             ("[[stage]]\nlr = 0.0\nepochs = 1\n", "stage 1: lr must be > 0, got 0"),
             ("", "stage: the job has no training stages"),
             ("[[stage]]\nlr = \"auto\"\nepochs = 1\n", "stage 1: lr = \"auto\" needs an LR-range test first"),
             ("[[stage]]\nepochs = 1\n", "stage 1: lr is missing"),
             ("[[stage]]\nlr = 0.1\nepochs = 0\n", "stage 1: epochs must be ≥ 1, got 0"),
-            ("[[stage]]\nlr = 0.1\ncycles = 2\ncycle_len = 1\nepochs = 3\n", "stage 1: an SGDR stage counts cycles"),
-            ("[[stage]]\nlr = 0.1\nepochs = 2\ngroup_lrs = \"halves\"\n", "stage 1: group_lrs = \"halves\" is unknown"),
-            ("[[stage]]\nlr = 0.1\nepochs = 2\ngroup_lrs = \"slice\"\n", "stage 1: group_lrs = \"slice\" needs lr_low"),
-            ("[[stage]]\nlr = 0.1\nepochs = 2\n[lr_find]\nstart = 1.0\nend = 0.1\n", "lr_find: need 0 < start < end"),
+            (
+                "[[stage]]\nlr = 0.1\ncycles = 2\ncycle_len = 1\nepochs = 3\n",
+                "stage 1: an SGDR stage counts cycles",
+            ),
+            (
+                "[[stage]]\nlr = 0.1\nepochs = 2\ngroup_lrs = \"halves\"\n",
+                "stage 1: group_lrs = \"halves\" is unknown",
+            ),
+            (
+                "[[stage]]\nlr = 0.1\nepochs = 2\ngroup_lrs = \"slice\"\n",
+                "stage 1: group_lrs = \"slice\" needs lr_low",
+            ),
+            ("[[stage]]\nepochs = 2\ngroup_lrs = [0.1, 0.2]\n", "stage 1: group_lrs needs 3 learning rates"),
+            (
+                "[[stage]]\nlr = 0.1\nepochs = 2\n[lr_find]\nstart = 1.0\nend = 0.1\n",
+                "lr_find: need 0 < start < end",
+            ),
         ];
         for (extra, want) in cases {
             let got = check(extra);
@@ -215,7 +245,10 @@ arch = "small_resnet"
         )
         .unwrap();
         let e = spec.validate().unwrap_err().to_string();
-        assert!(e.contains("model.arch: unknown model \"resnet9000\"; known models: small_resnet, resnet18"), "{e}");
+        assert!(
+            e.contains("model.arch: unknown model \"resnet9000\"; known models: small_resnet, resnet18"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -226,7 +259,8 @@ arch = "small_resnet"
 
     #[test]
     fn unknown_fields_are_rejected_with_the_field_name() {
-        let e = JobSpec::from_toml_str(&format!("{BASE}[[stage]]\nlr = 0.1\nepochz = 3\n"), "job.toml").unwrap_err();
+        let e = JobSpec::from_toml_str(&format!("{BASE}[[stage]]\nlr = 0.1\nepochz = 3\n"), "job.toml")
+            .unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("job.toml") && msg.contains("epochz"), "{msg}");
     }

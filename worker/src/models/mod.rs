@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 pub use small_resnet::small_resnet;
 
 /// Number of layer groups every model has.
-pub const GROUPS: usize = 3;
+pub const GROUPS: usize = cyclotron_core::spec::LAYER_GROUPS;
 pub const GROUP_NAMES: [&str; GROUPS] = ["body_early", "body_late", "head"];
 
 /// A model: its variables, its forward pass, and the layer group of each variable.
@@ -73,11 +73,17 @@ pub fn build(arch: &str, width: i64, in_channels: i64, num_classes: i64, device:
     let vs = nn::VarStore::new(device);
     let root = vs.root();
     let (module, in_ch, group_of): (Box<dyn nn::ModuleT + Send>, i64, fn(&str) -> usize) = match arch {
-        "small_resnet" => {
-            (Box::new(small_resnet(&root, in_channels, width, num_classes)), in_channels, small_resnet::group_of)
+        "small_resnet" => (
+            Box::new(small_resnet(&root, in_channels, width, num_classes)),
+            in_channels,
+            small_resnet::group_of,
+        ),
+        "resnet18" => {
+            (Box::new(tch::vision::resnet::resnet18(&root, num_classes)), 3, torchvision_resnet_group)
         }
-        "resnet18" => (Box::new(tch::vision::resnet::resnet18(&root, num_classes)), 3, torchvision_resnet_group),
-        "resnet34" => (Box::new(tch::vision::resnet::resnet34(&root, num_classes)), 3, torchvision_resnet_group),
+        "resnet34" => {
+            (Box::new(tch::vision::resnet::resnet34(&root, num_classes)), 3, torchvision_resnet_group)
+        }
         other => return Err(Error::UnknownModel { arch: other.to_string() }),
     };
     if in_channels != in_ch && in_channels != 1 {
@@ -126,7 +132,9 @@ mod tests {
     fn torchvision_names_are_kept() {
         let net = build("resnet18", 1, 3, 10, Device::Cpu).unwrap();
         let names: Vec<String> = net.named_groups().into_iter().map(|(n, _, _)| n).collect();
-        for want in ["conv1.weight", "bn1.running_mean", "layer1.0.conv1.weight", "layer4.1.bn2.bias", "fc.weight"] {
+        for want in
+            ["conv1.weight", "bn1.running_mean", "layer1.0.conv1.weight", "layer4.1.bn2.bias", "fc.weight"]
+        {
             assert!(names.iter().any(|n| n == want), "missing {want}");
         }
         assert_eq!(net.group_of("layer2.0.conv1.weight"), 0);
