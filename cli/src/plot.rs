@@ -2,11 +2,10 @@
 //! and the snapshot ensemble (`ensemble.png`), drawn with `plotters` on a bitmap.
 //!
 //! Text needs a TrueType font registered with plotters' `ab_glyph` backend; it is read at run
-//! time from `style::FONT_PATH` (Debian `fonts-dejavu-core`, installed by `make setup`) and registered
-//! once per process. Every plot function returns [`NoData`] when its input holds nothing that can
-//! be drawn (no points, only NaN), so [`plot_run_dir`] can skip that plot and draw the others.
-// Until `main.rs` calls into this module.
-#![allow(dead_code)]
+//! time from `style::FONT_PATH` (Debian `fonts-dejavu-core`, installed by `make setup`) and
+//! registered once per process. Every plot function returns [`NoData`] when its input holds
+//! nothing that can be drawn (no points, only NaN), so [`plot_run_dir`] can skip that plot and
+//! draw the others.
 
 mod ensemble;
 mod lr_find;
@@ -263,18 +262,5 @@ mod tests {
         write_json(&dir.path().join("lr_find.json"), &empty);
         let err = plot_run_dir(dir.path()).unwrap_err().to_string();
         assert!(err.contains("no plot could be drawn") && err.contains("lr_find.png"), "{err}");
-    }
-}
-
-#[cfg(test)]
-mod dump_tmp {
-    #[test]
-    #[ignore]
-    fn dump() {
-        let out = std::path::Path::new("/tmp/plots");
-        std::fs::create_dir_all(out).unwrap();
-        super::lr_find::dump(out);
-        super::training::dump(out);
-        super::ensemble::dump(out);
     }
 }

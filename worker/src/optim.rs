@@ -19,6 +19,11 @@ struct Param {
     t: i64,
 }
 
+/// Tensors by name (`<param>.m`, `<param>.v`).
+pub type NamedTensors = Vec<(String, Tensor)>;
+/// Update counts by parameter name.
+pub type StepCounts = Vec<(String, i64)>;
+
 pub struct Optimizer {
     spec: OptimizerSpec,
     params: Vec<Param>,
@@ -74,7 +79,7 @@ impl Optimizer {
     }
 
     /// State for a checkpoint: `<param>.m`, `<param>.v` tensors and `<param>.t` counts.
-    pub fn state(&self) -> (Vec<(String, Tensor)>, Vec<(String, i64)>) {
+    pub fn state(&self) -> (NamedTensors, StepCounts) {
         let mut tensors = vec![];
         let mut counts = vec![];
         for p in &self.params {

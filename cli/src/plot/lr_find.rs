@@ -238,12 +238,4 @@ mod tests {
         lr_find_png(&flat, &path).unwrap();
         assert_png(&path, style::LR_FIND_SIZE);
     }
-
-    pub fn dump_impl(out: &std::path::Path) {
-        lr_find_png(&diverging_report(), &out.join("lr_find.png")).unwrap();
-    }
-}
-#[cfg(test)]
-pub fn dump(out: &std::path::Path) {
-    tests::dump_impl(out)
 }

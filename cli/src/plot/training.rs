@@ -205,11 +205,14 @@ fn draw_legend(area: &Area, h: &Curves) -> Result<()> {
         Dashed(ShapeStyle),
         Dot(RGBColor),
     }
-    let mut entries = vec![
-        (Mark::Line(raw_style()), "loss"),
-        (Mark::Line(smooth_style()), "loss, smoothed (EMA, β = 0.98)"),
-        (Mark::Line(lr_style()), "learning rate"),
-    ];
+    let mut entries = vec![];
+    if !h.loss.is_empty() {
+        entries.push((Mark::Line(raw_style()), "loss"));
+        entries.push((Mark::Line(smooth_style()), "loss, smoothed (EMA, β = 0.98)"));
+    }
+    if !h.lr.is_empty() {
+        entries.push((Mark::Line(lr_style()), "learning rate"));
+    }
     if !h.stage_starts.is_empty() {
         entries.push((Mark::Line(stage_style()), "stage start"));
     }
@@ -326,12 +329,4 @@ mod tests {
         training_png(&one, &path).unwrap();
         assert_png(&path, style::TRAINING_SIZE);
     }
-
-    pub fn dump_impl(out: &std::path::Path) {
-        training_png(&history(), &out.join("training.png")).unwrap();
-    }
-}
-#[cfg(test)]
-pub fn dump(out: &std::path::Path) {
-    tests::dump_impl(out)
 }

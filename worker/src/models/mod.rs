@@ -14,13 +14,17 @@ pub use small_resnet::small_resnet;
 pub const GROUPS: usize = cyclotron_core::spec::LAYER_GROUPS;
 pub const GROUP_NAMES: [&str; GROUPS] = ["body_early", "body_late", "head"];
 
+type BoxedModule = Box<dyn nn::ModuleT + Send>;
+/// Maps a variable name to its layer group.
+type GroupFn = fn(&str) -> usize;
+
 /// A model: its variables, its forward pass, and the layer group of each variable.
 pub struct Net {
     pub vs: nn::VarStore,
-    module: Box<dyn nn::ModuleT + Send>,
+    module: BoxedModule,
     /// Input channels the model was built for; grey images are repeated to 3 channels when needed.
     pub in_channels: i64,
-    group_of: fn(&str) -> usize,
+    group_of: GroupFn,
     pub arch: String,
 }
 
@@ -72,7 +76,7 @@ impl Net {
 pub fn build(arch: &str, width: i64, in_channels: i64, num_classes: i64, device: Device) -> Result<Net> {
     let vs = nn::VarStore::new(device);
     let root = vs.root();
-    let (module, in_ch, group_of): (Box<dyn nn::ModuleT + Send>, i64, fn(&str) -> usize) = match arch {
+    let (module, in_ch, group_of): (BoxedModule, i64, GroupFn) = match arch {
         "small_resnet" => (
             Box::new(small_resnet(&root, in_channels, width, num_classes)),
             in_channels,
