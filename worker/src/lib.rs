@@ -3,6 +3,7 @@
 //! learning rates ([`optim`]), the [`learner`] (fit by any schedule, LR-range test, evaluation),
 //! snapshot [`ensemble`]s, and [`job`], which runs a whole job spec on one process.
 
+pub mod allocator;
 pub mod bench;
 pub mod data;
 pub mod ensemble;
