@@ -1,78 +1,15 @@
-//! `cyclotron-coordinator`: the control plane. It turns a job spec into tasks (LR sweeps, SGDR
-//! stages, ensemble evaluation), assigns them to groups of workers, and keeps every job's state in
-//! a raft-replicated log so any replica that becomes leader carries on.
+//! `cyclotron-coordinator`: the control plane. It turns a job spec into tasks ([`plan`]), keeps
+//! every job's and worker's state in a pure, replicated state machine ([`state`]) — every change
+//! is a command committed to the raft log and applied in order, so any replica that becomes
+//! leader carries on where the old one stood — and decides what to do next ([`scheduler`]):
+//! lease expiry, assigning tasks to groups of workers, restarting a run whose group lost a worker.
 //!
-//! This first cut holds the planner's pure core: the list of tasks a job spec expands to, which the
-//! single-process `cyclotron train` already runs in the same order. The gRPC services, the raft
-//! node and the worker registry arrive with the coordinator issue.
+//! The raft node, its storage and transport, and the gRPC services arrive with the coordinator
+//! issue; they will feed [`state::Command`]s through raft and apply them with
+//! [`state::ClusterState::apply`].
 
-use cyclotron_core::spec::JobSpec;
+pub mod plan;
+pub mod scheduler;
+pub mod state;
 
-/// A unit of work the coordinator hands to a group of workers.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Task {
-    /// An LR-range test before stage `stage` (0-based).
-    LrFind { stage: usize },
-    /// Train stage `stage` for `epochs` epochs.
-    Train { stage: usize, epochs: u64, snapshots: bool },
-    /// Evaluate the snapshots and their ensemble.
-    Evaluate { members: usize },
-}
-
-/// The tasks of a (validated) job, in the order they run.
-pub fn plan(spec: &JobSpec) -> Vec<Task> {
-    let mut tasks = vec![];
-    for (i, s) in spec.stages.iter().enumerate() {
-        if s.lr_find || (i == 0 && spec.lr_find.is_some()) {
-            tasks.push(Task::LrFind { stage: i });
-        }
-        tasks.push(Task::Train { stage: i, epochs: s.total_epochs(), snapshots: s.snapshots() });
-    }
-    if spec.ensemble.members > 0 && spec.stages.iter().any(|s| s.snapshots()) {
-        tasks.push(Task::Evaluate { members: spec.ensemble.members });
-    }
-    tasks
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_seed_recipe_plans_lr_finds_before_their_stages() {
-        let spec = JobSpec::from_toml_str(
-            r#"
-name = "seed"
-[data]
-source = "fashion_mnist"
-[model]
-arch = "small_resnet"
-[lr_find]
-[[stage]]
-freeze = true
-lr = 0.01
-epochs = 3
-[[stage]]
-lr_find = true
-lr = "auto"
-group_lrs = "thirds"
-cycles = 3
-cycle_len = 1
-cycle_mult = 2
-"#,
-            "<t>",
-        )
-        .unwrap();
-        spec.validate().unwrap();
-        assert_eq!(
-            plan(&spec),
-            vec![
-                Task::LrFind { stage: 0 },
-                Task::Train { stage: 0, epochs: 3, snapshots: false },
-                Task::LrFind { stage: 1 },
-                Task::Train { stage: 1, epochs: 7, snapshots: true },
-                Task::Evaluate { members: 3 },
-            ]
-        );
-    }
-}
+pub use plan::{plan, Task};

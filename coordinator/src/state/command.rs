@@ -1,0 +1,332 @@
+//! Commands: the entries of the raft log, and how each changes the state.
+
+use cyclotron_core::spec::JobSpec;
+use serde::{Deserialize, Serialize};
+
+use super::{ClusterState, JobState, JobStatus, TaskRecord, TaskStatus, WorkerRecord, WorkerStatus};
+use crate::plan::plan;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    SubmitJob {
+        job: String,
+        spec: Box<JobSpec>,
+        workers_per_run: usize,
+        max_restarts: u32,
+        now_ms: u64,
+    },
+    CancelJob {
+        job: String,
+        reason: String,
+    },
+    RegisterWorker {
+        worker: String,
+        addr: String,
+        protocol: u32,
+        lease_ms: u64,
+        now_ms: u64,
+    },
+    Heartbeat {
+        worker: String,
+        now_ms: u64,
+    },
+    /// Declare dead every worker whose lease ended before `now_ms`; their runs restart.
+    ExpireLeases {
+        now_ms: u64,
+    },
+    /// Say why a job waits (shown by `status`).
+    SetWaiting {
+        job: String,
+        reason: String,
+    },
+    StartTask {
+        job: String,
+        task: usize,
+        workers: Vec<String>,
+        generation: u64,
+    },
+    TaskProgress {
+        job: String,
+        task: usize,
+        generation: u64,
+        progress: serde_json::Value,
+    },
+    TaskDone {
+        job: String,
+        task: usize,
+        generation: u64,
+        result: serde_json::Value,
+    },
+    /// The run failed for a reason a restart cannot fix (bad data, divergence): the job fails.
+    TaskFailed {
+        job: String,
+        task: usize,
+        generation: u64,
+        reason: String,
+    },
+    /// Tear the run's group down and run the task again (a member stalled or died).
+    RestartTask {
+        job: String,
+        task: usize,
+        generation: u64,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Rejected { reason: String },
+}
+
+fn reject(reason: impl Into<String>) -> Outcome {
+    Outcome::Rejected { reason: reason.into() }
+}
+
+pub(super) fn apply(s: &mut ClusterState, cmd: &Command) -> Outcome {
+    match cmd {
+        Command::SubmitJob { job, spec, workers_per_run, max_restarts, now_ms } => {
+            if s.jobs.contains_key(job) {
+                return reject(format!("job {job} already exists"));
+            }
+            if let Err(e) = spec.validate() {
+                return reject(e.to_string());
+            }
+            if *workers_per_run == 0 {
+                return reject("workers_per_run must be ≥ 1");
+            }
+            let tasks = plan(spec)
+                .into_iter()
+                .map(|task| TaskRecord {
+                    task,
+                    status: TaskStatus::Waiting,
+                    restarts: 0,
+                    result: None,
+                    progress: None,
+                })
+                .collect();
+            s.jobs.insert(
+                job.clone(),
+                JobState {
+                    spec: (**spec).clone(),
+                    status: JobStatus::Pending { reason: "just submitted".into() },
+                    tasks,
+                    workers_per_run: *workers_per_run,
+                    max_restarts: *max_restarts,
+                    submitted_ms: *now_ms,
+                },
+            );
+            Outcome::Applied
+        }
+        Command::CancelJob { job, reason } => {
+            let Some(j) = s.jobs.get_mut(job) else { return reject(format!("unknown job {job}")) };
+            if j.status.is_terminal() {
+                return reject(format!("job {job} already ended"));
+            }
+            j.status = JobStatus::Cancelled { reason: reason.clone() };
+            release_job_workers(s, job);
+            Outcome::Applied
+        }
+        Command::RegisterWorker { worker, addr, protocol, lease_ms, now_ms } => {
+            if *protocol != cyclotron_proto::PROTOCOL_VERSION {
+                return reject(format!(
+                    "worker {worker} speaks protocol {protocol}, this coordinator speaks {}; run matching versions",
+                    cyclotron_proto::PROTOCOL_VERSION
+                ));
+            }
+            // a worker that re-registers lost whatever it ran: break that run first
+            if let Some(Some((job, task, generation))) = s.workers.get(worker).map(|w| w.task.clone()) {
+                break_run(s, &job, task, generation, &format!("worker {worker} re-registered"));
+            }
+            s.workers.insert(
+                worker.clone(),
+                WorkerRecord {
+                    addr: addr.clone(),
+                    status: WorkerStatus::Idle,
+                    lease_expires_ms: now_ms + lease_ms,
+                    lease_ms: *lease_ms,
+                    task: None,
+                },
+            );
+            Outcome::Applied
+        }
+        Command::Heartbeat { worker, now_ms } => match s.workers.get_mut(worker) {
+            Some(w) if w.status != WorkerStatus::Dead => {
+                w.lease_expires_ms = w.lease_expires_ms.max(now_ms + w.lease_ms);
+                Outcome::Applied
+            }
+            Some(_) => reject(format!("worker {worker} was declared dead (lease expired); register again")),
+            None => reject(format!("unknown worker {worker}; register first")),
+        },
+        Command::ExpireLeases { now_ms } => {
+            let expired: Vec<String> = s
+                .workers
+                .iter()
+                .filter(|(_, w)| w.status != WorkerStatus::Dead && w.lease_expires_ms < *now_ms)
+                .map(|(id, _)| id.clone())
+                .collect();
+            if expired.is_empty() {
+                return reject("no lease expired");
+            }
+            for id in expired {
+                let task = s.workers.get(&id).and_then(|w| w.task.clone());
+                if let Some(w) = s.workers.get_mut(&id) {
+                    w.status = WorkerStatus::Dead;
+                    w.task = None;
+                }
+                if let Some((job, task, generation)) = task {
+                    break_run(s, &job, task, generation, &format!("worker {id} lost (lease expired)"));
+                }
+            }
+            Outcome::Applied
+        }
+        Command::SetWaiting { job, reason } => match s.jobs.get_mut(job) {
+            Some(j) if matches!(j.status, JobStatus::Pending { .. }) => {
+                j.status = JobStatus::Pending { reason: reason.clone() };
+                Outcome::Applied
+            }
+            Some(_) => reject(format!("job {job} is not waiting")),
+            None => reject(format!("unknown job {job}")),
+        },
+        Command::StartTask { job, task, workers, generation } => {
+            start_task(s, job, *task, workers, *generation)
+        }
+        Command::TaskProgress { job, task, generation, progress } => {
+            match running_task(s, job, *task, *generation) {
+                Ok(t) => {
+                    t.progress = Some(progress.clone());
+                    Outcome::Applied
+                }
+                Err(o) => o,
+            }
+        }
+        Command::TaskDone { job, task, generation, result } => {
+            match running_task(s, job, *task, *generation) {
+                Ok(t) => {
+                    t.status = TaskStatus::Done;
+                    t.result = Some(result.clone());
+                }
+                Err(o) => return o,
+            }
+            release_task_workers(s, job, *task);
+            let j = s.jobs.get_mut(job).expect("checked by running_task");
+            j.status = if j.next_task().is_none() {
+                JobStatus::Succeeded
+            } else {
+                JobStatus::Pending { reason: "next task not started yet".into() }
+            };
+            Outcome::Applied
+        }
+        Command::TaskFailed { job, task, generation, reason } => {
+            if let Err(o) = running_task(s, job, *task, *generation) {
+                return o;
+            }
+            let j = s.jobs.get_mut(job).expect("checked by running_task");
+            j.status = JobStatus::Failed { reason: format!("task {task}: {reason}") };
+            release_job_workers(s, job);
+            Outcome::Applied
+        }
+        Command::RestartTask { job, task, generation, reason } => {
+            if let Err(o) = running_task(s, job, *task, *generation) {
+                return o;
+            }
+            break_run(s, job, *task, *generation, reason);
+            Outcome::Applied
+        }
+    }
+}
+
+fn start_task(s: &mut ClusterState, job: &str, task: usize, workers: &[String], generation: u64) -> Outcome {
+    let Some(j) = s.jobs.get(job) else { return reject(format!("unknown job {job}")) };
+    if j.status.is_terminal() {
+        return reject(format!("job {job} already ended"));
+    }
+    if j.next_task() != Some(task) || j.tasks[task].status != TaskStatus::Waiting {
+        return reject(format!("task {task} of job {job} is not the next waiting task"));
+    }
+    if workers.len() != j.workers_per_run {
+        return reject(format!("task needs {} workers, got {}", j.workers_per_run, workers.len()));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for w in workers {
+        match s.workers.get(w) {
+            Some(r) if r.status == WorkerStatus::Idle && seen.insert(w) => {}
+            _ => return reject(format!("worker {w} is not idle")),
+        }
+    }
+    for w in workers {
+        let r = s.workers.get_mut(w).expect("checked above");
+        r.status = WorkerStatus::Busy;
+        r.task = Some((job.to_string(), task, generation));
+    }
+    let j = s.jobs.get_mut(job).expect("checked above");
+    j.tasks[task].status = TaskStatus::Running { workers: workers.to_vec(), generation };
+    j.status = JobStatus::Running;
+    Outcome::Applied
+}
+
+/// The task if it runs under `generation`; reports from an older group are stale.
+fn running_task<'a>(
+    s: &'a mut ClusterState,
+    job: &str,
+    task: usize,
+    generation: u64,
+) -> Result<&'a mut TaskRecord, Outcome> {
+    let Some(j) = s.jobs.get_mut(job) else { return Err(reject(format!("unknown job {job}"))) };
+    if j.status.is_terminal() {
+        return Err(reject(format!("job {job} already ended")));
+    }
+    let Some(t) = j.tasks.get_mut(task) else { return Err(reject(format!("job {job} has no task {task}"))) };
+    match &t.status {
+        TaskStatus::Running { generation: g, .. } if *g == generation => Ok(t),
+        _ => Err(reject(format!(
+            "stale report: task {task} of job {job} is not running generation {generation}"
+        ))),
+    }
+}
+
+/// Tear down a run: its task waits again (one more restart) or, past `max_restarts`, the job fails.
+fn break_run(s: &mut ClusterState, job: &str, task: usize, generation: u64, reason: &str) {
+    let Some(j) = s.jobs.get_mut(job) else { return };
+    let Some(t) = j.tasks.get_mut(task) else { return };
+    if !matches!(&t.status, TaskStatus::Running { generation: g, .. } if *g == generation) {
+        return;
+    }
+    t.status = TaskStatus::Waiting;
+    t.restarts += 1;
+    j.status = if t.restarts > j.max_restarts {
+        JobStatus::Failed {
+            reason: format!("task {task}: {reason}; gave up after {} restarts", j.max_restarts),
+        }
+    } else {
+        JobStatus::Pending { reason: format!("restarting task {task} ({reason})") }
+    };
+    let failed = j.status.is_terminal();
+    release_task_workers(s, job, task);
+    if failed {
+        release_job_workers(s, job);
+    }
+}
+
+fn release_task_workers(s: &mut ClusterState, job: &str, task: usize) {
+    for w in s.workers.values_mut() {
+        if matches!(&w.task, Some((j, t, _)) if j == job && *t == task) {
+            w.task = None;
+            if w.status == WorkerStatus::Busy {
+                w.status = WorkerStatus::Idle;
+            }
+        }
+    }
+}
+
+fn release_job_workers(s: &mut ClusterState, job: &str) {
+    for w in s.workers.values_mut() {
+        if matches!(&w.task, Some((j, _, _)) if j == job) {
+            w.task = None;
+            if w.status == WorkerStatus::Busy {
+                w.status = WorkerStatus::Idle;
+            }
+        }
+    }
+}

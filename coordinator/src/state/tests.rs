@@ -1,0 +1,256 @@
+//! State-machine tests: whole job lifecycles driven by the scheduler's decisions, worker loss and
+//! restarts, stale reports, bad input, and determinism of replay.
+
+use cyclotron_core::spec::JobSpec;
+use serde_json::json;
+
+use super::*;
+use crate::scheduler::decide;
+
+fn spec(stages: usize) -> Box<JobSpec> {
+    let mut text =
+        String::from("name = \"j\"\n[data]\nsource = \"fashion_mnist\"\n[model]\narch = \"small_resnet\"\n");
+    for _ in 0..stages {
+        text.push_str("[[stage]]\nlr = 0.1\ncycles = 2\ncycle_len = 1\n");
+    }
+    Box::new(JobSpec::from_toml_str(&text, "<t>").unwrap())
+}
+
+/// A log and the state it builds: every command that applied is kept, like committed entries.
+struct Sim {
+    state: ClusterState,
+    log: Vec<Command>,
+}
+
+impl Sim {
+    fn new() -> Self {
+        Sim { state: ClusterState::default(), log: vec![] }
+    }
+    fn apply(&mut self, cmd: Command) -> Outcome {
+        let out = self.state.apply(self.log.len() as u64 + 1, &cmd);
+        if out == Outcome::Applied {
+            self.log.push(cmd);
+        }
+        out
+    }
+    fn tick(&mut self, now_ms: u64) -> Vec<Command> {
+        let cmds = decide(&self.state, now_ms);
+        for c in &cmds {
+            assert_eq!(self.apply(c.clone()), Outcome::Applied, "scheduler proposed {c:?}");
+        }
+        cmds
+    }
+    fn register(&mut self, w: &str, now_ms: u64) {
+        let cmd = Command::RegisterWorker {
+            worker: w.into(),
+            addr: format!("{w}:1"),
+            protocol: 1,
+            lease_ms: 10_000,
+            now_ms,
+        };
+        assert_eq!(self.apply(cmd), Outcome::Applied);
+    }
+    fn submit(&mut self, job: &str, wpr: usize) {
+        let cmd = Command::SubmitJob {
+            job: job.into(),
+            spec: spec(1),
+            workers_per_run: wpr,
+            max_restarts: 2,
+            now_ms: 0,
+        };
+        assert_eq!(self.apply(cmd), Outcome::Applied);
+    }
+    fn running(&self, job: &str) -> (usize, Vec<String>, u64) {
+        let j = &self.state.jobs[job];
+        let i = j.next_task().unwrap();
+        match &j.tasks[i].status {
+            TaskStatus::Running { workers, generation } => (i, workers.clone(), *generation),
+            s => panic!("task {i} is {s:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_job_runs_its_tasks_in_order_and_succeeds() {
+    let mut sim = Sim::new();
+    sim.register("w1", 0);
+    sim.register("w2", 0);
+    sim.submit("j", 2);
+    // one stage with snapshots: Train then Evaluate
+    assert_eq!(sim.state.jobs["j"].tasks.len(), 2);
+    for expected_task in 0..2 {
+        sim.tick(100);
+        let (task, workers, generation) = sim.running("j");
+        assert_eq!((task, workers.len(), generation), (expected_task, 2, 0));
+        assert!(sim.state.idle_workers().is_empty());
+        let progress =
+            Command::TaskProgress { job: "j".into(), task, generation, progress: json!({"epoch": 1}) };
+        assert_eq!(sim.apply(progress), Outcome::Applied);
+        let done = Command::TaskDone { job: "j".into(), task, generation, result: json!({"ok": task}) };
+        assert_eq!(sim.apply(done), Outcome::Applied);
+        assert_eq!(sim.state.idle_workers().len(), 2);
+    }
+    assert_eq!(sim.state.jobs["j"].status, JobStatus::Succeeded);
+    assert!(sim.tick(200).is_empty(), "nothing left to do");
+}
+
+#[test]
+fn a_job_asking_for_more_workers_than_exist_waits_with_a_reason_and_can_be_cancelled() {
+    let mut sim = Sim::new();
+    sim.register("w1", 0);
+    sim.submit("big", 3);
+    sim.tick(10);
+    assert_eq!(
+        sim.state.jobs["big"].status,
+        JobStatus::Pending { reason: "needs 3 workers, 1 registered".into() }
+    );
+    assert!(sim.tick(20).is_empty(), "the same reason is not proposed twice");
+    let cancel = Command::CancelJob { job: "big".into(), reason: "user".into() };
+    assert_eq!(sim.apply(cancel.clone()), Outcome::Applied);
+    assert!(matches!(sim.state.jobs["big"].status, JobStatus::Cancelled { .. }));
+    assert!(matches!(sim.apply(cancel), Outcome::Rejected { .. }));
+}
+
+#[test]
+fn a_dead_worker_restarts_the_run_on_the_remaining_workers() {
+    let mut sim = Sim::new();
+    for w in ["w1", "w2", "w3"] {
+        sim.register(w, 0);
+    }
+    sim.submit("j", 2);
+    sim.tick(100);
+    let (task, workers, generation) = sim.running("j");
+    assert_eq!(workers, vec!["w1", "w2"]);
+    // w1 and w3 keep heartbeating, w2 stalls (SIGSTOP): its lease runs out at 10 s
+    for now in [5_000, 9_000, 12_000] {
+        for w in ["w1", "w3"] {
+            assert_eq!(sim.apply(Command::Heartbeat { worker: w.into(), now_ms: now }), Outcome::Applied);
+        }
+    }
+    let cmds = sim.tick(12_500);
+    assert!(matches!(cmds[..], [Command::ExpireLeases { .. }]), "{cmds:?}");
+    assert_eq!(sim.state.workers["w2"].status, WorkerStatus::Dead);
+    assert!(
+        matches!(&sim.state.jobs["j"].status, JobStatus::Pending { reason } if reason.contains("w2 lost"))
+    );
+    // a late report from the broken group is stale
+    let late = Command::TaskDone { job: "j".into(), task, generation, result: json!({}) };
+    assert!(matches!(sim.apply(late), Outcome::Rejected { .. }));
+    // the next decision restarts the task on w1 and w3 with a new generation
+    sim.tick(12_600);
+    let (task2, workers2, generation2) = sim.running("j");
+    assert_eq!((task2, workers2, generation2), (task, vec!["w1".to_string(), "w3".to_string()], 1));
+    // the dead worker cannot heartbeat its way back; it must register again
+    assert!(matches!(
+        sim.apply(Command::Heartbeat { worker: "w2".into(), now_ms: 13_000 }),
+        Outcome::Rejected { .. }
+    ));
+}
+
+#[test]
+fn the_job_fails_with_the_reason_after_max_restarts() {
+    let mut sim = Sim::new();
+    sim.register("w1", 0);
+    sim.submit("j", 1);
+    for round in 0..3u64 {
+        sim.tick(round * 100);
+        let (task, _, generation) = sim.running("j");
+        assert_eq!(generation, round);
+        let restart =
+            Command::RestartTask { job: "j".into(), task, generation, reason: "rank 0 stalled".into() };
+        assert_eq!(sim.apply(restart), Outcome::Applied);
+    }
+    match &sim.state.jobs["j"].status {
+        JobStatus::Failed { reason } => {
+            assert!(reason.contains("rank 0 stalled") && reason.contains("2 restarts"), "{reason}")
+        }
+        s => panic!("{s:?}"),
+    }
+    assert_eq!(sim.state.idle_workers(), vec!["w1"]);
+}
+
+#[test]
+fn bad_input_is_rejected_without_changing_anything() {
+    let mut sim = Sim::new();
+    sim.register("w1", 0);
+    sim.submit("j", 1);
+    let before = sim.state.clone();
+    let mut bad_spec = spec(1);
+    bad_spec.stages[0].cycle_mult = 0;
+    let cases = [
+        (
+            Command::SubmitJob {
+                job: "k".into(),
+                spec: bad_spec,
+                workers_per_run: 1,
+                max_restarts: 0,
+                now_ms: 0,
+            },
+            "cycle_mult must be ≥ 1",
+        ),
+        (
+            Command::SubmitJob {
+                job: "j".into(),
+                spec: spec(1),
+                workers_per_run: 1,
+                max_restarts: 0,
+                now_ms: 0,
+            },
+            "already exists",
+        ),
+        (Command::CancelJob { job: "nope".into(), reason: "x".into() }, "unknown job nope"),
+        (
+            Command::RegisterWorker {
+                worker: "old".into(),
+                addr: "a".into(),
+                protocol: 99,
+                lease_ms: 1,
+                now_ms: 0,
+            },
+            "speaks protocol 99",
+        ),
+        (Command::Heartbeat { worker: "ghost".into(), now_ms: 0 }, "unknown worker ghost"),
+        (
+            Command::StartTask { job: "j".into(), task: 1, workers: vec!["w1".into()], generation: 0 },
+            "not the next waiting task",
+        ),
+        (
+            Command::StartTask { job: "j".into(), task: 0, workers: vec!["ghost".into()], generation: 0 },
+            "worker ghost is not idle",
+        ),
+        (Command::TaskDone { job: "j".into(), task: 0, generation: 0, result: json!(null) }, "stale report"),
+    ];
+    for (cmd, needle) in cases {
+        match sim.state.apply(99, &cmd) {
+            Outcome::Rejected { reason } => assert!(reason.contains(needle), "{cmd:?}: {reason}"),
+            Outcome::Applied => panic!("{cmd:?} applied"),
+        }
+    }
+    let mut after = sim.state.clone();
+    after.applied_index = before.applied_index;
+    assert_eq!(after, before);
+}
+
+#[test]
+fn replaying_the_log_rebuilds_the_same_state_and_snapshots_round_trip() {
+    let mut sim = Sim::new();
+    sim.register("w1", 0);
+    sim.register("w2", 0);
+    sim.submit("a", 1);
+    sim.submit("b", 1);
+    sim.tick(10);
+    let (task, _, generation) = sim.running("a");
+    sim.apply(Command::TaskDone { job: "a".into(), task, generation, result: json!({"loss": 0.3}) });
+    sim.tick(20);
+    let mut replica = ClusterState::default();
+    for (i, c) in sim.log.iter().enumerate() {
+        assert_eq!(replica.apply(i as u64 + 1, c), Outcome::Applied);
+    }
+    assert_eq!(replica, sim.state);
+    assert_eq!(ClusterState::from_bytes(&sim.state.to_bytes()).unwrap(), sim.state);
+    // commands survive serialisation (they travel in raft entries)
+    for c in &sim.log {
+        let back: Command = serde_json::from_str(&serde_json::to_string(c).unwrap()).unwrap();
+        assert_eq!(&back, c);
+    }
+}
