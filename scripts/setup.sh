@@ -12,6 +12,8 @@ say() { printf 'setup: %s\n' "$*"; }
 
 debs=(protobuf-compiler dataset-fashion-mnist prometheus fonts-dejavu-core)
 missing=()
+# Debian's own python3 needs python3-venv for `python3 -m venv` (pyenv builds have it built in)
+python3 -c "import ensurepip, venv" 2>/dev/null || debs+=(python3-venv)
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
