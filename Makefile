@@ -23,6 +23,8 @@ quick: build
 lint: setup
 	@$(ENV) cargo fmt --all -- --check
 	@$(ENV) cargo clippy --release --workspace --all-targets -- -D warnings
+	@# the GPU path must keep compiling on CPU-only machines (NCCL is loaded at run time)
+	@$(ENV) cargo check --release -p cyclotron-worker --features nccl
 
 ## unit tests of every crate, then the end-to-end tests in tests/ that spawn the built binary
 unit: setup

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup: installs what is missing, and is fast (a few checks) when everything is there.
 #   - Debian: protobuf-compiler, dataset-fashion-mnist, prometheus (scrape tests), fonts-dejavu-core (plots)
-#   - PyPI torch==2.11.0 in a venv at $CYCLOTRON_VENV (default ~/.cache/cyclotron/torch-2.11.0);
+#   - PyPI torch==2.11.0 (and torchvision==0.26.0, safetensors for the vision oracle test) in a venv at $CYCLOTRON_VENV (default ~/.cache/cyclotron/torch-2.11.0);
 #     the build links its libtorch (LIBTORCH_USE_PYTORCH=1) and bakes its lib/ folder into the rpath
 #   - rustfmt and clippy components
 set -euo pipefail
@@ -31,6 +31,13 @@ if ! "$CYCLOTRON_VENV/bin/python" -c "import torch,sys; sys.exit(0 if torch.__ve
   python3 -m venv "$CYCLOTRON_VENV"
   "$CYCLOTRON_VENV/bin/pip" install -q --upgrade pip
   "$CYCLOTRON_VENV/bin/pip" install -q "torch==$want_torch"
+fi
+
+# torchvision (matching torch 2.11) and safetensors: the cross-framework oracle of the vision models
+want_tv="0.26.0"
+if ! "$CYCLOTRON_VENV/bin/python" -c "import torchvision,safetensors,sys; sys.exit(0 if torchvision.__version__.split('+')[0]=='$want_tv' else 1)" 2>/dev/null; then
+  say "installing torchvision==$want_tv and safetensors into $CYCLOTRON_VENV (once)"
+  "$CYCLOTRON_VENV/bin/pip" install -q "torchvision==$want_tv" safetensors
 fi
 
 if command -v rustup >/dev/null 2>&1; then

@@ -43,6 +43,33 @@ enum Cmd {
         /// Run name in the checkpoint store (default: run-<unix time>).
         #[arg(long)]
         run: Option<String>,
+        /// Continue the run (`--run`) from its newest valid checkpoint.
+        #[arg(long, requires = "run")]
+        resume: bool,
+        /// Stop after this many epochs once their checkpoints are committed (for tests).
+        #[arg(long, hide = true)]
+        stop_after_epochs: Option<u64>,
+        #[command(flatten)]
+        group: GroupArgs,
+    },
+    /// Time checkpoints (`make bench`): training stall per checkpoint, restore vs raw get. With the
+    /// `s3-bench` feature the store is an in-process S3 server; without it, a temporary folder.
+    #[command(hide = true)]
+    BenchCheckpoint {
+        #[arg(long, default_value = "resnet50")]
+        model: String,
+        #[arg(long, default_value_t = 16)]
+        batch_size: i64,
+        #[arg(long, default_value_t = 64)]
+        side: i64,
+        #[arg(long, default_value_t = 2)]
+        threads: i32,
+        #[arg(long, default_value_t = 4)]
+        checkpoints: usize,
+        #[arg(long, default_value_t = 3)]
+        steps_between: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Regenerate the plots of a run folder from its JSON files.
     Plot { run_dir: PathBuf },
@@ -67,6 +94,86 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// All-reduce bus bandwidth of the TCP ring, one process per rank (peer: bench/gloo_allreduce.py).
+    #[command(hide = true)]
+    BenchAllreduce {
+        #[command(flatten)]
+        group: GroupArgs,
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+        sizes_mb: Vec<usize>,
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Data-parallel training throughput, one process per rank (peer: bench/pytorch_ddp.py).
+    #[command(hide = true)]
+    BenchDdp {
+        #[command(flatten)]
+        group: GroupArgs,
+        #[arg(long, default_value = "small_resnet")]
+        model: String,
+        #[arg(long, default_value_t = 16)]
+        width: i64,
+        #[arg(long, default_value_t = 64)]
+        batch_size: i64,
+        #[arg(long, default_value_t = 1)]
+        threads: i32,
+        #[arg(long, default_value_t = 30)]
+        steps: usize,
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Time head training with a frozen body: full forward pass vs precomputed features.
+    #[command(hide = true)]
+    BenchHead {
+        #[arg(long, default_value = "resnet34")]
+        model: String,
+        #[arg(long, default_value_t = 64)]
+        size: i64,
+        #[arg(long, default_value_t = 64)]
+        batch_size: i64,
+        #[arg(long, default_value_t = 2)]
+        threads: i32,
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+/// Static launch of one data-parallel rank (like torchrun's static mode).
+#[derive(clap::Args)]
+struct GroupArgs {
+    /// This process's rank in the data-parallel group.
+    #[arg(long, default_value_t = 0)]
+    rank: usize,
+    /// Number of processes in the group; each trains data.batch_size items per step.
+    #[arg(long, default_value_t = 1)]
+    world_size: usize,
+    /// host:port of every rank, in rank order; this rank listens on its own.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
+    /// Deadline of every collective call and of connecting, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    collective_timeout: f64,
+}
+
+impl GroupArgs {
+    /// `None` for a plain single-process run.
+    fn spec(&self) -> anyhow::Result<Option<cyclotron_worker::distributed::GroupSpec>> {
+        if self.world_size == 1 && self.rank == 0 && self.peers.len() <= 1 {
+            return Ok(None);
+        }
+        anyhow::ensure!(self.collective_timeout > 0.0, "--collective-timeout must be positive");
+        let mut g =
+            cyclotron_worker::distributed::GroupSpec::new(self.rank, self.world_size, self.peers.clone());
+        g.timeout = std::time::Duration::from_secs_f64(self.collective_timeout);
+        g.validate()?;
+        Ok(Some(g))
+    }
 }
 
 fn main() -> ExitCode {
@@ -109,11 +216,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output::print_lr_find(&report);
             Ok(())
         }
-        Cmd::Train { job, out, run } => {
+        Cmd::Train { job, out, run, resume, stop_after_epochs, group } => {
             let spec = JobSpec::load(&job)?;
-            output::prepare_dir(&out)?;
+            let group = group.spec()?;
+            anyhow::ensure!(
+                !(resume && group.is_some()),
+                "--resume restores one process; data-parallel resume is not supported yet"
+            );
+            let writer = group.as_ref().is_none_or(|g| g.is_writer());
+            if writer {
+                output::prepare_dir(&out)?;
+            }
             let run = run.unwrap_or_else(output::default_run_id);
-            let results = job::run_train(&spec, &run, &mut progress::Progress::new(cli.quiet))?;
+            let opts = job::TrainOptions { resume, stop_after_epochs, group };
+            let results =
+                match job::run_train_with(&spec, &run, &opts, &mut progress::Progress::new(cli.quiet)) {
+                    Err(e @ cyclotron_worker::Error::Stopped { .. }) => {
+                        println!("{e}; continue with --run {run} --resume");
+                        return Ok(());
+                    }
+                    r => r?,
+                };
+            if !writer {
+                println!("rank done; rank 0 writes the results");
+                return Ok(());
+            }
             output::write_json(&out.join("results.json"), &results)?;
             if let Some((_, first)) = results.lr_finds.first() {
                 output::write_json(&out.join("lr_find.json"), first)?;
@@ -128,6 +255,90 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let r =
                 cyclotron_worker::bench::step_throughput(&model, width, batch_size, threads, steps, warmup)?;
             println!("cyclotron {model} batch {batch_size} threads {threads}: {:.1} samples/s (median step {:.2} ms)", r.samples_per_s, r.step_ms_median);
+            if let Some(path) = json {
+                output::write_json(&path, &r)?;
+            }
+            Ok(())
+        }
+        Cmd::BenchAllreduce { group, sizes_mb, iters, json } => {
+            let g =
+                group.spec()?.unwrap_or_else(|| cyclotron_worker::distributed::GroupSpec::new(0, 1, vec![]));
+            let rows = cyclotron_worker::distributed::bench::allreduce_bandwidth(&g, &sizes_mb, iters)?;
+            if g.is_writer() {
+                for r in &rows {
+                    println!(
+                        "cyclotron ring {} MB x{}: busbw {:.2} GB/s ({:.2} ms)",
+                        r.mb,
+                        r.world_size,
+                        r.busbw_gb_s,
+                        1e3 * r.seconds
+                    );
+                }
+                if let Some(path) = json {
+                    output::write_json(&path, &rows)?;
+                }
+            }
+            Ok(())
+        }
+        Cmd::BenchDdp { group, model, width, batch_size, threads, steps, warmup, json } => {
+            let g =
+                group.spec()?.unwrap_or_else(|| cyclotron_worker::distributed::GroupSpec::new(0, 1, vec![]));
+            let r = cyclotron_worker::distributed::bench::ddp_throughput(
+                &g,
+                (&model, width),
+                batch_size,
+                threads,
+                steps,
+                warmup,
+            )?;
+            if g.is_writer() {
+                println!(
+                    "cyclotron ddp {model} x{} batch {batch_size}/rank: {:.1} samples/s",
+                    r.world_size, r.samples_per_s
+                );
+                if let Some(path) = json {
+                    output::write_json(&path, &r)?;
+                }
+            }
+            Ok(())
+        }
+        Cmd::BenchHead { model, size, batch_size, threads, steps, json } => {
+            let r = cyclotron_worker::precompute::head_throughput(&model, size, batch_size, threads, steps)?;
+            println!(
+                "cyclotron {model} {size}px batch {batch_size} threads {threads}: head training {:.1} samples/s full, {:.1} precomputed (cache filled at {:.1} samples/s)",
+                r.full_samples_per_s, r.cached_samples_per_s, r.precompute_samples_per_s
+            );
+            if let Some(path) = json {
+                output::write_json(&path, &r)?;
+            }
+            Ok(())
+        }
+        Cmd::BenchCheckpoint { model, batch_size, side, threads, checkpoints, steps_between, json } => {
+            let dir = tempfile::tempdir().context("temporary folder")?;
+            #[cfg(feature = "s3-bench")]
+            let (_server, store) = {
+                use cyclotron_core::checkpoint::{test_server::S3TestServer, CheckpointStore, StoreOptions};
+                let server = S3TestServer::start(dir.path(), &["bench"], "bench-key", "bench-secret")?;
+                let options =
+                    StoreOptions { s3: server.options("bench-key", "bench-secret"), ..Default::default() };
+                let store = CheckpointStore::open_with("s3://bench/ckpt", &options)?;
+                (server, store)
+            };
+            #[cfg(not(feature = "s3-bench"))]
+            let store = cyclotron_core::checkpoint::CheckpointStore::open(&format!(
+                "file://{}",
+                dir.path().display()
+            ))?;
+            let r = cyclotron_worker::checkpoint::bench::run(
+                &store,
+                &model,
+                batch_size,
+                side,
+                threads,
+                checkpoints,
+                steps_between,
+            )?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
             if let Some(path) = json {
                 output::write_json(&path, &r)?;
             }

@@ -43,6 +43,29 @@ pub fn print_lr_find(r: &LrFindReport) {
     }
 }
 
+/// Accuracy with test-time augmentation, beside the plain one, when the job ran TTA.
+fn print_tta(r: &TrainResults) {
+    let mut rows: Vec<(String, f64, f64)> = r
+        .snapshots
+        .iter()
+        .filter_map(|s| s.tta.map(|t| (format!("snapshot {}", s.index), s.accuracy, t.accuracy)))
+        .collect();
+    if let Some((e, t)) = r.ensemble.as_ref().and_then(|e| e.tta.map(|t| (e, t))) {
+        rows.push(("ensemble".into(), e.accuracy, t.accuracy));
+    }
+    if let Some(t) = r.final_tta {
+        rows.push(("final".into(), r.final_model.accuracy, t.accuracy));
+    }
+    if rows.is_empty() {
+        return;
+    }
+    println!();
+    println!("{:<12} {:>10} {:>10}", "TTA", "plain", "with TTA");
+    for (name, plain, tta) in rows {
+        println!("{name:<12} {:>9.2}% {:>9.2}%", 100.0 * plain, 100.0 * tta);
+    }
+}
+
 pub fn print_results(r: &TrainResults, store: &str, job: &str, run: &str) {
     let split = &r.eval_split;
     println!();
@@ -83,6 +106,7 @@ pub fn print_results(r: &TrainResults, store: &str, job: &str, run: &str) {
         r.final_model.loss,
         100.0 * r.final_model.accuracy
     );
+    print_tta(r);
     println!();
     println!("loss and accuracy on the {split} split; {:.0}s of training; snapshots in {store}/{job}/{run}/snapshots/", r.train_seconds);
 }

@@ -172,6 +172,7 @@ mod tests {
             loss: 0.3,
             accuracy,
             valid: m,
+            tta: None,
         };
         let mut history = StepHistory::default();
         if with_history {
@@ -193,8 +194,10 @@ mod tests {
                 loss: 0.25,
                 accuracy: 0.924,
                 valid: m,
+                tta: None,
             }),
             final_model: m,
+            final_tta: None,
             epochs: vec![],
             lr_finds: vec![(2, report())],
             history,

@@ -19,6 +19,10 @@ pub enum Error {
     Corrupt { key: String, message: String },
     #[error("checkpoint {key}: bad manifest: {source}")]
     Manifest { key: String, source: serde_json::Error },
+    #[error("store {url}: {op} {key} failed after {attempts} attempts: {source}")]
+    Upload { url: String, op: &'static str, key: String, attempts: u32, source: Box<object_store::Error> },
+    #[error("store {url}: {message}")]
+    Access { url: String, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -26,6 +26,9 @@ pub struct SnapshotResult {
     pub loss: f64,
     pub accuracy: f64,
     pub valid: Metrics,
+    /// With test-time augmentation, on the evaluation split (absent when the job has no `[tta]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tta: Option<Metrics>,
 }
 
 /// The ensemble: average of the members' softmax outputs.
@@ -38,6 +41,9 @@ pub struct EnsembleResult {
     pub loss: f64,
     pub accuracy: f64,
     pub valid: Metrics,
+    /// Average of the members' TTA probabilities, on the evaluation split (absent without `[tta]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tta: Option<Metrics>,
 }
 
 /// Per-epoch record of one stage.
@@ -75,9 +81,31 @@ pub struct TrainResults {
     /// The model as it stands at the end of the last stage.
     #[serde(rename = "final")]
     pub final_model: Metrics,
+    /// The final model with test-time augmentation (absent without `[tta]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_tta: Option<Metrics>,
     pub epochs: Vec<EpochRecord>,
     /// LR-range tests run during the job (stage index, report).
     pub lr_finds: Vec<(usize, LrFindReport)>,
     pub history: StepHistory,
     pub train_seconds: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_without_tta_fields_still_parse() {
+        let old = r#"{"index":0,"stage":0,"cycle":0,"epoch":1,"loss":0.3,"accuracy":0.9,"valid":{"loss":0.3,"accuracy":0.9}}"#;
+        let s: SnapshotResult = serde_json::from_str(old).unwrap();
+        assert_eq!(s.tta, None);
+        let back = serde_json::to_string(&s).unwrap();
+        assert!(!back.contains("tta"), "{back}");
+        let with = SnapshotResult { tta: Some(Metrics { loss: 0.2, accuracy: 0.95 }), ..s };
+        let again: SnapshotResult = serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
+        assert_eq!(again, with);
+        let old = r#"{"members":[1],"selection":"last","loss":0.3,"accuracy":0.9,"valid":{"loss":0.3,"accuracy":0.9}}"#;
+        assert_eq!(serde_json::from_str::<EnsembleResult>(old).unwrap().tta, None);
+    }
 }

@@ -8,6 +8,8 @@ pub enum Error {
     Data(#[from] DataError),
     #[error(transparent)]
     Core(#[from] cyclotron_core::Error),
+    #[error("collective: {0}")]
+    Collective(#[from] crate::collective::CollectiveError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
     #[error("unknown model {arch:?}; known models: {}", cyclotron_core::spec::KNOWN_ARCHS.join(", "))]
@@ -24,6 +26,8 @@ pub enum Error {
     Io { what: String, source: std::io::Error },
     #[error("cancelled")]
     Cancelled,
+    #[error("stopped after {epochs} epochs, as asked (the last checkpoint is committed)")]
+    Stopped { epochs: u64 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::time::Instant;
 
-use cyclotron_core::checkpoint::{Blob, CheckpointKind, CheckpointStore, RunLocation};
+use cyclotron_core::checkpoint::{
+    Blob, CheckpointKind, CheckpointStore, RunLocation, S3Options, StoreOptions,
+};
 use cyclotron_core::lr_range::{LrFindReport, LrRange};
 use cyclotron_core::results::{EnsembleResult, SnapshotResult, StepHistory, TrainResults};
 use cyclotron_core::spec::{DataSource, DeviceSpec, JobSpec, LrFindSpec};
@@ -41,6 +43,12 @@ pub fn load_data(spec: &JobSpec) -> Result<JobData> {
             let s = load_image_folder(Path::new(&path), d.size.unwrap_or(32), threads)?;
             (s.train, s.valid, s.test)
         }
+    };
+    let (train, valid, test) = match &d.classes {
+        Some(keep) => {
+            (train.select_classes(keep), valid.select_classes(keep), test.map(|t| t.select_classes(keep)))
+        }
+        None => (train, valid, test),
     };
     let limit = |ds: Dataset, n: Option<usize>| match n {
         Some(n) if n < ds.len() => ds.take(n),
@@ -97,7 +105,24 @@ pub fn learner(spec: &JobSpec, data: &JobData) -> Result<Learner> {
         batch_size: spec.data.batch_size,
         prefetch: spec.data.prefetch,
     };
-    Ok(Learner::new(net, &spec.optimizer, bundle, device, spec.seed))
+    if let Some(url) = &spec.model.pretrained {
+        let skipped = models::pretrained::load_pretrained(&net, url)?;
+        if !skipped.is_empty() {
+            tracing::info!(url = %url, skipped = ?skipped, "pretrained weights loaded; new head");
+        }
+    }
+    let mut l = Learner::new(net, &spec.optimizer, bundle, device, spec.seed);
+    l.augmenter = augmenter(spec)?;
+    Ok(l)
+}
+
+/// The job's augmentation pipeline, `None` without `[data.augment]`.
+pub fn augmenter(spec: &JobSpec) -> Result<Option<std::sync::Arc<crate::data::Augmenter>>> {
+    let Some(a) = &spec.data.augment else { return Ok(None) };
+    let transforms = a
+        .resolve()
+        .map_err(|problems| Error::Invalid { what: "data.augment".into(), message: problems.join("; ") })?;
+    Ok(Some(std::sync::Arc::new(crate::data::Augmenter::new(transforms))))
 }
 
 fn range_of(spec: &JobSpec) -> (LrRange, LrFindSpec) {
@@ -137,20 +162,78 @@ struct Taken {
     result: SnapshotResult,
     valid_probs: Tensor,
     eval_probs: Tensor,
+    /// With test-time augmentation, when the job has `[tta]`.
+    eval_tta: Option<Tensor>,
+}
+
+/// How `run_train_with` starts and stops (the CLI's `--resume` and hidden `--stop-after-epochs`).
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Continue from the newest valid checkpoint of the run, if it has one.
+    pub resume: bool,
+    /// Stop (with [`Error::Stopped`]) after this many epochs of this process, once their
+    /// checkpoints are committed: tests use it to interrupt a run at a known point.
+    pub stop_after_epochs: Option<u64>,
+    /// One rank of a data-parallel group (static launch); `None` trains alone.
+    pub group: Option<crate::distributed::GroupSpec>,
+}
+
+/// The job's store, with the `[checkpoint]` section's transfer and S3 settings.
+pub fn open_store(spec: &JobSpec) -> Result<CheckpointStore> {
+    let c = &spec.checkpoint;
+    let options = StoreOptions {
+        multipart_threshold: c.multipart_threshold_mb << 20,
+        s3: S3Options {
+            endpoint: c.s3_endpoint.clone(),
+            region: c.s3_region.clone(),
+            allow_http: c.s3_allow_http,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Ok(CheckpointStore::open_with(&spec.output, &options)?)
 }
 
 /// Run every stage of `spec`; snapshots go to `<output>/<job>/<run_id>/snapshots/`.
 pub fn run_train(spec: &JobSpec, run_id: &str, obs: &mut dyn Observer) -> Result<TrainResults> {
+    run_train_with(spec, run_id, &TrainOptions::default(), obs)
+}
+
+/// [`run_train`] with periodic checkpoints (`[checkpoint]`), resume and stop options.
+pub fn run_train_with(
+    spec: &JobSpec,
+    run_id: &str,
+    opts: &TrainOptions,
+    obs: &mut dyn Observer,
+) -> Result<TrainResults> {
     let started = Instant::now();
     // open the store first: an unwritable output must fail before an hour of training
-    let store = CheckpointStore::open(&spec.output)?;
+    // only rank 0 of a data-parallel group writes; the others' writes go to a dropped memory store
+    let store = match &opts.group {
+        Some(g) if !g.is_writer() => CheckpointStore::open("memory://")?,
+        _ => open_store(spec)?,
+    };
     let run = RunLocation::new(&spec.name, run_id);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::Io { what: "tokio runtime".into(), source: e })?;
+    rt.block_on(store.check_access(&run.prefix()))?;
     let data = load_data(spec)?;
     let mut l = learner(spec, &data)?;
+    if let Some(g) = &opts.group {
+        if spec.stages.iter().any(|s| s.precompute) {
+            return Err(Error::Invalid {
+                what: "--world-size".into(),
+                message:
+                    "precompute stages are not supported in data-parallel runs yet; train them on one process"
+                        .into(),
+            });
+        }
+        let mut sync = g.join()?;
+        sync.broadcast_model(&l.net)?;
+        l.grad_sync = Some(sync);
+    }
     let eval_ds = data.test.clone().unwrap_or_else(|| data.valid.clone());
     let eval_split = if data.test.is_some() { "test" } else { "valid" };
     let (valid_y, eval_y) = (labels(&data.valid), labels(&eval_ds));
@@ -160,11 +243,56 @@ pub fn run_train(spec: &JobSpec, run_id: &str, obs: &mut dyn Observer) -> Result
     let mut lr_finds: Vec<(usize, LrFindReport)> = vec![];
     let mut epochs = vec![];
     let mut taken: Vec<Taken> = vec![];
+    // where a resume continues: (stage, epochs done in it)
+    let mut resume_at = (0usize, 0u32);
+    if opts.resume {
+        match crate::checkpoint::restore_latest(&store, &run, &rt, &mut l)? {
+            Some(r) => {
+                resume_at = (r.state.stage, r.state.stage_epochs);
+                rec.history = r.state.history;
+                lr_finds = r.state.lr_finds;
+                epochs = r.state.epochs;
+                taken = r
+                    .state
+                    .snapshots
+                    .into_iter()
+                    .zip(r.snapshots)
+                    .map(|(result, (valid_probs, eval_probs, eval_tta))| Taken {
+                        result,
+                        valid_probs,
+                        eval_probs,
+                        eval_tta,
+                    })
+                    .collect();
+            }
+            None => {
+                tracing::info!(run = %run.prefix(), "no checkpoint to resume from; starting at the beginning")
+            }
+        }
+    }
+    let ckpt = &spec.checkpoint;
+    let uploader = crate::checkpoint::Uploader::start(store.clone(), ckpt.max_pending)?;
+    let mut epochs_this_process = 0u64;
 
     for (si, stage) in spec.stages.iter().enumerate() {
+        let start_epoch = match resume_at {
+            (rs, _) if si < rs => continue,
+            (rs, e) if si == rs => e,
+            _ => 0,
+        };
+        if start_epoch as u64 >= stage.total_epochs() {
+            continue;
+        }
         l.freeze_to(stage.frozen_groups(GROUPS));
-        if stage.lr_find || (si == 0 && spec.lr_find.is_some()) {
+        l.augment_train = l.augmenter.is_some() && stage.augment.unwrap_or(true) && !stage.precompute;
+        if !stage.precompute {
+            l.precomputed = None;
+        }
+        if start_epoch == 0 && (stage.lr_find || (si == 0 && spec.lr_find.is_some())) {
+            // the LR-range test trains on images through the whole network, never on a cache
+            let cache = l.precomputed.take();
             lr_finds.push((si, l.lr_find(range, &mut rec)?));
+            l.precomputed = cache;
         }
         let lr = match stage.fixed_lr() {
             Some(lr) => lr,
@@ -178,55 +306,124 @@ pub fn run_train(spec: &JobSpec, run_id: &str, obs: &mut dyn Observer) -> Result
                 s.get(find_spec.suggestion)
             }
         };
+        // after the LR-range test, which trains (and restores) the whole frozen network
+        if stage.precompute && l.precomputed.is_none() {
+            l.precomputed = Some(crate::precompute::Precomputed::compute(&l)?);
+        }
         let peaks = stage.group_peaks(lr, GROUPS);
         let schedule = stage.schedule(lr, l.steps_per_epoch()?);
-        rec.history.stage_starts.push(l.global_step);
+        if start_epoch == 0 {
+            rec.history.stage_starts.push(l.global_step);
+        }
         let snapshots_on = stage.snapshots();
-        let mut cycle_ends = vec![];
-        let mut on_snapshot = |l: &mut Learner, p: cyclotron_core::schedule::SnapshotPoint| -> Result<()> {
-            cycle_ends.push((l.global_step, snapshots_on));
-            if !snapshots_on {
-                return Ok(());
-            }
-            let index = taken.len();
-            let model = to_safetensors(&crate::tensor_io::clone_vars(&l.net.vs))?;
-            let state = serde_json::json!({
-                "stage": si, "cycle": p.cycle, "epoch": p.epoch, "step": l.global_step,
-                "seed": l.seed, "epochs_done": l.epochs_done, "arch": spec.model.arch,
-            });
-            rt.block_on(store.commit(
-                &run.snapshot_dir(index),
-                CheckpointKind::Snapshot,
-                (l.global_step, si, p.epoch, Some(p.cycle)),
-                vec![
-                    Blob { name: "model.safetensors".into(), data: model.into() },
-                    Blob { name: "state.json".into(), data: state.to_string().into_bytes().into() },
-                ],
-                state,
-            ))?;
-            let valid_probs = l.predict(&l.data.valid)?;
-            let eval_probs = l.predict(&eval_ds)?;
-            let m = metrics(&eval_probs, &eval_y);
-            taken.push(Taken {
-                result: SnapshotResult {
-                    index,
+        let spe = l.steps_per_epoch()?;
+        let stage_epochs = schedule.total_steps().div_ceil(spe) as u32;
+        for epoch in start_epoch..stage_epochs {
+            let mut cycle_ends = vec![];
+            let mut on_snapshot =
+                |l: &mut Learner, p: cyclotron_core::schedule::SnapshotPoint| -> Result<()> {
+                    cycle_ends.push((l.global_step, snapshots_on));
+                    if !snapshots_on {
+                        return Ok(());
+                    }
+                    let index = taken.len();
+                    let model = to_safetensors(&crate::tensor_io::clone_vars(&l.net.vs))?;
+                    let state = serde_json::json!({
+                        "stage": si, "cycle": p.cycle, "epoch": p.epoch, "step": l.global_step,
+                        "seed": l.seed, "epochs_done": l.epochs_done, "arch": spec.model.arch,
+                    });
+                    rt.block_on(store.commit(
+                        &run.snapshot_dir(index),
+                        CheckpointKind::Snapshot,
+                        (l.global_step, si, p.epoch, Some(p.cycle)),
+                        vec![
+                            Blob { name: "model.safetensors".into(), data: model.into() },
+                            Blob { name: "state.json".into(), data: state.to_string().into_bytes().into() },
+                        ],
+                        state,
+                    ))?;
+                    let valid_probs = l.predict(&l.data.valid)?;
+                    let eval_probs = l.predict(&eval_ds)?;
+                    let m = metrics(&eval_probs, &eval_y);
+                    let eval_tta = match (&spec.tta, &l.augmenter) {
+                        (Some(t), Some(aug)) => {
+                            Some(crate::tta::predict(l, &eval_ds, aug, t, Some(eval_probs.shallow_clone()))?)
+                        }
+                        _ => None,
+                    };
+                    taken.push(Taken {
+                        result: SnapshotResult {
+                            index,
+                            stage: si,
+                            cycle: p.cycle,
+                            epoch: p.epoch,
+                            loss: m.loss,
+                            accuracy: m.accuracy,
+                            valid: metrics(&valid_probs, &valid_y),
+                            tta: eval_tta.as_ref().map(|p| metrics(p, &eval_y)),
+                        },
+                        valid_probs,
+                        eval_probs,
+                        eval_tta,
+                    });
+                    Ok(())
+                };
+            epochs.extend(l.fit_epochs(
+                si,
+                schedule.as_ref(),
+                &peaks,
+                &mut rec,
+                &mut on_snapshot,
+                epoch..epoch + 1,
+            )?);
+            rec.history.cycle_ends.extend(cycle_ends);
+            // a periodic checkpoint at this epoch end: CPU copies handed to the uploader
+            if ckpt.every_epochs > 0 && l.epochs_done % ckpt.every_epochs == 0 {
+                let state = crate::checkpoint::TrainState {
+                    version: crate::checkpoint::state::STATE_VERSION,
+                    seed: l.seed,
+                    global_step: l.global_step,
+                    epochs_done: l.epochs_done,
                     stage: si,
-                    cycle: p.cycle,
-                    epoch: p.epoch,
-                    loss: m.loss,
-                    accuracy: m.accuracy,
-                    valid: metrics(&valid_probs, &valid_y),
-                },
-                valid_probs,
-                eval_probs,
-            });
-            Ok(())
-        };
-        epochs.extend(l.fit(si, schedule.as_ref(), &peaks, &mut rec, &mut on_snapshot)?);
-        rec.history.cycle_ends.extend(cycle_ends);
+                    stage_epochs: epoch + 1,
+                    steps_per_epoch: spe,
+                    opt_counts: vec![],
+                    lr_finds: lr_finds.clone(),
+                    epochs: epochs.clone(),
+                    history: rec.history.clone(),
+                    snapshots: taken.iter().map(|t| t.result.clone()).collect(),
+                };
+                let probs: Vec<_> = taken
+                    .iter()
+                    .map(|t| {
+                        (
+                            t.valid_probs.shallow_clone(),
+                            t.eval_probs.shallow_clone(),
+                            t.eval_tta.as_ref().map(|x| x.shallow_clone()),
+                        )
+                    })
+                    .collect();
+                let pending = crate::checkpoint::capture(&l, &run, state, &probs, ckpt.keep_last);
+                crate::checkpoint::hand_off(&mut l.opt, pending, &uploader)?;
+            }
+            epochs_this_process += 1;
+            if opts.stop_after_epochs.is_some_and(|n| epochs_this_process >= n) {
+                uploader.finish(std::time::Duration::from_secs(ckpt.upload_deadline_s))?;
+                return Err(Error::Stopped { epochs: epochs_this_process });
+            }
+        }
     }
+    // training is over: wait for the checkpoints still uploading (a failure fails the job)
+    uploader.finish(std::time::Duration::from_secs(ckpt.upload_deadline_s))?;
 
-    let final_model = l.evaluate(&eval_ds)?;
+    let final_probs = l.predict(&eval_ds)?;
+    let final_model = metrics(&final_probs, &eval_y);
+    let final_tta = match (&spec.tta, &l.augmenter) {
+        (Some(t), Some(aug)) => {
+            Some(metrics(&crate::tta::predict(&l, &eval_ds, aug, t, Some(final_probs))?, &eval_y))
+        }
+        _ => None,
+    };
     let ensemble = if spec.ensemble.members > 0 && !taken.is_empty() {
         let valid: Vec<Tensor> = taken.iter().map(|t| t.valid_probs.shallow_clone()).collect();
         let members = ensemble::select(spec.ensemble.selection, &valid, &valid_y, spec.ensemble.members);
@@ -235,12 +432,19 @@ pub fn run_train(spec: &JobSpec, run_id: &str, obs: &mut dyn Observer) -> Result
         };
         let eval = metrics(&pick(&|t| &t.eval_probs), &eval_y);
         let valid = metrics(&pick(&|t| &t.valid_probs), &valid_y);
+        let tta = members
+            .iter()
+            .map(|&i| taken[i].eval_tta.as_ref())
+            .collect::<Option<Vec<_>>>()
+            .filter(|v| !v.is_empty())
+            .map(|v| metrics(&ensemble::average(&v), &eval_y));
         Some(EnsembleResult {
             members,
             selection: format!("{:?}", spec.ensemble.selection).to_lowercase(),
             loss: eval.loss,
             accuracy: eval.accuracy,
             valid,
+            tta,
         })
     } else {
         None
@@ -251,6 +455,7 @@ pub fn run_train(spec: &JobSpec, run_id: &str, obs: &mut dyn Observer) -> Result
         snapshots: taken.into_iter().map(|t| t.result).collect(),
         ensemble,
         final_model,
+        final_tta,
         epochs,
         lr_finds,
         history: rec.history,

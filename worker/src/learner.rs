@@ -14,7 +14,7 @@ use cyclotron_core::schedule::{Schedule, SnapshotPoint};
 use cyclotron_core::spec::OptimizerSpec;
 use tch::{Device, Kind, Tensor};
 
-use crate::data::{Dataset, Loader, LoaderConfig, Normalize};
+use crate::data::{Augmentation, Augmenter, Batch, Dataset, Loader, LoaderConfig, Normalize};
 use crate::error::{Error, Result};
 use crate::models::Net;
 use crate::optim::Optimizer;
@@ -63,6 +63,15 @@ pub struct Learner {
     /// Optimiser steps over the whole job.
     pub global_step: u64,
     pub abort: Arc<AtomicBool>,
+    /// The job's augmentation pipeline (`[data.augment]`), used for TTA views.
+    pub augmenter: Option<Arc<Augmenter>>,
+    /// Whether training batches are augmented now (set per stage).
+    pub augment_train: bool,
+    /// Cached body activations: while set, `fit` trains the head on them (a precompute stage).
+    pub precomputed: Option<crate::precompute::Precomputed>,
+    /// Set when this learner is one rank of a data-parallel group: gradients are averaged over
+    /// the group between `backward` and the optimiser step, and each rank trains on its shard.
+    pub grad_sync: Option<crate::distributed::GradSync>,
 }
 
 impl Learner {
@@ -78,12 +87,17 @@ impl Learner {
             epochs_done: 0,
             global_step: 0,
             abort: Arc::new(AtomicBool::new(false)),
+            augmenter: None,
+            augment_train: false,
+            precomputed: None,
+            grad_sync: None,
         }
     }
 
     /// Full batches per epoch of the training split.
     pub fn steps_per_epoch(&self) -> Result<u64> {
-        let n = self.data.train.len() / self.data.batch_size;
+        let world = self.grad_sync.as_ref().map_or(1, |s| s.world_size());
+        let n = self.data.train.len() / (self.data.batch_size * world);
         if n == 0 {
             return Err(Error::Invalid {
                 what: "data.batch_size".into(),
@@ -97,13 +111,28 @@ impl Learner {
         Ok(n as u64)
     }
 
+    /// Training loaders (`shuffle`) augment when the stage says so; evaluation never does.
     fn loader(&self, ds: &Dataset, shuffle: bool, epoch: u64, batch_size: usize) -> Loader {
+        let augment = self.augmenter.as_ref().filter(|_| shuffle && self.augment_train);
+        self.loader_with(ds, shuffle, epoch, batch_size, augment)
+    }
+
+    /// A loader over `ds` with augmentation `augment` (seeded by the learner's seed and `epoch`).
+    pub(crate) fn loader_with(
+        &self,
+        ds: &Dataset,
+        shuffle: bool,
+        epoch: u64,
+        batch_size: usize,
+        augment: Option<&Arc<Augmenter>>,
+    ) -> Loader {
         let cfg = LoaderConfig {
             batch_size,
             shuffle_seed: shuffle.then_some(self.seed),
             epoch,
             drop_last: shuffle,
             prefetch: self.data.prefetch,
+            augment: augment.map(|a| Augmentation { augmenter: Arc::clone(a), seed: self.seed }),
         };
         Loader::new(ds, &self.data.norm, &cfg)
     }
@@ -114,8 +143,16 @@ impl Learner {
     }
 
     /// One training step at per-group learning rates `lrs`; returns the batch loss.
-    fn train_step(&mut self, x: &Tensor, y: &Tensor, lrs: &[f64]) -> f64 {
-        train_step(&self.net, &mut self.opt, &x.to_device(self.device), &y.to_device(self.device), lrs)
+    fn train_step(&mut self, x: &Tensor, y: &Tensor, lrs: &[f64]) -> Result<f64> {
+        if self.precomputed.is_some() {
+            let (x, y) = (x.to_device(self.device), y.to_device(self.device));
+            return Ok(crate::precompute::train_step_head(&self.net, &mut self.opt, &x, &y, lrs));
+        }
+        let (x, y) = (x.to_device(self.device), y.to_device(self.device));
+        match &mut self.grad_sync {
+            Some(sync) => sync.train_step(&self.net, &mut self.opt, &x, &y, lrs),
+            None => Ok(train_step(&self.net, &mut self.opt, &x, &y, lrs)),
+        }
     }
 
     fn check_abort(&self) -> Result<()> {
@@ -135,19 +172,39 @@ impl Learner {
         obs: &mut dyn Observer,
         on_snapshot: &mut dyn FnMut(&mut Learner, SnapshotPoint) -> Result<()>,
     ) -> Result<Vec<EpochRecord>> {
+        self.fit_epochs(stage, schedule, peaks, obs, on_snapshot, 0..u32::MAX)
+    }
+
+    /// [`Learner::fit`] for the stage's epochs in `range` only (0-based, clipped to the stage):
+    /// the schedule position starts at `range.start` epochs. Checkpoints and resumes use it to
+    /// stop and continue at epoch boundaries.
+    pub fn fit_epochs(
+        &mut self,
+        stage: usize,
+        schedule: &dyn Schedule,
+        peaks: &[f64],
+        obs: &mut dyn Observer,
+        on_snapshot: &mut dyn FnMut(&mut Learner, SnapshotPoint) -> Result<()>,
+        range: std::ops::Range<u32>,
+    ) -> Result<Vec<EpochRecord>> {
         let spe = self.steps_per_epoch()?;
         let total = schedule.total_steps();
         let epochs = total.div_ceil(spe) as u32;
         let points = schedule.snapshot_points();
-        let mut records = Vec::with_capacity(epochs as usize);
-        let mut step = 0u64;
+        let range = range.start.min(epochs)..range.end.min(epochs);
+        let mut records = Vec::with_capacity(range.len());
+        let mut step = range.start as u64 * spe;
         let mut lrs = vec![0.0; peaks.len()];
-        for epoch in 0..epochs {
+        for epoch in range {
             let started = Instant::now();
             obs.on_event(&Event::EpochStart { stage, epoch, epochs, steps: spe });
-            let loader = self.loader(&self.data.train, true, self.epochs_done, self.data.batch_size);
+            let batches: Box<dyn Iterator<Item = Batch>> = match &self.precomputed {
+                Some(p) => Box::new(p.batches(self.seed, self.epochs_done, self.data.batch_size)),
+                None if self.grad_sync.is_some() => Box::new(self.rank_loader(self.epochs_done)),
+                None => Box::new(self.loader(&self.data.train, true, self.epochs_done, self.data.batch_size)),
+            };
             let (mut sum, mut n) = (0.0, 0u64);
-            for batch in loader {
+            for batch in batches {
                 if step >= total {
                     break;
                 }
@@ -156,7 +213,7 @@ impl Learner {
                 for (lr, peak) in lrs.iter_mut().zip(peaks) {
                     *lr = peak * factor;
                 }
-                let loss = self.train_step(&batch.x, &batch.y, &lrs);
+                let loss = self.train_step(&batch.x, &batch.y, &lrs)?;
                 if !loss.is_finite() {
                     return Err(Error::Diverged { stage, step: self.global_step, loss });
                 }
@@ -215,6 +272,8 @@ impl Learner {
     /// the same lr) until divergence, `range.steps` steps or one epoch, whichever comes first.
     /// Model weights and optimiser state are restored afterwards.
     pub fn lr_find(&mut self, range: LrRange, obs: &mut dyn Observer) -> Result<LrFindReport> {
+        // a checkpoint may still be copying the weights this test is about to change
+        self.opt.wait_for_readers();
         let saved = clone_vars(&self.net.vs);
         let steps = range.steps.min(self.steps_per_epoch()? as u32);
         let range = LrRange { steps, ..range };
@@ -230,7 +289,7 @@ impl Learner {
                 self.check_abort()?;
                 let lr = range.lr_at(i);
                 let lrs = vec![lr; crate::models::GROUPS];
-                let loss = self.train_step(&batch.x, &batch.y, &lrs);
+                let loss = self.train_step(&batch.x, &batch.y, &lrs)?;
                 obs.on_event(&Event::LrFindStep { i, lr, loss });
                 if finder.record(lr, loss) == Verdict::Diverged {
                     diverged = true;

@@ -5,13 +5,18 @@
 
 pub mod allocator;
 pub mod bench;
+pub mod checkpoint;
+pub mod collective;
 pub mod data;
+pub mod distributed;
 pub mod ensemble;
 pub mod error;
 pub mod job;
 pub mod learner;
 pub mod models;
 pub mod optim;
+pub mod precompute;
 pub mod tensor_io;
+pub mod tta;
 
 pub use error::{Error, Result};

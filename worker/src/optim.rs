@@ -27,6 +27,11 @@ pub type StepCounts = Vec<(String, i64)>;
 pub struct Optimizer {
     spec: OptimizerSpec,
     params: Vec<Param>,
+    /// Threads still reading the parameters or state (a checkpoint's copy, see
+    /// `checkpoint::state::hand_off`): the next update waits for them, never the current step.
+    readers: Vec<std::thread::JoinHandle<()>>,
+    /// Total time updates waited for readers.
+    reader_wait: std::time::Duration,
 }
 
 impl std::fmt::Debug for Optimizer {
@@ -46,7 +51,7 @@ impl Optimizer {
             .filter(|(_, _, t)| t.is_floating_point())
             .map(|(name, group, tensor)| Param { name, group, tensor, m: None, v: None, t: 0 })
             .collect();
-        Optimizer { spec: spec.clone(), params }
+        Optimizer { spec: spec.clone(), params, readers: vec![], reader_wait: std::time::Duration::ZERO }
     }
 
     pub fn zero_grad(&mut self) {
@@ -55,8 +60,32 @@ impl Optimizer {
         }
     }
 
+    /// Register a thread that reads the parameters or state; the next [`Optimizer::step`] (which
+    /// writes them) waits for it first.
+    pub fn add_reader(&mut self, reader: std::thread::JoinHandle<()>) {
+        self.readers.push(reader);
+    }
+
+    /// Wait for every registered reader (before anything writes the parameters).
+    pub fn wait_for_readers(&mut self) {
+        if self.readers.is_empty() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        self.reader_wait += started.elapsed();
+    }
+
+    /// Total time updates have waited for readers.
+    pub fn reader_wait(&self) -> std::time::Duration {
+        self.reader_wait
+    }
+
     /// One update with `lrs[g]` for layer group `g`. Parameters without a gradient are left alone.
     pub fn step(&mut self, lrs: &[f64]) {
+        self.wait_for_readers();
         let _guard = tch::no_grad_guard();
         let s = &self.spec;
         for p in &mut self.params {

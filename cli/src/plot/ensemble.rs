@@ -170,6 +170,7 @@ mod tests {
                 loss: 0.3,
                 accuracy: accuracies[i],
                 valid: m,
+                tta: None,
             })
             .collect::<Vec<_>>();
         let members: Vec<usize> = (1..accuracies.len()).collect();
@@ -183,8 +184,10 @@ mod tests {
                 loss: 0.2,
                 accuracy,
                 valid: m,
+                tta: None,
             }),
             final_model: m,
+            final_tta: None,
             epochs: vec![],
             lr_finds: vec![],
             history: StepHistory::default(),

@@ -1,17 +1,60 @@
 //! [`CheckpointStore`]: commits and finds checkpoints in any `object_store` backend.
 //!
-//! `file://PATH` (relative paths are taken from the working directory; the folder is created) and
-//! `memory://` are built in. All methods are async; a worker thread without a runtime wraps them
-//! with a small current-thread tokio runtime.
+//! `file://PATH` (relative paths are taken from the working directory; the folder is created),
+//! `s3://bucket/prefix` (see [`super::s3`]) and `memory://`. All methods are async; a worker thread
+//! without a runtime wraps them with a small tokio runtime. The commit protocol is in
+//! [`CheckpointStore::commit`]; verified restore with fallback in `restore.rs`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
-use object_store::{memory::InMemory, path::Path as ObjPath, ObjectStore, ObjectStoreExt, PutPayload};
+use futures::{StreamExt, TryStreamExt};
+use object_store::{memory::InMemory, path::Path as ObjPath, ObjectStore, ObjectStoreExt};
 
 use super::manifest::{BlobEntry, CheckpointKind, Manifest, MANIFEST_FILE, MANIFEST_VERSION};
+use super::retention::{self, Committed};
+use super::s3::{self, S3Options};
+use super::transfer;
 use crate::error::{Error, Result};
+
+/// How a store moves bytes: multipart sizes, concurrency, retries, timeouts, S3 settings.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Blobs larger than this go up as multipart uploads.
+    pub multipart_threshold: usize,
+    /// Part size of multipart uploads (S3 wants ≥ 5 MiB for every part but the last).
+    pub part_size: usize,
+    /// Parts of one blob in flight at once.
+    pub part_concurrency: usize,
+    /// Blobs of one checkpoint uploaded (or read) at once.
+    pub blob_concurrency: usize,
+    /// Whole-blob attempts (see `transfer::put`).
+    pub attempts: u32,
+    /// First backoff between attempts (doubles each time) and of request retries.
+    pub backoff: Duration,
+    /// Retries of one HTTP request inside object_store.
+    pub request_retries: usize,
+    /// Timeout of one HTTP request.
+    pub request_timeout: Duration,
+    pub s3: S3Options,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            multipart_threshold: 16 << 20,
+            part_size: 8 << 20,
+            part_concurrency: 4,
+            blob_concurrency: 4,
+            attempts: 3,
+            backoff: Duration::from_millis(200),
+            request_retries: 3,
+            request_timeout: Duration::from_secs(60),
+            s3: S3Options::default(),
+        }
+    }
+}
 
 /// A named blob to store in a checkpoint.
 #[derive(Debug, Clone)]
@@ -31,7 +74,8 @@ impl RunLocation {
     pub fn new(job: &str, run: &str) -> Self {
         RunLocation { job: job.into(), run: run.into() }
     }
-    fn prefix(&self) -> String {
+    /// `<job>/<run>`: the folder of everything the run stores.
+    pub fn prefix(&self) -> String {
         format!("{}/{}", self.job, self.run)
     }
     /// Folder of the periodic checkpoint at `step`.
@@ -46,8 +90,10 @@ impl RunLocation {
 
 #[derive(Clone)]
 pub struct CheckpointStore {
+    /// Redacted: safe for logs and errors.
     url: String,
-    store: Arc<dyn ObjectStore>,
+    pub(super) store: Arc<dyn ObjectStore>,
+    pub(super) options: StoreOptions,
 }
 
 impl std::fmt::Debug for CheckpointStore {
@@ -57,8 +103,22 @@ impl std::fmt::Debug for CheckpointStore {
 }
 
 impl CheckpointStore {
-    /// Open a store by URL: `file://PATH`, a plain path, or `memory://`.
+    /// Open a store by URL: `file://PATH`, a plain path, `s3://bucket/prefix` or `memory://`.
     pub fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, &StoreOptions::default())
+    }
+
+    /// [`CheckpointStore::open`] with transfer and S3 options.
+    pub fn open_with(url: &str, options: &StoreOptions) -> Result<Self> {
+        let mut store = Self::open_plain(url, options)?;
+        store.options = options.clone();
+        Ok(store)
+    }
+
+    fn open_plain(url: &str, options: &StoreOptions) -> Result<Self> {
+        if url.starts_with("s3://") {
+            return Ok(Self::from_object_store(url, s3::open(url, options)?));
+        }
         if url.starts_with("memory://") {
             return Ok(Self::from_object_store(url, Arc::new(InMemory::new())));
         }
@@ -67,8 +127,8 @@ impl CheckpointStore {
             None if !url.contains("://") => url,
             None => {
                 return Err(Error::StoreUrl {
-                    url: url.into(),
-                    message: "unsupported scheme; use file://PATH or memory://".into(),
+                    url: s3::redact(url),
+                    message: "unsupported scheme; use file://PATH, s3://bucket/prefix or memory://".into(),
                 })
             }
         };
@@ -90,19 +150,64 @@ impl CheckpointStore {
 
     /// Wrap any object store (S3 and friends arrive this way).
     pub fn from_object_store(url: &str, store: Arc<dyn ObjectStore>) -> Self {
-        CheckpointStore { url: url.to_string(), store }
+        CheckpointStore { url: s3::redact(url), store, options: StoreOptions::default() }
+    }
+
+    pub fn options(&self) -> &StoreOptions {
+        &self.options
     }
 
     pub fn url(&self) -> &str {
         &self.url
     }
 
-    fn err(&self, op: &'static str, key: &str) -> impl FnOnce(object_store::Error) -> Error + '_ {
+    pub(super) fn err(&self, op: &'static str, key: &str) -> impl FnOnce(object_store::Error) -> Error + '_ {
         let key = key.to_string();
-        move |source| Error::Store { url: self.url.clone(), op, key, source: Box::new(source) }
+        move |source| match s3::describe(&self.url, &source) {
+            Some(message) => Error::Access { url: self.url.clone(), message },
+            None => Error::Store { url: self.url.clone(), op, key, source: Box::new(source) },
+        }
     }
 
-    /// Commit a checkpoint in `dir`: every blob, then the manifest.
+    /// Put one blob with multipart and retries (see `transfer::put`).
+    pub(super) async fn put_blob(&self, key: &str, data: &Bytes) -> Result<()> {
+        transfer::put(self.store.as_ref(), key, data, &self.options).await.map_err(|(source, attempts)| {
+            match s3::describe(&self.url, &source) {
+                Some(message) => Error::Access { url: self.url.clone(), message },
+                None => Error::Upload {
+                    url: self.url.clone(),
+                    op: "put",
+                    key: key.into(),
+                    attempts,
+                    source: Box::new(source),
+                },
+            }
+        })
+    }
+
+    /// Prove the store is reachable and writable now (credentials, bucket), not at the first
+    /// checkpoint an hour into training: write and delete a probe object under `prefix`.
+    pub async fn check_access(&self, prefix: &str) -> Result<()> {
+        // a listing first: some servers create a missing bucket's folder on a put
+        let p = ObjPath::from(prefix);
+        if let Some(Err(e)) = self.store.list(Some(&p)).next().await {
+            return Err(self.err("list", prefix)(e));
+        }
+        let key = format!("{prefix}/.cyclotron-write-probe");
+        self.store
+            .put(&ObjPath::from(key.as_str()), Bytes::new().into())
+            .await
+            .map_err(self.err("put", &key))?;
+        self.store.delete(&ObjPath::from(key.as_str())).await.map_err(self.err("delete", &key))?;
+        Ok(())
+    }
+
+    /// Commit a checkpoint in `dir`.
+    ///
+    /// **Protocol**: every blob is stored first (concurrently, `blob_concurrency` at a time, each
+    /// with multipart and retries); only when all of them are stored is `MANIFEST.json` (sizes and
+    /// sha256 of each blob) written, last. Any blob failing for good returns its error and writes
+    /// no manifest, so the checkpoint does not exist and readers fall back to the previous one.
     pub async fn commit(
         &self,
         dir: &str,
@@ -112,15 +217,17 @@ impl CheckpointStore {
         state: serde_json::Value,
     ) -> Result<Manifest> {
         let (step, stage, epoch, cycle) = position;
-        let mut entries = Vec::with_capacity(blobs.len());
-        for blob in blobs {
-            entries.push(BlobEntry::of(&blob.name, &blob.data));
-            let key = format!("{dir}/{}", blob.name);
-            self.store
-                .put(&ObjPath::from(key.as_str()), PutPayload::from(blob.data))
-                .await
-                .map_err(self.err("put", &key))?;
+        let entries: Vec<BlobEntry> = blobs.iter().map(|b| BlobEntry::of(&b.name, &b.data)).collect();
+        let mut puts = futures::stream::iter(
+            blobs
+                .iter()
+                .map(|blob| async move { self.put_blob(&format!("{dir}/{}", blob.name), &blob.data).await }),
+        )
+        .buffer_unordered(self.options.blob_concurrency.max(1));
+        while let Some(r) = puts.next().await {
+            r?;
         }
+        drop(puts);
         let manifest = Manifest {
             version: MANIFEST_VERSION,
             kind,
@@ -138,15 +245,22 @@ impl CheckpointStore {
         let key = format!("{dir}/{MANIFEST_FILE}");
         let body = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| Error::Manifest { key: key.clone(), source: e })?;
-        self.store
-            .put(&ObjPath::from(key.as_str()), PutPayload::from(body))
-            .await
-            .map_err(self.err("put", &key))?;
+        self.put_blob(&key, &Bytes::from(body)).await?;
         Ok(manifest)
     }
 
     /// Every committed checkpoint under `prefix` (folders holding a manifest), sorted by folder.
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, Manifest)>> {
+        let dirs = self.manifest_dirs(prefix).await?;
+        let mut out = Vec::with_capacity(dirs.len());
+        for dir in dirs {
+            out.push((dir.clone(), self.manifest(&dir).await?));
+        }
+        Ok(out)
+    }
+
+    /// Folders under `prefix` that hold a `MANIFEST.json`, sorted (without reading the manifests).
+    pub async fn manifest_dirs(&self, prefix: &str) -> Result<Vec<String>> {
         let p = ObjPath::from(prefix);
         let metas: Vec<_> =
             self.store.list(Some(&p)).try_collect().await.map_err(self.err("list", prefix))?;
@@ -158,11 +272,7 @@ impl CheckpointStore {
             })
             .collect();
         dirs.sort();
-        let mut out = Vec::with_capacity(dirs.len());
-        for dir in dirs {
-            out.push((dir.clone(), self.manifest(&dir).await?));
-        }
-        Ok(out)
+        Ok(dirs)
     }
 
     /// The manifest of the checkpoint in `dir`.
@@ -211,7 +321,7 @@ impl CheckpointStore {
         Ok(data)
     }
 
-    async fn get(&self, key: &str) -> Result<Bytes> {
+    pub(super) async fn get(&self, key: &str) -> Result<Bytes> {
         let r = self.store.get(&ObjPath::from(key)).await.map_err(self.err("get", key))?;
         r.bytes().await.map_err(self.err("get", key))
     }
@@ -228,110 +338,29 @@ impl CheckpointStore {
         Ok(())
     }
 
+    /// Read any object whole, unverified (what a plain object_store get costs; the bench's peer).
+    pub async fn read_raw(&self, key: &str) -> Result<Bytes> {
+        self.get(key).await
+    }
+
     /// Write a blob outside any checkpoint (results, reports).
     pub async fn put_raw(&self, key: &str, data: Bytes) -> Result<()> {
-        self.store.put(&ObjPath::from(key), PutPayload::from(data)).await.map_err(self.err("put", key))?;
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    //! One suite, run on every backend.
-    use super::*;
-
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+        self.put_blob(key, &data).await
     }
 
-    fn blobs(tag: &str) -> Vec<Blob> {
-        vec![
-            Blob { name: "model.safetensors".into(), data: Bytes::from(format!("weights-{tag}")) },
-            Blob { name: "state.json".into(), data: Bytes::from("{}") },
-        ]
-    }
-
-    async fn suite(store: CheckpointStore) {
-        let run = RunLocation::new("job", "run-1");
-        assert!(store.latest(&run).await.unwrap().is_none());
-        for step in [10u64, 30, 20] {
-            store
-                .commit(
-                    &run.checkpoint_dir(step),
-                    CheckpointKind::Checkpoint,
-                    (step, 0, 1, None),
-                    blobs(&step.to_string()),
-                    serde_json::json!({"step": step}),
-                )
-                .await
-                .unwrap();
+    /// Delete the periodic checkpoints of `run` beyond the `keep_last` newest (see
+    /// [`retention::to_delete`]); snapshots are kept. Returns the folders deleted.
+    pub async fn apply_retention(&self, run: &RunLocation, keep_last: usize) -> Result<Vec<String>> {
+        let committed: Vec<Committed> = self
+            .list(&run.prefix())
+            .await?
+            .into_iter()
+            .map(|(dir, m)| Committed { dir, kind: m.kind, step: m.step })
+            .collect();
+        let doomed = retention::to_delete(&committed, keep_last);
+        for dir in &doomed {
+            self.delete(dir).await?;
         }
-        store
-            .commit(
-                &run.snapshot_dir(0),
-                CheckpointKind::Snapshot,
-                (15, 0, 1, Some(0)),
-                blobs("s0"),
-                serde_json::Value::Null,
-            )
-            .await
-            .unwrap();
-        store
-            .commit(
-                &run.snapshot_dir(1),
-                CheckpointKind::Snapshot,
-                (25, 0, 2, Some(1)),
-                blobs("s1"),
-                serde_json::Value::Null,
-            )
-            .await
-            .unwrap();
-
-        let (dir, latest) = store.latest(&run).await.unwrap().unwrap();
-        assert_eq!(latest.step, 30);
-        assert_eq!(dir, "job/run-1/ckpt-0000000030");
-        assert_eq!(
-            store.read_blob(&dir, &latest, "model.safetensors").await.unwrap(),
-            Bytes::from("weights-30")
-        );
-        assert_eq!(latest.state["step"], 30);
-
-        let snaps = store.snapshots(&run).await.unwrap();
-        assert_eq!(snaps.iter().map(|(_, m)| m.cycle).collect::<Vec<_>>(), vec![Some(0), Some(1)]);
-        assert_eq!(snaps[1].0, "job/run-1/snapshots/cycle-1");
-
-        // blobs without a manifest do not make a checkpoint
-        store.put_raw("job/run-1/ckpt-0000000099/model.safetensors", Bytes::from("partial")).await.unwrap();
-        assert_eq!(store.latest(&run).await.unwrap().unwrap().1.step, 30);
-
-        // a corrupted blob is detected
-        store.put_raw(&format!("{dir}/model.safetensors"), Bytes::from("weights-3X")).await.unwrap();
-        let err = store.read_blob(&dir, &latest, "model.safetensors").await.unwrap_err().to_string();
-        assert!(err.contains("sha256 differs"), "{err}");
-
-        // delete removes the manifest, so the previous one becomes latest
-        store.delete(&dir).await.unwrap();
-        assert_eq!(store.latest(&run).await.unwrap().unwrap().1.step, 20);
-    }
-
-    #[test]
-    fn memory_backend_passes_the_suite() {
-        rt().block_on(suite(CheckpointStore::open("memory://").unwrap()));
-    }
-
-    #[test]
-    fn file_backend_passes_the_suite() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("file://{}/runs", dir.path().display());
-        rt().block_on(suite(CheckpointStore::open(&url).unwrap()));
-        assert!(dir.path().join("runs/job/run-1/ckpt-0000000020/MANIFEST.json").exists());
-    }
-
-    #[test]
-    fn unsupported_scheme_and_unwritable_folder_are_clear_errors() {
-        let e = CheckpointStore::open("gopher://x").unwrap_err().to_string();
-        assert!(e.contains("unsupported scheme"), "{e}");
-        let e = CheckpointStore::open("file:///proc/cyclotron-cannot-be-here").unwrap_err().to_string();
-        assert!(e.contains("cannot create or write the folder /proc/cyclotron-cannot-be-here"), "{e}");
+        Ok(doomed)
     }
 }

@@ -17,9 +17,13 @@
 //! cycle_mult = 2
 //! ```
 
+mod augment;
+mod checkpoint;
 mod stage;
 mod validate;
 
+pub use augment::{AugmentSpec, Transform, TtaSpec, PRESETS};
+pub use checkpoint::CheckpointSpec;
 pub use stage::{GroupLrs, LrValue, ScheduleKind, StageSpec};
 
 use std::path::Path;
@@ -30,7 +34,16 @@ use crate::error::{Error, Result};
 use crate::lr_range::SuggestionKind;
 
 /// Model architectures a worker can build.
-pub const KNOWN_ARCHS: &[&str] = &["small_resnet", "resnet18", "resnet34"];
+pub const KNOWN_ARCHS: &[&str] = &[
+    "small_resnet",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnext50_32x4d",
+    "vgg16",
+    "vgg16_bn",
+    "small_cnn",
+];
 
 /// Layer groups of every model (body early, body late, head): the length of `group_lrs` lists.
 pub const LAYER_GROUPS: usize = 3;
@@ -45,7 +58,7 @@ pub struct JobSpec {
     pub name: String,
     #[serde(default = "default_seed")]
     pub seed: u64,
-    /// Checkpoint store URL: `file://PATH` (default `file://./runs`) or `memory://`.
+    /// Checkpoint store URL: `file://PATH` (default `file://./runs`), `s3://bucket/prefix` or `memory://`.
     #[serde(default = "default_output")]
     pub output: String,
     pub data: DataSpec,
@@ -59,8 +72,14 @@ pub struct JobSpec {
     pub stages: Vec<StageSpec>,
     #[serde(default)]
     pub ensemble: EnsembleSpec,
+    /// Test-time augmentation of snapshots and the ensemble; absent means none.
+    #[serde(default)]
+    pub tta: Option<TtaSpec>,
     #[serde(default)]
     pub runtime: RuntimeSpec,
+    /// Periodic checkpoints for resuming (`[checkpoint]`); on by default, every epoch.
+    #[serde(default)]
+    pub checkpoint: CheckpointSpec,
 }
 
 fn default_seed() -> u64 {
@@ -104,6 +123,12 @@ pub struct DataSpec {
     /// Batches prepared ahead by the loading thread.
     #[serde(default = "default_prefetch")]
     pub prefetch: usize,
+    /// Augmentation of training batches (never of evaluation); absent means none.
+    #[serde(default)]
+    pub augment: Option<AugmentSpec>,
+    /// Keep only these classes (by index), relabelled 0..k in this order, e.g. `[5, 6, 7, 8, 9]`.
+    #[serde(default)]
+    pub classes: Option<Vec<usize>>,
 }
 
 fn default_batch_size() -> usize {
@@ -134,6 +159,10 @@ pub struct ModelSpec {
     /// Base width (channels of the first block) of `small_resnet`.
     #[serde(default = "default_width")]
     pub width: i64,
+    /// Weights to start from: a safetensors file with torchvision's names (or a snapshot's
+    /// `model.safetensors`) at `file://PATH` or a plain path; a head of another size is skipped.
+    #[serde(default)]
+    pub pretrained: Option<String>,
 }
 
 fn default_width() -> i64 {

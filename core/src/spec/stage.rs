@@ -92,6 +92,13 @@ pub struct StageSpec {
     /// Save a snapshot at each cycle end (default: on for SGDR, off otherwise).
     #[serde(default)]
     pub snapshot: Option<bool>,
+    /// Augment this stage's training batches with `[data.augment]` (default: on when it is set).
+    #[serde(default)]
+    pub augment: Option<bool>,
+    /// Train the head on cached activations of the frozen body (needs `freeze = true`; no
+    /// augmentation, as in fastai).
+    #[serde(default)]
+    pub precompute: bool,
 }
 
 fn one() -> u32 {

@@ -15,13 +15,19 @@ pub(super) fn problems(spec: &JobSpec) -> Vec<String> {
     }
     if !(spec.output.starts_with("file://")
         || spec.output.starts_with("memory://")
+        || spec.output.starts_with("s3://")
         || !spec.output.contains("://"))
     {
         p.push(format!(
-            "output: {:?} is not a supported store URL; use file://PATH or memory:// (s3:// is not built in yet)",
-            spec.output
+            "output: {:?} is not a supported store URL; use file://PATH, s3://bucket/prefix or memory://",
+            crate::checkpoint::s3::redact(&spec.output)
         ));
+    } else if let Err(e) =
+        spec.output.starts_with("s3://").then(|| crate::checkpoint::s3::parse(&spec.output)).transpose()
+    {
+        p.push(format!("output: {e}"));
     }
+    p.extend(spec.checkpoint.problems());
     data(spec, &mut p);
     if !KNOWN_ARCHS.contains(&spec.model.arch.as_str()) {
         p.push(format!(
@@ -75,6 +81,35 @@ fn data(spec: &JobSpec, p: &mut Vec<String>) {
     }
     if d.prefetch == 0 {
         p.push("data.prefetch: must be ≥ 1".into());
+    }
+    if let Some(c) = &d.classes {
+        let mut sorted = c.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if c.len() < 2 || sorted.len() != c.len() {
+            p.push(format!("data.classes: need at least 2 distinct class indices, got {c:?}"));
+        }
+    }
+    if let Some(url) = &spec.model.pretrained {
+        if url.contains("://") && !url.starts_with("file://") {
+            p.push(format!(
+                "model.pretrained: {url:?} is not supported yet; use file://PATH or a plain path"
+            ));
+        }
+    }
+    if let Some(Err(problems)) = d.augment.as_ref().map(|a| a.resolve()) {
+        p.extend(problems);
+    }
+    if let Some(t) = &spec.tta {
+        if t.n > 64 {
+            p.push(format!("tta.n: at most 64 augmented views, got {}", t.n));
+        }
+        if matches!(t.beta, Some(b) if !(0.0..=1.0).contains(&b)) {
+            p.push(format!("tta.beta: must be in [0, 1], got {}", t.beta.unwrap_or(0.0)));
+        }
+        if t.n > 0 && d.augment.is_none() {
+            p.push("tta: test-time augmentation uses the [data.augment] transforms; add [data.augment] or set tta.n = 0".into());
+        }
     }
 }
 
@@ -130,6 +165,15 @@ fn stages(spec: &JobSpec, p: &mut Vec<String>) {
                     "{at}: group_lrs = {other:?} is unknown; use \"same\", \"thirds\", \"slice\" or a list of learning rates"
                 )),
             }
+        }
+        if s.augment == Some(true) && spec.data.augment.is_none() {
+            p.push(format!("{at}: augment = true needs [data.augment] (which transforms to apply)"));
+        }
+        if s.precompute && s.frozen_groups(LAYER_GROUPS) != LAYER_GROUPS - 1 {
+            p.push(format!("{at}: precompute = true trains only the head; set freeze = true on this stage"));
+        }
+        if s.precompute && s.augment == Some(true) {
+            p.push(format!("{at}: precompute = true caches un-augmented activations; remove augment = true"));
         }
         if s.freeze && s.freeze_to.is_some() {
             p.push(format!("{at}: set freeze or freeze_to, not both"));
@@ -226,6 +270,26 @@ arch = "small_resnet"
                 "stage 1: group_lrs = \"slice\" needs lr_low",
             ),
             ("[[stage]]\nepochs = 2\ngroup_lrs = [0.1, 0.2]\n", "stage 1: group_lrs needs 3 learning rates"),
+            (
+                "[[stage]]\nlr = 0.1\nepochs = 1\naugment = true\n",
+                "stage 1: augment = true needs [data.augment]",
+            ),
+            (
+                "[[stage]]\nlr = 0.1\nepochs = 1\n[data.augment]\ntransforms = [\"crop_pad:x\"]\n",
+                "data.augment.transforms: \"crop_pad:x\": \"x\" is not a number",
+            ),
+            (
+                "[[stage]]\nlr = 0.1\nepochs = 1\nprecompute = true\n",
+                "stage 1: precompute = true trains only the head; set freeze = true",
+            ),
+            (
+                "[[stage]]\nlr = 0.1\nepochs = 1\n[tta]\nn = 2\n",
+                "tta: test-time augmentation uses the [data.augment]",
+            ),
+            (
+                "[[stage]]\nlr = 0.1\nepochs = 1\n[tta]\nn = 0\nbeta = 2.0\n",
+                "tta.beta: must be in [0, 1], got 2",
+            ),
             (
                 "[[stage]]\nlr = 0.1\nepochs = 2\n[lr_find]\nstart = 1.0\nend = 0.1\n",
                 "lr_find: need 0 < start < end",

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use tch::Tensor;
 
-use super::{epoch_order, Dataset};
+use super::augment::item_seed;
+use super::{epoch_order, Augmenter, Dataset};
 
 /// One batch, ready for the model: `x` f32 `[B, C, H, W]` normalised, `y` i64 `[B]`; on CPU.
 #[derive(Debug)]
@@ -46,6 +47,13 @@ impl Normalize {
         Normalize { mean, std }
     }
 
+    /// Per-channel `(scale, offset)` with `normalised = (v/255)·scale + offset`.
+    fn affine(&self, channels: usize) -> (Vec<f32>, Vec<f32>) {
+        let table = self.table(channels);
+        // table[c*256] is the value of 0 and table[c*256+255] of 255: exact for an affine map
+        (0..channels).map(|c| (table[c * 256 + 255] - table[c * 256], table[c * 256])).unzip()
+    }
+
     /// A 256-entry lookup table per channel: `table[c * 256 + v]` is the normalised value of
     /// pixel value `v` in channel `c`, computed with exactly the documented formula.
     ///
@@ -68,8 +76,16 @@ impl Normalize {
     }
 }
 
+/// Augmentation of a loader's items: the pipeline and the seed its draws derive from (with the
+/// epoch and the storage row; see [`super::augment`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Augmentation {
+    pub augmenter: Arc<Augmenter>,
+    pub seed: u64,
+}
+
 /// How a [`Loader`] walks its data set.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LoaderConfig {
     /// Items per batch (0 counts as 1).
     pub batch_size: usize,
@@ -80,6 +96,8 @@ pub struct LoaderConfig {
     pub drop_last: bool,
     /// Batches prepared ahead: the bounded channel's depth (0 counts as 1).
     pub prefetch: usize,
+    /// Augment every item (training batches, TTA views); `None` for plain evaluation.
+    pub augment: Option<Augmentation>,
 }
 
 /// One epoch of batches from a background thread; see the module docs for the protocol.
@@ -101,6 +119,8 @@ struct Producer {
     batch_size: usize,
     num_batches: usize,
     table: Vec<f32>,
+    /// The pipeline, its draws' seed and epoch, and per-channel `(scale, offset)` for `v/255`.
+    augment: Option<(Augmentation, u64, Vec<f32>, Vec<f32>)>,
 }
 
 impl Loader {
@@ -125,6 +145,10 @@ impl Loader {
             batch_size,
             num_batches,
             table: norm.table(ds.channels),
+            augment: cfg.augment.clone().filter(|a| !a.augmenter.is_identity()).map(|a| {
+                let (scale, offset) = norm.affine(ds.channels);
+                (a, cfg.epoch, scale, offset)
+            }),
         };
         let (tx, rx) = sync_channel(cfg.prefetch.max(1));
         let stop = Arc::new(AtomicBool::new(false));
@@ -214,7 +238,15 @@ impl Producer {
         let [c, h, w] = self.shape;
         let (plane, item) = (h * w, c * h * w);
         let mut x = Vec::with_capacity(rows.len() * item);
-        for &row in rows {
+        if let Some((aug, epoch, scale, offset)) = &self.augment {
+            x.resize(rows.len() * item, 0.0);
+            for (&row, out) in rows.iter().zip(x.chunks_exact_mut(item.max(1))) {
+                let pixels = &self.images[row * item..(row + 1) * item];
+                let seed = item_seed(aug.seed, *epoch, row);
+                aug.augmenter.apply(pixels, self.shape, seed, scale, offset, out);
+            }
+        }
+        for &row in rows.iter().filter(|_| self.augment.is_none()) {
             let pixels = &self.images[row * item..(row + 1) * item];
             for (ch, plane_pixels) in pixels.chunks_exact(plane.max(1)).enumerate() {
                 let table = &self.table[ch * 256..(ch + 1) * 256];
@@ -240,7 +272,7 @@ mod tests {
     }
 
     fn config(batch_size: usize, shuffle_seed: Option<u64>, drop_last: bool) -> LoaderConfig {
-        LoaderConfig { batch_size, shuffle_seed, epoch: 0, drop_last, prefetch: 2 }
+        LoaderConfig { batch_size, shuffle_seed, epoch: 0, drop_last, prefetch: 2, augment: None }
     }
 
     fn labels_of(loader: Loader) -> Vec<Vec<i64>> {
@@ -308,6 +340,54 @@ mod tests {
         let ds = Dataset::new(vec![0; 4], (2, 1, 2), vec![0], vec!["a".into()]);
         let norm = Normalize { mean: vec![0.0; 3], std: vec![1.0] };
         Loader::new(&ds, &norm, &config(1, None, false));
+    }
+
+    fn augmented(epoch: u64, seed: u64) -> LoaderConfig {
+        let t =
+            vec![cyclotron_core::spec::Transform::FlipH, cyclotron_core::spec::Transform::CropPad { pad: 1 }];
+        let augment = Some(Augmentation { augmenter: Arc::new(Augmenter::new(t)), seed });
+        LoaderConfig { epoch, augment, ..config(4, Some(7), false) }
+    }
+
+    fn xs_and_ys(loader: Loader) -> (Vec<f32>, Vec<i64>, Vec<Vec<i64>>) {
+        let (mut xs, mut ys, mut shapes) = (vec![], vec![], vec![]);
+        for b in loader {
+            shapes.push(b.x.size());
+            xs.extend(Vec::<f32>::try_from(&b.x.flatten(0, -1)).expect("x"));
+            ys.extend(Vec::<i64>::try_from(&b.y).expect("y"));
+        }
+        (xs, ys, shapes)
+    }
+
+    #[test]
+    fn augmentation_keeps_labels_and_shapes_and_is_seeded() {
+        // 10 items of 1×2×2 with distinct pixels so that flips and shifts show
+        let images: Vec<u8> = (0..40u8).map(|v| v * 6).collect();
+        let ds = Dataset::new(images, (1, 2, 2), (0..10).collect(), vec!["only".into()]);
+        let norm = Normalize { mean: vec![0.3], std: vec![0.2] };
+        let plain = xs_and_ys(Loader::new(&ds, &norm, &config(4, Some(7), false)));
+        let a = xs_and_ys(Loader::new(&ds, &norm, &augmented(0, 1)));
+        assert_eq!(a.1, plain.1, "labels and order are kept");
+        assert_eq!(a.2, plain.2, "shapes are kept");
+        assert_ne!(a.0, plain.0, "nothing was augmented");
+        assert_eq!(a, xs_and_ys(Loader::new(&ds, &norm, &augmented(0, 1))), "not deterministic");
+        assert_ne!(a.0, xs_and_ys(Loader::new(&ds, &norm, &augmented(0, 2))).0, "seed ignored");
+        let next = LoaderConfig { shuffle_seed: Some(7), ..augmented(1, 1) };
+        let plain_next =
+            xs_and_ys(Loader::new(&ds, &norm, &LoaderConfig { epoch: 1, ..config(4, Some(7), false) }));
+        assert_eq!(xs_and_ys(Loader::new(&ds, &norm, &next)).1, plain_next.1);
+    }
+
+    #[test]
+    fn an_empty_pipeline_is_the_plain_path() {
+        let ds = ramp(10);
+        let norm = Normalize { mean: vec![0.1], std: vec![0.5] };
+        let none = Some(Augmentation { augmenter: Arc::new(Augmenter::new(vec![])), seed: 3 });
+        let cfg = LoaderConfig { augment: none, ..config(3, Some(7), false) };
+        assert_eq!(
+            xs_and_ys(Loader::new(&ds, &norm, &cfg)),
+            xs_and_ys(Loader::new(&ds, &norm, &config(3, Some(7), false)))
+        );
     }
 
     #[test]

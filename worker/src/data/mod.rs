@@ -6,6 +6,8 @@
 //! A [`Dataset`] is a cheap *view*: the pixel and label buffers sit behind `Arc`s and a view only
 //! lists which rows it covers, so `split`, `subset` and `take` copy indices, never pixels.
 
+pub mod augment;
+mod classes;
 pub mod idx;
 pub mod image_folder;
 pub mod loader;
@@ -15,9 +17,10 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use augment::Augmenter;
 pub use idx::{load_fashion_mnist, FASHION_MNIST_CLASSES};
 pub use image_folder::{load_image_folder, FolderSplits};
-pub use loader::{Batch, Loader, LoaderConfig, Normalize};
+pub use loader::{Augmentation, Batch, Loader, LoaderConfig, Normalize};
 pub use sampler::{epoch_order, permutation, shard, SplitMix64};
 
 /// What can go wrong while loading data. Unreadable *images* inside an image folder are not

@@ -2,9 +2,18 @@
 //! body early (0), body late (1), head (2). A group is a set of VarStore variable names, chosen by
 //! name prefix, so the split also works for weights loaded from elsewhere.
 
+mod layers;
+pub mod pretrained;
+pub mod resnet;
+mod small_cnn;
 mod small_resnet;
+pub mod vgg;
+
+use std::sync::atomic::Ordering;
 
 use tch::{nn, Device, Tensor};
+
+use layers::FrozenGroups;
 
 use crate::error::{Error, Result};
 
@@ -21,7 +30,12 @@ type GroupFn = fn(&str) -> usize;
 /// A model: its variables, its forward pass, and the layer group of each variable.
 pub struct Net {
     pub vs: nn::VarStore,
+    /// The body (image → features) when `head` is set, else the whole model.
     module: BoxedModule,
+    /// The head (features → logits), for precompute; see [`Net::forward_body`].
+    head: Option<BoxedModule>,
+    /// Frozen layer groups, shared with the BatchNorms (which stay in eval mode when frozen).
+    frozen: FrozenGroups,
     /// Input channels the model was built for; grey images are repeated to 3 channels when needed.
     pub in_channels: i64,
     group_of: GroupFn,
@@ -36,11 +50,37 @@ impl std::fmt::Debug for Net {
 
 impl Net {
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let ys = self.body_t(xs, train);
+        match &self.head {
+            Some(h) => h.forward_t(&ys, train),
+            None => ys,
+        }
+    }
+
+    fn body_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let c = xs.size()[1];
         if c == 1 && self.in_channels == 3 {
             return self.module.forward_t(&xs.expand([-1, 3, -1, -1], false), train);
         }
         self.module.forward_t(xs, train)
+    }
+
+    /// Whether the model has a body/head split (every built-in model does).
+    pub fn has_split(&self) -> bool {
+        self.head.is_some()
+    }
+
+    /// Features of the body, [N, D]; with the body frozen this is what precompute caches.
+    /// Panics on a model without a split ([`Net::has_split`]).
+    pub fn forward_body(&self, xs: &Tensor, train: bool) -> Tensor {
+        assert!(self.has_split(), "{} has no body/head split", self.arch);
+        self.body_t(xs, train)
+    }
+
+    /// Logits of the head on body features.
+    pub fn forward_head(&self, features: &Tensor, train: bool) -> Tensor {
+        let head = self.head.as_ref().unwrap_or_else(|| panic!("{} has no body/head split", self.arch));
+        head.forward_t(features, train)
     }
 
     /// Layer group of a variable, by name.
@@ -61,7 +101,9 @@ impl Net {
     }
 
     /// Make groups `< frozen` untrainable and the rest trainable.
+    /// BatchNorms of frozen groups stay in evaluation mode (running statistics kept).
     pub fn freeze_to(&self, frozen: usize) {
+        self.frozen.store(frozen, Ordering::Relaxed);
         for (_, g, t) in self.parameters() {
             let _ = t.set_requires_grad(g >= frozen);
         }
@@ -76,42 +118,41 @@ impl Net {
 pub fn build(arch: &str, width: i64, in_channels: i64, num_classes: i64, device: Device) -> Result<Net> {
     let vs = nn::VarStore::new(device);
     let root = vs.root();
-    let (module, in_ch, group_of): (BoxedModule, i64, GroupFn) = match arch {
-        "small_resnet" => (
-            Box::new(small_resnet(&root, in_channels, width, num_classes)),
-            in_channels,
-            small_resnet::group_of,
-        ),
-        "resnet18" => {
-            (Box::new(tch::vision::resnet::resnet18(&root, num_classes)), 3, torchvision_resnet_group)
+    let frozen = FrozenGroups::default();
+    let f = &frozen;
+    let (module, head, in_ch, group_of): (BoxedModule, BoxedModule, i64, GroupFn) = match arch {
+        "small_resnet" => {
+            let (body, head) = small_resnet(&root, in_channels, width, num_classes, f);
+            (Box::new(body), Box::new(head), in_channels, small_resnet::group_of)
         }
-        "resnet34" => {
-            (Box::new(tch::vision::resnet::resnet34(&root, num_classes)), 3, torchvision_resnet_group)
+        "small_cnn" => {
+            let (body, head) = small_cnn::small_cnn(&root, in_channels, width, num_classes);
+            (Box::new(body), Box::new(head), in_channels, small_cnn::group_of)
         }
-        other => return Err(Error::UnknownModel { arch: other.to_string() }),
+        "vgg16" | "vgg16_bn" => {
+            let bn = arch == "vgg16_bn";
+            let (body, head) = vgg::vgg16(&root, bn, num_classes, f);
+            (Box::new(body), Box::new(head), 3, if bn { vgg::group_of_bn } else { vgg::group_of })
+        }
+        other => match resnet::ResNetCfg::of(other) {
+            Some(cfg) => {
+                let (body, head) = resnet::resnet(&root, cfg, num_classes, f);
+                (Box::new(body), Box::new(head), 3, resnet::group_of)
+            }
+            None => return Err(Error::UnknownModel { arch: other.to_string() }),
+        },
     };
     if in_channels != in_ch && in_channels != 1 {
         return Err(Error::Shape {
             message: format!("{arch} takes {in_ch}-channel images, the data has {in_channels} channels"),
         });
     }
-    Ok(Net { vs, module, in_channels: in_ch, group_of, arch: arch.to_string() })
+    Ok(Net { vs, module, head: Some(head), frozen, in_channels: in_ch, group_of, arch: arch.to_string() })
 }
 
 /// Variables that are state, not parameters: never trained, never given gradients.
 pub fn is_buffer(name: &str) -> bool {
     name.ends_with("running_mean") || name.ends_with("running_var") || name.ends_with("num_batches_tracked")
-}
-
-/// torchvision ResNet names: stem and layer1–2 are early, layer3–4 late, fc the head.
-fn torchvision_resnet_group(name: &str) -> usize {
-    if name.starts_with("fc.") {
-        2
-    } else if name.starts_with("layer3.") || name.starts_with("layer4.") {
-        1
-    } else {
-        0
-    }
 }
 
 #[cfg(test)]
@@ -120,7 +161,9 @@ mod tests {
 
     #[test]
     fn every_model_has_three_nonempty_groups_and_the_right_output() {
-        for (arch, ch, hw) in [("small_resnet", 1, 28), ("resnet18", 3, 32), ("resnet34", 1, 32)] {
+        for (arch, ch, hw) in
+            [("small_resnet", 1, 28), ("small_cnn", 1, 28), ("resnet18", 3, 32), ("resnet34", 1, 32)]
+        {
             let net = build(arch, 8, ch, 7, Device::Cpu).unwrap();
             let mut counts = [0usize; GROUPS];
             for (_, g, _) in net.named_groups() {

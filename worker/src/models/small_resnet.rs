@@ -12,31 +12,46 @@
 
 use tch::nn::{self, ModuleT};
 
+use super::layers::{bn, FrozenGroups};
+
 fn conv(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64) -> nn::Conv2D {
     nn::conv2d(p, cin, cout, k, nn::ConvConfig { stride, padding: k / 2, bias: false, ..Default::default() })
 }
 
-fn basic_block(p: nn::Path, cin: i64, cout: i64, stride: i64) -> impl ModuleT {
+fn basic_block(
+    p: nn::Path,
+    cin: i64,
+    cout: i64,
+    stride: i64,
+    group: usize,
+    f: &FrozenGroups,
+) -> impl ModuleT {
     let conv1 = conv(&p / "conv1", cin, cout, 3, stride);
-    let bn1 = nn::batch_norm2d(&p / "bn1", cout, Default::default());
+    let bn1 = bn(&p / "bn1", cout, group, f);
     let conv2 = conv(&p / "conv2", cout, cout, 3, 1);
-    let bn2 = nn::batch_norm2d(&p / "bn2", cout, Default::default());
+    let bn2 = bn(&p / "bn2", cout, group, f);
     let sc_conv = conv(&p / "shortcut" / "conv", cin, cout, 1, stride);
-    let sc_bn = nn::batch_norm2d(&p / "shortcut" / "bn", cout, Default::default());
+    let sc_bn = bn(&p / "shortcut" / "bn", cout, group, f);
     nn::func_t(move |xs, train| {
         let ys = xs.apply(&conv1).apply_t(&bn1, train).relu().apply(&conv2).apply_t(&bn2, train);
         (ys + xs.apply(&sc_conv).apply_t(&sc_bn, train)).relu()
     })
 }
 
-/// Build the network under `p`.
-pub fn small_resnet(p: &nn::Path, in_channels: i64, width: i64, num_classes: i64) -> impl ModuleT {
+/// Build the network under `p`: its body (image → pooled features) and head (`head.fc`).
+pub fn small_resnet(
+    p: &nn::Path,
+    in_channels: i64,
+    width: i64,
+    num_classes: i64,
+    f: &FrozenGroups,
+) -> (nn::FuncT<'static>, nn::Linear) {
     let stem_conv = conv(p / "stem" / "conv", in_channels, width, 3, 1);
-    let stem_bn = nn::batch_norm2d(p / "stem" / "bn", width, Default::default());
-    let block1 = basic_block(p / "block1", width, 2 * width, 2);
-    let block2 = basic_block(p / "block2", 2 * width, 4 * width, 2);
+    let stem_bn = bn(p / "stem" / "bn", width, 0, f);
+    let block1 = basic_block(p / "block1", width, 2 * width, 2, 0, f);
+    let block2 = basic_block(p / "block2", 2 * width, 4 * width, 2, 1, f);
     let fc = nn::linear(p / "head" / "fc", 4 * width, num_classes, Default::default());
-    nn::func_t(move |xs, train| {
+    let body = nn::func_t(move |xs, train| {
         xs.apply(&stem_conv)
             .apply_t(&stem_bn, train)
             .relu()
@@ -44,8 +59,8 @@ pub fn small_resnet(p: &nn::Path, in_channels: i64, width: i64, num_classes: i64
             .apply_t(&block2, train)
             .adaptive_avg_pool2d([1, 1])
             .flatten(1, -1)
-            .apply(&fc)
-    })
+    });
+    (body, fc)
 }
 
 /// Layer group of a variable of this model.

@@ -1,0 +1,264 @@
+//! One test suite for every backend (memory, file, S3 against an in-process `s3s-fs` server), and
+//! the S3 failure cases: wrong credentials, missing bucket, the server stopped mid-upload.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::test_server::S3TestServer;
+use super::*;
+use crate::error::Error;
+
+const KEY: &str = "cyclotron-test-key";
+const SECRET: &str = "cyclotron-test-secret-do-not-print";
+
+/// Small parts and fast retries so the suite exercises multipart and stays quick.
+fn fast_options() -> StoreOptions {
+    StoreOptions {
+        multipart_threshold: 6 << 20,
+        part_size: 5 << 20,
+        attempts: 2,
+        backoff: Duration::from_millis(20),
+        request_retries: 1,
+        request_timeout: Duration::from_secs(10),
+        ..Default::default()
+    }
+}
+
+fn s3_store(server: &S3TestServer, bucket: &str, key: &str, secret: &str) -> CheckpointStore {
+    let options = StoreOptions { s3: server.options(key, secret), ..fast_options() };
+    CheckpointStore::open_with(&format!("s3://{bucket}/ckpts"), &options).unwrap()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn blobs(tag: &str) -> Vec<Blob> {
+    vec![
+        Blob { name: "model.safetensors".into(), data: Bytes::from(format!("weights-{tag}")) },
+        Blob { name: "state.json".into(), data: Bytes::from("{}") },
+    ]
+}
+
+async fn suite(store: CheckpointStore) {
+    let run = RunLocation::new("job", "run-1");
+    assert!(store.latest(&run).await.unwrap().is_none());
+    for step in [10u64, 30, 20] {
+        store
+            .commit(
+                &run.checkpoint_dir(step),
+                CheckpointKind::Checkpoint,
+                (step, 0, 1, None),
+                blobs(&step.to_string()),
+                serde_json::json!({"step": step}),
+            )
+            .await
+            .unwrap();
+    }
+    store
+        .commit(
+            &run.snapshot_dir(0),
+            CheckpointKind::Snapshot,
+            (15, 0, 1, Some(0)),
+            blobs("s0"),
+            serde_json::Value::Null,
+        )
+        .await
+        .unwrap();
+    store
+        .commit(
+            &run.snapshot_dir(1),
+            CheckpointKind::Snapshot,
+            (25, 0, 2, Some(1)),
+            blobs("s1"),
+            serde_json::Value::Null,
+        )
+        .await
+        .unwrap();
+
+    let (dir, latest) = store.latest(&run).await.unwrap().unwrap();
+    assert_eq!(latest.step, 30);
+    assert_eq!(dir, "job/run-1/ckpt-0000000030");
+    assert_eq!(store.read_blob(&dir, &latest, "model.safetensors").await.unwrap(), Bytes::from("weights-30"));
+    assert_eq!(latest.state["step"], 30);
+
+    let snaps = store.snapshots(&run).await.unwrap();
+    assert_eq!(snaps.iter().map(|(_, m)| m.cycle).collect::<Vec<_>>(), vec![Some(0), Some(1)]);
+    assert_eq!(snaps[1].0, "job/run-1/snapshots/cycle-1");
+
+    // blobs without a manifest do not make a checkpoint
+    store.put_raw("job/run-1/ckpt-0000000099/model.safetensors", Bytes::from("partial")).await.unwrap();
+    assert_eq!(store.latest(&run).await.unwrap().unwrap().1.step, 30);
+
+    // a corrupted blob is detected
+    store.put_raw(&format!("{dir}/model.safetensors"), Bytes::from("weights-3X")).await.unwrap();
+    let err = store.read_blob(&dir, &latest, "model.safetensors").await.unwrap_err().to_string();
+    assert!(err.contains("sha256 differs"), "{err}");
+
+    // delete removes the manifest, so the previous one becomes latest
+    store.delete(&dir).await.unwrap();
+    assert_eq!(store.latest(&run).await.unwrap().unwrap().1.step, 20);
+
+    large_blobs_and_retention(&store).await;
+    corrupted_newest_falls_back_once(&store).await;
+}
+
+/// A blob above the multipart threshold round-trips; retention keeps the newest k and snapshots.
+async fn large_blobs_and_retention(store: &CheckpointStore) {
+    let run = RunLocation::new("job", "big");
+    let big: Vec<u8> = (0..(11u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    assert!(big.len() > store.options().multipart_threshold);
+    for step in [1u64, 2, 3] {
+        let mut data = big.clone();
+        data[0] = step as u8;
+        let blobs = vec![
+            Blob { name: "model.safetensors".into(), data: Bytes::from(data) },
+            Blob { name: "state.json".into(), data: Bytes::from(format!("{{\"step\":{step}}}")) },
+        ];
+        let dir = run.checkpoint_dir(step);
+        store
+            .commit(&dir, CheckpointKind::Checkpoint, (step, 0, 0, None), blobs, serde_json::Value::Null)
+            .await
+            .unwrap();
+        store.apply_retention(&run, 2).await.unwrap();
+    }
+    store
+        .commit(
+            &run.snapshot_dir(0),
+            CheckpointKind::Snapshot,
+            (3, 0, 0, Some(0)),
+            blobs("s"),
+            serde_json::Value::Null,
+        )
+        .await
+        .unwrap();
+    let deleted = store.apply_retention(&run, 1).await.unwrap();
+    assert_eq!(deleted, vec![run.checkpoint_dir(2)]);
+    let left: Vec<String> = store.list(&run.prefix()).await.unwrap().into_iter().map(|(d, _)| d).collect();
+    assert_eq!(left, vec![run.checkpoint_dir(3), run.snapshot_dir(0)]);
+    let v = store.latest_valid(&run).await.unwrap().unwrap();
+    assert_eq!(v.manifest.step, 3);
+    assert!(v.skipped.is_empty());
+    let model = v.blob("model.safetensors").unwrap();
+    assert_eq!(model.len(), big.len());
+    assert_eq!(model[0], 3);
+    assert_eq!(&model[1..], &big[1..]);
+}
+
+/// A truncated or corrupted blob in the newest checkpoint: the previous one is restored, the bad
+/// one is reported once.
+async fn corrupted_newest_falls_back_once(store: &CheckpointStore) {
+    let run = RunLocation::new("job", "corrupt");
+    for step in [5u64, 6, 7] {
+        store
+            .commit(
+                &run.checkpoint_dir(step),
+                CheckpointKind::Checkpoint,
+                (step, 0, 0, None),
+                blobs(&step.to_string()),
+                serde_json::Value::Null,
+            )
+            .await
+            .unwrap();
+    }
+    store
+        .put_raw(&format!("{}/model.safetensors", run.checkpoint_dir(7)), Bytes::from("weights-X"))
+        .await
+        .unwrap();
+    let v = store.latest_valid(&run).await.unwrap().unwrap();
+    assert_eq!(v.manifest.step, 6);
+    assert_eq!(v.blob("model.safetensors").unwrap(), &Bytes::from("weights-6"));
+    assert_eq!(v.skipped.len(), 1, "{:?}", v.skipped);
+    assert_eq!(v.skipped[0].0, run.checkpoint_dir(7));
+    assert!(v.skipped[0].1.contains("sha256 differs"), "{}", v.skipped[0].1);
+    // truncated (shorter) blob of step 6 too: falls back to 5, both named
+    store.put_raw(&format!("{}/model.safetensors", run.checkpoint_dir(6)), Bytes::from("w")).await.unwrap();
+    let v = store.latest_valid(&run).await.unwrap().unwrap();
+    assert_eq!(v.manifest.step, 5);
+    assert_eq!(
+        v.skipped.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>(),
+        vec![run.checkpoint_dir(7), run.checkpoint_dir(6)]
+    );
+    assert!(store.latest_valid(&RunLocation::new("job", "nothing")).await.unwrap().is_none());
+}
+
+#[test]
+fn memory_backend_passes_the_suite() {
+    rt().block_on(suite(CheckpointStore::open_with("memory://", &fast_options()).unwrap()));
+}
+
+#[test]
+fn s3_backend_passes_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3TestServer::start(dir.path(), &["bucket"], KEY, SECRET).unwrap();
+    let store = s3_store(&server, "bucket", KEY, SECRET);
+    assert!(!format!("{store:?}").contains(SECRET));
+    rt().block_on(async {
+        store.check_access("job").await.unwrap();
+        suite(store).await;
+    });
+    // the objects are where the URL says: bucket "bucket", prefix "ckpts"
+    assert!(dir.path().join("bucket/ckpts/job/run-1/ckpt-0000000020/MANIFEST.json").exists());
+}
+
+#[test]
+fn s3_wrong_credentials_and_missing_bucket_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3TestServer::start(dir.path(), &["bucket"], KEY, SECRET).unwrap();
+    let wrong = s3_store(&server, "bucket", KEY, "not-the-secret-either");
+    let e = rt().block_on(wrong.check_access("job")).unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, Error::Access { .. }), "{text}");
+    assert!(text.contains("access denied to bucket \"bucket\""), "{text}");
+    assert!(!text.contains(SECRET) && !text.contains("not-the-secret-either"), "{text}");
+    let missing = s3_store(&server, "no-such-bucket", KEY, SECRET);
+    let text = rt().block_on(missing.check_access("job")).unwrap_err().to_string();
+    assert!(text.contains("bucket \"no-such-bucket\" does not exist"), "{text}");
+    let text = rt().block_on(missing.latest(&RunLocation::new("j", "r"))).unwrap_err().to_string();
+    assert!(text.contains("does not exist"), "{text}");
+}
+
+#[test]
+fn s3_server_stopped_mid_upload_fails_after_retries_without_a_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = S3TestServer::start(dir.path(), &["bucket"], KEY, SECRET).unwrap();
+    let store = s3_store(&server, "bucket", KEY, SECRET);
+    let run = RunLocation::new("job", "cut");
+    let big = Bytes::from(vec![7u8; 16 << 20]);
+    // a few parts of the multipart upload get through, then the server is gone
+    server.stop_after_requests(3);
+    let blobs = vec![
+        Blob { name: "model.safetensors".into(), data: big },
+        Blob { name: "state.json".into(), data: Bytes::from("{}") },
+    ];
+    let r = rt().block_on(async {
+        let dir = run.checkpoint_dir(1);
+        let commit =
+            store.commit(&dir, CheckpointKind::Checkpoint, (1, 0, 0, None), blobs, serde_json::Value::Null);
+        tokio::time::timeout(Duration::from_secs(60), commit).await
+    });
+    let e = r.expect("the commit gave up within its deadline").unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("failed after 2 attempts"), "{text}");
+    assert!(!text.contains(SECRET), "{text}");
+    server.stop();
+    assert!(!dir.path().join("bucket/ckpts/job/cut/ckpt-0000000001/MANIFEST.json").exists());
+}
+
+#[test]
+fn file_backend_passes_the_suite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/runs", dir.path().display());
+    rt().block_on(suite(CheckpointStore::open_with(&url, &fast_options()).unwrap()));
+    assert!(dir.path().join("runs/job/run-1/ckpt-0000000020/MANIFEST.json").exists());
+}
+
+#[test]
+fn unsupported_scheme_and_unwritable_folder_are_clear_errors() {
+    let e = CheckpointStore::open("gopher://user:pw@x").unwrap_err().to_string();
+    assert!(!e.contains("pw"), "{e}");
+    assert!(e.contains("unsupported scheme"), "{e}");
+    let e = CheckpointStore::open("file:///proc/cyclotron-cannot-be-here").unwrap_err().to_string();
+    assert!(e.contains("cannot create or write the folder /proc/cyclotron-cannot-be-here"), "{e}");
+}

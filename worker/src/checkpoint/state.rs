@@ -1,0 +1,260 @@
+//! [`TrainState`] (`state.json`) and the capture / restore of a learner's whole training state.
+
+use bytes::Bytes;
+use cyclotron_core::checkpoint::{Blob, CheckpointKind, CheckpointStore, RunLocation};
+use cyclotron_core::lr_range::LrFindReport;
+use cyclotron_core::results::{EpochRecord, SnapshotResult, StepHistory};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Tensor};
+
+use super::uploader::Pending;
+use crate::error::{Error, Result};
+use crate::learner::Learner;
+use crate::optim::{NamedTensors, StepCounts};
+use crate::tensor_io::{from_safetensors, load_into};
+
+pub const STATE_VERSION: u32 = 1;
+
+/// Everything but tensors that a resume needs. Floats round-trip exactly (serde_json's
+/// `float_roundtrip`), so a resumed run's history is bit-for-bit the first part's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    pub version: u32,
+    pub seed: u64,
+    /// Optimiser steps over the job.
+    pub global_step: u64,
+    /// Epochs over the job: the shuffle of the next epoch is `epoch_order(seed, epochs_done)`.
+    pub epochs_done: u64,
+    /// Stage of the epoch just finished, and epochs done within it (the schedule position is
+    /// `stage_epochs × steps_per_epoch` steps into that stage's schedule).
+    pub stage: usize,
+    pub stage_epochs: u32,
+    pub steps_per_epoch: u64,
+    /// Adam step counts by parameter.
+    pub opt_counts: Vec<(String, i64)>,
+    pub lr_finds: Vec<(usize, LrFindReport)>,
+    pub epochs: Vec<EpochRecord>,
+    pub history: StepHistory,
+    /// Snapshots taken so far; their predictions are in `ensemble.safetensors`.
+    pub snapshots: Vec<SnapshotResult>,
+}
+
+/// A snapshot's predictions, as the ensemble needs them.
+pub type SnapshotProbs = (Tensor, Tensor, Option<Tensor>);
+
+/// A CPU copy that later training steps cannot change.
+fn cpu_copy(t: &Tensor) -> Tensor {
+    let t = t.detach();
+    if t.device() == Device::Cpu {
+        t.copy()
+    } else {
+        t.to_device(Device::Cpu)
+    }
+}
+
+/// What a checkpoint takes of the weights and optimiser: buffers (BatchNorm statistics, frozen
+/// weights, which a forward pass may change) copied now; trainable parameters and optimiser state
+/// shared, to be copied by [`hand_off`]'s thread before the next update changes them.
+pub fn share_weights_and_optimiser(
+    vs: &tch::nn::VarStore,
+    opt: &crate::optim::Optimizer,
+) -> (NamedTensors, NamedTensors, StepCounts) {
+    let _guard = tch::no_grad_guard();
+    let mut model: Vec<_> = vs
+        .variables()
+        .into_iter()
+        // detach: a new handle on the same storage, so the copy thread never touches the autograd
+        // state that training (freeze_to, backward) changes
+        .map(|(n, t)| if t.requires_grad() { (n, t.detach()) } else { (n, cpu_copy(&t)) })
+        .collect();
+    model.sort_by(|a, b| a.0.cmp(&b.0));
+    let (optim, counts) = opt.state();
+    let optim = optim.into_iter().map(|(n, t)| (n, t.detach())).collect();
+    (model, optim, counts)
+}
+
+/// Hand a captured checkpoint to the uploader without waiting for its copy: a thread makes the CPU
+/// copies of the shared tensors while training goes on (forward and backward only read them) and
+/// queues the result; `opt`'s next update waits for that thread. This is the whole stall of a
+/// checkpoint on the training thread, plus any wait at that update.
+pub fn hand_off(opt: &mut crate::optim::Optimizer, p: Pending, uploader: &super::Uploader) -> Result<()> {
+    let tx = uploader.sender()?;
+    let reader = std::thread::Builder::new()
+        .name("ckpt-copy".into())
+        .spawn(move || {
+            let _guard = tch::no_grad_guard();
+            let mut p = p;
+            for (name, tensors) in &mut p.tensors {
+                if name != "ensemble.safetensors" {
+                    for (_, t) in tensors.iter_mut() {
+                        *t = cpu_copy(t);
+                    }
+                }
+            }
+            // a closed queue means the job is already failing; the uploader reports why
+            let _ = tx.send(p);
+        })
+        .map_err(|e| Error::Io { what: "checkpoint copy thread".into(), source: e })?;
+    opt.add_reader(reader);
+    Ok(())
+}
+
+/// Capture the learner's state for an upload (see [`share_weights_and_optimiser`]); give the
+/// result to [`hand_off`].
+pub fn capture(
+    l: &Learner,
+    run: &RunLocation,
+    mut state: TrainState,
+    snapshots: &[SnapshotProbs],
+    keep_last: usize,
+) -> Pending {
+    let (model, optim, counts) = share_weights_and_optimiser(&l.net.vs, &l.opt);
+    let mut ensemble = vec![];
+    for (i, (valid, eval, tta)) in snapshots.iter().enumerate() {
+        ensemble.push((format!("{i}.valid"), valid.shallow_clone()));
+        ensemble.push((format!("{i}.eval"), eval.shallow_clone()));
+        if let Some(t) = tta {
+            ensemble.push((format!("{i}.tta"), t.shallow_clone()));
+        }
+    }
+    state.opt_counts = counts;
+    let position = (state.global_step, state.stage, state.stage_epochs, None);
+    Pending {
+        dir: run.checkpoint_dir(state.global_step),
+        kind: CheckpointKind::Checkpoint,
+        position,
+        tensors: vec![
+            ("model.safetensors".into(), model),
+            ("optim.safetensors".into(), optim),
+            ("ensemble.safetensors".into(), ensemble),
+        ],
+        raw: vec![Blob {
+            name: "state.json".into(),
+            data: Bytes::from(serde_json::to_vec(&state).expect("TrainState serialises")),
+        }],
+        state: serde_json::json!({
+            "global_step": state.global_step, "epochs_done": state.epochs_done,
+            "stage": state.stage, "stage_epochs": state.stage_epochs, "seed": state.seed,
+        }),
+        retention: Some((run.clone(), keep_last)),
+    }
+}
+
+/// What a resume restored besides the learner itself.
+pub struct Restored {
+    pub dir: String,
+    pub state: TrainState,
+    pub snapshots: Vec<SnapshotProbs>,
+}
+
+/// Restore `l` from the newest valid checkpoint of `run` (falling back past corrupt ones with one
+/// warning); `None` when the run has none. Weights, optimiser state, step and epoch counters are
+/// set on the learner; the rest is returned for the job loop.
+pub fn restore_latest(
+    store: &CheckpointStore,
+    run: &RunLocation,
+    rt: &tokio::runtime::Runtime,
+    l: &mut Learner,
+) -> Result<Option<Restored>> {
+    let Some(v) = rt.block_on(store.latest_valid(run))? else { return Ok(None) };
+    let blob = |name: &str| {
+        v.blob(name).ok_or_else(|| Error::Checkpoint {
+            key: format!("{}/{name}", v.dir),
+            message: "missing from the manifest".into(),
+        })
+    };
+    let state: TrainState = serde_json::from_slice(blob("state.json")?)
+        .map_err(|e| Error::Checkpoint { key: format!("{}/state.json", v.dir), message: e.to_string() })?;
+    if state.version != STATE_VERSION || state.seed != l.seed {
+        return Err(Error::Checkpoint {
+            key: format!("{}/state.json", v.dir),
+            message: format!(
+                "written by state version {} with seed {}; this job has version {STATE_VERSION} and seed {}",
+                state.version, state.seed, l.seed
+            ),
+        });
+    }
+    let model = from_safetensors(blob("model.safetensors")?, "model.safetensors")?;
+    load_into(&l.net.vs, &model, &format!("{}/model.safetensors", v.dir))?;
+    let optim = from_safetensors(blob("optim.safetensors")?, "optim.safetensors")?;
+    let device = l.device;
+    let optim: Vec<(String, Tensor)> = optim.into_iter().map(|(n, t)| (n, t.to_device(device))).collect();
+    l.opt.load_state(&optim, &state.opt_counts);
+    l.global_step = state.global_step;
+    l.epochs_done = state.epochs_done;
+    let ens = from_safetensors(blob("ensemble.safetensors")?, "ensemble.safetensors")?;
+    let get = |k: String| ens.iter().find(|(n, _)| *n == k).map(|(_, t)| t.shallow_clone());
+    let mut snapshots = vec![];
+    for i in 0..state.snapshots.len() {
+        let (Some(valid), Some(eval)) = (get(format!("{i}.valid")), get(format!("{i}.eval"))) else {
+            return Err(Error::Checkpoint {
+                key: format!("{}/ensemble.safetensors", v.dir),
+                message: format!("predictions of snapshot {i} are missing"),
+            });
+        };
+        snapshots.push((valid, eval, get(format!("{i}.tta"))));
+    }
+    tracing::info!(checkpoint = %v.dir, step = state.global_step, epochs = state.epochs_done, "resumed");
+    Ok(Some(Restored { dir: v.dir, state, snapshots }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use cyclotron_core::spec::OptimizerSpec;
+    use tch::Kind;
+
+    use super::*;
+    use crate::checkpoint::Uploader;
+    use crate::optim::Optimizer;
+
+    #[test]
+    fn handed_off_checkpoint_holds_the_weights_before_the_next_update() {
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let w = vs.root().ones("w", &[1000]);
+        let _bn = vs.root().zeros_no_train("running_mean", &[4]);
+        let spec = OptimizerSpec { momentum: 0.9, weight_decay: 0.0, ..Default::default() };
+        let mut opt = Optimizer::new(&spec, vec![("w".into(), 0, w.shallow_clone())]);
+        let store = CheckpointStore::open("memory://").unwrap();
+        let uploader = Uploader::start(store.clone(), 1).unwrap();
+        let run = RunLocation::new("j", "r");
+        for step in 1..=2u64 {
+            let (model, optim, _) = share_weights_and_optimiser(&vs, &opt);
+            let p = Pending {
+                dir: run.checkpoint_dir(step),
+                kind: CheckpointKind::Checkpoint,
+                position: (step, 0, 0, None),
+                tensors: vec![("model.safetensors".into(), model), ("optim.safetensors".into(), optim)],
+                raw: vec![],
+                state: serde_json::Value::Null,
+                retention: None,
+            };
+            hand_off(&mut opt, p, &uploader).unwrap();
+            // the update right after the hand-off changes w: it must wait for the copy
+            opt.zero_grad();
+            w.sum(Kind::Float).backward();
+            opt.step(&[0.5]);
+        }
+        uploader.finish(Duration::from_secs(30)).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let read = |step: u64, blob: &str| {
+            let dir = run.checkpoint_dir(step);
+            let m = rt.block_on(store.manifest(&dir)).unwrap();
+            from_safetensors(&rt.block_on(store.read_blob(&dir, &m, blob)).unwrap(), blob).unwrap()
+        };
+        let w1 = read(1, "model.safetensors");
+        let w1 = &w1.iter().find(|(n, _)| n == "w").unwrap().1;
+        assert!(
+            w1.equal(&Tensor::ones([1000], (Kind::Float, Device::Cpu))),
+            "checkpoint 1 saw a later update"
+        );
+        let w2 = read(2, "model.safetensors");
+        let w2 = &w2.iter().find(|(n, _)| n == "w").unwrap().1;
+        assert!(w2.equal(&Tensor::full([1000], 0.5, (Kind::Float, Device::Cpu))), "1 − 0.5·1");
+        // momentum after one step (buffer = gradient = 1) is in checkpoint 2, not the later 1.9
+        let m2 = read(2, "optim.safetensors");
+        assert!(m2[0].1.equal(&Tensor::ones([1000], (Kind::Float, Device::Cpu))), "{:?}", m2[0].0);
+        assert_eq!(read(1, "optim.safetensors").len(), 0, "no momentum before the first update");
+    }
+}

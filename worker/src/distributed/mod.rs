@@ -1,0 +1,265 @@
+//! Data-parallel training: [`GradSync`], which the learner calls between `backward` and the
+//! optimiser step when it is one rank of a group, and the rank's data [`sampler`].
+//!
+//! Per step: forward and backward on this rank's batch; gradients of the trainable parameters are
+//! flattened, in the model's (name-sorted) parameter order, into buckets of about
+//! [`BUCKET_BYTES`]; bucket `k` is all-reduced (averaged) on the communication thread while bucket
+//! `k+1` is being flattened; the batch loss rides in the last bucket, so the loss every rank
+//! reports is the group's mean at no extra round trip. Averaged gradients are copied back and each
+//! rank takes the same optimiser step, so replicas stay identical. At start, [`GradSync::broadcast_model`]
+//! copies rank 0's parameters and buffers to every rank. BatchNorm statistics stay per replica.
+
+pub mod bench;
+mod comm;
+mod group;
+pub mod sampler;
+
+use std::time::Duration;
+
+use tch::{Device, Kind, Tensor};
+
+pub use comm::{CommThread, Op};
+pub use group::GroupSpec;
+
+use crate::collective::{Collective, ReduceOp};
+use crate::error::Result;
+use crate::models::Net;
+use crate::optim::Optimizer;
+
+/// Target size of one gradient bucket (as PyTorch DDP's default).
+pub const BUCKET_BYTES: usize = 25 << 20;
+
+/// The data-parallel side of a learner: one rank's link to its group.
+#[derive(Debug)]
+pub struct GradSync {
+    comm: CommThread,
+    bucket_elems: usize,
+    /// Recycled bucket buffers: a warm step allocates no buckets.
+    pool: Vec<Vec<f32>>,
+}
+
+/// Which parameters a queued bucket holds: `(index into the parameter list, offset, length)`.
+type Slots = Vec<(usize, usize, usize)>;
+
+impl GradSync {
+    /// A rank of the group `c`, every collective call bounded by `timeout`.
+    pub fn new(c: Box<dyn Collective>, timeout: Duration) -> Result<GradSync> {
+        Ok(GradSync { comm: CommThread::spawn(c, timeout)?, bucket_elems: BUCKET_BYTES / 4, pool: vec![] })
+    }
+
+    /// Smaller buckets (tests use this to exercise several buckets on a small model).
+    pub fn with_bucket_elems(mut self, elems: usize) -> GradSync {
+        self.bucket_elems = elems.max(1);
+        self
+    }
+
+    pub fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.comm.world_size()
+    }
+
+    fn buffer(&mut self) -> Vec<f32> {
+        let mut b = self.pool.pop().unwrap_or_default();
+        b.clear();
+        b
+    }
+
+    /// Copies rank 0's float variables (parameters and BatchNorm buffers) into every rank's model.
+    pub fn broadcast_model(&mut self, net: &Net) -> Result<()> {
+        let vars: Vec<Tensor> =
+            net.named_groups().into_iter().map(|(_, _, t)| t).filter(|t| t.kind() == Kind::Float).collect();
+        let mut buf = self.buffer();
+        for t in &vars {
+            append(&mut buf, Some(t), t.numel());
+        }
+        let buf = self.comm.run(buf, Op::Broadcast { root: 0 })?;
+        tch::no_grad(|| write_back(&buf, &vars));
+        self.pool.push(buf);
+        Ok(())
+    }
+
+    /// Sums `values` over the ranks (metrics: loss sums, correct counts, item counts).
+    pub fn sum(&mut self, values: &mut [f64]) -> Result<()> {
+        let mut buf = self.buffer();
+        buf.extend(values.iter().map(|&v| v as f32));
+        let buf = self.comm.run(buf, Op::Reduce(ReduceOp::Sum))?;
+        values.iter_mut().zip(&buf).for_each(|(v, &s)| *v = f64::from(s));
+        self.pool.push(buf);
+        Ok(())
+    }
+
+    /// One data-parallel training step: forward and backward on this rank's batch, gradients
+    /// averaged over the group in buckets, one optimiser update. Returns the group's mean loss.
+    pub fn train_step(
+        &mut self,
+        net: &Net,
+        opt: &mut Optimizer,
+        x: &Tensor,
+        y: &Tensor,
+        lrs: &[f64],
+    ) -> Result<f64> {
+        let loss = net.forward_t(x, true).cross_entropy_for_logits(y);
+        opt.zero_grad();
+        loss.backward();
+        let params: Vec<Tensor> =
+            net.parameters().into_iter().map(|(_, _, t)| t).filter(Tensor::requires_grad).collect();
+        let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
+        let mut queued: Vec<Slots> = vec![];
+        let mut bucket = self.buffer();
+        let mut slots: Slots = vec![];
+        for (i, g) in grads.iter().enumerate() {
+            let n = params[i].numel();
+            if !bucket.is_empty() && bucket.len() + n > self.bucket_elems {
+                self.comm.submit(std::mem::take(&mut bucket), Op::Reduce(ReduceOp::Average))?;
+                queued.push(std::mem::take(&mut slots));
+                bucket = self.buffer();
+            }
+            slots.push((i, bucket.len(), n));
+            append(&mut bucket, g.defined().then_some(g), n);
+        }
+        bucket.push(loss.double_value(&[]) as f32);
+        self.comm.submit(bucket, Op::Reduce(ReduceOp::Average))?;
+        queued.push(slots);
+        let mut mean_loss = f64::NAN;
+        for (k, slots) in queued.iter().enumerate() {
+            let buf = self.comm.wait()?;
+            tch::no_grad(|| {
+                let flat = Tensor::from_slice(&buf);
+                for &(i, off, n) in slots {
+                    if grads[i].defined() {
+                        let mut g = grads[i].shallow_clone();
+                        g.copy_(&flat.narrow(0, off as i64, n as i64).view(g.size().as_slice()));
+                    }
+                }
+            });
+            if k + 1 == queued.len() {
+                mean_loss = buf.last().map_or(f64::NAN, |&l| f64::from(l));
+            }
+            self.pool.push(buf);
+        }
+        opt.step(lrs);
+        Ok(mean_loss)
+    }
+}
+
+/// Appends the `n` values of `t`, or `n` zeros for an undefined gradient.
+fn append(buf: &mut Vec<f32>, t: Option<&Tensor>, n: usize) {
+    let Some(t) = t else {
+        buf.resize(buf.len() + n, 0.0);
+        return;
+    };
+    let t = if t.device() == Device::Cpu { t.contiguous() } else { t.to_device(Device::Cpu).contiguous() };
+    let t = if t.kind() == Kind::Float { t } else { t.to_kind(Kind::Float) };
+    let start = buf.len();
+    buf.resize(start + n, 0.0);
+    t.detach().copy_data(&mut buf[start..], n);
+}
+
+/// Copies consecutive runs of `buf` back into `dsts` (each as long as its tensor).
+fn write_back(buf: &[f32], dsts: &[Tensor]) {
+    let flat = Tensor::from_slice(buf);
+    let mut off = 0i64;
+    for t in dsts {
+        let n = t.numel() as i64;
+        let mut t = t.shallow_clone();
+        t.copy_(&flat.narrow(0, off, n).view(t.size().as_slice()));
+        off += n;
+    }
+}
+
+impl crate::learner::Learner {
+    /// This rank's training batches of epoch `epoch` ([`sampler::rank_positions`]), augmented
+    /// when the stage augments, with the same per-item augmentation seeds as a single process.
+    pub(crate) fn rank_loader(&self, epoch: u64) -> crate::data::Loader {
+        let (rank, world) = self.grad_sync.as_ref().map_or((0, 1), |s| (s.rank(), s.world_size()));
+        let batch = self.data.batch_size;
+        let positions = sampler::rank_positions(self.data.train.len(), self.seed, epoch, rank, world, batch);
+        let shard = self.data.train.subset(&positions);
+        let augment = self.augmenter.as_ref().filter(|_| self.augment_train);
+        self.loader_with(&shard, false, epoch, batch, augment)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use cyclotron_core::spec::OptimizerSpec;
+
+    use super::*;
+    use crate::collective::{Ring, RingConfig};
+    use crate::models::{self, GROUPS};
+
+    /// The global torch RNG is shared by the rank threads: seed and build under a lock.
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn net_and_opt() -> (Net, Optimizer) {
+        let _guard = INIT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        tch::manual_seed(11);
+        let net = models::build("small_cnn", 4, 1, 3, Device::Cpu).unwrap();
+        let opt = Optimizer::new(&OptimizerSpec::default(), net.parameters());
+        (net, opt)
+    }
+
+    fn params(net: &Net) -> Vec<f32> {
+        let mut buf = vec![];
+        for (_, _, t) in net.parameters() {
+            append(&mut buf, Some(&t), t.numel());
+        }
+        buf
+    }
+
+    #[test]
+    fn two_ranks_in_small_buckets_step_like_one_process_with_both_batches() {
+        tch::manual_seed(5);
+        let x = Tensor::randn([8, 1, 12, 12], (Kind::Float, Device::Cpu));
+        let y = Tensor::randint(3, [8], (Kind::Int64, Device::Cpu));
+        let lrs = [0.1; GROUPS];
+        let (net, mut opt) = net_and_opt();
+        let mut losses = vec![];
+        for _ in 0..3 {
+            losses.push(crate::learner::train_step(&net, &mut opt, &x, &y, &lrs));
+        }
+        let want = params(&net);
+
+        let ls: Vec<TcpListener> = (0..2).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let peers: Vec<String> = ls.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
+        let handles: Vec<_> = ls
+            .into_iter()
+            .enumerate()
+            .map(|(rank, l)| {
+                let cfg =
+                    RingConfig { timeout: Duration::from_secs(20), ..RingConfig::new(rank, peers.clone()) };
+                let (x, y) = (x.narrow(0, 4 * rank as i64, 4), y.narrow(0, 4 * rank as i64, 4));
+                std::thread::spawn(move || {
+                    let ring = Ring::connect_with(l, cfg).unwrap();
+                    // 40 elements per bucket: the small CNN's gradients span many buckets
+                    let mut sync =
+                        GradSync::new(Box::new(ring), Duration::from_secs(20)).unwrap().with_bucket_elems(40);
+                    let (net, mut opt) = net_and_opt();
+                    if rank == 1 {
+                        // different weights on rank 1: the broadcast must replace them
+                        tch::no_grad(|| {
+                            net.parameters().iter().for_each(|(_, _, t)| drop(t.shallow_clone().fill_(0.5)))
+                        });
+                    }
+                    sync.broadcast_model(&net).unwrap();
+                    let losses: Vec<f64> =
+                        (0..3).map(|_| sync.train_step(&net, &mut opt, &x, &y, &lrs).unwrap()).collect();
+                    (params(&net), losses)
+                })
+            })
+            .collect();
+        for h in handles {
+            let (got, got_losses) = h.join().unwrap();
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "parameters differ by {worst}");
+            for (a, b) in got_losses.iter().zip(&losses) {
+                assert!((a - b).abs() < 1e-5, "loss {a} vs {b}");
+            }
+        }
+    }
+}

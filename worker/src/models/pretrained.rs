@@ -1,0 +1,111 @@
+//! Pretrained weights: a safetensors file with torchvision's parameter names (or a Cyclotron
+//! snapshot's `model.safetensors`), loaded into a freshly built [`Net`].
+//!
+//! Rules: every variable of the model must be in the file with the same shape, and every tensor
+//! of the file must be a variable of the model — except the head's (layer group 2) tensors whose
+//! shape differs (another number of classes: the head keeps its fresh initialisation) and
+//! torchvision's `num_batches_tracked` counters (Cyclotron's BatchNorm keeps none). Anything else
+//! is an error listing the missing, unexpected and mis-shaped keys.
+
+use tch::Tensor;
+
+use super::Net;
+use crate::error::{Error, Result};
+use crate::tensor_io::{from_safetensors, load_into};
+
+/// Read the bytes at a weights URL: `file://PATH` or a plain path. (`s3://` joins when the
+/// checkpoint store can read arbitrary keys.)
+pub fn read_weights(url: &str) -> Result<Vec<u8>> {
+    let path = match url.split_once("://") {
+        None => url,
+        Some(("file", rest)) => rest,
+        Some((scheme, _)) => {
+            return Err(Error::Invalid {
+                what: "model.pretrained".into(),
+                message: format!(
+                    "{url:?}: {scheme}:// is not supported yet; use file://PATH or a plain path"
+                ),
+            })
+        }
+    };
+    std::fs::read(path).map_err(|e| Error::Io { what: format!("model.pretrained {path}"), source: e })
+}
+
+/// Load the weights at `url` into `net`; returns the names of head tensors left at their fresh
+/// initialisation because their shape differs.
+pub fn load_pretrained(net: &Net, url: &str) -> Result<Vec<String>> {
+    let bytes = read_weights(url)?;
+    load_named(net, from_safetensors(&bytes, url)?, url)
+}
+
+/// [`load_pretrained`] on tensors already in memory; `what` names them in errors.
+pub fn load_named(net: &Net, src: Vec<(String, Tensor)>, what: &str) -> Result<Vec<String>> {
+    let vars = net.vs.variables();
+    let mut kept = Vec::with_capacity(src.len());
+    let mut skipped = vec![];
+    for (name, t) in src {
+        if name.ends_with("num_batches_tracked") && !vars.contains_key(&name) {
+            continue;
+        }
+        match vars.get(&name) {
+            Some(v) if net.group_of(&name) == 2 && v.size() != t.size() => {
+                // a new head: keep the model's own fresh values
+                kept.push((name.clone(), v.detach().copy()));
+                skipped.push(name);
+            }
+            _ => kept.push((name, t)),
+        }
+    }
+    load_into(&net.vs, &kept, what)?;
+    skipped.sort();
+    Ok(skipped)
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::Device;
+
+    use super::*;
+    use crate::models::build;
+    use crate::tensor_io::{clone_vars, to_safetensors};
+
+    #[test]
+    fn a_head_of_another_size_is_skipped_and_the_body_loads() {
+        let a = build("small_resnet", 4, 1, 5, Device::Cpu).unwrap();
+        let b = build("small_resnet", 4, 1, 3, Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        let mut named = clone_vars(&a.vs);
+        named.push(("bn.num_batches_tracked".into(), Tensor::from_slice(&[3i64])));
+        std::fs::write(&path, to_safetensors(&named).unwrap()).unwrap();
+        let skipped = load_pretrained(&b, &format!("file://{}", path.display())).unwrap();
+        assert_eq!(skipped, vec!["head.fc.bias".to_string(), "head.fc.weight".to_string()]);
+        let w = |n: &Net| n.vs.variables()["stem.conv.weight"].shallow_clone();
+        assert!(w(&a).equal(&w(&b)));
+    }
+
+    #[test]
+    fn a_body_mismatch_lists_the_keys() {
+        let a = build("small_resnet", 4, 1, 5, Device::Cpu).unwrap();
+        let b = build("small_resnet", 8, 1, 5, Device::Cpu).unwrap();
+        let mut named = clone_vars(&a.vs);
+        named.retain(|(n, _)| n != "stem.bn.bias");
+        named.push(("extra.weight".into(), Tensor::zeros([1], (tch::Kind::Float, Device::Cpu))));
+        let e = load_named(&b, named, "w.safetensors").unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "checkpoint w.safetensors: missing keys: stem.bn.bias; unexpected keys: extra.weight"
+            ),
+            "{e}"
+        );
+        assert!(
+            e.contains("stem.conv.weight: shape [4, 1, 3, 3] in the file, [8, 1, 3, 3] in the model"),
+            "{e}"
+        );
+        let e = read_weights("s3://b/k").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "model.pretrained: \"s3://b/k\": s3:// is not supported yet; use file://PATH or a plain path"
+        );
+    }
+}
