@@ -18,7 +18,6 @@ use crate::ensemble;
 use crate::error::{Error, Result};
 use crate::learner::{labels, metrics, DataBundle, Event, Learner, Observer};
 use crate::models::{self, GROUPS};
-use crate::tensor_io::to_safetensors;
 
 /// Data of a job, split and limited as the spec says.
 pub struct JobData {
@@ -320,54 +319,59 @@ pub fn run_train_with(
         let stage_epochs = schedule.total_steps().div_ceil(spe) as u32;
         for epoch in start_epoch..stage_epochs {
             let mut cycle_ends = vec![];
-            let mut on_snapshot =
-                |l: &mut Learner, p: cyclotron_core::schedule::SnapshotPoint| -> Result<()> {
-                    cycle_ends.push((l.global_step, snapshots_on));
-                    if !snapshots_on {
-                        return Ok(());
-                    }
-                    let index = taken.len();
-                    let model = to_safetensors(&crate::tensor_io::clone_vars(&l.net.vs))?;
-                    let state = serde_json::json!({
-                        "stage": si, "cycle": p.cycle, "epoch": p.epoch, "step": l.global_step,
-                        "seed": l.seed, "epochs_done": l.epochs_done, "arch": spec.model.arch,
-                    });
-                    rt.block_on(store.commit(
-                        &run.snapshot_dir(index),
-                        CheckpointKind::Snapshot,
-                        (l.global_step, si, p.epoch, Some(p.cycle)),
-                        vec![
-                            Blob { name: "model.safetensors".into(), data: model.into() },
-                            Blob { name: "state.json".into(), data: state.to_string().into_bytes().into() },
-                        ],
-                        state,
-                    ))?;
-                    let valid_probs = l.predict(&l.data.valid)?;
-                    let eval_probs = l.predict(&eval_ds)?;
-                    let m = metrics(&eval_probs, &eval_y);
-                    let eval_tta = match (&spec.tta, &l.augmenter) {
-                        (Some(t), Some(aug)) => {
-                            Some(crate::tta::predict(l, &eval_ds, aug, t, Some(eval_probs.shallow_clone()))?)
-                        }
-                        _ => None,
-                    };
-                    taken.push(Taken {
-                        result: SnapshotResult {
-                            index,
-                            stage: si,
-                            cycle: p.cycle,
-                            epoch: p.epoch,
-                            loss: m.loss,
-                            accuracy: m.accuracy,
-                            valid: metrics(&valid_probs, &valid_y),
-                            tta: eval_tta.as_ref().map(|p| metrics(p, &eval_y)),
-                        },
-                        valid_probs,
-                        eval_probs,
-                        eval_tta,
-                    });
-                    Ok(())
+            let mut on_snapshot = |l: &mut Learner,
+                                   p: cyclotron_core::schedule::SnapshotPoint|
+             -> Result<()> {
+                cycle_ends.push((l.global_step, snapshots_on));
+                if !snapshots_on {
+                    return Ok(());
+                }
+                let index = taken.len();
+                let state = serde_json::json!({
+                    "stage": si, "cycle": p.cycle, "epoch": p.epoch, "step": l.global_step,
+                    "seed": l.seed, "epochs_done": l.epochs_done, "arch": spec.model.arch,
+                });
+                // the same commit path as periodic checkpoints: copied off the training
+                // thread, uploaded in order, committed manifest-last; never deleted by retention
+                let pending = crate::checkpoint::Pending {
+                    dir: run.snapshot_dir(index),
+                    kind: CheckpointKind::Snapshot,
+                    position: (l.global_step, si, p.epoch, Some(p.cycle)),
+                    tensors: vec![("model.safetensors".into(), crate::checkpoint::share_weights(&l.net.vs))],
+                    raw: vec![Blob {
+                        name: "state.json".into(),
+                        data: state.to_string().into_bytes().into(),
+                    }],
+                    state,
+                    retention: None,
                 };
+                crate::checkpoint::hand_off(&mut l.opt, pending, &uploader)?;
+                let valid_probs = l.predict(&l.data.valid)?;
+                let eval_probs = l.predict(&eval_ds)?;
+                let m = metrics(&eval_probs, &eval_y);
+                let eval_tta = match (&spec.tta, &l.augmenter) {
+                    (Some(t), Some(aug)) => {
+                        Some(crate::tta::predict(l, &eval_ds, aug, t, Some(eval_probs.shallow_clone()))?)
+                    }
+                    _ => None,
+                };
+                taken.push(Taken {
+                    result: SnapshotResult {
+                        index,
+                        stage: si,
+                        cycle: p.cycle,
+                        epoch: p.epoch,
+                        loss: m.loss,
+                        accuracy: m.accuracy,
+                        valid: metrics(&valid_probs, &valid_y),
+                        tta: eval_tta.as_ref().map(|p| metrics(p, &eval_y)),
+                    },
+                    valid_probs,
+                    eval_probs,
+                    eval_tta,
+                });
+                Ok(())
+            };
             epochs.extend(l.fit_epochs(
                 si,
                 schedule.as_ref(),

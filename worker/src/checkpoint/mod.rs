@@ -14,5 +14,5 @@ pub mod bench;
 pub mod state;
 pub mod uploader;
 
-pub use state::{capture, hand_off, restore_latest, Restored, TrainState};
+pub use state::{capture, hand_off, restore_latest, share_weights, Restored, TrainState};
 pub use uploader::{Pending, Uploader};

@@ -52,13 +52,9 @@ fn cpu_copy(t: &Tensor) -> Tensor {
     }
 }
 
-/// What a checkpoint takes of the weights and optimiser: buffers (BatchNorm statistics, frozen
-/// weights, which a forward pass may change) copied now; trainable parameters and optimiser state
-/// shared, to be copied by [`hand_off`]'s thread before the next update changes them.
-pub fn share_weights_and_optimiser(
-    vs: &tch::nn::VarStore,
-    opt: &crate::optim::Optimizer,
-) -> (NamedTensors, NamedTensors, StepCounts) {
+/// What a checkpoint or snapshot takes of the weights: buffers and frozen weights copied now,
+/// trainable parameters shared for [`hand_off`]'s copy thread (see [`share_weights_and_optimiser`]).
+pub fn share_weights(vs: &tch::nn::VarStore) -> NamedTensors {
     let _guard = tch::no_grad_guard();
     let mut model: Vec<_> = vs
         .variables()
@@ -68,6 +64,18 @@ pub fn share_weights_and_optimiser(
         .map(|(n, t)| if t.requires_grad() { (n, t.detach()) } else { (n, cpu_copy(&t)) })
         .collect();
     model.sort_by(|a, b| a.0.cmp(&b.0));
+    model
+}
+
+/// What a checkpoint takes of the weights and optimiser: buffers (BatchNorm statistics, frozen
+/// weights, which a forward pass may change) copied now; trainable parameters and optimiser state
+/// shared, to be copied by [`hand_off`]'s thread before the next update changes them.
+pub fn share_weights_and_optimiser(
+    vs: &tch::nn::VarStore,
+    opt: &crate::optim::Optimizer,
+) -> (NamedTensors, NamedTensors, StepCounts) {
+    let _guard = tch::no_grad_guard();
+    let model = share_weights(vs);
     let (optim, counts) = opt.state();
     let optim = optim.into_iter().map(|(n, t)| (n, t.detach())).collect();
     (model, optim, counts)
