@@ -13,7 +13,6 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::manifest::{CheckpointKind, Manifest};
 use super::store::{CheckpointStore, RunLocation};
-use super::transfer;
 use crate::error::{Error, Result};
 
 /// A checkpoint read back whole, every blob verified.
@@ -47,19 +46,7 @@ impl CheckpointStore {
     /// while it downloads.
     pub async fn read_verified(&self, dir: &str, manifest: &Manifest) -> Result<Vec<(String, Bytes)>> {
         let fetches = manifest.blobs.iter().map(|entry| async move {
-            let key = format!("{dir}/{}", entry.name);
-            let (data, sha) =
-                transfer::get_hashed(self.store.as_ref(), &key).await.map_err(self.err("get", &key))?;
-            if data.len() as u64 != entry.size || sha != entry.sha256 {
-                return Err(Error::Corrupt {
-                    key,
-                    message: format!(
-                        "size or sha256 differs from the manifest ({} bytes expected, {} found)",
-                        entry.size,
-                        data.len()
-                    ),
-                });
-            }
+            let data = self.fetch_verified(&format!("{dir}/{}", entry.name), entry).await?;
             Ok((entry.name.clone(), data))
         });
         futures::stream::iter(fetches).buffered(self.options.blob_concurrency.max(1)).try_collect().await
