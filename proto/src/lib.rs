@@ -5,6 +5,12 @@
 //! leases and rendezvous, raft peer messages) and the one place that maps domain errors to
 //! `tonic::Status` codes land here with the coordinator.
 
+/// Generated messages and service stubs (package `cyclotron.v1`).
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("cyclotron.v1");
+}
+
 pub use cyclotron_core::ids::{JobId, Rank, RunId, Step};
 
 /// Version of the worker ↔ coordinator protocol; a worker speaking another one is refused.
