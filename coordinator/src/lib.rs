@@ -13,3 +13,4 @@ pub mod scheduler;
 pub mod state;
 
 pub use plan::{plan, Task};
+pub mod replica;
