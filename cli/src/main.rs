@@ -92,6 +92,10 @@ enum Cmd {
         warmup: usize,
         /// Write the result as JSON here.
         #[arg(long)]
+        /// cpu or cuda (a GPU step syncs once per step to read the loss, as the peer does)
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long)]
         json: Option<PathBuf>,
     },
     /// All-reduce bus bandwidth of the TCP ring, one process per rank (peer: bench/gloo_allreduce.py).
@@ -123,6 +127,10 @@ enum Cmd {
         steps: usize,
         #[arg(long, default_value_t = 3)]
         warmup: usize,
+        #[arg(long)]
+        /// cpu or cuda (on cuda the group reduces with NCCL when built with it; CYCLOTRON_COLLECTIVE overrides)
+        #[arg(long, default_value = "cpu")]
+        device: String,
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -171,8 +179,19 @@ impl GroupArgs {
         let mut g =
             cyclotron_worker::distributed::GroupSpec::new(self.rank, self.world_size, self.peers.clone());
         g.timeout = std::time::Duration::from_secs_f64(self.collective_timeout);
+        g.backend = cyclotron_worker::distributed::Backend::from_env()?;
         g.validate()?;
         Ok(Some(g))
+    }
+}
+
+/// `--device` of the benchmarks.
+fn parse_device(name: &str) -> anyhow::Result<tch::Device> {
+    match name {
+        "cpu" => Ok(tch::Device::Cpu),
+        "cuda" if tch::Cuda::is_available() => Ok(tch::Device::Cuda(0)),
+        "cuda" => anyhow::bail!("--device cuda: no CUDA device is visible"),
+        other => anyhow::bail!("--device {other:?}: use cpu or cuda"),
     }
 }
 
@@ -251,9 +270,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output::print_results(&results, &spec.output, &spec.name, &run);
             Ok(())
         }
-        Cmd::BenchStep { model, width, batch_size, threads, steps, warmup, json } => {
-            let r =
-                cyclotron_worker::bench::step_throughput(&model, width, batch_size, threads, steps, warmup)?;
+        Cmd::BenchStep { model, width, batch_size, threads, steps, warmup, device, json } => {
+            let device = parse_device(&device)?;
+            let r = cyclotron_worker::bench::step_throughput(
+                &model, width, batch_size, threads, steps, warmup, device,
+            )?;
             println!("cyclotron {model} batch {batch_size} threads {threads}: {:.1} samples/s (median step {:.2} ms)", r.samples_per_s, r.step_ms_median);
             if let Some(path) = json {
                 output::write_json(&path, &r)?;
@@ -280,7 +301,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::BenchDdp { group, model, width, batch_size, threads, steps, warmup, json } => {
+        Cmd::BenchDdp { group, model, width, batch_size, threads, steps, warmup, device, json } => {
+            let device = parse_device(&device)?;
             let g =
                 group.spec()?.unwrap_or_else(|| cyclotron_worker::distributed::GroupSpec::new(0, 1, vec![]));
             let r = cyclotron_worker::distributed::bench::ddp_throughput(
@@ -288,8 +310,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (&model, width),
                 batch_size,
                 threads,
-                steps,
-                warmup,
+                (steps, warmup),
+                device,
             )?;
             if g.is_writer() {
                 println!(

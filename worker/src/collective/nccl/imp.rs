@@ -134,14 +134,22 @@ impl Nccl {
 
     /// In-place all-reduce of a contiguous f32 tensor on this rank's device.
     pub fn all_reduce_tensor(&mut self, t: &Tensor, op: ReduceOp) -> Result<()> {
+        self.enqueue_all_reduce(t, op)?;
+        self.wait("all_reduce")
+    }
+
+    /// Enqueues an in-place all-reduce on the stream torch computes on and returns at once:
+    /// later kernels on that stream (copying the result back, the optimiser step) run after it.
+    /// The caller must keep `t` alive until [`Nccl::synchronize`] returns.
+    pub fn enqueue_all_reduce(&mut self, t: &Tensor, op: ReduceOp) -> Result<()> {
         self.ready(t)?;
         let red = match op {
             ReduceOp::Sum => nc::ncclRedOp_t::ncclSum,
             ReduceOp::Average => nc::ncclRedOp_t::ncclAvg,
         };
         let ptr = t.data_ptr();
-        // SAFETY: `ptr` addresses `numel` f32 on this communicator's device (checked above) and the
-        // tensor outlives the call: `wait` returns only once the stream has finished with it.
+        // SAFETY: `ptr` addresses `numel` f32 on this communicator's device (checked above); the
+        // caller keeps the tensor alive until `synchronize`.
         let r = unsafe {
             nc::ncclAllReduce(
                 ptr,
@@ -153,8 +161,13 @@ impl Nccl {
                 std::ptr::null_mut(),
             )
         };
-        check("all_reduce", r)?;
-        self.wait("all_reduce")
+        check("all_reduce", r)
+    }
+
+    /// Waits, up to the deadline, for everything enqueued on the stream; a peer lost or a
+    /// deadline passed aborts the communicator and fails.
+    pub fn synchronize(&mut self) -> Result<()> {
+        self.wait("synchronize")
     }
 
     /// In-place broadcast of a contiguous f32 tensor from `root`.
