@@ -22,7 +22,10 @@ fn probe() -> Result<()> {
     }
     if !nccl {
         return Err(CollectiveError::NcclUnavailable {
-            message: "libnccl cannot be loaded; install NCCL or add its folder to LD_LIBRARY_PATH".into(),
+            message: "libnccl cannot be loaded: cudarc looks for libnccl.so (or libnccl.so.13); the PyTorch \
+                      wheel ships site-packages/nvidia/nccl/lib/libnccl.so.2, so link libnccl.so to it in a folder \
+                      on LD_LIBRARY_PATH (scripts/setup.sh does this in its venv)"
+                .into(),
         });
     }
     Ok(())
@@ -76,7 +79,17 @@ impl Nccl {
         let uid = nc::ncclUniqueId { internal: id.0.map(|b| b as std::ffi::c_char) };
         let mut comm: nc::ncclComm_t = std::ptr::null_mut();
         // SAFETY: `comm` is a valid out-pointer; the id is plain bytes.
-        check("comm_init_rank", unsafe { nc::ncclCommInitRank(&mut comm, world as i32, uid, rank as i32) })?;
+        let r = unsafe { nc::ncclCommInitRank(&mut comm, world as i32, uid, rank as i32) };
+        if r == nc::ncclResult_t::ncclInvalidUsage {
+            return Err(CollectiveError::Nccl {
+                op: "comm_init_rank",
+                message: format!(
+                    "{r:?} on cuda:{device}: NCCL needs a distinct GPU per rank (two ranks on one GPU?); \
+                     give each worker its own GPU (CUDA_VISIBLE_DEVICES) or set CYCLOTRON_COLLECTIVE=ring"
+                ),
+            });
+        }
+        check("comm_init_rank", r)?;
         Ok(Nccl { comm, rank, world, device, timeout: DEFAULT_TIMEOUT, aborted: AtomicBool::new(false) })
     }
 
