@@ -3,7 +3,9 @@
 //!
 //! ## Protocol
 //! - `submit` puts a [`Pending`] checkpoint on a bounded queue (`max_pending`): training waits only
-//!   when that many are already waiting, which bounds the memory held by copies.
+//!   when that many are already waiting, which bounds the memory held by copies. A copy thread
+//!   (`state::hand_off`) queues from its own thread; the next hand-off waits for the previous
+//!   copy thread to have queued ([`Uploader::track_copy`]), so at most one copy waits outside the queue.
 //! - The uploader thread takes them in order; for each it serialises the tensors to safetensors,
 //!   commits it ([`CheckpointStore::commit`]: blobs concurrently with multipart and retries, the
 //!   manifest last), then applies retention (deletions only after the newer manifest exists).
@@ -43,6 +45,8 @@ pub struct Uploader {
     thread: Option<JoinHandle<()>>,
     failed: Arc<Mutex<Option<Error>>>,
     committed: Arc<Mutex<Vec<String>>>,
+    /// The last copy thread, until it has queued its checkpoint.
+    copying: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Uploader {
@@ -97,7 +101,7 @@ impl Uploader {
                 rt.shutdown_timeout(Duration::from_secs(1));
             })
             .map_err(|e| Error::Io { what: "uploader thread".into(), source: e })?;
-        Ok(Uploader { tx: Some(tx), thread: Some(thread), failed, committed })
+        Ok(Uploader { tx: Some(tx), thread: Some(thread), failed, committed, copying: Mutex::new(None) })
     }
 
     fn take_failure(&self) -> Result<()> {
@@ -112,6 +116,15 @@ impl Uploader {
     pub fn sender(&self) -> Result<SyncSender<Pending>> {
         self.take_failure()?;
         Ok(self.tx.as_ref().expect("sender after finish").clone())
+    }
+
+    /// Track a copy thread that will queue a checkpoint: first waits for the previous one to have
+    /// queued its own (backpressure when uploads fall behind, bounding the copies in memory).
+    pub fn track_copy(&self, copier: JoinHandle<()>) {
+        let previous = self.copying.lock().expect("uploader state").replace(copier);
+        if let Some(t) = previous {
+            let _ = t.join();
+        }
     }
 
     /// Queue a checkpoint (waits while the queue is full). Fails with the reason if an earlier
@@ -133,6 +146,8 @@ impl Uploader {
     /// Wait (at most `deadline`) for every queued upload; the first failure, if any.
     pub fn finish(mut self, deadline: Duration) -> Result<Vec<String>> {
         drop(self.tx.take());
+        // the last copy thread holds a sender until it has queued; the uploader drains it
+        drop(self.copying.lock().expect("uploader state").take());
         let started = Instant::now();
         if let Some(t) = self.thread.take() {
             while !t.is_finished() {
