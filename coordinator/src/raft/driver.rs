@@ -46,6 +46,9 @@ pub(crate) struct Driver {
     by_index: BTreeSet<(u64, u64)>,
     /// Peers a snapshot was sent to in this round (reported to raft after the round).
     snapshots_sent: Vec<u64>,
+    /// Outcomes of applied proposals, sent after the state that includes them is published
+    /// (a proposer that reads `state()` after its answer sees its command).
+    answers: Vec<(Reply, Result<Outcome, ProposeError>)>,
 }
 
 /// Proposal key carried in the entry context: who proposed it, in which run, which proposal.
@@ -101,6 +104,7 @@ impl Driver {
             pending: HashMap::new(),
             by_index: BTreeSet::new(),
             snapshots_sent: Vec::new(),
+            answers: Vec::new(),
         })
     }
 
@@ -130,6 +134,7 @@ impl Driver {
             }
             if let Err(e) = self.on_ready() {
                 let reason = e.to_string();
+                self.publish(); // what was applied before the failure stands
                 self.fail_all(|| ProposeError::Stopped(reason.clone()));
                 return Err(reason);
             }
@@ -299,7 +304,7 @@ impl Driver {
                 if node == self.cfg.id && incarnation == self.incarnation {
                     if let Some(p) = self.pending.remove(&seq) {
                         self.by_index.remove(&(p.index, seq));
-                        let _ = p.reply.send(Ok(outcome.unwrap_or(Outcome::Applied)));
+                        self.answers.push((p.reply, Ok(outcome.unwrap_or(Outcome::Applied))));
                     }
                 }
             }
@@ -373,6 +378,9 @@ impl Driver {
             applied_index: self.state.applied_index,
         };
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+        for (reply, answer) in self.answers.drain(..) {
+            let _ = reply.send(answer);
+        }
     }
 
     fn stop(&mut self) {

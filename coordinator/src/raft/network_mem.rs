@@ -38,6 +38,8 @@ pub struct NetStats {
     pub delivered: u64,
     pub dropped: u64,
     pub cut: u64,
+    /// Snapshot messages (`MsgSnapshot`) handed to the network, delivered or not.
+    pub snapshots: u64,
 }
 
 struct InFlight {
@@ -184,6 +186,7 @@ impl MemNetwork {
 impl Transport for MemNetwork {
     fn send(&self, to: u64, message: RaftMessage) {
         let from = message.from;
+        let is_snapshot = message.get_msg_type() == ::raft::eraftpb::MessageType::MsgSnapshot;
         let bytes = match message.write_to_bytes() {
             Ok(b) => b,
             Err(e) => {
@@ -192,6 +195,9 @@ impl Transport for MemNetwork {
             }
         };
         let mut net = self.shared.lock();
+        if is_snapshot {
+            net.stats.snapshots += 1;
+        }
         if net.cut.contains(&(from, to)) {
             net.stats.cut += 1;
             return;

@@ -73,7 +73,7 @@ impl DiskStorage {
         let mut recovered = Recovered::default();
 
         let snap_path = dir.join(SNAPSHOT_FILE);
-        let snapshot = match record::read_single(&snap_path).map_err(io_err(&snap_path, "read"))? {
+        let snapshot = match read_single(&snap_path)? {
             Some(bytes) => Snapshot::parse_from_bytes(&bytes)
                 .map_err(|e| corrupt(&snap_path, format!("bad snapshot: {e}")))?,
             None => Snapshot::default(),
@@ -84,7 +84,7 @@ impl DiskStorage {
 
         let state_path = dir.join(STATE_FILE);
         let (mut hard_state, conf_state, fresh) =
-            match record::read_single(&state_path).map_err(io_err(&state_path, "read"))? {
+            match read_single(&state_path)? {
                 Some(bytes) => {
                     let (hs, cs) = decode_state(&bytes).map_err(|r| corrupt(&state_path, r))?;
                     (hs, cs, false)
@@ -322,6 +322,13 @@ impl DiskStorage {
         self.log = write().map_err(io_err(&path, "rewrite"))?;
         Ok(())
     }
+}
+
+fn read_single(path: &Path) -> Result<Option<Vec<u8>>, RaftError> {
+    record::read_single(path).map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidData => corrupt(path, "bad length or checksum"),
+        _ => io_err(path, "read")(e),
+    })
 }
 
 fn encode_state(hs: &HardState, cs: &ConfState) -> protobuf::ProtobufResult<Vec<u8>> {
