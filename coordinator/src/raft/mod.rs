@@ -76,7 +76,9 @@ pub use ::raft::eraftpb::Message as RaftMessage;
 use crate::replica::Replica;
 
 /// Sends raft messages to peers. Fire-and-forget: raft retries what is lost, so an
-/// implementation may drop a message it cannot deliver (it should not block for long).
+/// implementation may drop a message it cannot deliver. `send` runs on the driver thread: it
+/// must not block (queue the message, e.g. per peer, and return); a slow `send` delays every
+/// commit and heartbeat of this replica.
 pub trait Transport: Send + Sync + 'static {
     fn send(&self, to: u64, message: RaftMessage);
 }

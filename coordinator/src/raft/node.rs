@@ -37,7 +37,7 @@ pub(crate) type Fatal = Arc<Mutex<Option<String>>>;
 /// Hands raft messages to a node's driver; cheap to clone (transports keep one per local node).
 #[derive(Clone)]
 pub struct Mailbox {
-    inbox: SyncSender<Input>,
+    pub(crate) inbox: SyncSender<Input>,
 }
 
 impl Mailbox {
