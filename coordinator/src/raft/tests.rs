@@ -416,3 +416,32 @@ fn proposals_fail_fast_once_the_node_is_stopped() {
     let err = node.step(b"\xff\xff not protobuf").unwrap_err().to_string();
     assert!(err.contains("malformed raft message"), "{err}");
 }
+
+#[test]
+fn a_late_commit_times_out_and_shutdown_fails_what_is_pending() {
+    let c = Cluster::new(3, 8, 1000);
+    let leader = c.wait_leader();
+    assert_eq!(c.propose(&register("w0", 0), true), Outcome::Applied);
+    // acknowledgements reach the leader 150 ms late: shorter than the election timeout
+    // (250-500 ms), so it keeps leading (check-quorum still hears from everyone), but every
+    // commit takes at least 150 ms
+    let slow = LinkConfig {
+        delay_min: Duration::from_millis(150),
+        delay_max: Duration::from_millis(150),
+        ..Default::default()
+    };
+    for id in c.ids().into_iter().filter(|&id| id != leader) {
+        c.net.set_link(id, leader, slow);
+    }
+    let late = block_on(c.node(leader).propose(register("late", 1), Duration::from_millis(50)));
+    assert_eq!(late, Err(ProposeError::Timeout(Duration::from_millis(50))));
+    // a timed-out proposal is not withdrawn: it may still commit
+    assert!(wait_until(WAIT, || c.state(leader).workers.contains_key("late")));
+
+    let pending = c.node(leader).propose(register("pending", 2), Duration::from_secs(20));
+    c.node(leader).shutdown();
+    match block_on(pending) {
+        Err(ProposeError::Stopped(reason)) => assert!(reason.contains("shutting down"), "{reason}"),
+        other => panic!("shutdown must fail pending proposals, got {other:?}"),
+    }
+}
