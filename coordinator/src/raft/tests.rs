@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use futures::executor::block_on;
 use tempfile::TempDir;
 
 use super::*;
@@ -42,6 +41,14 @@ fn submit(job: &str) -> Command {
         max_restarts: 1,
         now_ms: 5,
     }
+}
+
+/// Wait for a proposal's answer; the node owes one by the proposal's deadline, so a missing
+/// answer (a bug) fails the test after `WAIT` instead of hanging it.
+fn block_on<T>(answer: impl std::future::Future<Output = T>) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    rt.block_on(async { tokio::time::timeout(WAIT * 2, answer).await })
+        .expect("the raft node never answered the proposal")
 }
 
 /// Poll `cond` until it holds; false at the deadline.
