@@ -105,7 +105,7 @@ pub fn learner(spec: &JobSpec, data: &JobData) -> Result<Learner> {
         prefetch: spec.data.prefetch,
     };
     if let Some(url) = &spec.model.pretrained {
-        let skipped = models::pretrained::load_pretrained(&net, url)?;
+        let skipped = models::pretrained::load_pretrained(&net, url, &store_options(spec))?;
         if !skipped.is_empty() {
             tracing::info!(url = %url, skipped = ?skipped, "pretrained weights loaded; new head");
         }
@@ -179,8 +179,13 @@ pub struct TrainOptions {
 
 /// The job's store, with the `[checkpoint]` section's transfer and S3 settings.
 pub fn open_store(spec: &JobSpec) -> Result<CheckpointStore> {
+    Ok(CheckpointStore::open_with(&spec.output, &store_options(spec))?)
+}
+
+/// The `[checkpoint]` section's transfer and S3 settings (also used to read `s3://` weights).
+pub fn store_options(spec: &JobSpec) -> StoreOptions {
     let c = &spec.checkpoint;
-    let options = StoreOptions {
+    StoreOptions {
         multipart_threshold: c.multipart_threshold_mb << 20,
         s3: S3Options {
             endpoint: c.s3_endpoint.clone(),
@@ -189,8 +194,7 @@ pub fn open_store(spec: &JobSpec) -> Result<CheckpointStore> {
             ..Default::default()
         },
         ..Default::default()
-    };
-    Ok(CheckpointStore::open_with(&spec.output, &options)?)
+    }
 }
 
 /// Run every stage of `spec`; snapshots go to `<output>/<job>/<run_id>/snapshots/`.
