@@ -175,6 +175,8 @@ pub struct TrainOptions {
     pub stop_after_epochs: Option<u64>,
     /// One rank of a data-parallel group (static launch); `None` trains alone.
     pub group: Option<crate::distributed::GroupSpec>,
+    /// Where to record Prometheus metrics (`--metrics-addr`); `None` records nothing.
+    pub metrics: Option<crate::metrics::JobMetrics>,
 }
 
 /// The job's store, with the `[checkpoint]` section's transfer and S3 settings.
@@ -230,6 +232,7 @@ pub fn run_train_with(
             });
         }
         let mut sync = g.join()?;
+        opts.metrics.iter().for_each(|m| sync.set_metrics(m.comm.clone()));
         sync.broadcast_model(&l.net)?;
         l.grad_sync = Some(sync);
     }
@@ -237,7 +240,8 @@ pub fn run_train_with(
     let eval_split = if data.test.is_some() { "test" } else { "valid" };
     let (valid_y, eval_y) = (labels(&data.valid), labels(&eval_ds));
 
-    let mut rec = Recorder { inner: obs, history: StepHistory::default() };
+    let mut metered = crate::metrics::Metered::new(opts.metrics.clone(), obs);
+    let mut rec = Recorder { inner: &mut metered, history: StepHistory::default() };
     let (range, find_spec) = range_of(spec);
     let mut lr_finds: Vec<(usize, LrFindReport)> = vec![];
     let mut epochs = vec![];
@@ -270,7 +274,11 @@ pub fn run_train_with(
         }
     }
     let ckpt = &spec.checkpoint;
-    let uploader = crate::checkpoint::Uploader::start(store.clone(), ckpt.max_pending)?;
+    let uploader = crate::checkpoint::Uploader::start_with_metrics(
+        store.clone(),
+        ckpt.max_pending,
+        opts.metrics.as_ref().map(|m| m.checkpoint.clone()),
+    )?;
     let mut epochs_this_process = 0u64;
 
     for (si, stage) in spec.stages.iter().enumerate() {

@@ -115,9 +115,10 @@ pub fn serve_metrics(addr: SocketAddr, registry: Registry) -> Result<MetricsServ
     let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
     listener.set_nonblocking(true).map_err(bind_err)?;
     let bound = listener.local_addr().map_err(bind_err)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|source| {
-        Error::MetricsBind { addr: bound.to_string(), source }
-    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| Error::MetricsBind { addr: bound.to_string(), source })?;
     let (stop, mut stopped) = watch::channel(false);
     let thread = std::thread::Builder::new()
         .name("cyclotron-metrics".into())
