@@ -230,7 +230,7 @@ fn prometheus_scrapes_loss_and_steps_of_a_training_run() {
         return;
     }
     let t = start_training();
-    assert_prometheus_sees_training(&[t.metrics.clone()], &[(JOB, "0")]);
+    assert_prometheus_sees_training(std::slice::from_ref(&t.metrics), &[(JOB, "0")]);
 }
 
 /// Every `cyclotron_*` name in the PromQL of the dashboard.
