@@ -291,10 +291,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let r =
                 cyclotron_worker::bench::metrics_overhead(&model, width, batch_size, threads, steps, rounds)?;
             println!(
-                "cyclotron {model} w{width} batch {batch_size} threads {threads}: step {:.2} ms without metrics, {:.2} ms with; overhead {:+.2}% (median of {rounds} pairs)",
+                "cyclotron {model} w{width} batch {batch_size} threads {threads}: step {:.2} ms without metrics, {:.2} ms with; overhead {:+.2}% (median of {rounds} pairs); recording alone {:.3} us/step = {:.4}% of a step",
                 r.step_ms_off,
                 r.step_ms_on,
-                100.0 * r.overhead
+                100.0 * r.overhead,
+                r.record_us_per_step,
+                100.0 * r.record_fraction_of_step
             );
             if let Some(path) = json {
                 output::write_json(&path, &r)?;

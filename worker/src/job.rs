@@ -131,12 +131,20 @@ fn range_of(spec: &JobSpec) -> (LrRange, LrFindSpec) {
 
 /// Only the LR-range test (with the first stage's frozen groups).
 pub fn run_lr_find(spec: &JobSpec, obs: &mut dyn Observer) -> Result<LrFindReport> {
-    let data = load_data(spec)?;
+    let data = phase(obs, "loading data", || load_data(spec))?;
     let mut l = learner(spec, &data)?;
     if let Some(first) = spec.stages.first() {
         l.freeze_to(first.frozen_groups(GROUPS));
     }
     l.lr_find(range_of(spec).0, obs)
+}
+
+/// Runs `f` between the start and end events of phase `what` (progress spinners).
+fn phase<T>(obs: &mut dyn Observer, what: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    obs.on_event(&Event::Phase { what, done: false });
+    let r = f();
+    obs.on_event(&Event::Phase { what, done: true });
+    r
 }
 
 /// Records the step history for plots, then passes events on.
@@ -220,7 +228,7 @@ pub fn run_train_with(
         .build()
         .map_err(|e| Error::Io { what: "tokio runtime".into(), source: e })?;
     rt.block_on(store.check_access(&run.prefix()))?;
-    let data = load_data(spec)?;
+    let data = phase(obs, "loading data", || load_data(spec))?;
     let mut l = learner(spec, &data)?;
     if let Some(g) = &opts.group {
         if spec.stages.iter().any(|s| s.precompute) {
@@ -426,7 +434,8 @@ pub fn run_train_with(
         }
     }
     // training is over: wait for the checkpoints still uploading (a failure fails the job)
-    uploader.finish(std::time::Duration::from_secs(ckpt.upload_deadline_s))?;
+    let deadline = std::time::Duration::from_secs(ckpt.upload_deadline_s);
+    phase(&mut rec, "uploading checkpoints", || uploader.finish(deadline))?;
 
     let final_probs = l.predict(&eval_ds)?;
     let final_model = metrics(&final_probs, &eval_y);

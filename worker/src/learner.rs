@@ -55,6 +55,12 @@ pub enum Event {
     EpochEnd {
         record: EpochRecord,
     },
+    /// A long step outside training starts (`done: false`) or ends: "loading data", "uploading
+    /// checkpoints".
+    Phase {
+        what: &'static str,
+        done: bool,
+    },
 }
 
 pub trait Observer {

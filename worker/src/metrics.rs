@@ -237,7 +237,7 @@ impl JobMetrics {
                 self.lr_find_done.set(0);
             }
             Event::LrFindStep { i, .. } => self.lr_find_done.set(i64::from(*i) + 1),
-            Event::LrFindEnd { .. } | Event::EpochStart { .. } => {}
+            Event::LrFindEnd { .. } | Event::EpochStart { .. } | Event::Phase { .. } => {}
         }
     }
 }
