@@ -8,6 +8,7 @@
 //! issue; they will feed [`state::Command`]s through raft and apply them with
 //! [`state::ClusterState::apply`].
 
+pub mod metrics;
 pub mod plan;
 pub mod raft;
 pub mod scheduler;

@@ -6,12 +6,14 @@
 //! - [`lr_range`]: LR-range test analysis (smoothing, divergence stop, suggestions);
 //! - [`checkpoint`]: the checkpoint manifest and the store over `object_store` (`file://`, `memory://`);
 //! - [`results`]: what a job reports (`results.json`, `lr_find.json`);
+//! - [`metrics`]: metric names, the `/metrics` HTTP server;
 //! - [`ids`]: identifier newtypes.
 
 pub mod checkpoint;
 pub mod error;
 pub mod ids;
 pub mod lr_range;
+pub mod metrics;
 pub mod results;
 pub mod schedule;
 pub mod spec;

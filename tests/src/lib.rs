@@ -2,6 +2,8 @@
 //! (killed on drop, every wait bounded) and check what it writes. The helpers here find the
 //! binary next to the test executable in the cargo target folder.
 
+pub mod prometheus;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,7 +1,8 @@
 //! `cyclotron-worker`: the only crate that links libtorch. It trains: models split into layer
 //! groups ([`models`]), data sets and the background loader ([`data`]), optimisers with per-group
 //! learning rates ([`optim`]), the [`learner`] (fit by any schedule, LR-range test, evaluation),
-//! snapshot [`ensemble`]s, and [`job`], which runs a whole job spec on one process.
+//! snapshot [`ensemble`]s, [`job`], which runs a whole job spec on one process, and
+//! its Prometheus [`metrics`].
 
 pub mod allocator;
 pub mod bench;
@@ -13,6 +14,7 @@ pub mod ensemble;
 pub mod error;
 pub mod job;
 pub mod learner;
+pub mod metrics;
 pub mod models;
 pub mod optim;
 pub mod precompute;

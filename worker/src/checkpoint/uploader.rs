@@ -55,22 +55,33 @@ impl std::fmt::Debug for Uploader {
     }
 }
 
-fn upload(store: &CheckpointStore, rt: &tokio::runtime::Runtime, p: Pending) -> Result<String> {
+/// Commits `p`; the folder and the bytes stored.
+fn upload(store: &CheckpointStore, rt: &tokio::runtime::Runtime, p: Pending) -> Result<(String, u64)> {
     let mut blobs = Vec::with_capacity(p.tensors.len() + p.raw.len());
     for (name, tensors) in &p.tensors {
         blobs.push(Blob { name: name.clone(), data: to_safetensors(tensors)?.into() });
     }
     blobs.extend(p.raw);
+    let bytes = blobs.iter().map(|b| b.data.len() as u64).sum();
     rt.block_on(store.commit(&p.dir, p.kind, p.position, blobs, p.state))?;
     if let Some((run, keep)) = &p.retention {
         rt.block_on(store.apply_retention(run, *keep))?;
     }
-    Ok(p.dir)
+    Ok((p.dir, bytes))
 }
 
 impl Uploader {
     /// Start the uploader thread for `store`, with room for `max_pending` waiting checkpoints.
     pub fn start(store: CheckpointStore, max_pending: usize) -> Result<Self> {
+        Self::start_with_metrics(store, max_pending, None)
+    }
+
+    /// [`Uploader::start`], recording bytes, seconds and failures of every commit into `metrics`.
+    pub fn start_with_metrics(
+        store: CheckpointStore,
+        max_pending: usize,
+        metrics: Option<crate::metrics::CheckpointMetrics>,
+    ) -> Result<Self> {
         let (tx, rx) = sync_channel::<Pending>(max_pending.max(1));
         let failed = Arc::new(Mutex::new(None));
         let committed = Arc::new(Mutex::new(vec![]));
@@ -89,10 +100,14 @@ impl Uploader {
                     if failed2.lock().expect("uploader state").is_some() {
                         continue;
                     }
-                    let dir = p.dir.clone();
+                    let (dir, started) = (p.dir.clone(), Instant::now());
                     match upload(&store, &rt, p) {
-                        Ok(dir) => committed2.lock().expect("uploader state").push(dir),
+                        Ok((dir, bytes)) => {
+                            metrics.iter().for_each(|m| m.committed(bytes, started.elapsed()));
+                            committed2.lock().expect("uploader state").push(dir)
+                        }
                         Err(e) => {
+                            metrics.iter().for_each(|m| m.failed());
                             tracing::error!(checkpoint = %dir, error = %e, "checkpoint upload failed");
                             *failed2.lock().expect("uploader state") = Some(e);
                         }
