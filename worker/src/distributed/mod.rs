@@ -92,6 +92,9 @@ impl GradSync {
 
     /// Record all-reduce seconds and bytes into `m` (`--metrics-addr`).
     pub fn set_metrics(&self, m: crate::metrics::CommMetrics) {
+        if let Some(d) = &self.device {
+            d.set_metrics(m.clone());
+        }
         self.comm.set_metrics(m);
     }
 

@@ -17,24 +17,25 @@ use crate::tensor_io::{from_safetensors, load_into};
 /// Read the bytes at a weights URL: `file://PATH`, a plain path, or `s3://bucket/key` (through
 /// the object store, with the job's S3 settings in `options`).
 pub fn read_weights(url: &str, options: &StoreOptions) -> Result<Vec<u8>> {
-    let path =
-        match url.split_once("://") {
-            None => url,
-            Some(("file", rest)) => rest,
-            Some(("s3", _)) => {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| Error::Io { what: "tokio runtime".into(), source: e })?;
-                return Ok(rt.block_on(CheckpointStore::read_url(url, options))?.to_vec());
-            }
-            Some((scheme, _)) => return Err(Error::Invalid {
+    let path = match url.split_once("://") {
+        None => url,
+        Some(("file", rest)) => rest,
+        Some(("s3", _)) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Io { what: "tokio runtime".into(), source: e })?;
+            return Ok(rt.block_on(CheckpointStore::read_url(url, options))?.to_vec());
+        }
+        Some((scheme, _)) => {
+            return Err(Error::Invalid {
                 what: "model.pretrained".into(),
                 message: format!(
                     "{url:?}: {scheme}:// is not supported; use file://PATH, a plain path or s3://bucket/key"
                 ),
-            }),
-        };
+            })
+        }
+    };
     std::fs::read(path).map_err(|e| Error::Io { what: format!("model.pretrained {path}"), source: e })
 }
 
