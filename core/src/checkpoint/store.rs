@@ -79,6 +79,11 @@ impl RunLocation {
         format!("{}/{}", self.job, self.run)
     }
     /// Folder of the periodic checkpoint at `step`.
+    /// The step of one of this run's checkpoint folders (`<prefix>/ckpt-<step>`).
+    pub fn step_of(&self, dir: &str) -> Option<u64> {
+        dir.strip_prefix(&format!("{}/ckpt-", self.prefix()))?.parse().ok()
+    }
+
     pub fn checkpoint_dir(&self, step: u64) -> String {
         format!("{}/ckpt-{step:010}", self.prefix())
     }
@@ -143,8 +148,12 @@ impl CheckpointStore {
         let probe = std::path::Path::new(path).join(".cyclotron-write-probe");
         std::fs::write(&probe, b"").map_err(not_writable)?;
         let _ = std::fs::remove_file(&probe);
+        // fsync: a manifest on disk promises blobs that survive a power cut, as S3's does;
+        // cleanup: deleting a checkpoint (retention) leaves no empty folders behind
         let local = object_store::local::LocalFileSystem::new_with_prefix(path)
-            .map_err(|e| Error::StoreUrl { url: url.into(), message: e.to_string() })?;
+            .map_err(|e| Error::StoreUrl { url: url.into(), message: e.to_string() })?
+            .with_fsync(true)
+            .with_automatic_cleanup(true);
         Ok(Self::from_object_store(url, Arc::new(local)))
     }
 
@@ -387,10 +396,57 @@ impl CheckpointStore {
             .into_iter()
             .map(|(dir, m)| Committed { dir, kind: m.kind, step: m.step })
             .collect();
-        let doomed = retention::to_delete(&committed, keep_last);
+        let mut doomed = retention::to_delete(&committed, keep_last);
         for dir in &doomed {
             self.delete(dir).await?;
         }
+        // blobs of checkpoints that never got a manifest (a commit that failed for good, a
+        // process killed mid-upload) and are older than a committed one: nothing will finish them
+        let newest = committed.iter().filter(|c| c.kind == CheckpointKind::Checkpoint).map(|c| c.step).max();
+        if let Some(newest) = newest {
+            for dir in self.uncommitted_checkpoint_dirs(run).await? {
+                if run.step_of(&dir).is_some_and(|step| step < newest) {
+                    tracing::info!(dir = %dir, "deleting the blobs of a checkpoint that was never committed");
+                    self.delete_all_under(&dir).await?;
+                    doomed.push(dir);
+                }
+            }
+        }
         Ok(doomed)
+    }
+
+    /// Every object under `dir` (a folder without a manifest to say what is there).
+    async fn delete_all_under(&self, dir: &str) -> Result<()> {
+        let p = ObjPath::from(dir);
+        let metas: Vec<_> = self.store.list(Some(&p)).try_collect().await.map_err(self.err("list", dir))?;
+        for m in metas {
+            let key = m.location.to_string();
+            self.store.delete(&m.location).await.map_err(self.err("delete", &key))?;
+        }
+        Ok(())
+    }
+
+    /// Checkpoint folders of `run` holding objects but no manifest.
+    async fn uncommitted_checkpoint_dirs(&self, run: &RunLocation) -> Result<Vec<String>> {
+        let prefix = run.prefix();
+        let p = ObjPath::from(prefix.as_str());
+        let metas: Vec<_> =
+            self.store.list(Some(&p)).try_collect().await.map_err(self.err("list", &prefix))?;
+        let mut with_manifest = std::collections::BTreeSet::new();
+        let mut all = std::collections::BTreeSet::new();
+        for m in &metas {
+            let key = m.location.as_ref();
+            let Some(rest) = key.strip_prefix(&format!("{prefix}/")) else { continue };
+            let Some((dir, _)) = rest.split_once('/') else { continue };
+            if !dir.starts_with("ckpt-") {
+                continue;
+            }
+            let dir = format!("{prefix}/{dir}");
+            if m.location.filename() == Some(MANIFEST_FILE) {
+                with_manifest.insert(dir.clone());
+            }
+            all.insert(dir);
+        }
+        Ok(all.difference(&with_manifest).cloned().collect())
     }
 }

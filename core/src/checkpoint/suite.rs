@@ -255,6 +255,72 @@ fn file_backend_passes_the_suite() {
 }
 
 #[test]
+fn retention_on_a_folder_leaves_no_empty_checkpoint_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open_with(dir.path().to_str().unwrap(), &fast_options()).unwrap();
+    let run = RunLocation::new("job", "r");
+    rt().block_on(async {
+        for step in 1..=3u64 {
+            let d = run.checkpoint_dir(step);
+            store
+                .commit(
+                    &d,
+                    CheckpointKind::Checkpoint,
+                    (step, 0, 0, None),
+                    blobs("x"),
+                    serde_json::Value::Null,
+                )
+                .await
+                .unwrap();
+            store.apply_retention(&run, 1).await.unwrap();
+        }
+    });
+    let left: Vec<String> = std::fs::read_dir(dir.path().join(run.prefix()))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec!["ckpt-0000000003".to_string()], "deleted checkpoints leave no folders");
+}
+
+#[test]
+fn retention_sweeps_blobs_of_checkpoints_never_committed() {
+    let store = CheckpointStore::open_with("memory://", &fast_options()).unwrap();
+    let run = RunLocation::new("job", "r");
+    rt().block_on(async {
+        let commit = |step: u64| {
+            let store = store.clone();
+            let run = run.clone();
+            async move {
+                let d = run.checkpoint_dir(step);
+                store
+                    .commit(
+                        &d,
+                        CheckpointKind::Checkpoint,
+                        (step, 0, 0, None),
+                        blobs("x"),
+                        serde_json::Value::Null,
+                    )
+                    .await
+                    .unwrap();
+            }
+        };
+        commit(1).await;
+        // a commit that failed after its first blob, and one still uploading past the newest
+        let stray = format!("{}/model.safetensors", run.checkpoint_dir(2));
+        store.put_raw(&stray, Bytes::from("half")).await.unwrap();
+        let in_flight = format!("{}/model.safetensors", run.checkpoint_dir(9));
+        store.put_raw(&in_flight, Bytes::from("soon")).await.unwrap();
+        commit(3).await;
+        let deleted = store.apply_retention(&run, 5).await.unwrap();
+        assert_eq!(deleted, vec![run.checkpoint_dir(2)]);
+        assert!(store.read_raw(&stray).await.is_err());
+        assert_eq!(store.read_raw(&in_flight).await.unwrap(), Bytes::from("soon"));
+        assert_eq!(run.step_of(&run.checkpoint_dir(42)), Some(42));
+        assert_eq!(run.step_of("elsewhere/ckpt-1"), None);
+    });
+}
+
+#[test]
 fn unsupported_scheme_and_unwritable_folder_are_clear_errors() {
     let e = CheckpointStore::open("gopher://user:pw@x").unwrap_err().to_string();
     assert!(!e.contains("pw"), "{e}");
