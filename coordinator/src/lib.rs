@@ -8,6 +8,7 @@
 //! issue; they will feed [`state::Command`]s through raft and apply them with
 //! [`state::ClusterState::apply`].
 
+pub mod leases;
 pub mod plan;
 pub mod scheduler;
 pub mod state;
