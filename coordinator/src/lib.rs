@@ -11,6 +11,7 @@
 pub mod leases;
 pub mod plan;
 pub mod scheduler;
+pub mod server;
 pub mod state;
 
 pub use plan::{plan, Task};

@@ -93,7 +93,11 @@ mod tests {
     #[test]
     fn each_domain_error_gets_its_code_and_keeps_its_message() {
         let cases = [
-            (ServiceError::InvalidSpec { problems: vec!["a".into(), "b".into()] }, Code::InvalidArgument, "  - b"),
+            (
+                ServiceError::InvalidSpec { problems: vec!["a".into(), "b".into()] },
+                Code::InvalidArgument,
+                "  - b",
+            ),
             (
                 ServiceError::NotFound { what: "job", id: "x-1".into(), hint: String::new() },
                 Code::NotFound,

@@ -3,7 +3,9 @@
 use cyclotron_core::spec::JobSpec;
 use serde::{Deserialize, Serialize};
 
-use super::{ClusterState, JobEvent, JobState, JobStatus, TaskRecord, TaskStatus, WorkerRecord, WorkerStatus};
+use super::{
+    ClusterState, JobEvent, JobState, JobStatus, TaskRecord, TaskStatus, WorkerRecord, WorkerStatus,
+};
 use crate::plan::plan;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

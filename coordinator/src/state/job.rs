@@ -38,9 +38,9 @@ impl JobStatus {
     /// Why it waits, failed or was cancelled; empty otherwise.
     pub fn reason(&self) -> &str {
         match self {
-            JobStatus::Pending { reason } | JobStatus::Failed { reason } | JobStatus::Cancelled { reason } => {
-                reason
-            }
+            JobStatus::Pending { reason }
+            | JobStatus::Failed { reason }
+            | JobStatus::Cancelled { reason } => reason,
             JobStatus::Running | JobStatus::Succeeded => "",
         }
     }
@@ -109,7 +109,8 @@ impl JobState {
     /// Change the status; a terminal one appends the job's last event, [`JobEvent::Ended`].
     pub fn set_status(&mut self, status: JobStatus) {
         if status.is_terminal() && !self.status.is_terminal() {
-            self.events.push(JobEvent::Ended { status: status.name().into(), reason: status.reason().into() });
+            self.events
+                .push(JobEvent::Ended { status: status.name().into(), reason: status.reason().into() });
         }
         self.status = status;
     }

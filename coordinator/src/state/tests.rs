@@ -100,11 +100,15 @@ fn a_job_runs_its_tasks_in_order_and_succeeds() {
     let j = &sim.state.jobs["j"];
     assert_eq!(j.status, JobStatus::Succeeded);
     assert_eq!(j.results(), Some(&json!({"ok": 0})));
-    assert!(matches!(&j.events[..], [
+    assert!(
+        matches!(&j.events[..], [
         JobEvent::TaskStarted { task: 0, generation: 0, .. },
         JobEvent::Snapshot { .. },
         JobEvent::Ended { status, .. },
-    ] if status == "succeeded"), "{:?}", j.events);
+    ] if status == "succeeded"),
+        "{:?}",
+        j.events
+    );
     assert!(sim.tick(200).is_empty(), "nothing left to do");
 }
 
@@ -185,7 +189,9 @@ fn the_job_fails_with_the_reason_after_max_restarts() {
         }
         s => panic!("{s:?}"),
     }
-    assert!(matches!(sim.state.jobs["j"].events.last(), Some(JobEvent::Ended { status, .. }) if status == "failed"));
+    assert!(
+        matches!(sim.state.jobs["j"].events.last(), Some(JobEvent::Ended { status, .. }) if status == "failed")
+    );
     assert_eq!(sim.state.idle_workers(), vec!["w1"]);
 }
 
@@ -231,7 +237,10 @@ fn bad_input_is_rejected_without_changing_anything() {
             },
             "speaks protocol 99",
         ),
-        (Command::ExpireWorkers { workers: vec!["ghost".into()], now_ms: 0 }, "none of these workers is alive"),
+        (
+            Command::ExpireWorkers { workers: vec!["ghost".into()], now_ms: 0 },
+            "none of these workers is alive",
+        ),
         (
             Command::TaskProgress {
                 job: "j".into(),
