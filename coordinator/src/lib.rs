@@ -10,6 +10,7 @@
 
 pub mod leases;
 pub mod plan;
+pub mod raft;
 pub mod scheduler;
 pub mod server;
 pub mod state;
