@@ -346,7 +346,8 @@ impl Driver {
 
     /// Fail proposals past their deadline.
     fn expire(&mut self, now: Instant) {
-        let late: Vec<u64> = self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(s, _)| *s).collect();
+        let late: Vec<u64> =
+            self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(s, _)| *s).collect();
         for seq in late {
             if let Some(p) = self.pending.remove(&seq) {
                 self.by_index.remove(&(p.index, seq));

@@ -153,7 +153,11 @@ fn an_installed_snapshot_replaces_the_log_even_if_the_crash_left_the_old_log() {
     // crash between writing the snapshot and clearing the log: the old log is still there
     fs::write(dir.path().join(LOG_FILE), &old_log).unwrap();
     let (s, rec) = DiskStorage::open(dir.path(), &[1, 2, 3]).unwrap();
-    assert_eq!((rec.snapshot_index, rec.entries), (20, 0), "a log that does not continue the snapshot is dropped");
+    assert_eq!(
+        (rec.snapshot_index, rec.entries),
+        (20, 0),
+        "a log that does not continue the snapshot is dropped"
+    );
     assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (21, 20));
     assert_eq!(s.hard_state().commit, 20);
 }

@@ -35,7 +35,14 @@ fn submit(job: &str) -> Command {
     let text = "name = \"j\"\n[data]\nsource = \"fashion_mnist\"\n[model]\narch = \"small_resnet\"\n\
                 [[stage]]\nlr = 0.1\ncycles = 1\ncycle_len = 1\n";
     let spec = cyclotron_core::spec::JobSpec::from_toml_str(text, "<test>").unwrap();
-    Command::SubmitJob { job: job.into(), spec: Box::new(spec), workers_per_run: 1, max_restarts: 1, now_ms: 5 }
+    Command::SubmitJob {
+        job: job.into(),
+        spec: Box::new(spec),
+        spec_toml: text.into(),
+        workers_per_run: 1,
+        max_restarts: 1,
+        now_ms: 5,
+    }
 }
 
 /// Poll `cond` until it holds; false at the deadline.
@@ -125,7 +132,13 @@ impl Cluster {
 
     fn wait_leader(&self) -> u64 {
         let mut leader = None;
-        assert!(wait_until(WAIT, || { leader = self.leader(); leader.is_some() }), "no leader elected");
+        assert!(
+            wait_until(WAIT, || {
+                leader = self.leader();
+                leader.is_some()
+            }),
+            "no leader elected"
+        );
         leader.unwrap()
     }
 
@@ -157,7 +170,8 @@ impl Cluster {
             let states: Vec<_> = self.live().map(|n| n.state().borrow().clone()).collect();
             states.windows(2).all(|w| w[0] == w[1])
         });
-        let states: Vec<_> = self.live().map(|n| (n.id(), n.status(), n.state().borrow().applied_index)).collect();
+        let states: Vec<_> =
+            self.live().map(|n| (n.id(), n.status(), n.state().borrow().applied_index)).collect();
         assert!(ok, "replicas did not converge: {states:?}");
         self.live().next().unwrap().state().borrow().clone()
     }
@@ -368,7 +382,10 @@ fn a_torn_write_at_the_log_tail_is_dropped_on_restart() {
     assert_eq!(c.propose(&register("after", 9), true), Outcome::Applied);
     c.stop(1);
     c.start(1);
-    assert!(wait_until(WAIT, || c.state(1).workers.contains_key("after")), "entries after the torn tail persist");
+    assert!(
+        wait_until(WAIT, || c.state(1).workers.contains_key("after")),
+        "entries after the torn tail persist"
+    );
 }
 
 #[test]
