@@ -85,6 +85,18 @@ impl Driver {
             ..Default::default()
         };
         let cs = storage.conf_state().clone();
+        let mut configured: Vec<u64> = cfg.peers.iter().map(|p| p.id).collect();
+        let mut stored = cs.voters.clone();
+        configured.sort_unstable();
+        stored.sort_unstable();
+        if configured != stored {
+            tracing::warn!(
+                id = cfg.id,
+                ?configured,
+                ?stored,
+                "raft peers differ from the membership stored in the data directory; the stored one is used"
+            );
+        }
         let mut raw = RawNode::new(&raft_cfg, storage, &logger(cfg.id))?;
         if cs.voters == [cfg.id] && cs.learners.is_empty() {
             // alone: no one to wait for, lead now
@@ -150,6 +162,14 @@ impl Driver {
     fn handle(&mut self, input: Input) -> bool {
         match input {
             Input::Propose { data, deadline, within, reply } => self.propose(data, deadline, within, reply),
+            Input::Step(m) if m.to != self.cfg.id => {
+                tracing::warn!(
+                    id = self.cfg.id,
+                    to = m.to,
+                    from = m.from,
+                    "raft message for another replica dropped; check the peer addresses"
+                );
+            }
             Input::Step(m) => {
                 if let Err(e) = self.raw.step(*m) {
                     tracing::debug!(id = self.cfg.id, error = %e, "raft message ignored");
@@ -330,8 +350,7 @@ impl Driver {
             return Ok(());
         }
         let term = self.raw.raft.raft_log.term(applied)?;
-        let mut snap = Snapshot::default();
-        snap.data = self.state.to_bytes().into();
+        let mut snap = Snapshot { data: self.state.to_bytes().into(), ..Default::default() };
         let meta = snap.mut_metadata();
         meta.index = applied;
         meta.term = term;

@@ -92,8 +92,7 @@ impl DiskStorage {
                 (HardState::default(), snapshot.get_metadata().get_conf_state().clone(), false)
             }
             None => {
-                let mut cs = ConfState::default();
-                cs.voters = voters.to_vec();
+                let cs = ConfState { voters: voters.to_vec(), ..Default::default() };
                 (HardState::default(), cs, true)
             }
         };
