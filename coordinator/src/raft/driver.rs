@@ -218,7 +218,8 @@ impl Driver {
             }
             let mut rd = self.raw.ready();
             if let Some(ss) = rd.ss() {
-                tracing::info!(id = self.cfg.id, term = self.raw.raft.term, leader = ss.leader_id, role = ?ss.raft_state, "raft role changed");
+                let (id, term, leader) = (self.cfg.id, self.raw.raft.term, ss.leader_id);
+                tracing::info!(id, term, leader, role = ?ss.raft_state, "raft role changed");
             }
             // 1. a leader's messages may leave before its own append is durable
             let msgs = rd.take_messages();
@@ -301,7 +302,8 @@ impl Driver {
                 EntryType::EntryNormal => Some(match serde_json::from_slice::<Command>(&e.data) {
                     Ok(cmd) => self.state.apply(e.index, &cmd),
                     Err(err) => {
-                        tracing::error!(id = self.cfg.id, index = e.index, error = %err, "undecodable command in the raft log; skipped");
+                        let (id, index) = (self.cfg.id, e.index);
+                        tracing::error!(id, index, error = %err, "undecodable raft command skipped");
                         Outcome::Rejected { reason: format!("undecodable command: {err}") }
                     }
                 }),

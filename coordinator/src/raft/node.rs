@@ -37,7 +37,7 @@ pub(crate) type Fatal = Arc<Mutex<Option<String>>>;
 /// Hands raft messages to a node's driver; cheap to clone (transports keep one per local node).
 #[derive(Clone)]
 pub struct Mailbox {
-    inbox: SyncSender<Input>,
+    pub(crate) inbox: SyncSender<Input>,
 }
 
 impl Mailbox {
@@ -49,7 +49,11 @@ impl Mailbox {
     /// Decode a protobuf-2 `eraftpb::Message` and deliver it.
     pub fn step(&self, bytes: &[u8]) -> Result<(), ProposeError> {
         let message = Message::parse_from_bytes(bytes).map_err(|e| {
-            ProposeError::Stopped(format!("malformed raft message ({} bytes): {e}; is the peer a cyclotron coordinator of the same version?", bytes.len()))
+            let n = bytes.len();
+            ProposeError::Stopped(format!(
+                "malformed raft message ({n} bytes): {e}; \
+                 is the peer a cyclotron coordinator of the same version?"
+            ))
         })?;
         match self.inbox.try_send(Input::Step(Box::new(message))) {
             Ok(()) | Err(TrySendError::Full(_)) => Ok(()), // raft tolerates a dropped message
