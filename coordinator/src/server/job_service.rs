@@ -46,9 +46,9 @@ pub(crate) fn parse_spec(text: &str) -> Result<JobSpec, ServiceError> {
     Ok(spec)
 }
 
-#[tonic::async_trait]
-impl pb::job_service_server::JobService for Jobs {
-    async fn submit_job(
+/// The handlers; the trait impl below times each call.
+impl Jobs {
+    async fn do_submit_job(
         &self,
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
@@ -77,14 +77,14 @@ impl pb::job_service_server::JobService for Jobs {
         Err(ServiceError::Unavailable("too many concurrent submissions; retry".into()).into())
     }
 
-    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn do_get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         let id = request.into_inner().job_id;
         let state = self.shared.state();
         let j = state.jobs.get(&id).ok_or_else(|| unknown_job(&id))?;
         Ok(Response::new(events::job(&id, j)))
     }
 
-    async fn list_jobs(
+    async fn do_list_jobs(
         &self,
         _request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
@@ -95,7 +95,10 @@ impl pb::job_service_server::JobService for Jobs {
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 
-    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn do_cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let req = request.into_inner();
         self.shared.require_leader()?;
         {
@@ -117,12 +120,10 @@ impl pb::job_service_server::JobService for Jobs {
         Ok(Response::new(events::job(&req.job_id, j)))
     }
 
-    type WatchJobStream = ReceiverStream<Result<pb::JobEvent, Status>>;
-
-    async fn watch_job(
+    async fn do_watch_job(
         &self,
         request: Request<pb::WatchJobRequest>,
-    ) -> Result<Response<Self::WatchJobStream>, Status> {
+    ) -> Result<Response<ReceiverStream<Result<pb::JobEvent, Status>>>, Status> {
         let req = request.into_inner();
         let mut states = self.shared.replica.state();
         if !states.borrow().jobs.contains_key(&req.job_id) {
@@ -159,5 +160,39 @@ impl pb::job_service_server::JobService for Jobs {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::job_service_server::JobService for Jobs {
+    type WatchJobStream = ReceiverStream<Result<pb::JobEvent, Status>>;
+
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        self.shared.timed("SubmitJob", self.do_submit_job(request)).await
+    }
+
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        self.shared.timed("GetJob", self.do_get_job(request)).await
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        self.shared.timed("ListJobs", self.do_list_jobs(request)).await
+    }
+
+    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+        self.shared.timed("CancelJob", self.do_cancel_job(request)).await
+    }
+
+    async fn watch_job(
+        &self,
+        request: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        self.shared.timed("WatchJob", self.do_watch_job(request)).await
     }
 }

@@ -24,6 +24,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             was_leader = false;
             continue;
         }
+        let round = std::time::Instant::now();
         let now = now_ms();
         let state = shared.state();
         let cmds = {
@@ -47,6 +48,9 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     break;
                 }
             }
+        }
+        if let Some(o) = &shared.config.observer {
+            o.observe("LeaderLoop", round.elapsed().as_secs_f64(), tonic::Code::Ok);
         }
     }
 }

@@ -43,6 +43,12 @@ use crate::state::{ClusterState, Command, Outcome};
 /// Default worker lease.
 pub const DEFAULT_LEASE_MS: u64 = 10_000;
 
+/// Sees every RPC's duration and outcome, and every leader-loop round (method `LeaderLoop`):
+/// the hook for metrics (latency histograms by method).
+pub trait RpcObserver: Send + Sync + std::fmt::Debug + 'static {
+    fn observe(&self, method: &'static str, seconds: f64, code: tonic::Code);
+}
+
 /// How one coordinator replica runs.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
@@ -62,6 +68,8 @@ pub struct CoordinatorConfig {
     pub propose_timeout: Duration,
     /// How often the leader runs the scheduler.
     pub schedule_every: Duration,
+    /// Told about every RPC (metrics); none by default.
+    pub observer: Option<Arc<dyn RpcObserver>>,
 }
 
 impl CoordinatorConfig {
@@ -75,6 +83,7 @@ impl CoordinatorConfig {
             rendezvous_timeout: Duration::from_secs(60),
             propose_timeout: Duration::from_secs(5),
             schedule_every: Duration::from_millis(200),
+            observer: None,
         }
     }
 }
@@ -131,6 +140,21 @@ impl Shared {
             Outcome::Applied => Ok(()),
             Outcome::Rejected { reason } => Err(ServiceError::FailedPrecondition(reason)),
         }
+    }
+
+    /// Run one RPC handler and report its duration and code to the observer.
+    pub async fn timed<T>(
+        &self,
+        method: &'static str,
+        handler: impl std::future::Future<Output = Result<T, tonic::Status>>,
+    ) -> Result<T, tonic::Status> {
+        let start = std::time::Instant::now();
+        let result = handler.await;
+        if let Some(o) = &self.config.observer {
+            let code = result.as_ref().err().map_or(tonic::Code::Ok, |s| s.code());
+            o.observe(method, start.elapsed().as_secs_f64(), code);
+        }
+        result
     }
 
     fn leases(&self) -> std::sync::MutexGuard<'_, Leases> {

@@ -50,10 +50,27 @@ async fn channel(addr: &str) -> Channel {
         .connect_lazy()
 }
 
+/// Remembers every observed call.
+#[derive(Debug, Default)]
+struct Calls(std::sync::Mutex<Vec<(&'static str, Code)>>);
+
+impl RpcObserver for Calls {
+    fn observe(&self, method: &'static str, seconds: f64, code: Code) {
+        assert!(seconds >= 0.0);
+        self.0.lock().unwrap().push((method, code));
+    }
+}
+
 /// One coordinator (a one-replica raft cluster) on 127.0.0.1:0, once it leads.
 async fn start(lease_ms: u64) -> Cluster {
+    start_observed(lease_ms, None).await
+}
+
+async fn start_observed(lease_ms: u64, observer: Option<std::sync::Arc<dyn RpcObserver>>) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
-    let handle = serve(config("127.0.0.1:0", dir.path(), lease_ms)).await.unwrap();
+    let mut config = config("127.0.0.1:0", dir.path(), lease_ms);
+    config.observer = observer;
+    let handle = serve(config).await.unwrap();
     let replica = handle.replica();
     eventually("the single replica to lead", || {
         let replica = replica.clone();
@@ -186,7 +203,8 @@ async fn submit_get_list_cancel_and_watch_a_job() {
 
 #[tokio::test]
 async fn bad_input_gets_the_right_code_and_names_the_problem() {
-    let mut c = start(10_000).await;
+    let calls = std::sync::Arc::new(Calls::default());
+    let mut c = start_observed(10_000, Some(calls.clone())).await;
     let bad = pb::SubmitJobRequest {
         spec_toml: SPEC.replace("cycle_len = 1", "cycle_len = 1\ncycle_mult = 0"),
         workers_per_run: 1,
@@ -231,6 +249,17 @@ async fn bad_input_gets_the_right_code_and_names_the_problem() {
         progress_json: "{".into(),
     };
     assert_eq!(c.workers.report_progress(progress).await.unwrap_err().code(), Code::InvalidArgument);
+    // the observer saw each call with its code
+    let seen = calls.0.lock().unwrap().clone();
+    for expected in [
+        ("SubmitJob", Code::InvalidArgument),
+        ("GetJob", Code::NotFound),
+        ("Heartbeat", Code::NotFound),
+        ("Register", Code::Ok),
+    ] {
+        assert!(seen.contains(&expected), "{expected:?} not in {seen:?}");
+    }
+    assert!(seen.iter().any(|(m, _)| *m == "LeaderLoop"));
     c.handle.shutdown().await.unwrap();
 }
 
