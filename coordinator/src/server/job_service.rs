@@ -130,6 +130,7 @@ impl Jobs {
             return Err(unknown_job(&req.job_id).into());
         }
         let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let shared = self.shared.clone();
         tokio::spawn(async move {
             let mut next = req.from_index as usize;
             loop {
@@ -156,6 +157,10 @@ impl Jobs {
                         }
                     }
                     _ = tx.closed() => return,
+                    _ = shared.shutting_down() => {
+                        let _ = tx.send(Err(ServiceError::Unavailable("coordinator shutting down; watch again from the last index".into()).into())).await;
+                        return;
+                    }
                 }
             }
         });

@@ -33,6 +33,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 leases.sync(&state, now);
             } else {
                 leases.grant_all(&state, now);
+                shared.rendezvous.clear();
                 tracing::info!(workers = leases.len(), "became leader; every live worker gets a fresh lease");
             }
             decide(&state, &leases, now)

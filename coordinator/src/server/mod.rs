@@ -40,6 +40,9 @@ use crate::raft::{Peer, RaftConfig, RaftNode};
 use crate::replica::{ProposeError, Replica, ReplicaStatus};
 use crate::state::{ClusterState, Command, Outcome};
 
+/// Longest a shutdown waits for in-flight calls.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Default worker lease.
 pub const DEFAULT_LEASE_MS: u64 = 10_000;
 
@@ -107,11 +110,25 @@ pub(crate) struct Shared {
     pub leases: Mutex<Leases>,
     pub rendezvous: rendezvous::Rendezvous,
     pub config: CoordinatorConfig,
+    /// Turns true at shutdown: long calls (watch streams, rendezvous) end so the server can stop.
+    pub stopping: watch::Receiver<bool>,
 }
 
 impl Shared {
-    fn new(replica: Arc<dyn Replica>, config: CoordinatorConfig) -> Self {
-        Shared { replica, leases: Mutex::new(Leases::default()), rendezvous: Default::default(), config }
+    fn new(replica: Arc<dyn Replica>, config: CoordinatorConfig, stopping: watch::Receiver<bool>) -> Self {
+        Shared {
+            replica,
+            leases: Mutex::new(Leases::default()),
+            rendezvous: Default::default(),
+            config,
+            stopping,
+        }
+    }
+
+    /// Resolves once the server shuts down.
+    pub async fn shutting_down(&self) {
+        let mut stopping = self.stopping.clone();
+        let _ = stopping.wait_for(|s| *s).await;
     }
 
     /// The latest applied state.
@@ -220,10 +237,17 @@ impl CoordinatorHandle {
     pub async fn shutdown(self) -> Result<(), ServeError> {
         let _ = self.stop.send(true);
         self.leader_loop.abort();
-        let served = match self.server.await {
-            Ok(r) => r.map_err(ServeError::Serve),
-            Err(e) if e.is_cancelled() => Ok(()),
-            Err(e) => Err(ServeError::Config(format!("server task failed: {e}"))),
+        // long calls end on `stopping`; a client that never reads its stream cannot hold us up
+        let mut server = self.server;
+        let served = match tokio::time::timeout(SHUTDOWN_DEADLINE, &mut server).await {
+            Ok(Ok(r)) => r.map_err(ServeError::Serve),
+            Ok(Err(e)) if e.is_cancelled() => Ok(()),
+            Ok(Err(e)) => Err(ServeError::Config(format!("server task failed: {e}"))),
+            Err(_) => {
+                tracing::warn!("in-flight calls did not finish within {SHUTDOWN_DEADLINE:?}; dropping them");
+                server.abort();
+                Ok(())
+            }
         };
         if let Some(node) = self.node {
             // waits for the driver thread (bounded by its own deadline)
@@ -248,8 +272,8 @@ pub async fn serve_replica(
     config: CoordinatorConfig,
 ) -> Result<CoordinatorHandle, ServeError> {
     let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
-    let shared = Arc::new(Shared::new(replica, config));
     let (stop, stop_rx) = watch::channel(false);
+    let shared = Arc::new(Shared::new(replica, config, stop_rx.clone()));
     let mut server_stop = stop_rx.clone();
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)

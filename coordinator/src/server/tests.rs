@@ -487,3 +487,18 @@ async fn three_replicas_redirect_to_the_leader_and_a_new_leader_keeps_the_jobs()
         n.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn shutdown_ends_open_watch_streams_instead_of_waiting_for_them() {
+    let mut c = start(10_000).await;
+    let id = submit(&mut c, 1).await;
+    let mut watch =
+        c.jobs.watch_job(pb::WatchJobRequest { job_id: id, from_index: 0 }).await.unwrap().into_inner();
+    let shutdown = tokio::time::timeout(Duration::from_secs(10), c.handle.shutdown());
+    shutdown.await.expect("shutdown waited on the open stream").unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), watch.next()).await.unwrap();
+    match end {
+        Some(Err(e)) => assert_eq!(e.code(), Code::Unavailable, "{e:?}"),
+        other => panic!("the stream should end with UNAVAILABLE, got {other:?}"),
+    }
+}
