@@ -1,7 +1,12 @@
 //! `JobService`: submit, inspect, cancel and watch jobs.
 //!
 //! Submit and cancel go through raft on the leader; get, list and watch read this replica's
-//! applied state. Job ids are `<spec name>-<n>`, n counting every job ever submitted.
+//! applied state.
+//!
+//! Job ids are `<spec name>-<UTC date>-<time>` (`fashion-mnist-20261127-221632`, then `-2`, `-3`
+//! for more in the same second). The job id is also the run id in the checkpoint store, so it must
+//! not repeat across clusters sharing a store: a counter restarting at 1 in every new cluster
+//! would make a new job "resume" an old, finished run of the same name.
 
 use std::sync::Arc;
 
@@ -35,6 +40,22 @@ fn unknown_job(id: &str) -> ServiceError {
     }
 }
 
+/// `YYYYMMDD-HHMMSS` (UTC) of a Unix time in seconds.
+pub(crate) fn utc_stamp(unix_s: u64) -> String {
+    let (days, secs) = (unix_s / 86_400, unix_s % 86_400);
+    // civil date from days since 1970-01-01 (H. Hinnant's algorithm)
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
 /// Parse and validate a submitted spec; every problem is named.
 pub(crate) fn parse_spec(text: &str) -> Result<JobSpec, ServiceError> {
     let spec = JobSpec::from_toml_str(text, "submitted spec")
@@ -57,20 +78,32 @@ impl Jobs {
         self.shared.require_leader()?;
         let workers_per_run = req.workers_per_run.max(1) as usize;
         let max_restarts = if req.max_restarts == 0 { DEFAULT_MAX_RESTARTS } else { req.max_restarts };
-        // ids come from the committed job count; a concurrent submit may take ours: try the next
-        for attempt in 0..8u64 {
-            let job = format!("{}-{}", spec.name, self.shared.state().job_seq + 1 + attempt);
+        let now = now_ms();
+        let base = format!("{}-{}", spec.name, utc_stamp(now / 1000));
+        let mut k = 1u32;
+        // a concurrent submission may take the id we chose: move to the next one
+        for _ in 0..8 {
+            let job = {
+                let state = self.shared.state();
+                loop {
+                    let id = if k == 1 { base.clone() } else { format!("{base}-{k}") };
+                    if !state.jobs.contains_key(&id) {
+                        break id;
+                    }
+                    k += 1;
+                }
+            };
             let cmd = Command::SubmitJob {
                 job: job.clone(),
                 spec: Box::new(spec.clone()),
                 spec_toml: req.spec_toml.clone(),
                 workers_per_run,
                 max_restarts,
-                now_ms: now_ms(),
+                now_ms: now,
             };
             match self.shared.propose(cmd).await? {
                 Outcome::Applied => return Ok(Response::new(pb::SubmitJobResponse { job_id: job })),
-                Outcome::Rejected { reason } if reason.contains("already exists") => continue,
+                Outcome::Rejected { reason } if reason.contains("already exists") => k += 1,
                 Outcome::Rejected { reason } => return Err(ServiceError::FailedPrecondition(reason).into()),
             }
         }
@@ -199,5 +232,18 @@ impl pb::job_service_server::JobService for Jobs {
         request: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         self.shared.timed("WatchJob", self.do_watch_job(request)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc_stamp;
+
+    #[test]
+    fn job_id_stamps_are_utc_dates_and_times() {
+        assert_eq!(utc_stamp(0), "19700101-000000");
+        assert_eq!(utc_stamp(951_782_400), "20000229-000000");
+        assert_eq!(utc_stamp(1_795_905_392), "20261128-223632");
+        assert_eq!(utc_stamp(4_102_444_799), "20991231-235959");
     }
 }

@@ -150,8 +150,13 @@ fn rendezvous_req(a: &pb::Assignment, addr: &str) -> pb::RendezvousRequest {
 async fn submit_get_list_cancel_and_watch_a_job() {
     let mut c = start(10_000).await;
     let id = submit(&mut c, 1).await;
-    assert_eq!(id, "tiny-1");
-    assert_eq!(submit(&mut c, 1).await, "tiny-2");
+    // `<name>-<UTC date>-<time>`, then `-2` for another in the same second
+    let (name, stamp) = id.split_at(5);
+    assert_eq!(name, "tiny-");
+    assert!(stamp.len() == 15 && stamp.as_bytes()[8] == b'-', "{id}");
+    let second = submit(&mut c, 1).await;
+    assert_ne!(second, id);
+    assert!(second.starts_with("tiny-"), "{second}");
     let j = job(&mut c, &id).await;
     assert_eq!((j.name.as_str(), j.status.as_str()), ("tiny", "pending"));
     assert_eq!(j.tasks.len(), 1);
@@ -169,7 +174,7 @@ async fn submit_get_list_cancel_and_watch_a_job() {
     assert_eq!(j.status, "pending");
     let list = c.jobs.list_jobs(pb::ListJobsRequest {}).await.unwrap().into_inner();
     let ids: Vec<_> = list.jobs.iter().map(|j| j.job_id.as_str()).collect();
-    assert_eq!(ids, vec!["tiny-1", "tiny-2"]);
+    assert_eq!(ids, vec![id.as_str(), second.as_str()]);
     let mut watch = c
         .jobs
         .watch_job(pb::WatchJobRequest { job_id: id.clone(), from_index: 0 })
@@ -482,7 +487,8 @@ async fn three_replicas_redirect_to_the_leader_and_a_new_leader_keeps_the_jobs()
         async move { c.submit_job(req).await.ok() }
     })
     .await;
-    assert_eq!(second.into_inner().job_id, "tiny-2");
+    let second = second.into_inner().job_id;
+    assert!(second.starts_with("tiny-") && second != id, "{second}");
     for n in nodes.into_iter().flatten() {
         n.shutdown().await.unwrap();
     }
