@@ -1,6 +1,7 @@
 //! `cyclotron`: the one binary. Today: `lr-find`, `train`, `plot` and `check` on one process;
 //! `coordinator`, `worker`, `local`, `submit`, `status` and `watch` arrive with the cluster.
 
+mod coordinator_cmd;
 mod metrics;
 mod output;
 mod plot;
@@ -30,6 +31,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    #[command(flatten)]
+    Coordinator(coordinator_cmd::CoordinatorCmd),
     /// Run the LR-range test of a job; writes OUT/lr_find.json and OUT/lr_find.png.
     LrFind {
         job: PathBuf,
@@ -241,6 +244,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Coordinator(cmd) => coordinator_cmd::run(cmd),
         Cmd::Check { job } => {
             let spec = JobSpec::load(&job)?;
             println!(

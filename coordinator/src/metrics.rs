@@ -20,7 +20,7 @@ pub const WORKER_STATES: [&str; 3] = ["idle", "busy", "dead"];
 /// Job states.
 pub const JOB_STATES: [&str; 5] = ["pending", "running", "succeeded", "failed", "cancelled"];
 /// Task kinds.
-pub const TASK_KINDS: [&str; 3] = ["lr_find", "train", "evaluate"];
+pub const TASK_KINDS: [&str; 1] = ["run"];
 /// Task states.
 pub const TASK_STATES: [&str; 3] = ["waiting", "running", "done"];
 
@@ -48,9 +48,7 @@ fn job_state(s: &JobStatus) -> usize {
 
 fn task_kind(t: &Task) -> usize {
     match t {
-        Task::LrFind { .. } => 0,
-        Task::Train { .. } => 1,
-        Task::Evaluate { .. } => 2,
+        Task::Run { .. } => 0,
     }
 }
 
@@ -197,8 +195,8 @@ mod tests {
         Box::new(JobSpec::from_toml_str(&text, "<t>").unwrap())
     }
 
-    /// A state after real commands: 3 workers (2 busy on job a, 1 dead), job a running its
-    /// LR-range test, job b pending, job c cancelled.
+    /// A state after real commands: 3 workers (2 busy on job a, 1 dead), job a running,
+    /// job b pending, job c cancelled.
     fn busy_state() -> ClusterState {
         let mut s = ClusterState::default();
         let mut index = 0;
@@ -220,6 +218,7 @@ mod tests {
             let cmd = Command::SubmitJob {
                 job: job.into(),
                 spec: spec(lr_find),
+                spec_toml: String::new(),
                 workers_per_run: 2,
                 max_restarts: 1,
                 now_ms: 0,
@@ -233,13 +232,10 @@ mod tests {
             generation: 0,
         };
         apply(&mut s, start);
-        let progress = Command::TaskProgress { job: "a".into(), task: 0, generation: 0, progress: json!({}) };
-        apply(&mut s, progress);
+        let event = crate::state::JobEvent::StageStarted { stage: 0, name: "s".into(), epochs: 2 };
+        apply(&mut s, Command::TaskProgress { job: "a".into(), task: 0, generation: 0, event });
         apply(&mut s, Command::CancelJob { job: "c".into(), reason: "user".into() });
-        for w in ["w1", "w2"] {
-            apply(&mut s, Command::Heartbeat { worker: w.into(), now_ms: 5_000 });
-        }
-        apply(&mut s, Command::ExpireLeases { now_ms: 12_000 });
+        apply(&mut s, Command::ExpireWorkers { workers: vec!["w3".into()], now_ms: 12_000 });
         s
     }
 
@@ -251,7 +247,7 @@ mod tests {
             term: 3,
             is_leader: true,
             commit_index: 12,
-            applied_index: 11,
+            applied_index: 9,
             ..Default::default()
         };
         m.observe_state(&s, &replica);
@@ -263,21 +259,20 @@ mod tests {
             [1, 1, 0, 0, 1]
         );
         let t = |k: &str, st: &str| m.tasks.with_label_values(&[k, st]).get();
-        // a: lr_find (running), train, evaluate; b and c: train, evaluate
-        assert_eq!((t("lr_find", "running"), t("lr_find", "waiting"), t("lr_find", "done")), (1, 0, 0));
-        assert_eq!((t("train", "waiting"), t("evaluate", "waiting")), (3, 3));
+        // one run task per job: a's runs, b's waits, c's (cancelled) still waits
+        assert_eq!((t("run", "running"), t("run", "waiting"), t("run", "done")), (1, 2, 0));
         assert_eq!(m.raft_term.get(), 3);
         assert_eq!(m.raft_is_leader.get(), 1);
         assert_eq!(m.raft_commit_index.get(), 12);
-        // the state machine had applied 12 entries: its own index wins over a lagging replica view
-        assert_eq!(s.applied_index, 12);
-        assert_eq!(m.raft_applied_index.get(), 12);
+        // the state machine had applied 10 entries: its own index wins over a lagging replica view
+        assert_eq!(s.applied_index, 10);
+        assert_eq!(m.raft_applied_index.get(), 10);
 
         let text = cyclotron_core::metrics::encode_text(m.registry()).unwrap();
         for line in [
             "cyclotron_workers{state=\"busy\"} 2",
             "cyclotron_jobs{state=\"cancelled\"} 1",
-            "cyclotron_tasks{kind=\"lr_find\",state=\"running\"} 1",
+            "cyclotron_tasks{kind=\"run\",state=\"running\"} 1",
             "cyclotron_raft_term 3",
             "cyclotron_raft_is_leader 1",
         ] {
@@ -294,7 +289,7 @@ mod tests {
         m.observe_state(&ClusterState::default(), &ReplicaStatus::default());
         assert_eq!(m.jobs.with_label_values(&["running"]).get(), 0);
         assert_eq!(m.workers.with_label_values(&["busy"]).get(), 0);
-        assert_eq!(m.tasks.with_label_values(&["lr_find", "running"]).get(), 0);
+        assert_eq!(m.tasks.with_label_values(&["run", "running"]).get(), 0);
         assert_eq!(m.raft_is_leader.get(), 0);
     }
 

@@ -37,6 +37,7 @@ fn submit(job: &str) -> Command {
     Command::SubmitJob {
         job: job.into(),
         spec: Box::new(spec),
+        spec_toml: text.into(),
         workers_per_run: 1,
         max_restarts: 1,
         now_ms: 5,
