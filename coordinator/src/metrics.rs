@@ -179,7 +179,6 @@ impl CoordinatorMetrics {
 #[cfg(test)]
 mod tests {
     use cyclotron_core::spec::JobSpec;
-    use serde_json::json;
 
     use super::*;
     use crate::state::{Command, Outcome};
