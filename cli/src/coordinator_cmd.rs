@@ -45,6 +45,9 @@ pub struct CoordinatorArgs {
     /// Worker lease in milliseconds: a worker silent that long is declared dead.
     #[arg(long, default_value_t = DEFAULT_LEASE_MS)]
     lease_ms: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (`HOST:PORT`, port 0 picks one), or `off`.
+    #[arg(long, default_value = "off", value_parser = crate::metrics::parse)]
+    metrics_addr: crate::metrics::MetricsAddr,
 }
 
 fn parse_peer(text: &str) -> Result<(u64, String), String> {
@@ -79,8 +82,20 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     config.id = args.id;
     config.peers = args.peers;
     config.lease_ms = args.lease_ms;
+    let metrics = cyclotron_coordinator::metrics::CoordinatorMetrics::new();
+    let exposition = match args.metrics_addr.0 {
+        Some(addr) => {
+            config.observer = Some(std::sync::Arc::new(metrics.clone()));
+            Some(cyclotron_core::metrics::serve_metrics(addr, metrics.registry().clone())?)
+        }
+        None => None,
+    };
     let mut handle = serve(config).await?;
     println!("listening on {}", handle.addr());
+    if let Some(server) = &exposition {
+        tokio::spawn(metrics.follow(handle.replica()));
+        println!("metrics at {}", server.url());
+    }
     use std::io::Write as _;
     std::io::stdout().flush().ok();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -171,8 +171,29 @@ impl CoordinatorMetrics {
 
     /// Times one gRPC call of `method` (e.g. `"Submit"`): the latency is recorded when the guard
     /// drops (or on `observe_duration()`); `stop_and_discard()` records nothing.
+    /// Keep the metrics of `replica` current: every applied state (and once a second, for the raft
+    /// view alone) until the replica's state channel closes. Run it as a task.
+    pub async fn follow(self, replica: std::sync::Arc<dyn crate::replica::Replica>) {
+        let mut rx = replica.state();
+        loop {
+            let state = rx.borrow_and_update().clone();
+            self.observe_state(&state, &replica.status());
+            match tokio::time::timeout(std::time::Duration::from_secs(1), rx.changed()).await {
+                Ok(Err(_)) => return,
+                Ok(Ok(())) | Err(_) => {}
+            }
+        }
+    }
+
     pub fn timer(&self, method: &str) -> HistogramTimer {
         self.rpc_seconds.with_label_values(&[method]).start_timer()
+    }
+}
+
+/// The server reports every RPC (and leader-loop round) here: latency by method.
+impl crate::server::RpcObserver for CoordinatorMetrics {
+    fn observe(&self, method: &'static str, seconds: f64, _code: tonic::Code) {
+        self.rpc_seconds.with_label_values(&[method]).observe(seconds);
     }
 }
 

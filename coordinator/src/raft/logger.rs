@@ -28,7 +28,8 @@ impl Drain for TracingDrain {
         match record.level() {
             Level::Critical | Level::Error => tracing::error!(target: "raft", "{msg}{kv}"),
             Level::Warning => tracing::warn!(target: "raft", "{msg}{kv}"),
-            Level::Info => tracing::info!(target: "raft", "{msg}{kv}"),
+            // raft-rs narrates every election step at info; our node logs role changes itself
+            Level::Info => tracing::debug!(target: "raft", "{msg}{kv}"),
             Level::Debug => tracing::debug!(target: "raft", "{msg}{kv}"),
             Level::Trace => tracing::trace!(target: "raft", "{msg}{kv}"),
         }
