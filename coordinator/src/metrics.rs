@@ -178,9 +178,9 @@ impl CoordinatorMetrics {
         loop {
             let state = rx.borrow_and_update().clone();
             self.observe_state(&state, &replica.status());
-            match tokio::time::timeout(std::time::Duration::from_secs(1), rx.changed()).await {
-                Ok(Err(_)) => return,
-                Ok(Ok(())) | Err(_) => {}
+            // a closed channel ends the task; a timeout refreshes the raft view
+            if let Ok(Err(_)) = tokio::time::timeout(std::time::Duration::from_secs(1), rx.changed()).await {
+                return;
             }
         }
     }
