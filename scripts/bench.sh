@@ -145,3 +145,17 @@ print(f"{'raw object_store get (MB/s)':<44} {r['raw_get_mb_s']:>12.1f}")
 print(f"{'restore / raw get':<44} {r['restore_ratio']:>12.3f} {'>= 0.50':>10}")
 PY
 printf 'written to %s/checkpoint.json\n' "$out"
+
+printf '\n== coordinator: 1,000 simulated workers heartbeating at 1 Hz over gRPC, 3-replica raft commits on loopback, leader failover ==\n'
+"$bin" bench-coordinator --workers "${BENCH_WORKERS:-1000}" --seconds "${BENCH_HEARTBEAT_S:-10}" \
+  --json "$out/coordinator.json" >/dev/null
+"$py" - "$out/coordinator.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+h, c = r["heartbeat"], r["commit_3_replicas"]
+print(f"{'measure':<44} {'p50 ms':>9} {'p99 ms':>9} {'target':>12}")
+print(f"{'heartbeat RPC (' + str(h['n']) + ' calls)':<44} {h['p50_ms']:>9.2f} {h['p99_ms']:>9.2f} {'p99 < 50':>12}")
+print(f"{'3-replica commit (' + str(c['n']) + ' proposals)':<44} {c['p50_ms']:>9.2f} {c['p99_ms']:>9.2f} {'p99 < 20':>12}")
+print(f"{'leader failover (stop to a new commit)':<44} {r['failover_ms']:>9.0f} {'':>9} {'< 3000':>12}")
+PY
+printf 'written to %s/coordinator.json\n' "$out"
