@@ -8,8 +8,11 @@
 //! issue; they will feed [`state::Command`]s through raft and apply them with
 //! [`state::ClusterState::apply`].
 
+pub mod leases;
 pub mod plan;
+pub mod raft;
 pub mod scheduler;
+pub mod server;
 pub mod state;
 
 pub use plan::{plan, Task};

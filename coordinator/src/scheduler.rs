@@ -1,17 +1,20 @@
-//! The scheduler: pure decisions from the state and the leader's clock. The leader proposes the
-//! returned commands through raft; nothing here mutates state or does I/O.
+//! The scheduler: pure decisions from the state, the leader's leases and its clock. The leader
+//! proposes the returned commands through raft; nothing here mutates state or does I/O.
 //!
-//! Policy, in order: expire leases that ran out; then, per job in submission order, start its next
-//! waiting task on the first `workers_per_run` idle workers (ranks in worker-id order), or say
-//! why it waits ("needs 4 workers, 2 registered" stays visible until it can run or is cancelled).
+//! Policy, in order: declare dead the workers whose lease ran out (their groups are torn down by
+//! that command; assignment waits for the next round, after it applied); then, per job in
+//! submission order, start its next waiting task on the first `workers_per_run` idle workers
+//! (ranks in worker-id order), or say why it waits ("needs 4 workers, 2 registered" stays visible
+//! until it can run or is cancelled).
 
+use crate::leases::Leases;
 use crate::state::{ClusterState, Command, JobStatus, TaskStatus, WorkerStatus};
 
-pub fn decide(state: &ClusterState, now_ms: u64) -> Vec<Command> {
+pub fn decide(state: &ClusterState, leases: &Leases, now_ms: u64) -> Vec<Command> {
     let mut out = vec![];
-    if state.workers.values().any(|w| w.status != WorkerStatus::Dead && w.lease_expires_ms < now_ms) {
-        // the group of an expired worker is torn down by this command; assign after it applies
-        out.push(Command::ExpireLeases { now_ms });
+    let expired = leases.expired(state, now_ms);
+    if !expired.is_empty() {
+        out.push(Command::ExpireWorkers { workers: expired, now_ms });
         return out;
     }
     let alive = state.workers.values().filter(|w| w.status != WorkerStatus::Dead).count();

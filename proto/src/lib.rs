@@ -1,15 +1,19 @@
 //! `cyclotron-proto`: the wire contract between users, coordinators and workers.
 //!
-//! Today it carries the identifier newtypes every role shares and the protocol version a worker
-//! announces when it registers. The gRPC services (submit / watch jobs, worker registration with
-//! leases and rendezvous, raft peer messages) and the one place that maps domain errors to
-//! `tonic::Status` codes land here with the coordinator.
+//! It carries the generated gRPC services ([`v1`]: jobs for users, registration, leases and
+//! rendezvous for workers, raft messages between coordinators), the identifier newtypes every
+//! role shares, the protocol version a worker announces when it registers, and [`status`]: the
+//! one place that maps domain errors to `tonic::Status` codes.
 
 /// Generated messages and service stubs (package `cyclotron.v1`).
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("cyclotron.v1");
 }
+
+pub mod status;
+
+pub use status::{leader_hint, ServiceError, LEADER_METADATA};
 
 pub use cyclotron_core::ids::{JobId, Rank, RunId, Step};
 

@@ -3,7 +3,9 @@
 use cyclotron_core::spec::JobSpec;
 use serde::{Deserialize, Serialize};
 
-use super::{ClusterState, JobState, JobStatus, TaskRecord, TaskStatus, WorkerRecord, WorkerStatus};
+use super::{
+    ClusterState, JobEvent, JobState, JobStatus, TaskRecord, TaskStatus, WorkerRecord, WorkerStatus,
+};
 use crate::plan::plan;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -12,6 +14,9 @@ pub enum Command {
     SubmitJob {
         job: String,
         spec: Box<JobSpec>,
+        /// The spec's text as submitted (handed to workers).
+        #[serde(default)]
+        spec_toml: String,
         workers_per_run: usize,
         max_restarts: u32,
         now_ms: u64,
@@ -27,12 +32,10 @@ pub enum Command {
         lease_ms: u64,
         now_ms: u64,
     },
-    Heartbeat {
-        worker: String,
-        now_ms: u64,
-    },
-    /// Declare dead every worker whose lease ended before `now_ms`; their runs restart.
-    ExpireLeases {
+    /// The leader saw these workers' leases end (no heartbeat in time): they are dead and their
+    /// runs restart. Renewals are leader memory, so the leader names the workers.
+    ExpireWorkers {
+        workers: Vec<String>,
         now_ms: u64,
     },
     /// Say why a job waits (shown by `status`).
@@ -46,11 +49,12 @@ pub enum Command {
         workers: Vec<String>,
         generation: u64,
     },
+    /// A worker's training event (epoch metrics, LR-range curve, …): appended to the job's log.
     TaskProgress {
         job: String,
         task: usize,
         generation: u64,
-        progress: serde_json::Value,
+        event: JobEvent,
     },
     TaskDone {
         job: String,
@@ -86,7 +90,7 @@ fn reject(reason: impl Into<String>) -> Outcome {
 
 pub(super) fn apply(s: &mut ClusterState, cmd: &Command) -> Outcome {
     match cmd {
-        Command::SubmitJob { job, spec, workers_per_run, max_restarts, now_ms } => {
+        Command::SubmitJob { job, spec, spec_toml, workers_per_run, max_restarts, now_ms } => {
             if s.jobs.contains_key(job) {
                 return reject(format!("job {job} already exists"));
             }
@@ -110,13 +114,16 @@ pub(super) fn apply(s: &mut ClusterState, cmd: &Command) -> Outcome {
                 job.clone(),
                 JobState {
                     spec: (**spec).clone(),
+                    spec_toml: spec_toml.clone(),
                     status: JobStatus::Pending { reason: "just submitted".into() },
                     tasks,
                     workers_per_run: *workers_per_run,
                     max_restarts: *max_restarts,
                     submitted_ms: *now_ms,
+                    events: vec![],
                 },
             );
+            s.job_seq += 1;
             Outcome::Applied
         }
         Command::CancelJob { job, reason } => {
@@ -124,7 +131,7 @@ pub(super) fn apply(s: &mut ClusterState, cmd: &Command) -> Outcome {
             if j.status.is_terminal() {
                 return reject(format!("job {job} already ended"));
             }
-            j.status = JobStatus::Cancelled { reason: reason.clone() };
+            j.set_status(JobStatus::Cancelled { reason: reason.clone() });
             release_job_workers(s, job);
             Outcome::Applied
         }
@@ -144,30 +151,21 @@ pub(super) fn apply(s: &mut ClusterState, cmd: &Command) -> Outcome {
                 WorkerRecord {
                     addr: addr.clone(),
                     status: WorkerStatus::Idle,
-                    lease_expires_ms: now_ms + lease_ms,
                     lease_ms: *lease_ms,
+                    registered_ms: *now_ms,
                     task: None,
                 },
             );
             Outcome::Applied
         }
-        Command::Heartbeat { worker, now_ms } => match s.workers.get_mut(worker) {
-            Some(w) if w.status != WorkerStatus::Dead => {
-                w.lease_expires_ms = w.lease_expires_ms.max(now_ms + w.lease_ms);
-                Outcome::Applied
-            }
-            Some(_) => reject(format!("worker {worker} was declared dead (lease expired); register again")),
-            None => reject(format!("unknown worker {worker}; register first")),
-        },
-        Command::ExpireLeases { now_ms } => {
-            let expired: Vec<String> = s
-                .workers
+        Command::ExpireWorkers { workers, now_ms: _ } => {
+            let expired: Vec<String> = workers
                 .iter()
-                .filter(|(_, w)| w.status != WorkerStatus::Dead && w.lease_expires_ms < *now_ms)
-                .map(|(id, _)| id.clone())
+                .filter(|w| s.workers.get(*w).is_some_and(|r| r.status != WorkerStatus::Dead))
+                .cloned()
                 .collect();
             if expired.is_empty() {
-                return reject("no lease expired");
+                return reject("none of these workers is alive");
             }
             for id in expired {
                 let task = s.workers.get(&id).and_then(|w| w.task.clone());
@@ -192,14 +190,16 @@ pub(super) fn apply(s: &mut ClusterState, cmd: &Command) -> Outcome {
         Command::StartTask { job, task, workers, generation } => {
             start_task(s, job, *task, workers, *generation)
         }
-        Command::TaskProgress { job, task, generation, progress } => {
-            match running_task(s, job, *task, *generation) {
-                Ok(t) => {
-                    t.progress = Some(progress.clone());
-                    Outcome::Applied
-                }
-                Err(o) => o,
+        Command::TaskProgress { job, task, generation, event } => {
+            if !event.is_worker_event() {
+                return reject(format!("workers cannot report {event:?}"));
             }
+            match running_task(s, job, *task, *generation) {
+                Ok(t) => t.progress = Some(event.clone()),
+                Err(o) => return o,
+            }
+            s.jobs.get_mut(job).expect("checked by running_task").events.push(event.clone());
+            Outcome::Applied
         }
         Command::TaskDone { job, task, generation, result } => {
             match running_task(s, job, *task, *generation) {
@@ -211,11 +211,11 @@ pub(super) fn apply(s: &mut ClusterState, cmd: &Command) -> Outcome {
             }
             release_task_workers(s, job, *task);
             let j = s.jobs.get_mut(job).expect("checked by running_task");
-            j.status = if j.next_task().is_none() {
+            j.set_status(if j.next_task().is_none() {
                 JobStatus::Succeeded
             } else {
                 JobStatus::Pending { reason: "next task not started yet".into() }
-            };
+            });
             Outcome::Applied
         }
         Command::TaskFailed { job, task, generation, reason } => {
@@ -223,7 +223,7 @@ pub(super) fn apply(s: &mut ClusterState, cmd: &Command) -> Outcome {
                 return o;
             }
             let j = s.jobs.get_mut(job).expect("checked by running_task");
-            j.status = JobStatus::Failed { reason: format!("task {task}: {reason}") };
+            j.set_status(JobStatus::Failed { reason: format!("task {task}: {reason}") });
             release_job_workers(s, job);
             Outcome::Applied
         }
@@ -262,7 +262,8 @@ fn start_task(s: &mut ClusterState, job: &str, task: usize, workers: &[String], 
     }
     let j = s.jobs.get_mut(job).expect("checked above");
     j.tasks[task].status = TaskStatus::Running { workers: workers.to_vec(), generation };
-    j.status = JobStatus::Running;
+    j.set_status(JobStatus::Running);
+    j.events.push(JobEvent::TaskStarted { task: task as u32, generation, workers: workers.to_vec() });
     Outcome::Applied
 }
 
@@ -295,13 +296,15 @@ fn break_run(s: &mut ClusterState, job: &str, task: usize, generation: u64, reas
     }
     t.status = TaskStatus::Waiting;
     t.restarts += 1;
-    j.status = if t.restarts > j.max_restarts {
+    let gave_up = t.restarts > j.max_restarts;
+    j.events.push(JobEvent::TaskRestarted { task: task as u32, generation, reason: reason.to_string() });
+    j.set_status(if gave_up {
         JobStatus::Failed {
             reason: format!("task {task}: {reason}; gave up after {} restarts", j.max_restarts),
         }
     } else {
         JobStatus::Pending { reason: format!("restarting task {task} ({reason})") }
-    };
+    });
     let failed = j.status.is_terminal();
     release_task_workers(s, job, task);
     if failed {

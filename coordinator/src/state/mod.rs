@@ -8,10 +8,12 @@
 //! rejected with an [`Outcome::Rejected`] reason and change nothing.
 
 mod command;
+mod event;
 mod job;
 mod worker;
 
 pub use command::{Command, Outcome};
+pub use event::JobEvent;
 pub use job::{JobState, JobStatus, TaskRecord, TaskStatus};
 pub use worker::{WorkerRecord, WorkerStatus};
 
@@ -26,6 +28,9 @@ pub struct ClusterState {
     pub workers: BTreeMap<String, WorkerRecord>,
     /// Index of the last applied raft entry (0 before any).
     pub applied_index: u64,
+    /// Jobs ever submitted (job ids are `<name>-<job_seq + 1>` at submission).
+    #[serde(default)]
+    pub job_seq: u64,
 }
 
 impl ClusterState {
@@ -43,6 +48,18 @@ impl ClusterState {
             .filter(|(_, w)| w.status == WorkerStatus::Idle)
             .map(|(id, _)| id.as_str())
             .collect()
+    }
+
+    /// The (job, task, generation) worker `id` runs, with its rank and the group size.
+    pub fn assignment(&self, id: &str) -> Option<(&str, usize, u64, usize, usize)> {
+        let (job, task, generation) = self.workers.get(id)?.task.as_ref()?;
+        let j = self.jobs.get(job)?;
+        let TaskStatus::Running { workers, generation: g } = &j.tasks.get(*task)?.status else { return None };
+        if g != generation {
+            return None;
+        }
+        let rank = workers.iter().position(|w| w == id)?;
+        Some((job.as_str(), *task, *generation, rank, workers.len()))
     }
 
     /// Serialise the whole state (raft snapshots).

@@ -5,6 +5,7 @@ use cyclotron_core::spec::JobSpec;
 use serde_json::json;
 
 use super::*;
+use crate::leases::Leases;
 use crate::scheduler::decide;
 
 fn spec(stages: usize) -> Box<JobSpec> {
@@ -20,11 +21,13 @@ fn spec(stages: usize) -> Box<JobSpec> {
 struct Sim {
     state: ClusterState,
     log: Vec<Command>,
+    /// The leader's in-memory leases.
+    leases: Leases,
 }
 
 impl Sim {
     fn new() -> Self {
-        Sim { state: ClusterState::default(), log: vec![] }
+        Sim { state: ClusterState::default(), log: vec![], leases: Leases::default() }
     }
     fn apply(&mut self, cmd: Command) -> Outcome {
         let out = self.state.apply(self.log.len() as u64 + 1, &cmd);
@@ -34,7 +37,8 @@ impl Sim {
         out
     }
     fn tick(&mut self, now_ms: u64) -> Vec<Command> {
-        let cmds = decide(&self.state, now_ms);
+        self.leases.sync(&self.state, now_ms);
+        let cmds = decide(&self.state, &self.leases, now_ms);
         for c in &cmds {
             assert_eq!(self.apply(c.clone()), Outcome::Applied, "scheduler proposed {c:?}");
         }
@@ -49,11 +53,13 @@ impl Sim {
             now_ms,
         };
         assert_eq!(self.apply(cmd), Outcome::Applied);
+        self.leases.renew(w, now_ms, 10_000);
     }
     fn submit(&mut self, job: &str, wpr: usize) {
         let cmd = Command::SubmitJob {
             job: job.into(),
             spec: spec(1),
+            spec_toml: String::new(),
             workers_per_run: wpr,
             max_restarts: 2,
             now_ms: 0,
@@ -76,21 +82,33 @@ fn a_job_runs_its_tasks_in_order_and_succeeds() {
     sim.register("w1", 0);
     sim.register("w2", 0);
     sim.submit("j", 2);
-    // one stage with snapshots: Train then Evaluate
-    assert_eq!(sim.state.jobs["j"].tasks.len(), 2);
-    for expected_task in 0..2 {
+    // one Run task covers every stage
+    assert_eq!(sim.state.jobs["j"].tasks.len(), 1);
+    for expected_task in 0..1 {
         sim.tick(100);
         let (task, workers, generation) = sim.running("j");
         assert_eq!((task, workers.len(), generation), (expected_task, 2, 0));
         assert!(sim.state.idle_workers().is_empty());
-        let progress =
-            Command::TaskProgress { job: "j".into(), task, generation, progress: json!({"epoch": 1}) };
+        let event = JobEvent::Snapshot { index: 0, stage: 0, cycle: 0, manifest_url: "m".into() };
+        let progress = Command::TaskProgress { job: "j".into(), task, generation, event: event.clone() };
         assert_eq!(sim.apply(progress), Outcome::Applied);
+        assert_eq!(sim.state.jobs["j"].tasks[task].progress, Some(event));
         let done = Command::TaskDone { job: "j".into(), task, generation, result: json!({"ok": task}) };
         assert_eq!(sim.apply(done), Outcome::Applied);
         assert_eq!(sim.state.idle_workers().len(), 2);
     }
-    assert_eq!(sim.state.jobs["j"].status, JobStatus::Succeeded);
+    let j = &sim.state.jobs["j"];
+    assert_eq!(j.status, JobStatus::Succeeded);
+    assert_eq!(j.results(), Some(&json!({"ok": 0})));
+    assert!(
+        matches!(&j.events[..], [
+        JobEvent::TaskStarted { task: 0, generation: 0, .. },
+        JobEvent::Snapshot { .. },
+        JobEvent::Ended { status, .. },
+    ] if status == "succeeded"),
+        "{:?}",
+        j.events
+    );
     assert!(sim.tick(200).is_empty(), "nothing left to do");
 }
 
@@ -124,11 +142,11 @@ fn a_dead_worker_restarts_the_run_on_the_remaining_workers() {
     // w1 and w3 keep heartbeating, w2 stalls (SIGSTOP): its lease runs out at 10 s
     for now in [5_000, 9_000, 12_000] {
         for w in ["w1", "w3"] {
-            assert_eq!(sim.apply(Command::Heartbeat { worker: w.into(), now_ms: now }), Outcome::Applied);
+            sim.leases.renew(w, now, 10_000);
         }
     }
     let cmds = sim.tick(12_500);
-    assert!(matches!(cmds[..], [Command::ExpireLeases { .. }]), "{cmds:?}");
+    assert!(matches!(&cmds[..], [Command::ExpireWorkers { workers, .. }] if workers == &["w2"]), "{cmds:?}");
     assert_eq!(sim.state.workers["w2"].status, WorkerStatus::Dead);
     assert!(
         matches!(&sim.state.jobs["j"].status, JobStatus::Pending { reason } if reason.contains("w2 lost"))
@@ -140,11 +158,16 @@ fn a_dead_worker_restarts_the_run_on_the_remaining_workers() {
     sim.tick(12_600);
     let (task2, workers2, generation2) = sim.running("j");
     assert_eq!((task2, workers2, generation2), (task, vec!["w1".to_string(), "w3".to_string()], 1));
-    // the dead worker cannot heartbeat its way back; it must register again
     assert!(matches!(
-        sim.apply(Command::Heartbeat { worker: "w2".into(), now_ms: 13_000 }),
-        Outcome::Rejected { .. }
+        &sim.state.jobs["j"].events[..],
+        [JobEvent::TaskStarted { .. }, JobEvent::TaskRestarted { generation: 0, reason, .. }, JobEvent::TaskStarted { generation: 1, .. }]
+            if reason.contains("w2 lost")
     ));
+    // expiring it again changes nothing; it must register again to come back
+    let again = Command::ExpireWorkers { workers: vec!["w2".into()], now_ms: 13_000 };
+    assert!(matches!(sim.apply(again), Outcome::Rejected { .. }));
+    sim.register("w2", 13_000);
+    assert_eq!(sim.state.workers["w2"].status, WorkerStatus::Idle);
 }
 
 #[test]
@@ -166,6 +189,9 @@ fn the_job_fails_with_the_reason_after_max_restarts() {
         }
         s => panic!("{s:?}"),
     }
+    assert!(
+        matches!(sim.state.jobs["j"].events.last(), Some(JobEvent::Ended { status, .. }) if status == "failed")
+    );
     assert_eq!(sim.state.idle_workers(), vec!["w1"]);
 }
 
@@ -182,6 +208,7 @@ fn bad_input_is_rejected_without_changing_anything() {
             Command::SubmitJob {
                 job: "k".into(),
                 spec: bad_spec,
+                spec_toml: String::new(),
                 workers_per_run: 1,
                 max_restarts: 0,
                 now_ms: 0,
@@ -192,6 +219,7 @@ fn bad_input_is_rejected_without_changing_anything() {
             Command::SubmitJob {
                 job: "j".into(),
                 spec: spec(1),
+                spec_toml: String::new(),
                 workers_per_run: 1,
                 max_restarts: 0,
                 now_ms: 0,
@@ -209,7 +237,19 @@ fn bad_input_is_rejected_without_changing_anything() {
             },
             "speaks protocol 99",
         ),
-        (Command::Heartbeat { worker: "ghost".into(), now_ms: 0 }, "unknown worker ghost"),
+        (
+            Command::ExpireWorkers { workers: vec!["ghost".into()], now_ms: 0 },
+            "none of these workers is alive",
+        ),
+        (
+            Command::TaskProgress {
+                job: "j".into(),
+                task: 0,
+                generation: 0,
+                event: JobEvent::Ended { status: "succeeded".into(), reason: String::new() },
+            },
+            "workers cannot report",
+        ),
         (
             Command::StartTask { job: "j".into(), task: 1, workers: vec!["w1".into()], generation: 0 },
             "not the next waiting task",

@@ -1,5 +1,6 @@
-//! Workers as the state machine sees them: registered with a lease, idle or busy on a task, or
-//! dead once the lease ran out without a heartbeat.
+//! Workers as the state machine sees them: registered, idle or busy on a task, or dead once the
+//! leader declared its lease expired. Lease renewals (heartbeats) live in the leader's memory, not
+//! in the log (see `crate::leases`): only registration and expiry are committed.
 
 use serde::{Deserialize, Serialize};
 
@@ -11,14 +12,25 @@ pub enum WorkerStatus {
     Dead,
 }
 
+impl WorkerStatus {
+    pub fn name(&self) -> &'static str {
+        match self {
+            WorkerStatus::Idle => "idle",
+            WorkerStatus::Busy => "busy",
+            WorkerStatus::Dead => "dead",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerRecord {
     /// Where its data plane (ring all-reduce) listens.
     pub addr: String,
     pub status: WorkerStatus,
-    /// Leader-clock milliseconds after which the worker is dead unless it heartbeats.
-    pub lease_expires_ms: u64,
+    /// Lease length granted at registration (renewed in the leader's memory by heartbeats).
     pub lease_ms: u64,
+    /// Leader-clock milliseconds of the (last) registration.
+    pub registered_ms: u64,
     /// The task it runs: (job, task index, rendezvous generation).
     pub task: Option<(String, usize, u64)>,
 }

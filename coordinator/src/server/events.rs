@@ -1,0 +1,67 @@
+//! State → wire: jobs, tasks and job events as the proto messages `status` and `watch` show.
+
+use cyclotron_proto::v1 as pb;
+use pb::job_event::Event;
+
+use crate::state::{JobEvent, JobState, TaskStatus};
+
+pub(crate) fn job(id: &str, j: &JobState) -> pb::Job {
+    pb::Job {
+        job_id: id.to_string(),
+        name: j.spec.name.clone(),
+        status: j.status.name().to_string(),
+        reason: j.status.reason().to_string(),
+        tasks: j
+            .tasks
+            .iter()
+            .map(|t| {
+                let (workers, generation) = match &t.status {
+                    TaskStatus::Running { workers, generation } => (workers.clone(), *generation),
+                    _ => (vec![], u64::from(t.restarts)),
+                };
+                pb::Task {
+                    kind: t.task.kind().to_string(),
+                    stage: 0,
+                    status: t.status.name().to_string(),
+                    workers,
+                    generation,
+                    restarts: t.restarts,
+                }
+            })
+            .collect(),
+        results_json: j.results().map(|r| r.to_string()).unwrap_or_default(),
+    }
+}
+
+pub(crate) fn event(index: u64, e: &JobEvent) -> pb::JobEvent {
+    let event = match e.clone() {
+        JobEvent::StageStarted { stage, name, epochs } => {
+            Event::StageStarted(pb::StageStarted { stage, name, epochs })
+        }
+        JobEvent::LrFind { stage, lrs, losses, steep, valley, minimum } => {
+            Event::LrFind(pb::LrFindCurve { stage, lrs, losses, steep, valley, minimum })
+        }
+        JobEvent::Epoch { stage, epoch, step, train_loss, valid_loss, valid_accuracy, seconds } => {
+            Event::Epoch(pb::EpochMetrics {
+                stage,
+                epoch,
+                step,
+                train_loss,
+                valid_loss,
+                valid_accuracy,
+                seconds,
+            })
+        }
+        JobEvent::Snapshot { index, stage, cycle, manifest_url } => {
+            Event::Snapshot(pb::SnapshotSaved { index, stage, cycle, manifest_url })
+        }
+        JobEvent::TaskStarted { task, generation, workers } => {
+            Event::TaskStarted(pb::TaskStarted { task, generation, workers })
+        }
+        JobEvent::TaskRestarted { task, generation, reason } => {
+            Event::TaskRestarted(pb::TaskRestarted { task, generation, reason })
+        }
+        JobEvent::Ended { status, reason } => Event::Ended(pb::JobEnded { status, reason }),
+    };
+    pb::JobEvent { index, event: Some(event) }
+}

@@ -1,0 +1,244 @@
+//! The coordinator's gRPC server: [`JobService`](job_service) for users, [`WorkerService`]
+//! (worker_service) for workers and [`RaftService`](raft_service) for the other replicas, on one
+//! tonic server, plus the [leader loop](leader_loop) that turns the scheduler's decisions into
+//! proposals.
+//!
+//! Leader-only work and redirects: every call that writes (submit, cancel, register, heartbeat,
+//! progress, result) or needs the leader's memory (leases, rendezvous) is served by the raft
+//! leader only. A follower answers `UNAVAILABLE` with metadata `cyclotron-leader: ADDR` (when it
+//! knows the leader) and the client retries there; clients are given every coordinator's address
+//! and try the next one when no leader is named. Reads (`GetJob`, `ListJobs`, `WatchJob`) are
+//! served by any replica from its applied state, which may lag the leader by a few entries.
+//! `RaftService.Forward` lets a peer hand the leader a command (used by tools, not by the
+//! services themselves).
+
+mod events;
+mod job_service;
+pub mod leader_loop;
+#[cfg(test)]
+mod local_replica;
+mod raft_service;
+mod rendezvous;
+#[cfg(test)]
+mod tests;
+pub mod transport;
+mod worker_service;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cyclotron_proto::v1::job_service_server::JobServiceServer;
+use cyclotron_proto::v1::raft_service_server::RaftServiceServer;
+use cyclotron_proto::v1::worker_service_server::WorkerServiceServer;
+use cyclotron_proto::ServiceError;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::leases::Leases;
+use crate::replica::{ProposeError, Replica, ReplicaStatus};
+use crate::state::{ClusterState, Command, Outcome};
+
+/// Default worker lease.
+pub const DEFAULT_LEASE_MS: u64 = 10_000;
+
+/// How one coordinator replica runs.
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// gRPC address (users, workers and peers); port 0 picks one (one replica only).
+    pub listen: SocketAddr,
+    /// Raft log, hard state and snapshots.
+    pub data_dir: PathBuf,
+    /// This replica's raft id (≥ 1).
+    pub id: u64,
+    /// Every replica (this one included) as (id, gRPC address); empty: a one-replica cluster.
+    pub peers: Vec<(u64, String)>,
+    /// Worker lease granted at registration and renewed by each heartbeat.
+    pub lease_ms: u64,
+    /// Longest a rendezvous call waits for the other ranks (a client deadline may cut it shorter).
+    pub rendezvous_timeout: Duration,
+    /// Longest a proposal waits to commit.
+    pub propose_timeout: Duration,
+    /// How often the leader runs the scheduler.
+    pub schedule_every: Duration,
+}
+
+impl CoordinatorConfig {
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        CoordinatorConfig {
+            listen,
+            data_dir,
+            id: 1,
+            peers: vec![],
+            lease_ms: DEFAULT_LEASE_MS,
+            rendezvous_timeout: Duration::from_secs(60),
+            propose_timeout: Duration::from_secs(5),
+            schedule_every: Duration::from_millis(200),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("invalid coordinator configuration: {0}")]
+    Config(String),
+    #[error("cannot start the raft replica: {0}")]
+    Raft(String),
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// What the services share: the replica, the leader's leases and its rendezvous rounds.
+pub(crate) struct Shared {
+    pub replica: Arc<dyn Replica>,
+    /// Leader memory; a `std` mutex never held across `.await`.
+    pub leases: Mutex<Leases>,
+    pub rendezvous: rendezvous::Rendezvous,
+    pub config: CoordinatorConfig,
+}
+
+impl Shared {
+    fn new(replica: Arc<dyn Replica>, config: CoordinatorConfig) -> Self {
+        Shared { replica, leases: Mutex::new(Leases::default()), rendezvous: Default::default(), config }
+    }
+
+    /// The latest applied state.
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.replica.state().borrow().clone()
+    }
+
+    /// `Ok` on the leader, else the redirect.
+    pub fn require_leader(&self) -> Result<(), ServiceError> {
+        let status = self.replica.status();
+        if status.is_leader {
+            Ok(())
+        } else {
+            Err(ServiceError::NotLeader { leader: status.leader_addr })
+        }
+    }
+
+    /// Propose and wait for the state machine's outcome.
+    pub async fn propose(&self, cmd: Command) -> Result<Outcome, ServiceError> {
+        self.replica.propose(cmd, self.config.propose_timeout).await.map_err(propose_error)
+    }
+
+    /// Propose; a rejection (the state moved on) is `FAILED_PRECONDITION` with its reason.
+    pub async fn commit(&self, cmd: Command) -> Result<(), ServiceError> {
+        match self.propose(cmd).await? {
+            Outcome::Applied => Ok(()),
+            Outcome::Rejected { reason } => Err(ServiceError::FailedPrecondition(reason)),
+        }
+    }
+
+    fn leases(&self) -> std::sync::MutexGuard<'_, Leases> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub(crate) fn propose_error(e: ProposeError) -> ServiceError {
+    match e {
+        ProposeError::NotLeader { leader } => ServiceError::NotLeader { leader },
+        ProposeError::Timeout(_) => ServiceError::Timeout(e.to_string()),
+        ProposeError::Stopped(_) => ServiceError::Unavailable(e.to_string()),
+    }
+}
+
+/// The leader's wall clock in ms since the Unix epoch (stamped into commands).
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A running coordinator: its address, its replica, and the way to stop it.
+pub struct CoordinatorHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    leader_loop: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for CoordinatorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoordinatorHandle").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+impl CoordinatorHandle {
+    /// The bound gRPC address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn replica(&self) -> Arc<dyn Replica> {
+        self.shared.replica.clone()
+    }
+
+    pub fn status(&self) -> ReplicaStatus {
+        self.shared.replica.status()
+    }
+
+    /// Workers holding a lease in this replica's memory (the leader's view; empty on followers).
+    pub fn leased_workers(&self) -> usize {
+        self.shared.leases().len()
+    }
+
+    /// Rendezvous rounds held in the leader's memory.
+    pub fn rendezvous_rounds(&self) -> usize {
+        self.shared.rendezvous.len()
+    }
+
+    /// Stop serving: in-flight calls finish, then the server and the leader loop end.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        let _ = self.stop.send(true);
+        self.leader_loop.abort();
+        match self.server.await {
+            Ok(r) => r.map_err(ServeError::Serve),
+            Err(e) if e.is_cancelled() => Ok(()),
+            Err(e) => Err(ServeError::Config(format!("server task failed: {e}"))),
+        }
+    }
+
+    /// Wait until the server ends (after [`CoordinatorHandle::shutdown`] elsewhere or a failure).
+    pub async fn stopped(&mut self) -> Result<(), ServeError> {
+        match (&mut self.server).await {
+            Ok(r) => r.map_err(ServeError::Serve),
+            Err(e) => Err(ServeError::Config(format!("server task failed: {e}"))),
+        }
+    }
+}
+
+/// Serve the three services for `replica` on `listener` and run the leader loop.
+pub async fn serve_replica(
+    listener: TcpListener,
+    replica: Arc<dyn Replica>,
+    config: CoordinatorConfig,
+) -> Result<CoordinatorHandle, ServeError> {
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+    let shared = Arc::new(Shared::new(replica, config));
+    let (stop, stop_rx) = watch::channel(false);
+    let mut server_stop = stop_rx.clone();
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(JobServiceServer::new(job_service::Jobs::new(shared.clone())))
+        .add_service(WorkerServiceServer::new(worker_service::Workers::new(shared.clone())))
+        .add_service(RaftServiceServer::new(raft_service::Peers::new(shared.clone())));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    let leader_loop = tokio::spawn(leader_loop::run(shared.clone(), stop_rx));
+    Ok(CoordinatorHandle { addr, shared, stop, server, leader_loop })
+}
+
+/// Bind `config.listen`; a clear error names the address.
+pub async fn bind(config: &CoordinatorConfig) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(config.listen).await.map_err(|source| ServeError::Bind { addr: config.listen, source })
+}

@@ -1,0 +1,44 @@
+//! `RaftService`: raft messages from peers go to the local replica (`Send`); a peer may hand the
+//! leader a command to propose (`Forward`; a follower answers `UNAVAILABLE` with the leader).
+
+use std::sync::Arc;
+
+use cyclotron_proto::v1 as pb;
+use cyclotron_proto::ServiceError;
+use tonic::{Request, Response, Status};
+
+use super::{propose_error, Shared};
+use crate::state::{Command, Outcome};
+
+pub(crate) struct Peers {
+    shared: Arc<Shared>,
+}
+
+impl Peers {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Peers { shared }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::raft_service_server::RaftService for Peers {
+    async fn send(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::Ack>, Status> {
+        let message = request.into_inner().message;
+        self.shared.replica.step(&message).map_err(propose_error)?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn forward(
+        &self,
+        request: Request<pb::ForwardRequest>,
+    ) -> Result<Response<pb::ForwardResponse>, Status> {
+        let cmd: Command = serde_json::from_slice(&request.into_inner().command_json)
+            .map_err(|e| ServiceError::InvalidArgument(format!("command_json is not a command: {e}")))?;
+        self.shared.require_leader()?;
+        let response = match self.shared.propose(cmd).await? {
+            Outcome::Applied => pb::ForwardResponse { applied: true, rejected_reason: String::new() },
+            Outcome::Rejected { reason } => pb::ForwardResponse { applied: false, rejected_reason: reason },
+        };
+        Ok(Response::new(response))
+    }
+}

@@ -1,0 +1,373 @@
+//! Service tests: real tonic servers on 127.0.0.1:0 and gRPC clients, one replica. Every wait has
+//! a deadline so a broken server fails the test instead of hanging it.
+
+use std::future::Future;
+use std::time::Duration;
+
+use cyclotron_proto::v1 as pb;
+use pb::job_event::Event;
+use pb::job_service_client::JobServiceClient;
+use pb::worker_service_client::WorkerServiceClient;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::Code;
+
+use super::local_replica::LocalReplica;
+use super::*;
+
+const SPEC: &str = r#"
+name = "tiny"
+[data]
+source = "fashion_mnist"
+[model]
+arch = "small_resnet"
+[[stage]]
+lr = 0.1
+cycles = 2
+cycle_len = 1
+"#;
+
+struct Cluster {
+    handle: CoordinatorHandle,
+    jobs: JobServiceClient<Channel>,
+    workers: WorkerServiceClient<Channel>,
+}
+
+async fn start(lease_ms: u64) -> Cluster {
+    let dir = std::env::temp_dir();
+    let mut config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), dir);
+    config.lease_ms = lease_ms;
+    config.schedule_every = Duration::from_millis(30);
+    config.rendezvous_timeout = Duration::from_secs(5);
+    let listener = bind(&config).await.unwrap();
+    let replica = LocalReplica::new();
+    *replica.addr.lock().unwrap() = Some(listener.local_addr().unwrap().to_string());
+    let handle = serve_replica(listener, replica, config).await.unwrap();
+    let channel = Channel::from_shared(format!("http://{}", handle.addr()))
+        .unwrap()
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap();
+    Cluster {
+        handle,
+        jobs: JobServiceClient::new(channel.clone()),
+        workers: WorkerServiceClient::new(channel),
+    }
+}
+
+/// Poll `f` until it returns `Some`, for at most 10 s.
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn submit(c: &mut Cluster, workers_per_run: u32) -> String {
+    let req = pb::SubmitJobRequest { spec_toml: SPEC.into(), workers_per_run, max_restarts: 2 };
+    c.jobs.submit_job(req).await.unwrap().into_inner().job_id
+}
+
+async fn register(c: &mut Cluster, id: &str) {
+    let req = pb::RegisterRequest {
+        worker_id: id.into(),
+        data_addr: format!("{id}:9000"),
+        protocol_version: cyclotron_proto::PROTOCOL_VERSION,
+        gpus: 0,
+    };
+    c.workers.register(req).await.unwrap();
+}
+
+async fn heartbeat(c: &mut Cluster, id: &str) -> Result<Option<pb::Assignment>, tonic::Status> {
+    let req = pb::HeartbeatRequest { worker_id: id.into() };
+    c.workers.heartbeat(req).await.map(|r| r.into_inner().assignment)
+}
+
+async fn assigned(c: &Cluster, id: &str) -> pb::Assignment {
+    eventually(&format!("an assignment for {id}"), || {
+        let mut w = c.workers.clone();
+        let id = id.to_string();
+        async move { w.heartbeat(pb::HeartbeatRequest { worker_id: id }).await.ok()?.into_inner().assignment }
+    })
+    .await
+}
+
+async fn job(c: &mut Cluster, id: &str) -> pb::Job {
+    c.jobs.get_job(pb::GetJobRequest { job_id: id.into() }).await.unwrap().into_inner()
+}
+
+fn rendezvous_req(a: &pb::Assignment, addr: &str) -> pb::RendezvousRequest {
+    pb::RendezvousRequest {
+        job_id: a.job_id.clone(),
+        task: a.task,
+        generation: a.generation,
+        rank: a.rank,
+        data_addr: addr.into(),
+        nccl_unique_id: if a.rank == 0 { vec![1, 2, 3] } else { vec![] },
+    }
+}
+
+#[tokio::test]
+async fn submit_get_list_cancel_and_watch_a_job() {
+    let mut c = start(10_000).await;
+    let id = submit(&mut c, 1).await;
+    assert_eq!(id, "tiny-1");
+    assert_eq!(submit(&mut c, 1).await, "tiny-2");
+    let j = job(&mut c, &id).await;
+    assert_eq!((j.name.as_str(), j.status.as_str()), ("tiny", "pending"));
+    assert_eq!(j.tasks.len(), 1);
+    assert_eq!(j.tasks[0].kind, "run");
+    // no workers: it waits with the reason the scheduler gives
+    let j = eventually("the waiting reason", || {
+        let mut jobs = c.jobs.clone();
+        let id = id.clone();
+        async move {
+            let j = jobs.get_job(pb::GetJobRequest { job_id: id }).await.ok()?.into_inner();
+            j.reason.contains("needs 1 workers, 0 registered").then_some(j)
+        }
+    })
+    .await;
+    assert_eq!(j.status, "pending");
+    let list = c.jobs.list_jobs(pb::ListJobsRequest {}).await.unwrap().into_inner();
+    let ids: Vec<_> = list.jobs.iter().map(|j| j.job_id.as_str()).collect();
+    assert_eq!(ids, vec!["tiny-1", "tiny-2"]);
+    let mut watch = c
+        .jobs
+        .watch_job(pb::WatchJobRequest { job_id: id.clone(), from_index: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let cancelled = c
+        .jobs
+        .cancel_job(pb::CancelJobRequest { job_id: id.clone(), reason: "not needed".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((cancelled.status.as_str(), cancelled.reason.as_str()), ("cancelled", "not needed"));
+    let first = tokio::time::timeout(Duration::from_secs(10), watch.next()).await.unwrap().unwrap().unwrap();
+    match first.event {
+        Some(Event::Ended(e)) => {
+            assert_eq!((e.status.as_str(), e.reason.as_str()), ("cancelled", "not needed"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), watch.next()).await.unwrap().is_none(),
+        "the stream ends after the job ended"
+    );
+    // cancelling twice is refused with the reason
+    let again =
+        c.jobs.cancel_job(pb::CancelJobRequest { job_id: id, reason: String::new() }).await.unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+    c.handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_right_code_and_names_the_problem() {
+    let mut c = start(10_000).await;
+    let bad = pb::SubmitJobRequest {
+        spec_toml: SPEC.replace("cycle_len = 1", "cycle_len = 1\ncycle_mult = 0"),
+        workers_per_run: 1,
+        max_restarts: 0,
+    };
+    let e = c.jobs.submit_job(bad).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("cycle_mult must be ≥ 1"), "{}", e.message());
+    let garbage = pb::SubmitJobRequest { spec_toml: "name = ".into(), workers_per_run: 1, max_restarts: 0 };
+    let e = c.jobs.submit_job(garbage).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("cannot parse the job spec"), "{}", e.message());
+    for e in [
+        c.jobs.get_job(pb::GetJobRequest { job_id: "nope-1".into() }).await.unwrap_err(),
+        c.jobs
+            .cancel_job(pb::CancelJobRequest { job_id: "nope-1".into(), reason: String::new() })
+            .await
+            .unwrap_err(),
+        c.jobs.watch_job(pb::WatchJobRequest { job_id: "nope-1".into(), from_index: 0 }).await.unwrap_err(),
+    ] {
+        assert_eq!(e.code(), Code::NotFound);
+        assert!(e.message().contains("unknown job nope-1"), "{}", e.message());
+    }
+    let old = pb::RegisterRequest {
+        worker_id: "old".into(),
+        data_addr: "x:1".into(),
+        protocol_version: 99,
+        gpus: 0,
+    };
+    let e = c.workers.register(old).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("speaks protocol 99"), "{}", e.message());
+    let e = heartbeat(&mut c, "ghost").await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(e.message().contains("register first"), "{}", e.message());
+    register(&mut c, "w1").await;
+    let progress = pb::ProgressReport {
+        worker_id: "w1".into(),
+        job_id: "nope-1".into(),
+        task: 0,
+        generation: 0,
+        progress_json: "{".into(),
+    };
+    assert_eq!(c.workers.report_progress(progress).await.unwrap_err().code(), Code::InvalidArgument);
+    c.handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn two_workers_rendezvous_report_progress_and_the_job_succeeds() {
+    let mut c = start(10_000).await;
+    register(&mut c, "w1").await;
+    register(&mut c, "w2").await;
+    let id = submit(&mut c, 2).await;
+    let a1 = assigned(&c, "w1").await;
+    let a2 = assigned(&c, "w2").await;
+    assert_eq!((a1.job_id.as_str(), a1.task, a1.generation, a1.world_size), (id.as_str(), 0, 0, 2));
+    assert_eq!((a1.rank, a2.rank), (0, 1));
+    assert!(a1.spec_toml.contains("name = \"tiny\""));
+    let task: serde_json::Value = serde_json::from_str(&a1.task_json).unwrap();
+    assert_eq!(task["kind"], "run");
+    // rank 1 waits in rendezvous until rank 0 publishes
+    let mut w2 = c.workers.clone();
+    let r2 = rendezvous_req(&a2, "10.0.0.2:5000");
+    let waiting = tokio::spawn(async move { w2.rendezvous(r2).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "rank 1 must wait for rank 0");
+    let got1 = c.workers.rendezvous(rendezvous_req(&a1, "10.0.0.1:5000")).await.unwrap().into_inner();
+    let got2 =
+        tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap().unwrap().into_inner();
+    assert_eq!(got1.data_addrs, vec!["10.0.0.1:5000", "10.0.0.2:5000"]);
+    assert_eq!(got1, got2);
+    assert_eq!(got2.nccl_unique_id, vec![1, 2, 3]);
+    let epoch = r#"{"type":"epoch","stage":0,"epoch":1,"step":100,"train_loss":0.5,"valid_loss":0.4,"valid_accuracy":0.8,"seconds":1.5}"#;
+    let progress = pb::ProgressReport {
+        worker_id: "w1".into(),
+        job_id: id.clone(),
+        task: 0,
+        generation: 0,
+        progress_json: epoch.into(),
+    };
+    c.workers.report_progress(progress).await.unwrap();
+    // rank 1's ok is acknowledged; rank 0's completes the task
+    let ok = |w: &str| pb::ResultReport {
+        worker_id: w.into(),
+        job_id: id.clone(),
+        task: 0,
+        generation: 0,
+        ok: true,
+        result_json: r#"{"valid_accuracy":0.8}"#.into(),
+        error: String::new(),
+        permanent: false,
+    };
+    c.workers.report_result(ok("w2")).await.unwrap();
+    assert_eq!(job(&mut c, &id).await.status, "running");
+    c.workers.report_result(ok("w1")).await.unwrap();
+    let j = job(&mut c, &id).await;
+    assert_eq!(j.status, "succeeded");
+    assert_eq!(j.results_json, r#"{"valid_accuracy":0.8}"#);
+    assert_eq!(heartbeat(&mut c, "w1").await.unwrap(), None, "a finished run leaves no assignment");
+    let events: Vec<_> = c
+        .jobs
+        .watch_job(pb::WatchJobRequest { job_id: id, from_index: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .map(|e| e.unwrap())
+        .collect();
+    assert_eq!(events.iter().map(|e| e.index).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert!(matches!(&events[0].event, Some(Event::TaskStarted(t)) if t.workers == ["w1", "w2"]));
+    assert!(matches!(&events[1].event, Some(Event::Epoch(e)) if e.step == 100 && e.valid_accuracy == 0.8));
+    assert!(matches!(&events[2].event, Some(Event::Ended(e)) if e.status == "succeeded"));
+    c.handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_silent_worker_loses_its_lease_and_the_task_restarts_on_a_new_group() {
+    let mut c = start(400).await;
+    for w in ["w1", "w2", "w3"] {
+        register(&mut c, w).await;
+    }
+    let id = submit(&mut c, 2).await;
+    let a1 = assigned(&c, "w1").await;
+    assert_eq!(a1.generation, 0);
+    // w1 and w3 keep heartbeating; w2 goes silent
+    let keep_alive = {
+        let workers = c.workers.clone();
+        tokio::spawn(async move {
+            loop {
+                for w in ["w1", "w3"] {
+                    let _ = workers.clone().heartbeat(pb::HeartbeatRequest { worker_id: w.into() }).await;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let a = eventually("generation 1", || {
+        let mut w = c.workers.clone();
+        async move {
+            let a = w
+                .heartbeat(pb::HeartbeatRequest { worker_id: "w3".into() })
+                .await
+                .ok()?
+                .into_inner()
+                .assignment?;
+            (a.generation == 1).then_some(a)
+        }
+    })
+    .await;
+    assert_eq!((a.job_id.as_str(), a.rank, a.world_size), (id.as_str(), 1, 2));
+    let again = heartbeat(&mut c, "w1").await.unwrap().unwrap();
+    assert_eq!((again.generation, again.rank), (1, 0));
+    // the old generation's calls are refused; the dead worker must register again
+    let stale = c.workers.rendezvous(rendezvous_req(&a1, "x:1")).await.unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    assert!(stale.message().contains("generation 0 is over"), "{}", stale.message());
+    let dead = heartbeat(&mut c, "w2").await.unwrap_err();
+    assert_eq!(dead.code(), Code::NotFound);
+    assert!(dead.message().contains("register again"), "{}", dead.message());
+    let j = job(&mut c, &id).await;
+    assert_eq!((j.tasks[0].restarts, j.tasks[0].generation), (1, 1));
+    // a transient failure restarts again; a permanent one fails the job with the reason
+    let fail = |generation, permanent| pb::ResultReport {
+        worker_id: "w1".into(),
+        job_id: id.clone(),
+        task: 0,
+        generation,
+        ok: false,
+        result_json: String::new(),
+        error: "bad data: truncated file".into(),
+        permanent,
+    };
+    c.workers.report_result(fail(1, true)).await.unwrap();
+    let j = job(&mut c, &id).await;
+    assert_eq!(j.status, "failed");
+    assert!(j.reason.contains("bad data: truncated file"), "{}", j.reason);
+    keep_alive.abort();
+    c.handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_rendezvous_times_out_naming_the_missing_ranks() {
+    let mut c = start(10_000).await;
+    register(&mut c, "w1").await;
+    register(&mut c, "w2").await;
+    let _ = submit(&mut c, 2).await;
+    let a1 = assigned(&c, "w1").await;
+    let mut req = tonic::Request::new(rendezvous_req(&a1, "a:1"));
+    req.set_timeout(Duration::from_millis(400));
+    let e = c.workers.rendezvous(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    assert!(e.message().contains("ranks [1] did not publish"), "{}", e.message());
+    assert_eq!(c.handle.rendezvous_rounds(), 1);
+    c.handle.shutdown().await.unwrap();
+}

@@ -1,0 +1,95 @@
+//! The raft transport over gRPC: one background task per peer drains a bounded queue of encoded
+//! raft messages into `RaftService.Send`. Sending never blocks the raft driver thread: a full
+//! queue drops the message (raft retransmits), a failed call drops it and reconnects with
+//! exponential backoff (50 ms → 1 s).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use cyclotron_proto::v1 as pb;
+use pb::raft_service_client::RaftServiceClient;
+use protobuf::Message as _;
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+/// Messages queued per peer before new ones are dropped.
+pub const QUEUE_DEPTH: usize = 4096;
+/// Deadline of one `Send` call.
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+pub struct GrpcTransport {
+    peers: HashMap<u64, mpsc::Sender<Vec<u8>>>,
+}
+
+impl GrpcTransport {
+    /// Start one sender task per peer other than `self_id` on the current tokio runtime.
+    pub fn start(self_id: u64, peers: &[(u64, String)]) -> Self {
+        let mut senders = HashMap::new();
+        for (id, addr) in peers {
+            if *id == self_id {
+                continue;
+            }
+            let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+            tokio::spawn(peer_loop(*id, addr.clone(), rx));
+            senders.insert(*id, tx);
+        }
+        GrpcTransport { peers: senders }
+    }
+
+    /// Queue `message` for peer `to`; drops it when the queue is full or the peer unknown.
+    pub fn send_message(&self, to: u64, message: &raft::eraftpb::Message) {
+        let Some(tx) = self.peers.get(&to) else {
+            tracing::warn!(to, "raft message for an unknown peer dropped");
+            return;
+        };
+        let bytes = match message.write_to_bytes() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(to, error = %e, "cannot encode a raft message");
+                return;
+            }
+        };
+        if tx.try_send(bytes).is_err() {
+            tracing::debug!(to, "raft queue full or closed; message dropped (raft retransmits)");
+        }
+    }
+}
+
+async fn connect(addr: &str) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(SEND_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    Ok(RaftServiceClient::new(channel))
+}
+
+async fn peer_loop(to: u64, addr: String, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut backoff = Duration::from_millis(50);
+    let mut client: Option<RaftServiceClient<Channel>> = None;
+    while let Some(message) = rx.recv().await {
+        if client.is_none() {
+            match connect(&addr).await {
+                Ok(c) => {
+                    client = Some(c);
+                    backoff = Duration::from_millis(50);
+                }
+                Err(e) => {
+                    tracing::debug!(to, %addr, error = %e, "raft peer unreachable; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    // drop what queued up meanwhile: raft resends what still matters
+                    while rx.try_recv().is_ok() {}
+                    continue;
+                }
+            }
+        }
+        let Some(c) = client.as_mut() else { continue };
+        if let Err(e) = c.send(pb::RaftMessage { message }).await {
+            tracing::debug!(to, %addr, error = %e, "raft send failed; reconnecting");
+            client = None;
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! A job's event log: what `WatchJob` streams. Workers send the training events (stage started,
+//! LR-range curve, epoch metrics, snapshot saved) as `ProgressReport.progress_json`, one
+//! [`JobEvent`] tagged by `type`, e.g. `{"type":"epoch","stage":1,"epoch":2,"step":900,
+//! "train_loss":0.41,"valid_loss":0.38,"valid_accuracy":0.86,"seconds":12.5}`; the state machine
+//! adds task started / restarted and the final `ended` event itself. Events are committed, so a
+//! new leader streams the same log.
+//!
+//! Floats that are not finite (a diverged LR-range test) travel as JSON `null` and read back as
+//! NaN: raft entries are JSON, which has no NaN.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum JobEvent {
+    StageStarted {
+        stage: u32,
+        #[serde(default)]
+        name: String,
+        epochs: u64,
+    },
+    LrFind {
+        stage: u32,
+        lrs: Vec<f64>,
+        #[serde(with = "nan_as_null::vec")]
+        losses: Vec<f64>,
+        #[serde(with = "nan_as_null")]
+        steep: f64,
+        #[serde(with = "nan_as_null")]
+        valley: f64,
+        #[serde(with = "nan_as_null")]
+        minimum: f64,
+    },
+    Epoch {
+        stage: u32,
+        epoch: u32,
+        step: u64,
+        #[serde(with = "nan_as_null")]
+        train_loss: f64,
+        #[serde(with = "nan_as_null")]
+        valid_loss: f64,
+        #[serde(with = "nan_as_null")]
+        valid_accuracy: f64,
+        #[serde(with = "nan_as_null")]
+        seconds: f64,
+    },
+    Snapshot {
+        index: u32,
+        stage: u32,
+        cycle: u32,
+        manifest_url: String,
+    },
+    /// Added by the state machine when a group starts a task.
+    TaskStarted {
+        task: u32,
+        generation: u64,
+        workers: Vec<String>,
+    },
+    /// Added by the state machine when a group is torn down and the task waits to run again.
+    TaskRestarted {
+        task: u32,
+        generation: u64,
+        reason: String,
+    },
+    /// The last event of every job: `succeeded`, `failed` or `cancelled`, with the reason.
+    Ended {
+        status: String,
+        reason: String,
+    },
+}
+
+impl JobEvent {
+    /// Whether a worker may report this event (the others are the state machine's own).
+    pub fn is_worker_event(&self) -> bool {
+        matches!(
+            self,
+            JobEvent::StageStarted { .. }
+                | JobEvent::LrFind { .. }
+                | JobEvent::Epoch { .. }
+                | JobEvent::Snapshot { .. }
+        )
+    }
+}
+
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else {
+            s.serialize_none()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+
+    pub mod vec {
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        pub fn serialize<S: Serializer>(v: &[f64], s: S) -> Result<S::Ok, S::Error> {
+            let opts: Vec<Option<f64>> = v.iter().map(|x| x.is_finite().then_some(*x)).collect();
+            opts.serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+            let opts = Vec::<Option<f64>>::deserialize(d)?;
+            Ok(opts.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_parse_from_the_worker_json_and_non_finite_floats_survive_as_null() {
+        let e: JobEvent = serde_json::from_str(
+            r#"{"type":"lr_find","stage":0,"lrs":[1e-5,1.0],"losses":[2.3,null],"steep":0.01,"valley":0.003,"minimum":null}"#,
+        )
+        .unwrap();
+        let JobEvent::LrFind { losses, minimum, .. } = &e else { panic!("{e:?}") };
+        assert!(losses[1].is_nan() && minimum.is_nan());
+        let text = serde_json::to_string(&e).unwrap();
+        assert!(text.contains(r#""losses":[2.3,null]"#), "{text}");
+        assert!(serde_json::from_str::<JobEvent>(&text).is_ok());
+        assert!(e.is_worker_event());
+        let bad = serde_json::from_str::<JobEvent>(r#"{"type":"epoch","stage":0}"#).unwrap_err();
+        assert!(bad.to_string().contains("missing field"), "{bad}");
+    }
+}
