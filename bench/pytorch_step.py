@@ -108,6 +108,8 @@ def main():
     ap.add_argument("--steps", type=int, default=50, help="timed steps")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="on cuda each step reads the loss (loss.item()), as Cyclotron's learner does")
     ap.add_argument("--json", help="write the result here")
     args = ap.parse_args()
     if args.steps < 1 or args.batch_size < 1 or args.threads < 1 or args.warmup < 0:
@@ -115,17 +117,23 @@ def main():
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible")
+    dev = torch.device(args.device)
     net, shape = build(args.model, args.width)
+    net = net.to(dev)
     net.train()
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    x = torch.randn(args.batch_size, *shape)
-    y = torch.randint(0, 10, (args.batch_size,))
+    x = torch.randn(args.batch_size, *shape, device=dev)
+    y = torch.randint(0, 10, (args.batch_size,), device=dev)
 
     def step():
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(net(x), y)
         loss.backward()
         opt.step()
+        if dev.type == "cuda":
+            loss.item()
         return loss
 
     for _ in range(args.warmup):
@@ -142,7 +150,7 @@ def main():
               "batch_size": args.batch_size, "steps": args.steps,
               "samples_per_s": args.steps * args.batch_size / sum(times),
               "step_ms_median": 1000 * statistics.median(times),
-              "torch": torch.__version__, "threads": args.threads}
+              "torch": torch.__version__, "threads": args.threads, "device": args.device}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

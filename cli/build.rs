@@ -7,6 +7,11 @@ fn main() {
     let Some(lib) = std::env::var_os("DEP_TCH_LIBTORCH_LIB") else { return };
     let lib = std::path::PathBuf::from(lib);
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    // the wheel's NCCL (site-packages/nvidia/nccl/lib), dlopened by cudarc for the `nccl` feature
+    let nccl = lib.join("../../nvidia/nccl/lib");
+    if nccl.exists() {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", nccl.display());
+    }
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
     }

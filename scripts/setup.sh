@@ -40,6 +40,13 @@ if ! "$CYCLOTRON_VENV/bin/python" -c "import torchvision,safetensors,sys; sys.ex
   "$CYCLOTRON_VENV/bin/pip" install -q "torchvision==$want_tv" safetensors
 fi
 
+# NCCL for the `nccl` feature: cudarc dlopens libnccl.so, the wheel ships libnccl.so.2; the link
+# lives next to it, and worker/build.rs puts that folder on the rpath
+nccl_dir=$("$CYCLOTRON_VENV/bin/python" -c "import torch,os;print(os.path.join(os.path.dirname(torch.__file__),'..','nvidia','nccl','lib'))")
+if [ -e "$nccl_dir/libnccl.so.2" ] && [ ! -e "$nccl_dir/libnccl.so" ]; then
+  ln -s libnccl.so.2 "$nccl_dir/libnccl.so"
+fi
+
 if command -v rustup >/dev/null 2>&1; then
   for c in rustfmt clippy; do
     rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"

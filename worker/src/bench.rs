@@ -18,6 +18,7 @@ pub struct StepBench {
     pub batch_size: i64,
     pub threads: i32,
     pub steps: usize,
+    pub device: String,
     pub samples_per_s: f64,
     pub step_ms_median: f64,
 }
@@ -30,15 +31,16 @@ pub fn step_throughput(
     threads: i32,
     steps: usize,
     warmup: usize,
+    device: Device,
 ) -> Result<StepBench> {
     tch::set_num_threads(threads);
     tch::manual_seed(0);
     let (channels, side) = if arch == "small_resnet" { (1, 28) } else { (3, 32) };
-    let net = models::build(arch, width, channels, 10, Device::Cpu)?;
+    let net = models::build(arch, width, channels, 10, device)?;
     let spec = OptimizerSpec { momentum: 0.9, weight_decay: 5e-4, ..Default::default() };
     let mut opt = Optimizer::new(&spec, net.parameters());
-    let x = Tensor::randn([batch_size, channels, side, side], (Kind::Float, Device::Cpu));
-    let y = Tensor::randint(10, [batch_size], (Kind::Int64, Device::Cpu));
+    let x = Tensor::randn([batch_size, channels, side, side], (Kind::Float, device));
+    let y = Tensor::randint(10, [batch_size], (Kind::Int64, device));
     let lrs = [0.01; GROUPS];
     for _ in 0..warmup {
         train_step(&net, &mut opt, &x, &y, &lrs);
@@ -57,6 +59,7 @@ pub fn step_throughput(
         batch_size,
         threads,
         steps,
+        device: format!("{device:?}").to_lowercase(),
         samples_per_s: (steps as f64 * batch_size as f64) / total,
         step_ms_median: 1000.0 * times[times.len() / 2],
     })

@@ -8,7 +8,7 @@ pub enum Error {
     Data(#[from] DataError),
     #[error(transparent)]
     Core(#[from] cyclotron_core::Error),
-    #[error("collective: {0}")]
+    #[error(transparent)]
     Collective(#[from] crate::collective::CollectiveError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

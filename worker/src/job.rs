@@ -229,7 +229,7 @@ pub fn run_train_with(
                         .into(),
             });
         }
-        let mut sync = g.join()?;
+        let mut sync = g.join(l.net.vs.device())?;
         sync.broadcast_model(&l.net)?;
         l.grad_sync = Some(sync);
     }

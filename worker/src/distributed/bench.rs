@@ -77,6 +77,9 @@ pub struct DdpBench {
     pub batch_per_rank: i64,
     pub threads: i32,
     pub steps: usize,
+    pub device: String,
+    /// "ring" or "nccl".
+    pub backend: String,
     /// Samples per second over the whole group.
     pub samples_per_s: f64,
 }
@@ -88,18 +91,18 @@ pub fn ddp_throughput(
     (arch, width): (&str, i64),
     batch: i64,
     threads: i32,
-    steps: usize,
-    warmup: usize,
+    (steps, warmup): (usize, usize),
+    device: Device,
 ) -> Result<DdpBench> {
     tch::set_num_threads(threads);
     tch::manual_seed(group.rank as i64);
-    let net = models::build(arch, width, 1, 10, Device::Cpu)?;
+    let net = models::build(arch, width, 1, 10, device)?;
     let spec = OptimizerSpec { momentum: 0.9, weight_decay: 5e-4, ..Default::default() };
     let mut opt = Optimizer::new(&spec, net.parameters());
-    let mut sync = super::GradSync::new(connect(group)?, group.timeout)?;
+    let mut sync = group.join(device)?;
     sync.broadcast_model(&net)?;
-    let x = Tensor::randn([batch, 1, 28, 28], (Kind::Float, Device::Cpu));
-    let y = Tensor::randint(10, [batch], (Kind::Int64, Device::Cpu));
+    let x = Tensor::randn([batch, 1, 28, 28], (Kind::Float, device));
+    let y = Tensor::randint(10, [batch], (Kind::Int64, device));
     let lrs = [0.01; GROUPS];
     for _ in 0..warmup {
         sync.train_step(&net, &mut opt, &x, &y, &lrs)?;
@@ -118,6 +121,8 @@ pub fn ddp_throughput(
         batch_per_rank: batch,
         threads,
         steps,
+        device: format!("{device:?}").to_lowercase(),
+        backend: sync.backend().into(),
         samples_per_s: (steps * world) as f64 * batch as f64 / total,
     })
 }

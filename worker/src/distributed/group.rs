@@ -2,10 +2,17 @@
 //! told its rank, the world size and every rank's `host:port`, then builds the TCP ring (a world
 //! of one needs no network) and hands the learner a [`GradSync`].
 //!
+//! Transport: on CUDA with the `nccl` feature, gradients are reduced by NCCL on the device (the
+//! ring only bootstraps it: rank 0's `ncclUniqueId` travels over one ring broadcast); otherwise
+//! they go through the TCP ring on the host. [`Backend`] (or `CYCLOTRON_COLLECTIVE=ring|nccl`)
+//! overrides the choice; asking for NCCL where it cannot run is an error, never a silent fallback.
+//!
 //! Roles: rank 0 is the writer: only it commits snapshots, checkpoints and results (the others
 //! write to a `memory://` store that is dropped with the process) and only it writes `--out`.
 
 use std::time::Duration;
+
+use tch::Device;
 
 use super::GradSync;
 use crate::collective::{Collective, Local, Ring, RingConfig, DEFAULT_TIMEOUT};
@@ -22,11 +29,37 @@ pub struct GroupSpec {
     pub generation: u64,
     /// Deadline of connection set-up and of every collective call.
     pub timeout: Duration,
+    /// Which transport reduces gradients.
+    pub backend: Backend,
+}
+
+/// The gradient transport of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// NCCL when the model is on CUDA and the build has it, else the TCP ring.
+    Auto,
+    Ring,
+    Nccl,
+}
+
+impl Backend {
+    /// `CYCLOTRON_COLLECTIVE` (`auto`, `ring`, `nccl`), [`Backend::Auto`] when unset.
+    pub fn from_env() -> Result<Backend> {
+        match std::env::var("CYCLOTRON_COLLECTIVE").as_deref() {
+            Err(_) | Ok("") | Ok("auto") => Ok(Backend::Auto),
+            Ok("ring") => Ok(Backend::Ring),
+            Ok("nccl") => Ok(Backend::Nccl),
+            Ok(other) => Err(Error::Invalid {
+                what: "CYCLOTRON_COLLECTIVE".into(),
+                message: format!("{other:?} is not a collective; use auto, ring or nccl"),
+            }),
+        }
+    }
 }
 
 impl GroupSpec {
     pub fn new(rank: usize, world_size: usize, peers: Vec<String>) -> GroupSpec {
-        GroupSpec { rank, world_size, peers, generation: 0, timeout: DEFAULT_TIMEOUT }
+        GroupSpec { rank, world_size, peers, generation: 0, timeout: DEFAULT_TIMEOUT, backend: Backend::Auto }
     }
 
     /// Whether this rank writes results, snapshots and checkpoints.
@@ -56,10 +89,60 @@ impl GroupSpec {
         Ok(())
     }
 
-    /// Connects to the group: the ring for two or more ranks, [`Local`] for one.
-    pub fn join(&self) -> Result<GradSync> {
+    /// Connects to the group for a model on `device`: the ring (or [`Local`] for one rank), and
+    /// NCCL on top of it when [`Backend`] and the device call for it.
+    pub fn join(&self, device: Device) -> Result<GradSync> {
         self.validate()?;
-        let c: Box<dyn Collective> = if self.world_size == 1 {
+        let cuda = match device {
+            Device::Cuda(d) => Some(d),
+            _ => None,
+        };
+        let nccl = match (self.backend, cuda) {
+            (Backend::Ring, _) | (Backend::Auto, None) => None,
+            (Backend::Auto, Some(_)) if self.world_size == 1 || !cfg!(feature = "nccl") => {
+                if self.world_size > 1 {
+                    tracing::warn!(
+                        "built without the `nccl` feature: CUDA gradients go through the CPU ring"
+                    );
+                }
+                None
+            }
+            (_, Some(d)) => Some(d),
+            (Backend::Nccl, None) => {
+                return Err(Error::Invalid {
+                    what: "CYCLOTRON_COLLECTIVE".into(),
+                    message:
+                        "nccl needs the model on a CUDA device; set runtime.device = \"cuda\" or use ring"
+                            .into(),
+                })
+            }
+        };
+        let c = self.bootstrap()?;
+        let Some(d) = nccl else {
+            tracing::info!(
+                rank = self.rank,
+                world = self.world_size,
+                "joined the data-parallel group (ring)"
+            );
+            return GradSync::new(c, self.timeout);
+        };
+        let mut c = c;
+        let mine = if self.rank == 0 { Some(crate::collective::nccl::Nccl::unique_id()?) } else { None };
+        let id = crate::collective::nccl::UniqueId::share(c.as_mut(), mine)?;
+        let mut nccl = crate::collective::nccl::Nccl::new(self.rank, self.world_size, &id, d)?;
+        nccl.set_timeout(self.timeout);
+        tracing::info!(
+            rank = self.rank,
+            world = self.world_size,
+            device = d,
+            "joined the data-parallel group (nccl)"
+        );
+        GradSync::with_nccl(c, nccl, self.timeout)
+    }
+
+    /// The host collective: the TCP ring for two or more ranks, [`Local`] for one.
+    fn bootstrap(&self) -> Result<Box<dyn Collective>> {
+        Ok(if self.world_size == 1 {
             Box::new(Local::new())
         } else {
             let cfg = RingConfig {
@@ -70,9 +153,7 @@ impl GroupSpec {
                 timeout: self.timeout,
             };
             Box::new(Ring::connect(cfg)?)
-        };
-        tracing::info!(rank = self.rank, world = self.world_size, "joined the data-parallel group");
-        GradSync::new(c, self.timeout)
+        })
     }
 }
 

@@ -11,6 +11,7 @@
 
 pub mod bench;
 mod comm;
+mod device;
 mod group;
 pub mod sampler;
 
@@ -19,7 +20,8 @@ use std::time::Duration;
 use tch::{Device, Kind, Tensor};
 
 pub use comm::{CommThread, Op};
-pub use group::GroupSpec;
+pub use device::DeviceSync;
+pub use group::{Backend, GroupSpec};
 
 use crate::collective::{Collective, ReduceOp};
 use crate::error::Result;
@@ -36,6 +38,9 @@ pub struct GradSync {
     bucket_elems: usize,
     /// Recycled bucket buffers: a warm step allocates no buckets.
     pool: Vec<Vec<f32>>,
+    /// NCCL on CUDA tensors: when set, steps, broadcasts and sums go through it and `comm`
+    /// (the bootstrap ring) stays idle.
+    device: Option<DeviceSync>,
 }
 
 /// Which parameters a queued bucket holds: `(index into the parameter list, offset, length)`.
@@ -44,13 +49,41 @@ type Slots = Vec<(usize, usize, usize)>;
 impl GradSync {
     /// A rank of the group `c`, every collective call bounded by `timeout`.
     pub fn new(c: Box<dyn Collective>, timeout: Duration) -> Result<GradSync> {
-        Ok(GradSync { comm: CommThread::spawn(c, timeout)?, bucket_elems: BUCKET_BYTES / 4, pool: vec![] })
+        Ok(GradSync {
+            comm: CommThread::spawn(c, timeout)?,
+            bucket_elems: BUCKET_BYTES / 4,
+            pool: vec![],
+            device: None,
+        })
+    }
+
+    /// Gradients reduced on the GPU by `nccl` (same ranks as the bootstrap collective `c`).
+    pub fn with_nccl(
+        c: Box<dyn Collective>,
+        nccl: crate::collective::nccl::Nccl,
+        timeout: Duration,
+    ) -> Result<GradSync> {
+        let mut s = GradSync::new(c, timeout)?;
+        s.device = Some(DeviceSync::new(nccl, s.bucket_elems));
+        Ok(s)
     }
 
     /// Smaller buckets (tests use this to exercise several buckets on a small model).
     pub fn with_bucket_elems(mut self, elems: usize) -> GradSync {
         self.bucket_elems = elems.max(1);
+        if let Some(d) = &mut self.device {
+            d.set_bucket_elems(elems);
+        }
         self
+    }
+
+    /// Which transport reduces the gradients ("nccl" or "ring"), for logs and results.
+    pub fn backend(&self) -> &'static str {
+        if self.device.is_some() {
+            "nccl"
+        } else {
+            "ring"
+        }
     }
 
     pub fn rank(&self) -> usize {
@@ -71,6 +104,9 @@ impl GradSync {
     pub fn broadcast_model(&mut self, net: &Net) -> Result<()> {
         let vars: Vec<Tensor> =
             net.named_groups().into_iter().map(|(_, _, t)| t).filter(|t| t.kind() == Kind::Float).collect();
+        if let Some(d) = &mut self.device {
+            return d.broadcast_model(&vars);
+        }
         let mut buf = self.buffer();
         for t in &vars {
             append(&mut buf, Some(t), t.numel());
@@ -85,7 +121,13 @@ impl GradSync {
     pub fn sum(&mut self, values: &mut [f64]) -> Result<()> {
         let mut buf = self.buffer();
         buf.extend(values.iter().map(|&v| v as f32));
-        let buf = self.comm.run(buf, Op::Reduce(ReduceOp::Sum))?;
+        let buf = match &mut self.device {
+            Some(d) => {
+                d.sum(&mut buf)?;
+                buf
+            }
+            None => self.comm.run(buf, Op::Reduce(ReduceOp::Sum))?,
+        };
         values.iter_mut().zip(&buf).for_each(|(v, &s)| *v = f64::from(s));
         self.pool.push(buf);
         Ok(())
@@ -101,6 +143,9 @@ impl GradSync {
         y: &Tensor,
         lrs: &[f64],
     ) -> Result<f64> {
+        if let Some(d) = &mut self.device {
+            return d.train_step(net, opt, x, y, lrs);
+        }
         let loss = net.forward_t(x, true).cross_entropy_for_logits(y);
         opt.zero_grad();
         loss.backward();
@@ -261,5 +306,47 @@ mod tests {
                 assert!((a - b).abs() < 1e-5, "loss {a} vs {b}");
             }
         }
+    }
+
+    /// On a CUDA machine built with `nccl`: the NCCL path of [`GradSync`] (device buckets, loss in
+    /// the last bucket, copy-back, broadcast) trains exactly like one plain process; elsewhere it
+    /// says why it skips.
+    #[test]
+    fn nccl_grad_sync_steps_like_one_process_on_cuda_or_skips() {
+        if !cfg!(feature = "nccl") || !tch::Cuda::is_available() {
+            eprintln!("skipping the NCCL training step: needs the `nccl` feature and a CUDA device");
+            return;
+        }
+        let dev = Device::Cuda(0);
+        let build = || {
+            let _guard = INIT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            tch::manual_seed(11);
+            let net = models::build("small_cnn", 4, 1, 3, dev).unwrap();
+            let opt = Optimizer::new(&OptimizerSpec::default(), net.parameters());
+            (net, opt)
+        };
+        tch::manual_seed(5);
+        let x = Tensor::randn([8, 1, 12, 12], (Kind::Float, dev));
+        let y = Tensor::randint(3, [8], (Kind::Int64, dev));
+        let lrs = [0.1; GROUPS];
+        let (net, mut opt) = build();
+        let want: Vec<f64> =
+            (0..3).map(|_| crate::learner::train_step(&net, &mut opt, &x, &y, &lrs)).collect();
+        let want_params = params(&net);
+
+        let g = GroupSpec { backend: Backend::Nccl, ..GroupSpec::new(0, 1, vec![]) };
+        let mut sync = g.join(dev).expect("NCCL group of one").with_bucket_elems(40);
+        assert_eq!(sync.backend(), "nccl");
+        let (net, mut opt) = build();
+        sync.broadcast_model(&net).unwrap();
+        let got: Vec<f64> = (0..3).map(|_| sync.train_step(&net, &mut opt, &x, &y, &lrs).unwrap()).collect();
+        let mut sums = [1.5, 2.0];
+        sync.sum(&mut sums).unwrap();
+        assert_eq!(sums, [1.5, 2.0]);
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "loss {a} vs {b}");
+        }
+        let worst = params(&net).iter().zip(&want_params).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-5, "parameters differ by {worst}");
     }
 }

@@ -22,7 +22,10 @@ fn probe() -> Result<()> {
     }
     if !nccl {
         return Err(CollectiveError::NcclUnavailable {
-            message: "libnccl cannot be loaded; install NCCL or add its folder to LD_LIBRARY_PATH".into(),
+            message: "libnccl cannot be loaded: cudarc looks for libnccl.so (or libnccl.so.13); the PyTorch \
+                      wheel ships site-packages/nvidia/nccl/lib/libnccl.so.2, so link libnccl.so to it in a folder \
+                      on LD_LIBRARY_PATH (scripts/setup.sh does this in its venv)"
+                .into(),
         });
     }
     Ok(())
@@ -76,7 +79,17 @@ impl Nccl {
         let uid = nc::ncclUniqueId { internal: id.0.map(|b| b as std::ffi::c_char) };
         let mut comm: nc::ncclComm_t = std::ptr::null_mut();
         // SAFETY: `comm` is a valid out-pointer; the id is plain bytes.
-        check("comm_init_rank", unsafe { nc::ncclCommInitRank(&mut comm, world as i32, uid, rank as i32) })?;
+        let r = unsafe { nc::ncclCommInitRank(&mut comm, world as i32, uid, rank as i32) };
+        if r == nc::ncclResult_t::ncclInvalidUsage {
+            return Err(CollectiveError::Nccl {
+                op: "comm_init_rank",
+                message: format!(
+                    "{r:?} on cuda:{device}: NCCL needs a distinct GPU per rank (two ranks on one GPU?); \
+                     give each worker its own GPU (CUDA_VISIBLE_DEVICES) or set CYCLOTRON_COLLECTIVE=ring"
+                ),
+            });
+        }
+        check("comm_init_rank", r)?;
         Ok(Nccl { comm, rank, world, device, timeout: DEFAULT_TIMEOUT, aborted: AtomicBool::new(false) })
     }
 
@@ -134,14 +147,22 @@ impl Nccl {
 
     /// In-place all-reduce of a contiguous f32 tensor on this rank's device.
     pub fn all_reduce_tensor(&mut self, t: &Tensor, op: ReduceOp) -> Result<()> {
+        self.enqueue_all_reduce(t, op)?;
+        self.wait("all_reduce")
+    }
+
+    /// Enqueues an in-place all-reduce on the stream torch computes on and returns at once:
+    /// later kernels on that stream (copying the result back, the optimiser step) run after it.
+    /// The caller must keep `t` alive until [`Nccl::synchronize`] returns.
+    pub fn enqueue_all_reduce(&mut self, t: &Tensor, op: ReduceOp) -> Result<()> {
         self.ready(t)?;
         let red = match op {
             ReduceOp::Sum => nc::ncclRedOp_t::ncclSum,
             ReduceOp::Average => nc::ncclRedOp_t::ncclAvg,
         };
         let ptr = t.data_ptr();
-        // SAFETY: `ptr` addresses `numel` f32 on this communicator's device (checked above) and the
-        // tensor outlives the call: `wait` returns only once the stream has finished with it.
+        // SAFETY: `ptr` addresses `numel` f32 on this communicator's device (checked above); the
+        // caller keeps the tensor alive until `synchronize`.
         let r = unsafe {
             nc::ncclAllReduce(
                 ptr,
@@ -153,8 +174,13 @@ impl Nccl {
                 std::ptr::null_mut(),
             )
         };
-        check("all_reduce", r)?;
-        self.wait("all_reduce")
+        check("all_reduce", r)
+    }
+
+    /// Waits, up to the deadline, for everything enqueued on the stream; a peer lost or a
+    /// deadline passed aborts the communicator and fails.
+    pub fn synchronize(&mut self) -> Result<()> {
+        self.wait("synchronize")
     }
 
     /// In-place broadcast of a contiguous f32 tensor from `root`.

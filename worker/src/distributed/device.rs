@@ -1,0 +1,130 @@
+//! Gradient averaging on the GPU: NCCL all-reduces buckets of CUDA tensors in place, so gradients
+//! never leave the device (the host path of [`super::GradSync`] copies them to the CPU ring).
+//!
+//! Per step: gradients are flattened into ~[`super::BUCKET_BYTES`] buckets on the device (one
+//! `cat` each); each bucket's all-reduce is enqueued on torch's stream right after its `cat`, and
+//! the averaged values are copied back into the gradients by kernels queued behind it, so the CPU
+//! never waits between buckets. The batch loss rides in the last bucket. One bounded wait per step
+//! ([`Nccl::synchronize`]) comes before the loss is read: a dead peer becomes an error at the
+//! collective deadline instead of a hang inside a device copy.
+
+use tch::{Kind, Tensor};
+
+use crate::collective::nccl::Nccl;
+use crate::collective::{Collective, ReduceOp};
+use crate::error::Result;
+use crate::models::Net;
+use crate::optim::Optimizer;
+
+#[derive(Debug)]
+pub struct DeviceSync {
+    nccl: Box<Nccl>,
+    bucket_elems: usize,
+}
+
+impl DeviceSync {
+    pub fn new(nccl: Nccl, bucket_elems: usize) -> DeviceSync {
+        DeviceSync { nccl: Box::new(nccl), bucket_elems: bucket_elems.max(1) }
+    }
+
+    pub fn set_bucket_elems(&mut self, elems: usize) {
+        self.bucket_elems = elems.max(1);
+    }
+
+    pub fn rank(&self) -> usize {
+        self.nccl.rank()
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.nccl.world_size()
+    }
+
+    /// Rank 0's float variables into every rank's model, through one device buffer.
+    pub fn broadcast_model(&mut self, vars: &[Tensor]) -> Result<()> {
+        if vars.is_empty() {
+            return Ok(());
+        }
+        let flat = Tensor::cat(&vars.iter().map(|t| t.detach().reshape([-1])).collect::<Vec<_>>(), 0);
+        self.nccl.broadcast_tensor(&flat, 0)?;
+        tch::no_grad(|| {
+            let mut off = 0i64;
+            for t in vars {
+                let n = t.numel() as i64;
+                t.shallow_clone().copy_(&flat.narrow(0, off, n).view(t.size().as_slice()));
+                off += n;
+            }
+        });
+        Ok(())
+    }
+
+    /// Sums host values over the ranks (metrics).
+    pub fn sum(&mut self, values: &mut [f32]) -> Result<()> {
+        Ok(self.nccl.all_reduce(values, ReduceOp::Sum)?)
+    }
+
+    /// Forward, backward, gradients averaged by NCCL bucket by bucket, one optimiser step.
+    pub fn train_step(
+        &mut self,
+        net: &Net,
+        opt: &mut Optimizer,
+        x: &Tensor,
+        y: &Tensor,
+        lrs: &[f64],
+    ) -> Result<f64> {
+        let loss = net.forward_t(x, true).cross_entropy_for_logits(y);
+        opt.zero_grad();
+        loss.backward();
+        let params: Vec<Tensor> =
+            net.parameters().into_iter().map(|(_, _, t)| t).filter(Tensor::requires_grad).collect();
+        let mut buckets: Vec<Vec<usize>> = vec![vec![]];
+        let mut filled = 0usize;
+        for (i, p) in params.iter().enumerate() {
+            let n = p.numel();
+            if filled > 0 && filled + n > self.bucket_elems {
+                buckets.push(vec![]);
+                filled = 0;
+            }
+            buckets.last_mut().expect("one bucket at least").push(i);
+            filled += n;
+        }
+        let last = buckets.len() - 1;
+        // kept alive until the stream is synchronised: NCCL works on them asynchronously
+        let mut flats = Vec::with_capacity(buckets.len());
+        tch::no_grad(|| -> Result<()> {
+            for (k, members) in buckets.iter().enumerate() {
+                let mut parts: Vec<Tensor> = members
+                    .iter()
+                    .map(|&i| {
+                        let g = params[i].grad();
+                        if g.defined() {
+                            g.reshape([-1]).to_kind(Kind::Float)
+                        } else {
+                            Tensor::zeros([params[i].numel() as i64], (Kind::Float, params[i].device()))
+                        }
+                    })
+                    .collect();
+                if k == last {
+                    parts.push(loss.detach().to_kind(Kind::Float).reshape([1]));
+                }
+                let flat = Tensor::cat(&parts, 0);
+                self.nccl.enqueue_all_reduce(&flat, ReduceOp::Average)?;
+                let mut off = 0i64;
+                for &i in members {
+                    let g = params[i].grad();
+                    let n = params[i].numel() as i64;
+                    if g.defined() {
+                        g.shallow_clone().copy_(&flat.narrow(0, off, n).view(g.size().as_slice()));
+                    }
+                    off += n;
+                }
+                flats.push(flat);
+            }
+            Ok(())
+        })?;
+        self.nccl.synchronize()?;
+        let tail = flats.last().expect("one bucket at least");
+        let mean_loss = tail.double_value(&[tail.numel() as i64 - 1]);
+        opt.step(lrs);
+        Ok(mean_loss)
+    }
+}
