@@ -199,6 +199,16 @@ impl Drop for Child {
     }
 }
 
+/// SIGTERM to the process group led by `pid` (a child started with `process_group(0)`).
+pub fn terminate_group(pid: u32) {
+    signal_group(pid, libc::SIGTERM);
+}
+
+/// SIGKILL to the process group led by `pid`.
+pub fn kill_group(pid: u32) {
+    signal_group(pid, libc::SIGKILL);
+}
+
 /// Send `sig` to the process group led by `pid` (the child was started as its group leader).
 #[allow(unsafe_code)]
 fn signal_group(pid: u32, sig: libc::c_int) {

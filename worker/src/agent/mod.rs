@@ -265,18 +265,4 @@ async fn heartbeat(client: &Coordinators, worker: &str, lease: Duration) -> Resu
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn data_addresses_are_checked() {
-        assert_eq!(split_addr("127.0.0.1:0").unwrap(), ("127.0.0.1".into(), 0));
-        assert!(split_addr("127.0.0.1").unwrap_err().to_string().contains("host:port"));
-        assert!(split_addr(":7").unwrap_err().to_string().contains("host is empty"));
-        assert!(split_addr("h:x").unwrap_err().to_string().contains("port"));
-        assert!(default_worker_id().ends_with(&std::process::id().to_string()));
-    }
-}
-
-#[cfg(test)]
 mod tests;

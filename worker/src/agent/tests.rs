@@ -291,3 +291,12 @@ async fn a_follower_redirects_to_the_leader() {
     assert_eq!(leader.0.lock().unwrap().registrations, 1);
     assert_eq!(client::host(&c.current()), leader_addr, "later calls go to the leader first");
 }
+
+#[test]
+fn data_addresses_are_checked() {
+    assert_eq!(split_addr("127.0.0.1:0").unwrap(), ("127.0.0.1".into(), 0));
+    assert!(split_addr("127.0.0.1").unwrap_err().to_string().contains("host:port"));
+    assert!(split_addr(":7").unwrap_err().to_string().contains("host is empty"));
+    assert!(split_addr("h:x").unwrap_err().to_string().contains("port"));
+    assert!(default_worker_id().ends_with(&std::process::id().to_string()));
+}
