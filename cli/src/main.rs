@@ -1,8 +1,9 @@
 //! `cyclotron`: the one binary. On one process: `lr-find`, `train`, `plot` and `check`; on a
 //! cluster: `worker`, `submit`, `status`, `watch`, `cancel` and `local` (a whole cluster on this
-//! machine) in [`cluster_cmd`].
+//! machine) in [`cluster_cmd`]; `coordinator` in [`coordinator_cmd`].
 
 mod cluster_cmd;
+mod coordinator_cmd;
 mod output;
 mod plot;
 mod progress;
@@ -34,6 +35,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    #[command(flatten)]
+    Coordinator(coordinator_cmd::CoordinatorCmd),
     /// Run the LR-range test of a job; writes OUT/lr_find.json and OUT/lr_find.png.
     LrFind {
         job: PathBuf,
@@ -245,6 +248,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         cyclotron_worker::agent::watchdog::exit_with_parent(silence);
     }
     match cli.cmd {
+        Cmd::Coordinator(cmd) => coordinator_cmd::run(cmd),
         Cmd::Check { job } => {
             let spec = JobSpec::load(&job)?;
             println!(

@@ -85,6 +85,18 @@ impl Driver {
             ..Default::default()
         };
         let cs = storage.conf_state().clone();
+        let mut configured: Vec<u64> = cfg.peers.iter().map(|p| p.id).collect();
+        let mut stored = cs.voters.clone();
+        configured.sort_unstable();
+        stored.sort_unstable();
+        if configured != stored {
+            tracing::warn!(
+                id = cfg.id,
+                ?configured,
+                ?stored,
+                "raft peers differ from the membership stored in the data directory; the stored one is used"
+            );
+        }
         let mut raw = RawNode::new(&raft_cfg, storage, &logger(cfg.id))?;
         if cs.voters == [cfg.id] && cs.learners.is_empty() {
             // alone: no one to wait for, lead now
@@ -150,6 +162,14 @@ impl Driver {
     fn handle(&mut self, input: Input) -> bool {
         match input {
             Input::Propose { data, deadline, within, reply } => self.propose(data, deadline, within, reply),
+            Input::Step(m) if m.to != self.cfg.id => {
+                tracing::warn!(
+                    id = self.cfg.id,
+                    to = m.to,
+                    from = m.from,
+                    "raft message for another replica dropped; check the peer addresses"
+                );
+            }
             Input::Step(m) => {
                 if let Err(e) = self.raw.step(*m) {
                     tracing::debug!(id = self.cfg.id, error = %e, "raft message ignored");
@@ -198,7 +218,8 @@ impl Driver {
             }
             let mut rd = self.raw.ready();
             if let Some(ss) = rd.ss() {
-                tracing::info!(id = self.cfg.id, term = self.raw.raft.term, leader = ss.leader_id, role = ?ss.raft_state, "raft role changed");
+                let (id, term, leader) = (self.cfg.id, self.raw.raft.term, ss.leader_id);
+                tracing::info!(id, term, leader, role = ?ss.raft_state, "raft role changed");
             }
             // 1. a leader's messages may leave before its own append is durable
             let msgs = rd.take_messages();
@@ -281,7 +302,8 @@ impl Driver {
                 EntryType::EntryNormal => Some(match serde_json::from_slice::<Command>(&e.data) {
                     Ok(cmd) => self.state.apply(e.index, &cmd),
                     Err(err) => {
-                        tracing::error!(id = self.cfg.id, index = e.index, error = %err, "undecodable command in the raft log; skipped");
+                        let (id, index) = (self.cfg.id, e.index);
+                        tracing::error!(id, index, error = %err, "undecodable raft command skipped");
                         Outcome::Rejected { reason: format!("undecodable command: {err}") }
                     }
                 }),
@@ -330,8 +352,7 @@ impl Driver {
             return Ok(());
         }
         let term = self.raw.raft.raft_log.term(applied)?;
-        let mut snap = Snapshot::default();
-        snap.data = self.state.to_bytes().into();
+        let mut snap = Snapshot { data: self.state.to_bytes().into(), ..Default::default() };
         let meta = snap.mut_metadata();
         meta.index = applied;
         meta.term = term;
@@ -346,7 +367,8 @@ impl Driver {
 
     /// Fail proposals past their deadline.
     fn expire(&mut self, now: Instant) {
-        let late: Vec<u64> = self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(s, _)| *s).collect();
+        let late: Vec<u64> =
+            self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(s, _)| *s).collect();
         for seq in late {
             if let Some(p) = self.pending.remove(&seq) {
                 self.by_index.remove(&(p.index, seq));

@@ -3,10 +3,11 @@
 //!
 //! # Design
 //!
-//! One OS thread (the *driver*, [`driver`]) owns the `RawNode` and the [`ClusterState`](crate::state::ClusterState). Everything
-//! reaches it through one bounded channel: proposals (the command as JSON in the entry data, a
-//! proposal key in the entry context), raft messages from peers ([`Replica::step`](crate::replica::Replica::step) decodes the
-//! protobuf-2 bytes) and shutdown. Between messages it ticks every `tick` and runs the Ready loop
+//! One OS thread (the *driver*, `driver.rs`) owns the `RawNode` and the
+//! [`ClusterState`](crate::state::ClusterState). Everything reaches it through one bounded
+//! channel: proposals (the command as JSON in the entry data, a proposal key in the entry
+//! context), raft messages from peers (`Replica::step` decodes the protobuf-2 bytes) and
+//! shutdown. Between messages it ticks every `tick` and runs the Ready loop
 //! in raft-rs' documented order:
 //!
 //! 1. send the leader's ordinary messages (a leader may send before persisting, raft thesis 10.2.1);
@@ -76,7 +77,9 @@ pub use ::raft::eraftpb::Message as RaftMessage;
 use crate::replica::Replica;
 
 /// Sends raft messages to peers. Fire-and-forget: raft retries what is lost, so an
-/// implementation may drop a message it cannot deliver (it should not block for long).
+/// implementation may drop a message it cannot deliver. `send` runs on the driver thread: it
+/// must not block (queue the message, e.g. per peer, and return); a slow `send` delays every
+/// commit and heartbeat of this replica.
 pub trait Transport: Send + Sync + 'static {
     fn send(&self, to: u64, message: RaftMessage);
 }
@@ -169,7 +172,11 @@ pub enum RaftError {
     Config(String),
     #[error("raft storage: cannot {what} {}: {source}", path.display())]
     Storage { path: PathBuf, what: String, source: std::io::Error },
-    #[error("raft storage {} is corrupt: {reason}; move the data directory away to start this replica empty (it then catches up from the others)", path.display())]
+    #[error(
+        "raft storage {} is corrupt: {reason}; move the data directory away to start this \
+         replica empty (it then catches up from the others)",
+        path.display()
+    )]
     Corrupt { path: PathBuf, reason: String },
     #[error("raft: {0}")]
     Raft(#[from] ::raft::Error),

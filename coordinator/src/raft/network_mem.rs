@@ -258,3 +258,60 @@ impl Drop for MemNetwork {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::super::node::Input;
+    use super::*;
+
+    fn message(from: u64, to: u64, index: u64) -> RaftMessage {
+        RaftMessage { from, to, index, ..Default::default() }
+    }
+
+    /// Collect the indexes of the messages delivered to a mailbox within `wait`.
+    fn received(rx: &mpsc::Receiver<Input>, wait: Duration) -> Vec<u64> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + wait;
+        while let Ok(input) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            if let Input::Step(m) = input {
+                got.push(m.index);
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn drops_follow_the_seeded_probability_and_partitions_cut_links() {
+        let net = MemNetwork::new(42);
+        let (tx, rx) = mpsc::sync_channel(10_000);
+        net.attach(2, Mailbox { inbox: tx });
+        net.set_link(1, 2, LinkConfig { drop: 0.3, ..Default::default() });
+        for i in 0..1000 {
+            net.send(2, message(1, 2, i));
+        }
+        let got = received(&rx, Duration::from_millis(300));
+        let stats = net.stats();
+        assert_eq!(got.len() as u64, stats.delivered);
+        assert_eq!(stats.delivered + stats.dropped, 1000);
+        assert!((600..=800).contains(&got.len()), "30% drops, got {} of 1000 through", got.len());
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "no delay: order kept");
+
+        // another link keeps the default (lossless) behaviour, until a partition cuts it
+        net.send(2, message(3, 2, 7));
+        assert_eq!(received(&rx, Duration::from_millis(100)), vec![7]);
+        net.partition(&[&[3], &[1, 2]]);
+        net.send(2, message(3, 2, 8));
+        assert!(received(&rx, Duration::from_millis(100)).is_empty());
+        assert_eq!(net.stats().cut, 1);
+        net.heal();
+        net.send(2, message(3, 2, 9));
+        assert_eq!(received(&rx, Duration::from_millis(100)), vec![9]);
+
+        // a detached node receives nothing
+        net.detach(2);
+        net.send(2, message(3, 2, 10));
+        assert!(received(&rx, Duration::from_millis(100)).is_empty());
+    }
+}

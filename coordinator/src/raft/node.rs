@@ -37,7 +37,7 @@ pub(crate) type Fatal = Arc<Mutex<Option<String>>>;
 /// Hands raft messages to a node's driver; cheap to clone (transports keep one per local node).
 #[derive(Clone)]
 pub struct Mailbox {
-    inbox: SyncSender<Input>,
+    pub(crate) inbox: SyncSender<Input>,
 }
 
 impl Mailbox {
@@ -49,11 +49,17 @@ impl Mailbox {
     /// Decode a protobuf-2 `eraftpb::Message` and deliver it.
     pub fn step(&self, bytes: &[u8]) -> Result<(), ProposeError> {
         let message = Message::parse_from_bytes(bytes).map_err(|e| {
-            ProposeError::Stopped(format!("malformed raft message ({} bytes): {e}; is the peer a cyclotron coordinator of the same version?", bytes.len()))
+            let n = bytes.len();
+            ProposeError::Stopped(format!(
+                "malformed raft message ({n} bytes): {e}; \
+                 is the peer a cyclotron coordinator of the same version?"
+            ))
         })?;
         match self.inbox.try_send(Input::Step(Box::new(message))) {
             Ok(()) | Err(TrySendError::Full(_)) => Ok(()), // raft tolerates a dropped message
-            Err(TrySendError::Disconnected(_)) => Err(ProposeError::Stopped("raft driver has stopped".into())),
+            Err(TrySendError::Disconnected(_)) => {
+                Err(ProposeError::Stopped("raft driver has stopped".into()))
+            }
         }
     }
 }
@@ -146,7 +152,10 @@ impl RaftNode {
         }
         match done.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Err(RecvTimeoutError::Timeout) => {
-                tracing::error!(id = self.id, "raft driver did not stop within {SHUTDOWN_DEADLINE:?}; detaching it")
+                tracing::error!(
+                    id = self.id,
+                    "raft driver did not stop within {SHUTDOWN_DEADLINE:?}; detaching it"
+                )
             }
             _ => {
                 let _ = handle.join();
@@ -170,13 +179,19 @@ impl Replica for RaftNode {
     fn propose(&self, cmd: Command, deadline: Duration) -> ProposeFuture {
         let data = match serde_json::to_vec(&cmd) {
             Ok(d) => d,
-            Err(e) => return Box::pin(std::future::ready(Err(ProposeError::Stopped(format!("cannot encode command: {e}"))))),
+            Err(e) => {
+                return Box::pin(std::future::ready(Err(ProposeError::Stopped(format!(
+                    "cannot encode command: {e}"
+                )))))
+            }
         };
         let (reply, answer) = oneshot::channel();
         let input = Input::Propose { data, deadline: Instant::now() + deadline, within: deadline, reply };
         match self.mailbox.inbox.try_send(input) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Box::pin(std::future::ready(Err(ProposeError::Timeout(deadline)))),
+            Err(TrySendError::Full(_)) => {
+                return Box::pin(std::future::ready(Err(ProposeError::Timeout(deadline))))
+            }
             Err(TrySendError::Disconnected(_)) => return Box::pin(std::future::ready(Err(self.stopped()))),
         }
         let fatal = self.fatal.clone();
@@ -184,7 +199,11 @@ impl Replica for RaftNode {
             match answer.await {
                 Ok(result) => result,
                 Err(_) => Err(ProposeError::Stopped(
-                    fatal.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_else(|| "raft driver has stopped".into()),
+                    fatal
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone()
+                        .unwrap_or_else(|| "raft driver has stopped".into()),
                 )),
             }
         })

@@ -83,21 +83,19 @@ impl DiskStorage {
         recovered.snapshot_index = snap_index;
 
         let state_path = dir.join(STATE_FILE);
-        let (mut hard_state, conf_state, fresh) =
-            match read_single(&state_path)? {
-                Some(bytes) => {
-                    let (hs, cs) = decode_state(&bytes).map_err(|r| corrupt(&state_path, r))?;
-                    (hs, cs, false)
-                }
-                None if snap_index > 0 => {
-                    (HardState::default(), snapshot.get_metadata().get_conf_state().clone(), false)
-                }
-                None => {
-                    let mut cs = ConfState::default();
-                    cs.voters = voters.to_vec();
-                    (HardState::default(), cs, true)
-                }
-            };
+        let (mut hard_state, conf_state, fresh) = match read_single(&state_path)? {
+            Some(bytes) => {
+                let (hs, cs) = decode_state(&bytes).map_err(|r| corrupt(&state_path, r))?;
+                (hs, cs, false)
+            }
+            None if snap_index > 0 => {
+                (HardState::default(), snapshot.get_metadata().get_conf_state().clone(), false)
+            }
+            None => {
+                let cs = ConfState { voters: voters.to_vec(), ..Default::default() };
+                (HardState::default(), cs, true)
+            }
+        };
 
         let log_path = dir.join(LOG_FILE);
         let bytes = match fs::read(&log_path) {
@@ -200,7 +198,10 @@ impl DiskStorage {
             ));
         }
         if head.index > self.last() + 1 {
-            return Err(corrupt(&path, format!("append at {} leaves a gap after {}", head.index, self.last())));
+            return Err(corrupt(
+                &path,
+                format!("append at {} leaves a gap after {}", head.index, self.last()),
+            ));
         }
         if head.index <= self.last() {
             let keep = (head.index - self.first()) as usize;

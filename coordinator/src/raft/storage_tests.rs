@@ -7,11 +7,7 @@ use std::io::Write;
 use super::*;
 
 fn entry(index: u64, term: u64, data: &str) -> Entry {
-    let mut e = Entry::default();
-    e.index = index;
-    e.term = term;
-    e.data = data.as_bytes().to_vec().into();
-    e
+    Entry { index, term, data: data.as_bytes().to_vec().into(), ..Default::default() }
 }
 
 fn entries(s: &DiskStorage, low: u64, high: u64) -> Vec<(u64, u64, String)> {
@@ -23,8 +19,7 @@ fn entries(s: &DiskStorage, low: u64, high: u64) -> Vec<(u64, u64, String)> {
 }
 
 fn snapshot(index: u64, term: u64, data: &str, voters: &[u64]) -> Snapshot {
-    let mut s = Snapshot::default();
-    s.data = data.as_bytes().to_vec().into();
+    let mut s = Snapshot { data: data.as_bytes().to_vec().into(), ..Default::default() };
     s.mut_metadata().index = index;
     s.mut_metadata().term = term;
     s.mut_metadata().mut_conf_state().voters = voters.to_vec();
@@ -49,10 +44,7 @@ fn entries_and_hard_state_survive_reopening_and_conflicts_are_replaced_on_disk()
     let dir = tempfile::tempdir().unwrap();
     let (mut s, _) = DiskStorage::open(dir.path(), &[1]).unwrap();
     s.append(&[entry(1, 1, "a"), entry(2, 1, "b"), entry(3, 1, "c")]).unwrap();
-    let mut hs = HardState::default();
-    hs.term = 2;
-    hs.vote = 1;
-    hs.commit = 1;
+    let hs = HardState { term: 2, vote: 1, commit: 1, ..Default::default() };
     s.set_hard_state(hs, true).unwrap();
     // a new leader replaces 2..3 with its own entries
     s.append(&[entry(2, 2, "B"), entry(3, 2, "C"), entry(4, 2, "D")]).unwrap();
@@ -153,7 +145,11 @@ fn an_installed_snapshot_replaces_the_log_even_if_the_crash_left_the_old_log() {
     // crash between writing the snapshot and clearing the log: the old log is still there
     fs::write(dir.path().join(LOG_FILE), &old_log).unwrap();
     let (s, rec) = DiskStorage::open(dir.path(), &[1, 2, 3]).unwrap();
-    assert_eq!((rec.snapshot_index, rec.entries), (20, 0), "a log that does not continue the snapshot is dropped");
+    assert_eq!(
+        (rec.snapshot_index, rec.entries),
+        (20, 0),
+        "a log that does not continue the snapshot is dropped"
+    );
     assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (21, 20));
     assert_eq!(s.hard_state().commit, 20);
 }

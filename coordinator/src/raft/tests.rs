@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use futures::executor::block_on;
 use tempfile::TempDir;
 
 use super::*;
@@ -35,7 +34,22 @@ fn submit(job: &str) -> Command {
     let text = "name = \"j\"\n[data]\nsource = \"fashion_mnist\"\n[model]\narch = \"small_resnet\"\n\
                 [[stage]]\nlr = 0.1\ncycles = 1\ncycle_len = 1\n";
     let spec = cyclotron_core::spec::JobSpec::from_toml_str(text, "<test>").unwrap();
-    Command::SubmitJob { job: job.into(), spec: Box::new(spec), workers_per_run: 1, max_restarts: 1, now_ms: 5 }
+    Command::SubmitJob {
+        job: job.into(),
+        spec: Box::new(spec),
+        spec_toml: text.into(),
+        workers_per_run: 1,
+        max_restarts: 1,
+        now_ms: 5,
+    }
+}
+
+/// Wait for a proposal's answer; the node owes one by the proposal's deadline, so a missing
+/// answer (a bug) fails the test after `WAIT` instead of hanging it.
+fn block_on<T>(answer: impl std::future::Future<Output = T>) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    rt.block_on(async { tokio::time::timeout(WAIT * 2, answer).await })
+        .expect("the raft node never answered the proposal")
 }
 
 /// Poll `cond` until it holds; false at the deadline.
@@ -125,7 +139,13 @@ impl Cluster {
 
     fn wait_leader(&self) -> u64 {
         let mut leader = None;
-        assert!(wait_until(WAIT, || { leader = self.leader(); leader.is_some() }), "no leader elected");
+        assert!(
+            wait_until(WAIT, || {
+                leader = self.leader();
+                leader.is_some()
+            }),
+            "no leader elected"
+        );
         leader.unwrap()
     }
 
@@ -157,7 +177,8 @@ impl Cluster {
             let states: Vec<_> = self.live().map(|n| n.state().borrow().clone()).collect();
             states.windows(2).all(|w| w[0] == w[1])
         });
-        let states: Vec<_> = self.live().map(|n| (n.id(), n.status(), n.state().borrow().applied_index)).collect();
+        let states: Vec<_> =
+            self.live().map(|n| (n.id(), n.status(), n.state().borrow().applied_index)).collect();
         assert!(ok, "replicas did not converge: {states:?}");
         self.live().next().unwrap().state().borrow().clone()
     }
@@ -192,7 +213,7 @@ fn config_errors_say_what_to_fix() {
 #[test]
 fn one_replica_commits_in_order_and_keeps_its_state_across_restarts() {
     let mut c = Cluster::new(1, 1, 1000);
-    let cmds = vec![
+    let cmds = [
         register("w1", 1),
         heartbeat("w1", 2),
         heartbeat("w9", 3), // unknown: rejected, and the rejection comes back
@@ -256,7 +277,21 @@ fn three_replicas_survive_losing_the_leader_and_the_old_leader_catches_up() {
     c.start(leader);
     let state = c.wait_converged();
     assert_eq!(state.workers.len(), 30);
-    assert!(!c.node(leader).status().is_leader || c.leader() == Some(leader));
+
+    // the whole cluster restarts from its disks
+    for id in c.ids() {
+        c.stop(id);
+    }
+    for id in c.ids() {
+        c.start(id);
+    }
+    c.wait_leader();
+    assert_eq!(c.propose(&register("w30", 30), true), Outcome::Applied);
+    let after = c.wait_converged();
+    assert_eq!(after.workers.len(), 31);
+    for (w, record) in &state.workers {
+        assert_eq!(after.workers.get(w), Some(record), "{w} changed across the restart");
+    }
 }
 
 #[test]
@@ -295,11 +330,10 @@ fn a_partitioned_minority_cannot_commit_and_the_cluster_heals() {
 
     let majority: Vec<u64> = c.ids().into_iter().filter(|&id| id != old).collect();
     c.net.partition(&[&[old], &majority]);
-    // the old leader cannot commit: it times out (still believing it leads) or redirects
-    match block_on(c.node(old).propose(register("minority", 2), Duration::from_millis(500))) {
-        Err(ProposeError::Timeout(_) | ProposeError::NotLeader { .. }) => {}
-        other => panic!("a minority must not commit, got {other:?}"),
-    }
+    // the old leader still believes it leads and accepts this, but cannot commit it; once the
+    // partition heals its entry is overwritten and the proposal fails (long before its deadline)
+    let stranded = c.node(old).propose(register("minority", 2), Duration::from_secs(20));
+    let stranded = std::thread::spawn(move || block_on(stranded));
     // the majority elects a leader of its own and keeps committing
     let mut new = None;
     assert!(wait_until(WAIT, || {
@@ -319,6 +353,10 @@ fn a_partitioned_minority_cannot_commit_and_the_cluster_heals() {
 
     c.net.heal();
     let state = c.wait_converged();
+    match stranded.join().unwrap() {
+        Err(ProposeError::NotLeader { .. }) => {}
+        other => panic!("a stranded proposal must fail once overwritten, got {other:?}"),
+    }
     assert!(state.workers.contains_key("before") && state.workers.contains_key("majority4"));
     assert!(!state.workers.contains_key("minority"), "an uncommitted minority proposal was applied");
     assert!(!state.workers.contains_key("minority2"));
@@ -368,7 +406,10 @@ fn a_torn_write_at_the_log_tail_is_dropped_on_restart() {
     assert_eq!(c.propose(&register("after", 9), true), Outcome::Applied);
     c.stop(1);
     c.start(1);
-    assert!(wait_until(WAIT, || c.state(1).workers.contains_key("after")), "entries after the torn tail persist");
+    assert!(
+        wait_until(WAIT, || c.state(1).workers.contains_key("after")),
+        "entries after the torn tail persist"
+    );
 }
 
 #[test]
@@ -382,4 +423,33 @@ fn proposals_fail_fast_once_the_node_is_stopped() {
     }
     let err = node.step(b"\xff\xff not protobuf").unwrap_err().to_string();
     assert!(err.contains("malformed raft message"), "{err}");
+}
+
+#[test]
+fn a_late_commit_times_out_and_shutdown_fails_what_is_pending() {
+    let c = Cluster::new(3, 8, 1000);
+    let leader = c.wait_leader();
+    assert_eq!(c.propose(&register("w0", 0), true), Outcome::Applied);
+    // acknowledgements reach the leader 150 ms late: shorter than the election timeout
+    // (250-500 ms), so it keeps leading (check-quorum still hears from everyone), but every
+    // commit takes at least 150 ms
+    let slow = LinkConfig {
+        delay_min: Duration::from_millis(150),
+        delay_max: Duration::from_millis(150),
+        ..Default::default()
+    };
+    for id in c.ids().into_iter().filter(|&id| id != leader) {
+        c.net.set_link(id, leader, slow);
+    }
+    let late = block_on(c.node(leader).propose(register("late", 1), Duration::from_millis(50)));
+    assert_eq!(late, Err(ProposeError::Timeout(Duration::from_millis(50))));
+    // a timed-out proposal is not withdrawn: it may still commit
+    assert!(wait_until(WAIT, || c.state(leader).workers.contains_key("late")));
+
+    let pending = c.node(leader).propose(register("pending", 2), Duration::from_secs(20));
+    c.node(leader).shutdown();
+    match block_on(pending) {
+        Err(ProposeError::Stopped(reason)) => assert!(reason.contains("shutting down"), "{reason}"),
+        other => panic!("shutdown must fail pending proposals, got {other:?}"),
+    }
 }

@@ -15,8 +15,6 @@
 mod events;
 mod job_service;
 pub mod leader_loop;
-#[cfg(test)]
-mod local_replica;
 mod raft_service;
 mod rendezvous;
 #[cfg(test)]
@@ -38,6 +36,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::leases::Leases;
+use crate::raft::{Peer, RaftConfig, RaftNode};
 use crate::replica::{ProposeError, Replica, ReplicaStatus};
 use crate::state::{ClusterState, Command, Outcome};
 
@@ -159,6 +158,8 @@ pub struct CoordinatorHandle {
     stop: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     leader_loop: JoinHandle<()>,
+    /// The raft node [`serve`] started, stopped with the server.
+    node: Option<Arc<RaftNode>>,
 }
 
 impl std::fmt::Debug for CoordinatorHandle {
@@ -195,11 +196,16 @@ impl CoordinatorHandle {
     pub async fn shutdown(self) -> Result<(), ServeError> {
         let _ = self.stop.send(true);
         self.leader_loop.abort();
-        match self.server.await {
+        let served = match self.server.await {
             Ok(r) => r.map_err(ServeError::Serve),
             Err(e) if e.is_cancelled() => Ok(()),
             Err(e) => Err(ServeError::Config(format!("server task failed: {e}"))),
+        };
+        if let Some(node) = self.node {
+            // waits for the driver thread (bounded by its own deadline)
+            let _ = tokio::task::spawn_blocking(move || node.shutdown()).await;
         }
+        served
     }
 
     /// Wait until the server ends (after [`CoordinatorHandle::shutdown`] elsewhere or a failure).
@@ -235,7 +241,38 @@ pub async fn serve_replica(
             .await
     });
     let leader_loop = tokio::spawn(leader_loop::run(shared.clone(), stop_rx));
-    Ok(CoordinatorHandle { addr, shared, stop, server, leader_loop })
+    Ok(CoordinatorHandle { addr, shared, stop, server, leader_loop, node: None })
+}
+
+/// Start one coordinator replica: bind `config.listen`, open (or recover) the raft node in
+/// `config.data_dir` with the gRPC transport to `config.peers`, and serve.
+///
+/// With no peers the cluster is this one replica (its address: the bound one, so port 0 works).
+/// With peers, this replica's own entry must be among them, and its address is what the others
+/// dial and what followers name as leader.
+pub async fn serve(config: CoordinatorConfig) -> Result<CoordinatorHandle, ServeError> {
+    let listener = bind(&config).await?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+    let peers: Vec<(u64, String)> =
+        if config.peers.is_empty() { vec![(config.id, addr.to_string())] } else { config.peers.clone() };
+    if !peers.iter().any(|(id, _)| *id == config.id) {
+        let ids: Vec<u64> = peers.iter().map(|(id, _)| *id).collect();
+        return Err(ServeError::Config(format!(
+            "--id {} is not in --peers (ids {ids:?}); list every replica, this one included",
+            config.id
+        )));
+    }
+    let transport = Arc::new(transport::GrpcTransport::start(config.id, &peers));
+    let raft_peers = peers.iter().map(|(id, addr)| Peer { id: *id, addr: addr.clone() }).collect();
+    let raft_config = RaftConfig::new(config.id, raft_peers, config.data_dir.clone());
+    let node = tokio::task::spawn_blocking(move || RaftNode::start(raft_config, transport))
+        .await
+        .map_err(|e| ServeError::Raft(e.to_string()))?
+        .map_err(|e| ServeError::Raft(e.to_string()))?;
+    let node = Arc::new(node);
+    let mut handle = serve_replica(listener, node.clone(), config).await?;
+    handle.node = Some(node);
+    Ok(handle)
 }
 
 /// Bind `config.listen`; a clear error names the address.

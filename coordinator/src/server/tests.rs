@@ -1,5 +1,6 @@
-//! Service tests: real tonic servers on 127.0.0.1:0 and gRPC clients, one replica. Every wait has
-//! a deadline so a broken server fails the test instead of hanging it.
+//! Service tests: real tonic servers on 127.0.0.1:0, real raft nodes (one replica, and a
+//! three-replica cluster for redirects and failover) and gRPC clients. Every wait has a deadline
+//! so a broken server fails the test instead of hanging it.
 
 use std::future::Future;
 use std::time::Duration;
@@ -12,7 +13,6 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::Code;
 
-use super::local_replica::LocalReplica;
 use super::*;
 
 const SPEC: &str = r#"
@@ -31,28 +31,41 @@ struct Cluster {
     handle: CoordinatorHandle,
     jobs: JobServiceClient<Channel>,
     workers: WorkerServiceClient<Channel>,
+    _dir: tempfile::TempDir,
 }
 
-async fn start(lease_ms: u64) -> Cluster {
-    let dir = std::env::temp_dir();
-    let mut config = CoordinatorConfig::new("127.0.0.1:0".parse().unwrap(), dir);
+fn config(listen: &str, dir: &std::path::Path, lease_ms: u64) -> CoordinatorConfig {
+    let mut config = CoordinatorConfig::new(listen.parse().unwrap(), dir.to_path_buf());
     config.lease_ms = lease_ms;
     config.schedule_every = Duration::from_millis(30);
     config.rendezvous_timeout = Duration::from_secs(5);
-    let listener = bind(&config).await.unwrap();
-    let replica = LocalReplica::new();
-    *replica.addr.lock().unwrap() = Some(listener.local_addr().unwrap().to_string());
-    let handle = serve_replica(listener, replica, config).await.unwrap();
-    let channel = Channel::from_shared(format!("http://{}", handle.addr()))
+    config
+}
+
+async fn channel(addr: &str) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .unwrap();
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy()
+}
+
+/// One coordinator (a one-replica raft cluster) on 127.0.0.1:0, once it leads.
+async fn start(lease_ms: u64) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let handle = serve(config("127.0.0.1:0", dir.path(), lease_ms)).await.unwrap();
+    let replica = handle.replica();
+    eventually("the single replica to lead", || {
+        let replica = replica.clone();
+        async move { replica.status().is_leader.then_some(()) }
+    })
+    .await;
+    let channel = channel(&handle.addr().to_string()).await;
     Cluster {
         handle,
         jobs: JobServiceClient::new(channel.clone()),
         workers: WorkerServiceClient::new(channel),
+        _dir: dir,
     }
 }
 
@@ -370,4 +383,78 @@ async fn a_rendezvous_times_out_naming_the_missing_ranks() {
     assert!(e.message().contains("ranks [1] did not publish"), "{}", e.message());
     assert_eq!(c.handle.rendezvous_rounds(), 1);
     c.handle.shutdown().await.unwrap();
+}
+
+/// Free loopback ports for a cluster whose peers must know each other's address up front.
+fn free_ports(n: usize) -> Vec<String> {
+    let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect()
+}
+
+#[tokio::test]
+async fn three_replicas_redirect_to_the_leader_and_a_new_leader_keeps_the_jobs() {
+    let addrs = free_ports(3);
+    let peers: Vec<(u64, String)> =
+        addrs.iter().enumerate().map(|(i, a)| (i as u64 + 1, a.clone())).collect();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = vec![];
+    for (i, addr) in addrs.iter().enumerate() {
+        let mut cfg = config(addr, dirs[i].path(), 10_000);
+        cfg.id = i as u64 + 1;
+        cfg.peers = peers.clone();
+        nodes.push(Some(serve(cfg).await.unwrap()));
+    }
+    let leader_of = |nodes: &[Option<CoordinatorHandle>]| {
+        nodes.iter().position(|n| n.as_ref().is_some_and(|n| n.status().is_leader))
+    };
+    let leader = eventually("a leader", || {
+        let found = leader_of(&nodes);
+        async move { found }
+    })
+    .await;
+    let follower = (leader + 1) % 3;
+    // a follower redirects writes to the leader, naming it
+    let via_follower = JobServiceClient::new(channel(&addrs[follower]).await);
+    let req = pb::SubmitJobRequest { spec_toml: SPEC.into(), workers_per_run: 1, max_restarts: 1 };
+    let e = eventually("a follower that knows the leader", || {
+        let mut c = via_follower.clone();
+        let req = req.clone();
+        async move {
+            let e = c.submit_job(req).await.unwrap_err();
+            cyclotron_proto::leader_hint(&e).is_some().then_some(e)
+        }
+    })
+    .await;
+    assert_eq!(e.code(), Code::Unavailable);
+    assert_eq!(cyclotron_proto::leader_hint(&e).as_deref(), Some(addrs[leader].as_str()));
+    let mut via_leader = JobServiceClient::new(channel(&addrs[leader]).await);
+    let id = via_leader.submit_job(req.clone()).await.unwrap().into_inner().job_id;
+    // the follower serves reads from its applied state
+    eventually("the job on the follower", || {
+        let mut c = via_follower.clone();
+        let id = id.clone();
+        async move { c.get_job(pb::GetJobRequest { job_id: id }).await.ok() }
+    })
+    .await;
+    // the leader goes away: another replica takes over with the job and accepts new ones
+    nodes[leader].take().unwrap().shutdown().await.unwrap();
+    let new_leader = eventually("a new leader", || {
+        let found = leader_of(&nodes);
+        async move { found }
+    })
+    .await;
+    assert_ne!(new_leader, leader);
+    let mut c = JobServiceClient::new(channel(&addrs[new_leader]).await);
+    let j = c.get_job(pb::GetJobRequest { job_id: id.clone() }).await.unwrap().into_inner();
+    assert_eq!(j.status, "pending");
+    let second = eventually("a submission to the new leader", || {
+        let mut c = c.clone();
+        let req = req.clone();
+        async move { c.submit_job(req).await.ok() }
+    })
+    .await;
+    assert_eq!(second.into_inner().job_id, "tiny-2");
+    for n in nodes.into_iter().flatten() {
+        n.shutdown().await.unwrap();
+    }
 }

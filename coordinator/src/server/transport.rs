@@ -56,8 +56,16 @@ impl GrpcTransport {
     }
 }
 
+impl crate::raft::Transport for GrpcTransport {
+    fn send(&self, to: u64, message: crate::raft::RaftMessage) {
+        self.send_message(to, &message);
+    }
+}
+
+/// `host:port` or a URL with its scheme.
 async fn connect(addr: &str) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let channel = Endpoint::from_shared(url)?
         .connect_timeout(Duration::from_secs(1))
         .timeout(SEND_TIMEOUT)
         .tcp_nodelay(true)

@@ -32,6 +32,13 @@ pub enum Command {
         lease_ms: u64,
         now_ms: u64,
     },
+    /// A committed liveness ping: applied for a live registered worker, rejected otherwise, and
+    /// changes nothing else. The server does not commit heartbeats (leases are leader memory,
+    /// see `crate::leases`); it is the cheapest command, for raft tests and the commit bench.
+    Heartbeat {
+        worker: String,
+        now_ms: u64,
+    },
     /// The leader saw these workers' leases end (no heartbeat in time): they are dead and their
     /// runs restart. Renewals are leader memory, so the leader names the workers.
     ExpireWorkers {
@@ -158,6 +165,11 @@ pub(super) fn apply(s: &mut ClusterState, cmd: &Command) -> Outcome {
             );
             Outcome::Applied
         }
+        Command::Heartbeat { worker, now_ms: _ } => match s.workers.get(worker) {
+            Some(w) if w.status != WorkerStatus::Dead => Outcome::Applied,
+            Some(_) => reject(format!("worker {worker} was declared dead (lease expired); register again")),
+            None => reject(format!("unknown worker {worker}; register first")),
+        },
         Command::ExpireWorkers { workers, now_ms: _ } => {
             let expired: Vec<String> = workers
                 .iter()
