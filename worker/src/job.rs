@@ -295,7 +295,7 @@ pub fn run_train_with(
         }
         rec.on_event(&Event::StageStart {
             stage: si,
-            name: stage.name.clone().unwrap_or_else(|| format!("stage {}", si + 1)),
+            name: stage.name.clone().unwrap_or_default(),
             epochs: stage.total_epochs(),
             from_epoch: start_epoch,
         });

@@ -143,7 +143,8 @@ impl Display {
                     bar.set_prefix(format!("stage {} {}", s.stage + 1, s.name));
                     self.bar = Some(bar);
                 }
-                self.note(&format!("stage {} ({}): {} epochs", s.stage + 1, s.name, s.epochs));
+                let name = if s.name.is_empty() { String::new() } else { format!(" ({})", s.name) };
+                self.note(&format!("stage {}{name}: {} epochs", s.stage + 1, s.epochs));
             }
             Event::LrFind(l) => self.note(&format!(
                 "lr_find before stage {}: {} points; steep {:.2e}, valley {:.2e}, minimum/10 {:.2e}",

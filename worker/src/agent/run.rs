@@ -179,7 +179,10 @@ async fn run(ctx: &RunContext, a: &Assignment, mut stop: watch::Receiver<bool>) 
                 Some(TrainEvent::Failed { permanent, message }) => failed = Some((permanent, message)),
                 Some(e) => {
                     log_event(&key, &e);
-                    let _ = tx.send(Report::Progress(e));
+                    // every rank sees the same epochs; rank 0 speaks for the group
+                    if a.rank == 0 {
+                        let _ = tx.send(Report::Progress(e));
+                    }
                 }
                 None => stdout_open = false,
             },
@@ -203,9 +206,10 @@ async fn run(ctx: &RunContext, a: &Assignment, mut stop: watch::Receiver<bool>) 
     for e in child.remaining_events() {
         match e {
             TrainEvent::Failed { permanent, message } => failed = Some((permanent, message)),
-            e => {
+            e if a.rank == 0 => {
                 let _ = tx.send(Report::Progress(e));
             }
+            _ => {}
         }
     }
     let exit = describe_exit(&status);
