@@ -279,3 +279,31 @@ keep_last = 2
 "#
     )
 }
+
+/// `cyclotron status JOB --json --coordinator ADDRS` as JSON (panics with the output on failure).
+pub fn status_json(job: &str, coordinators: &str, cwd: &std::path::Path, tag: &str) -> serde_json::Value {
+    let ran =
+        run_tagged(&["status", job, "--json", "--coordinator", coordinators], cwd, Duration::from_secs(60), tag);
+    assert_eq!(ran.code, Some(0), "status failed:\n{}\n{}", ran.stdout, ran.stderr);
+    serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("status --json: {e}:\n{}", ran.stdout))
+}
+
+/// `cyclotron watch JOB --json`: its exit code and events (one JSON object per line).
+pub fn watch_json(
+    job: &str,
+    coordinators: &str,
+    cwd: &std::path::Path,
+    deadline: Duration,
+    tag: &str,
+) -> (Option<i32>, Vec<serde_json::Value>, String) {
+    let ran = run_tagged(&["watch", job, "--json", "--coordinator", coordinators], cwd, deadline, tag);
+    let events = ran.stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    (ran.code, events, ran.stderr)
+}
+
+/// The pid of the training child a worker started last (from its log's `training started ... pid=N`).
+pub fn last_training_pid(worker_log: &std::path::Path) -> Option<u32> {
+    let text = read(worker_log);
+    let line = text.lines().rev().find(|l| l.contains("training started"))?;
+    line.split("pid=").nth(1)?.split_whitespace().next()?.parse().ok()
+}

@@ -117,7 +117,9 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> 
         child_cwd: None,
         data_host,
         data_port,
-        child_watchdog: lease.max(Duration::from_secs(2)),
+        // a backstop for a stalled agent (SIGSTOP): its child exits after two silent leases; a
+        // group's child usually goes sooner, when the coordinator stops its peers
+        child_watchdog: (lease * 2).max(Duration::from_secs(3)),
         stop_grace: cfg.stop_grace,
         rendezvous_timeout: cfg.rendezvous_timeout,
         collective_timeout: cfg.collective_timeout,
