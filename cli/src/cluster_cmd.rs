@@ -66,6 +66,9 @@ pub struct WorkerArgs {
     /// Seconds of every collective call of a run.
     #[arg(long, default_value_t = 60.0)]
     collective_timeout: f64,
+    /// Protocol version to announce (tests of the coordinator's refusal).
+    #[arg(long, hide = true, default_value_t = cyclotron_proto::PROTOCOL_VERSION)]
+    protocol_version: u32,
 }
 
 #[derive(clap::Args, Debug)]
@@ -146,6 +149,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     let mut cfg = agent::AgentConfig::new(args.cluster.coordinator.clone(), id, exe);
     cfg.data_addr = args.data_addr.clone();
     cfg.gpus = args.gpus;
+    cfg.protocol_version = args.protocol_version;
     cfg.work_dir = args.work_dir.clone();
     cfg.rpc_timeout = secs("timeout", args.cluster.timeout)?.min(Duration::from_secs(5));
     cfg.stop_grace = secs("stop-grace", args.stop_grace)?;

@@ -42,6 +42,8 @@ pub struct AgentConfig {
     /// `host:port` of the data plane; port 0 picks a free port per run.
     pub data_addr: String,
     pub gpus: u32,
+    /// Announced at registration (another value only in tests of the refusal).
+    pub protocol_version: u32,
     /// The binary started for each run (`std::env::current_exe()`).
     pub binary: PathBuf,
     /// Where runs' folders go (default: a temporary folder removed at exit).
@@ -61,6 +63,7 @@ impl AgentConfig {
             worker_id,
             data_addr: "127.0.0.1:0".into(),
             gpus: 0,
+            protocol_version: cyclotron_proto::PROTOCOL_VERSION,
             binary,
             work_dir: None,
             rpc_timeout: Duration::from_secs(5),
@@ -220,7 +223,7 @@ async fn register(client: &Coordinators, cfg: &AgentConfig) -> Result<Duration> 
     let msg = RegisterRequest {
         worker_id: cfg.worker_id.clone(),
         data_addr: cfg.data_addr.clone(),
-        protocol_version: cyclotron_proto::PROTOCOL_VERSION,
+        protocol_version: cfg.protocol_version,
         gpus: cfg.gpus,
     };
     let mut warned = false;
