@@ -218,19 +218,26 @@ pub async fn get_job(client: &Coordinators, job: &str) -> Result<pb::Job, Client
 async fn roles(client: &Coordinators) -> Vec<(String, &'static str)> {
     let mut out = vec![];
     for addr in client.addrs() {
-        let one = match Coordinators::new(&[addr.clone()], Deadlines::new(Duration::from_secs(2), Duration::from_secs(2))) {
+        let one = match Coordinators::new(
+            std::slice::from_ref(&addr),
+            Deadlines::new(Duration::from_secs(2), Duration::from_secs(2)),
+        ) {
             Ok(c) => c,
             Err(_) => continue,
         };
         // a redirect is followed by the client: compare who answered with whom we asked
         let r = one
             .call_as(addr.clone(), |ch| async move {
-                WorkerServiceClient::new(ch).heartbeat(pb::HeartbeatRequest { worker_id: String::new() }).await
+                WorkerServiceClient::new(ch)
+                    .heartbeat(pb::HeartbeatRequest { worker_id: String::new() })
+                    .await
             })
             .await;
         let role = match r {
             _ if one.current() != addr => "follower",
-            Err(ClientError::Unreachable { last_error, .. }) if last_error.contains("not the raft leader") => {
+            Err(ClientError::Unreachable { last_error, .. })
+                if last_error.contains("not the raft leader") =>
+            {
                 "follower"
             }
             Err(ClientError::Unreachable { .. }) | Err(ClientError::BadAddress { .. }) => "unreachable",
@@ -270,7 +277,8 @@ fn print_job(j: &pb::Job) {
         );
     }
     if let Ok(r) = serde_json::from_str::<TrainResults>(&j.results_json) {
-        let ens = r.ensemble.as_ref().map(|e| format!(", ensemble {:.2}%", 100.0 * e.accuracy)).unwrap_or_default();
+        let ens =
+            r.ensemble.as_ref().map(|e| format!(", ensemble {:.2}%", 100.0 * e.accuracy)).unwrap_or_default();
         println!(
             "  results: final accuracy {:.2}% on the {} split{ens}; {} epochs",
             100.0 * r.final_model.accuracy,
@@ -338,7 +346,8 @@ pub fn watch(args: WatchArgs, quiet: bool) -> anyhow::Result<()> {
 
 pub fn cancel(args: CancelArgs) -> anyhow::Result<()> {
     let client = args.cluster.client()?;
-    let msg = pb::CancelJobRequest { job_id: args.job.clone(), reason: args.reason.clone().unwrap_or_default() };
+    let msg =
+        pb::CancelJobRequest { job_id: args.job.clone(), reason: args.reason.clone().unwrap_or_default() };
     let t = client.deadlines.attempt;
     let j = runtime()?
         .block_on(client.call(|ch| {
@@ -346,7 +355,12 @@ pub fn cancel(args: CancelArgs) -> anyhow::Result<()> {
             async move { JobServiceClient::new(ch).cancel_job(req).await }
         }))
         .map_err(|e| user_error(e, Some(&args.job)))?;
-    println!("job {}: {}{}", j.job_id, j.status, if j.reason.is_empty() { String::new() } else { format!(" ({})", j.reason) });
+    println!(
+        "job {}: {}{}",
+        j.job_id,
+        j.status,
+        if j.reason.is_empty() { String::new() } else { format!(" ({})", j.reason) }
+    );
     Ok(())
 }
 

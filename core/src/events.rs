@@ -84,7 +84,14 @@ mod tests {
                 valid_accuracy: 0.8,
                 seconds: 1.5,
             },
-            TrainEvent::Snapshot { index: 0, stage: 0, cycle: 0, epoch: 1, accuracy: 0.7, url: "file:///s/0".into() },
+            TrainEvent::Snapshot {
+                index: 0,
+                stage: 0,
+                cycle: 0,
+                epoch: 1,
+                accuracy: 0.7,
+                url: "file:///s/0".into(),
+            },
             TrainEvent::Resumed { stage: 0, epoch: 1, step: 20, checkpoint: "ckpt".into() },
             TrainEvent::Failed { permanent: true, message: "bad".into() },
         ];

@@ -115,7 +115,8 @@ pub const TAG_VAR: &str = "CYCLOTRON_TEST_TAG";
 
 /// A fresh tag for [`TAG_VAR`].
 pub fn new_tag() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     format!("t{}-{nanos}", std::process::id())
 }
 
@@ -168,7 +169,11 @@ pub fn read(path: &std::path::Path) -> String {
 pub fn wait_until(what: &str, deadline: Duration, mut f: impl FnMut() -> bool, context: impl Fn() -> String) {
     let started = Instant::now();
     while !f() {
-        assert!(started.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}\n{}", context());
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}\n{}",
+            context()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -191,7 +196,8 @@ impl Coordinator {
     pub fn start(dir: &std::path::Path, name: &str, listen: &str, extra: &[&str], tag: &str) -> Coordinator {
         let log = dir.join(format!("{name}.log"));
         let data = dir.join(name);
-        let mut args = vec!["coordinator", "--listen", listen, "--data-dir", data.to_str().expect("utf-8 path")];
+        let mut args =
+            vec!["coordinator", "--listen", listen, "--data-dir", data.to_str().expect("utf-8 path")];
         args.extend_from_slice(extra);
         let mut proc = spawn_logged(&args, dir, &log, tag);
         let started = Instant::now();
@@ -200,7 +206,11 @@ impl Coordinator {
                 break rest.split_whitespace().next().expect("address").to_string();
             }
             assert!(proc.exited().is_none(), "coordinator {name} exited:\n{}", read(&log));
-            assert!(started.elapsed() < Duration::from_secs(60), "coordinator {name} never listened:\n{}", read(&log));
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "coordinator {name} never listened:\n{}",
+                read(&log)
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
         Coordinator { proc, addr, log }
@@ -217,7 +227,17 @@ pub struct Worker {
 impl Worker {
     pub fn start(dir: &std::path::Path, coordinators: &str, id: &str, tag: &str) -> Worker {
         let log = dir.join(format!("{id}.log"));
-        let args = ["worker", "--coordinator", coordinators, "--id", id, "--stop-grace", "3", "--collective-timeout", "20"];
+        let args = [
+            "worker",
+            "--coordinator",
+            coordinators,
+            "--id",
+            id,
+            "--stop-grace",
+            "3",
+            "--collective-timeout",
+            "20",
+        ];
         let proc = spawn_logged(&args, dir, &log, tag);
         Worker { proc, id: id.to_string(), log }
     }
@@ -282,8 +302,12 @@ keep_last = 2
 
 /// `cyclotron status JOB --json --coordinator ADDRS` as JSON (panics with the output on failure).
 pub fn status_json(job: &str, coordinators: &str, cwd: &std::path::Path, tag: &str) -> serde_json::Value {
-    let ran =
-        run_tagged(&["status", job, "--json", "--coordinator", coordinators], cwd, Duration::from_secs(60), tag);
+    let ran = run_tagged(
+        &["status", job, "--json", "--coordinator", coordinators],
+        cwd,
+        Duration::from_secs(60),
+        tag,
+    );
     assert_eq!(ran.code, Some(0), "status failed:\n{}\n{}", ran.stdout, ran.stderr);
     serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("status --json: {e}:\n{}", ran.stdout))
 }

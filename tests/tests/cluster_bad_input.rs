@@ -41,13 +41,25 @@ fn malformed_specs_unknown_jobs_and_other_protocols_are_refused_by_name() {
     // a spec that does not parse: the coordinator's message, as it said it
     std::fs::write(dir.path().join("broken.toml"), "name = \"x\"\n[data\nsource = 1\n").unwrap();
     let ran = run_tagged(&[&["submit", "broken.toml"][..], &at].concat(), dir.path(), SHORT, &tag);
-    assert_clear_failure(&ran, &["broken.toml: the coordinator rejected the spec", "cannot parse the job spec", "invalid table header"]);
+    assert_clear_failure(
+        &ran,
+        &[
+            "broken.toml: the coordinator rejected the spec",
+            "cannot parse the job spec",
+            "invalid table header",
+        ],
+    );
 
     // a spec that parses but is invalid: every problem listed
-    let invalid = SPEC.replace("arch = \"small_cnn\"", "arch = \"nope\"").replace("epochs = 1", "cycles = 1\ncycle_len = 0");
+    let invalid = SPEC
+        .replace("arch = \"small_cnn\"", "arch = \"nope\"")
+        .replace("epochs = 1", "cycles = 1\ncycle_len = 0");
     std::fs::write(dir.path().join("invalid.toml"), invalid).unwrap();
     let ran = run_tagged(&[&["submit", "invalid.toml"][..], &at].concat(), dir.path(), SHORT, &tag);
-    assert_clear_failure(&ran, &["model.arch: unknown model \"nope\"", "stage 1: cycle_len must be ≥ 1, got 0"]);
+    assert_clear_failure(
+        &ran,
+        &["model.arch: unknown model \"nope\"", "stage 1: cycle_len must be ≥ 1, got 0"],
+    );
 
     // a spec file that is not there
     let ran = run_tagged(&[&["submit", "missing.toml"][..], &at].concat(), dir.path(), SHORT, &tag);
@@ -69,7 +81,11 @@ fn malformed_specs_unknown_jobs_and_other_protocols_are_refused_by_name() {
     );
     let code = old.wait(SHORT, "a worker of another protocol version");
     assert_ne!(code, Some(0));
-    assert!(read(&log).contains("refused this worker") && read(&log).contains("speaks protocol 99"), "{}", read(&log));
+    assert!(
+        read(&log).contains("refused this worker") && read(&log).contains("speaks protocol 99"),
+        "{}",
+        read(&log)
+    );
 }
 
 #[test]
@@ -77,7 +93,8 @@ fn an_unreachable_coordinator_is_named_with_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_ports(1)[0];
     let addr = format!("127.0.0.1:{port}");
-    let ran = run_tagged(&["status", "--coordinator", &addr, "--timeout", "2"], dir.path(), SHORT, &new_tag());
+    let ran =
+        run_tagged(&["status", "--coordinator", &addr, "--timeout", "2"], dir.path(), SHORT, &new_tag());
     assert_clear_failure(&ran, &[&addr, "start one with `cyclotron coordinator"]);
     let ran = run_tagged(&["status", "--coordinator", "no-port-here"], dir.path(), SHORT, &new_tag());
     assert_clear_failure(&ran, &["coordinator address \"no-port-here\"", "host:port"]);
@@ -112,7 +129,11 @@ fn a_job_wanting_more_workers_than_exist_waits_visibly_and_cancel_works() {
     assert_eq!(last.borrow()["status"], "pending", "{}", last.borrow());
     // the human view shows it too
     let ran = run_tagged(&["status", &job, "--coordinator", &c.addr], dir.path(), SHORT, &tag);
-    assert!(ran.stdout.contains("pending") && ran.stdout.contains("needs 3 workers, 1 registered"), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("pending") && ran.stdout.contains("needs 3 workers, 1 registered"),
+        "{}",
+        ran.stdout
+    );
 
     let ran = run_tagged(&["cancel", &job, "--coordinator", &c.addr], dir.path(), SHORT, &tag);
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);

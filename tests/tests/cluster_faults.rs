@@ -24,8 +24,10 @@ impl Cluster {
     fn start(lease_ms: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let tag = new_tag();
-        let coordinator = Coordinator::start(dir.path(), "coordinator", "127.0.0.1:0", &["--lease-ms", lease_ms], &tag);
-        let workers = (0..3).map(|i| Worker::start(dir.path(), &coordinator.addr, &format!("w{i}"), &tag)).collect();
+        let coordinator =
+            Coordinator::start(dir.path(), "coordinator", "127.0.0.1:0", &["--lease-ms", lease_ms], &tag);
+        let workers =
+            (0..3).map(|i| Worker::start(dir.path(), &coordinator.addr, &format!("w{i}"), &tag)).collect();
         Cluster { dir, tag, coordinator, workers }
     }
 
@@ -122,9 +124,11 @@ fn killed_worker_restarts_the_run_from_its_last_checkpoint() {
     victim.proc.wait(Duration::from_secs(10), "the killed worker");
 
     let (events, results) = c.finishes(&job);
-    let restarted: Vec<&serde_json::Value> = events.iter().filter(|e| e["type"] == "task_restarted").collect();
+    let restarted: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["type"] == "task_restarted").collect();
     assert!(!restarted.is_empty(), "no restart event: {events:?}");
-    let second = events.iter().find(|e| e["type"] == "task_started" && e["generation"] == 1).expect("generation 1");
+    let second =
+        events.iter().find(|e| e["type"] == "task_started" && e["generation"] == 1).expect("generation 1");
     assert!(
         !second["workers"].as_array().unwrap().iter().any(|w| w == group[0].as_str()),
         "the dead worker was given the restarted run: {second}"
@@ -158,5 +162,10 @@ fn stalled_worker_is_found_by_lease_expiry_and_its_run_restarts() {
     // woken up, the stalled worker finds its lease gone and registers again
     signal(stalled_pid, "CONT");
     let log = c.worker(&group[1]).log.clone();
-    wait_until("the stalled worker to register again", Duration::from_secs(30), || read(&log).contains("registering again"), || read(&log));
+    wait_until(
+        "the stalled worker to register again",
+        Duration::from_secs(30),
+        || read(&log).contains("registering again"),
+        || read(&log),
+    );
 }

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use cyclotron_tests::{
-    fashion_mnist_present, new_tag, read, run_tagged, signal, spawn_logged, tagged_processes, tiny_job, wait_until,
+    fashion_mnist_present, new_tag, read, run_tagged, signal, spawn_logged, tagged_processes, tiny_job,
+    wait_until,
 };
 
 fn read_json(path: &std::path::Path) -> serde_json::Value {
@@ -24,7 +25,9 @@ fn assert_none_left(tag: &str) {
     }
     let described: Vec<String> = left
         .iter()
-        .map(|p| format!("{p}: {}", read(std::path::Path::new(&format!("/proc/{p}/cmdline"))).replace('\0', " ")))
+        .map(|p| {
+            format!("{p}: {}", read(std::path::Path::new(&format!("/proc/{p}/cmdline"))).replace('\0', " "))
+        })
         .collect();
     panic!("processes survived the local cluster:\n{}", described.join("\n"));
 }
@@ -57,7 +60,11 @@ fn local_cluster_of_two_workers_trains_the_job_and_cleans_up() {
     for png in ["lr_find.png", "training.png"] {
         assert!(out.join(png).exists(), "{png} missing");
     }
-    assert!(ran.stdout.contains("ensemble") && ran.stdout.contains("final"), "no results table:\n{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("ensemble") && ran.stdout.contains("final"),
+        "no results table:\n{}",
+        ran.stdout
+    );
     // progress as it happened, and the two ranks trained together
     assert!(ran.stderr.contains("stage 1 epoch 2:"), "no epoch lines:\n{}", ran.stderr);
     assert!(ran.stderr.contains("run started on local-0, local-1"), "{}", ran.stderr);

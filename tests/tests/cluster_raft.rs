@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use cyclotron_tests::{
-    fashion_mnist_present, free_ports, new_tag, read, run_tagged, signal, spawn_logged, status_json, tiny_job,
-    wait_until, watch_json, Coordinator, Worker,
+    fashion_mnist_present, free_ports, new_tag, read, run_tagged, signal, spawn_logged, status_json,
+    tiny_job, wait_until, watch_json, Coordinator, Worker,
 };
 
 fn events_of(text: &str) -> Vec<serde_json::Value> {
@@ -43,7 +43,8 @@ fn killing_the_raft_leader_mid_job_loses_nothing_and_the_job_finishes() {
         }
         s
     };
-    let workers: Vec<Worker> = (0..2).map(|i| Worker::start(dir.path(), &all, &format!("w{i}"), &tag)).collect();
+    let workers: Vec<Worker> =
+        (0..2).map(|i| Worker::start(dir.path(), &all, &format!("w{i}"), &tag)).collect();
 
     std::fs::write(dir.path().join("job.toml"), tiny_job("failover", 16384, 10)).unwrap();
     let ran = run_tagged(
@@ -57,17 +58,23 @@ fn killing_the_raft_leader_mid_job_loses_nothing_and_the_job_finishes() {
 
     // the leader, as `status --json` reports it
     let status = status_json(&job, &all, dir.path(), &tag);
-    let leader = status["cluster"]["leader"].as_str().unwrap_or_else(|| panic!("no leader in {status}")).to_string();
+    let leader =
+        status["cluster"]["leader"].as_str().unwrap_or_else(|| panic!("no leader in {status}")).to_string();
     assert!(addrs.contains(&leader), "{leader} is not one of {addrs:?}");
-    let roles: Vec<&str> =
-        status["cluster"]["coordinators"].as_array().unwrap().iter().map(|c| c["role"].as_str().unwrap()).collect();
+    let roles: Vec<&str> = status["cluster"]["coordinators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["role"].as_str().unwrap())
+        .collect();
     assert_eq!(roles.iter().filter(|r| **r == "follower").count(), 2, "{status}");
 
     // a watcher on the leader first: it must ride through the failover
     let watch_log = dir.path().join("watch.out");
     let others: Vec<&String> = addrs.iter().filter(|a| **a != leader).collect();
     let order = format!("{leader},{},{}", others[0], others[1]);
-    let mut watcher = spawn_logged(&["watch", &job, "--json", "--coordinator", &order], dir.path(), &watch_log, &tag);
+    let mut watcher =
+        spawn_logged(&["watch", &job, "--json", "--coordinator", &order], dir.path(), &watch_log, &tag);
 
     wait_until(
         "two epochs before the kill",
@@ -76,7 +83,10 @@ fn killing_the_raft_leader_mid_job_loses_nothing_and_the_job_finishes() {
         || format!("{}\n{}", read(&watch_log), logs(&workers, &coordinators)),
     );
     let seen_before = events_of(&read(&watch_log));
-    assert!(!seen_before.iter().any(|e| e["type"] == "ended"), "the job ended before the kill: {seen_before:?}");
+    assert!(
+        !seen_before.iter().any(|e| e["type"] == "ended"),
+        "the job ended before the kill: {seen_before:?}"
+    );
     let leader_at = coordinators.iter().position(|c| c.addr == leader).expect("leader process");
     signal(coordinators[leader_at].proc.pid(), "KILL");
     coordinators[leader_at].proc.wait(Duration::from_secs(10), "the killed leader");
@@ -91,11 +101,16 @@ fn killing_the_raft_leader_mid_job_loses_nothing_and_the_job_finishes() {
 
     // a new leader, among the survivors
     let status = status_json(&job, &survivors, dir.path(), &tag);
-    let new_leader = status["cluster"]["leader"].as_str().unwrap_or_else(|| panic!("no new leader: {status}"));
+    let new_leader =
+        status["cluster"]["leader"].as_str().unwrap_or_else(|| panic!("no new leader: {status}"));
     assert_ne!(new_leader, leader);
     assert_eq!(status["status"], "succeeded", "{status}");
-    let epochs: Vec<u64> =
-        status["results"]["epochs"].as_array().expect("results").iter().map(|e| e["epoch"].as_u64().unwrap()).collect();
+    let epochs: Vec<u64> = status["results"]["epochs"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|e| e["epoch"].as_u64().unwrap())
+        .collect();
     assert_eq!(epochs, (1..=10).collect::<Vec<_>>(), "{status}");
 
     // nothing committed lost: the log replayed from the new leader starts with what was seen before

@@ -29,11 +29,10 @@ pub enum Event {
     EpochStart { stage: usize, epoch: u32, epochs: u32, steps: u64 },
     Step { stage: usize, step: u64, loss: f64, lr: f64 },
     EpochEnd { record: EpochRecord },
-    /// A stage of the job begins, or continues at `from_epoch` after a resume (from `job`).
+    // from `job`: a stage begins (or continues at `from_epoch` after a resume), the job continued
+    // from a committed checkpoint, a snapshot was handed to the uploader (`url`: its folder)
     StageStart { stage: usize, name: String, epochs: u64, from_epoch: u32 },
-    /// The job continued from the committed checkpoint `checkpoint` (from `job`).
     Resumed { stage: usize, epoch: u32, step: u64, checkpoint: String },
-    /// A snapshot was taken and handed to the uploader; `url`: its folder in the store (from `job`).
     Snapshot { index: usize, stage: usize, cycle: u32, epoch: u32, accuracy: f64, url: String },
 }
 

@@ -10,8 +10,8 @@
 //! killed with SIGKILL. Logs go to `OUT/logs/`.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -81,7 +81,11 @@ fn log_tail(path: &Path, n: usize) -> String {
 }
 
 /// Copy `r` into `log` line by line, sending the address of a "listening on ADDR" line to `tx`.
-fn pump(r: impl std::io::Read + Send + 'static, log: Arc<Mutex<std::fs::File>>, tx: Option<mpsc::Sender<String>>) {
+fn pump(
+    r: impl std::io::Read + Send + 'static,
+    log: Arc<Mutex<std::fs::File>>,
+    tx: Option<mpsc::Sender<String>>,
+) {
     std::thread::spawn(move || {
         for line in BufReader::new(r).lines() {
             let Ok(line) = line else { break };
@@ -97,7 +101,8 @@ fn pump(r: impl std::io::Read + Send + 'static, log: Arc<Mutex<std::fs::File>>, 
 
 impl LocalCluster {
     fn start(exe: &Path, workers: usize, logs: &Path, lease_ms: Option<u64>) -> anyhow::Result<LocalCluster> {
-        let data_dir = tempfile::Builder::new().prefix("cyclotron-local-").tempdir().context("temporary folder")?;
+        let data_dir =
+            tempfile::Builder::new().prefix("cyclotron-local-").tempdir().context("temporary folder")?;
         let log_path = logs.join("coordinator.log");
         let log = Arc::new(Mutex::new(
             std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?,
@@ -146,7 +151,8 @@ impl LocalCluster {
         let grace = format!("{}", STOP_DEADLINE.as_secs_f64() / 2.0);
         for i in 0..workers {
             let log_path = logs.join(format!("worker-{i}.log"));
-            let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+            let log = std::fs::File::create(&log_path)
+                .with_context(|| format!("creating {}", log_path.display()))?;
             let child = Command::new(exe)
                 .args(["--parent-watchdog-ms", "0", "worker", "--coordinator", &cluster.addr])
                 .args(["--id", &format!("local-{i}"), "--data-addr", "127.0.0.1:0", "--stop-grace", &grace])
@@ -222,19 +228,25 @@ pub fn local(args: LocalArgs, quiet: bool) -> anyhow::Result<()> {
     output::prepare_dir(&out)?;
     let logs = out.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let spec_toml = std::fs::read_to_string(&args.job).with_context(|| format!("reading {}", args.job.display()))?;
+    let spec_toml =
+        std::fs::read_to_string(&args.job).with_context(|| format!("reading {}", args.job.display()))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (spec_toml, threads) = share_cores(&spec_toml, spec.runtime.threads, cores, args.workers);
     let exe = std::env::current_exe().context("finding the cyclotron binary")?;
 
     let cluster = Arc::new(Mutex::new(LocalCluster::start(&exe, args.workers, &logs, args.lease_ms)?));
     let addr = cluster.lock().unwrap_or_else(|e| e.into_inner()).addr.clone();
-    let client = Coordinators::new(&[addr.clone()], Deadlines::new(Duration::from_secs(5), Duration::from_secs(30)))?;
+    let client = Coordinators::new(
+        std::slice::from_ref(&addr),
+        Deadlines::new(Duration::from_secs(5), Duration::from_secs(30)),
+    )?;
     let mode = if args.json { Mode::Json } else { Mode::Human { quiet } };
     let rt = runtime()?;
     let outcome: anyhow::Result<(String, TrainResults)> = rt.block_on(async {
         let job = submit_spec(&client, spec_toml, workers_per_run, args.max_restarts).await?;
         if !quiet && !args.json {
             eprintln!(
-                "job {job}: a coordinator on {addr} and {} workers ({workers_per_run} per run); logs in {}",
+                "job {job}: a coordinator on {addr} and {} workers ({workers_per_run} per run, {threads} threads each); logs in {}",
                 args.workers,
                 logs.display()
             );
@@ -268,4 +280,51 @@ pub fn local(args: LocalArgs, quiet: bool) -> anyhow::Result<()> {
     write_run_dir(&out, &results)?;
     output::print_results(&results, &spec.output, &spec.name, &job);
     Ok(())
+}
+
+/// N workers on one machine share its cores: unless the spec sets `runtime.threads`, each
+/// training process gets `cores / N` threads (at least one) instead of all of them (oversubscribed
+/// libtorch threads spin against each other). Returns the spec text to submit and the threads.
+fn share_cores(spec_toml: &str, threads: Option<usize>, cores: usize, workers: usize) -> (String, usize) {
+    if let Some(t) = threads {
+        return (spec_toml.to_string(), t);
+    }
+    let share = (cores / workers.max(1)).max(1);
+    let line = format!("threads = {share}");
+    let mut out = String::with_capacity(spec_toml.len() + 32);
+    let mut inserted = false;
+    for l in spec_toml.lines() {
+        out.push_str(l);
+        out.push('\n');
+        if !inserted && l.trim_start().starts_with("[runtime]") {
+            out.push_str(&line);
+            out.push('\n');
+            inserted = true;
+        }
+    }
+    if !inserted {
+        out.push_str(&format!("\n[runtime]\n{line}\n"));
+    }
+    (out, share)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn threads_of(text: &str) -> Option<usize> {
+        let spec = JobSpec::from_toml_str(text, "t").unwrap();
+        spec.runtime.threads
+    }
+
+    #[test]
+    fn workers_share_the_cores_unless_the_spec_says() {
+        let base = "name = \"j\"\n[data]\nsource = \"fashion_mnist\"\n[model]\narch = \"small_cnn\"\n[[stage]]\nlr = 0.1\nepochs = 1\n";
+        let (text, n) = share_cores(base, None, 16, 2);
+        assert_eq!((n, threads_of(&text)), (8, Some(8)));
+        let with_section = format!("{base}[runtime]\ndevice = \"cpu\"\n");
+        let (text, n) = share_cores(&with_section, None, 2, 4);
+        assert_eq!((n, threads_of(&text)), (1, Some(1)));
+        assert_eq!(share_cores(&with_section, Some(3), 16, 2), (with_section.clone(), 3));
+    }
 }

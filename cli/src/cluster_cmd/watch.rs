@@ -136,9 +136,11 @@ impl Display {
                 if !matches!(self.mode, Mode::Json) && !self.quiet() {
                     let bar = ProgressBar::new(s.epochs);
                     bar.set_style(
-                        ProgressStyle::with_template("{prefix:>22} [{bar:30}] {pos}/{len} epochs {msg} ({elapsed})")
-                            .unwrap_or_else(|_| ProgressStyle::default_bar())
-                            .progress_chars("=> "),
+                        ProgressStyle::with_template(
+                            "{prefix:>22} [{bar:30}] {pos}/{len} epochs {msg} ({elapsed})",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
                     );
                     bar.set_prefix(format!("stage {} {}", s.stage + 1, s.name));
                     self.bar = Some(bar);
@@ -176,14 +178,13 @@ impl Display {
                 s.cycle + 1,
                 s.manifest_url
             )),
-            Event::TaskStarted(t) => self.note(&format!(
-                "run started on {} (generation {})",
-                t.workers.join(", "),
-                t.generation
-            )),
-            Event::TaskRestarted(t) => {
-                self.note(&format!("run torn down (generation {}): {}; it restarts from its last checkpoint", t.generation, t.reason))
+            Event::TaskStarted(t) => {
+                self.note(&format!("run started on {} (generation {})", t.workers.join(", "), t.generation))
             }
+            Event::TaskRestarted(t) => self.note(&format!(
+                "run torn down (generation {}): {}; it restarts from its last checkpoint",
+                t.generation, t.reason
+            )),
             Event::Ended(e) => {
                 self.finish();
                 let reason = if e.reason.is_empty() { String::new() } else { format!(": {}", e.reason) };
@@ -255,7 +256,9 @@ mod tests {
         assert_eq!(event_json(9, &end)["status"], "cancelled");
 
         assert!(JobEnd { status: "succeeded".into(), reason: String::new() }.into_result("j").is_ok());
-        let e = JobEnd { status: "failed".into(), reason: "rank 0: bad data".into() }.into_result("j-1").unwrap_err();
+        let e = JobEnd { status: "failed".into(), reason: "rank 0: bad data".into() }
+            .into_result("j-1")
+            .unwrap_err();
         assert_eq!(e.to_string(), "job j-1 failed: rank 0: bad data");
     }
 }

@@ -73,14 +73,14 @@ impl Child {
             readers.push(tokio::spawn(async move {
                 let mut lines = BufReader::new(out).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    match TrainEvent::from_line(&line) {
-                        Some(e) => {
-                            if tx.send(e).await.is_err() {
-                                break;
-                            }
+                    let Some(e) = TrainEvent::from_line(&line) else {
+                        if !line.trim().is_empty() {
+                            eprintln!("{prefix} {line}");
                         }
-                        None if !line.trim().is_empty() => eprintln!("{prefix} {line}"),
-                        None => {}
+                        continue;
+                    };
+                    if tx.send(e).await.is_err() {
+                        break;
                     }
                 }
             }));
@@ -166,8 +166,10 @@ impl Child {
         signal_group(self.pid, libc::SIGTERM);
         match tokio::time::timeout(grace, self.child.wait()).await {
             Ok(r) => {
-                let status =
-                    r.map_err(|e| AgentError::Io { what: format!("waiting for child {}", self.pid), source: e })?;
+                let status = r.map_err(|e| AgentError::Io {
+                    what: format!("waiting for child {}", self.pid),
+                    source: e,
+                })?;
                 // anything else left in its group goes too
                 signal_group(self.pid, libc::SIGKILL);
                 self.drain().await;
@@ -284,14 +286,18 @@ exit 3"#;
             .filter(|p| {
                 std::fs::read_to_string(format!("/proc/{p}/stat"))
                     .ok()
-                    .and_then(|s| s.rsplit(')').next().map(|r| r.split_whitespace().nth(1) == Some(&pid.to_string())))
+                    .and_then(|s| {
+                        s.rsplit(')').next().map(|r| r.split_whitespace().nth(1) == Some(&pid.to_string()))
+                    })
                     .unwrap_or(false)
             })
             .collect();
         assert!(!grandchildren.is_empty(), "the shell started its sleeps");
         let started = std::time::Instant::now();
-        let status =
-            tokio::time::timeout(Duration::from_secs(10), c.stop(Duration::from_millis(500))).await.unwrap().unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(10), c.stop(Duration::from_millis(500)))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(started.elapsed() >= Duration::from_millis(450), "SIGKILL came before the grace period");
         assert_eq!(describe_exit(&status), "killed by signal 9");
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -304,15 +310,18 @@ exit 3"#;
     async fn a_child_that_honours_sigterm_stops_at_once() {
         let mut c = Child::spawn(&sh("sleep 300", None)).unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let status =
-            tokio::time::timeout(Duration::from_secs(10), c.stop(Duration::from_secs(30))).await.unwrap().unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(10), c.stop(Duration::from_secs(30)))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(describe_exit(&status), "killed by signal 15");
     }
 
     #[tokio::test]
     async fn dropping_the_handle_kills_the_child_and_closes_its_stdin() {
-        let pinged = Child::spawn(&sh("while read x; do :; done; sleep 300", Some(Duration::from_millis(50))))
-            .unwrap();
+        let pinged =
+            Child::spawn(&sh("while read x; do :; done; sleep 300", Some(Duration::from_millis(50))))
+                .unwrap();
         let pid = pinged.pid();
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(alive(pid));

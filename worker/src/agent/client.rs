@@ -185,10 +185,9 @@ impl Coordinators {
             let attempt = async {
                 let channel = self.channel(&addr).await.map_err(Attempt::Unreachable)?;
                 match tokio::time::timeout(self.deadlines.attempt, f(channel)).await {
-                    Err(_) => Err(Attempt::Unreachable(format!(
-                        "no answer within {:?}",
-                        self.deadlines.attempt
-                    ))),
+                    Err(_) => {
+                        Err(Attempt::Unreachable(format!("no answer within {:?}", self.deadlines.attempt)))
+                    }
                     Ok(Ok(r)) => Ok(r.into_inner()),
                     Ok(Err(s)) => Err(Attempt::Status(s)),
                 }
@@ -200,7 +199,9 @@ impl Coordinators {
                     format!("{}: {e}", host(&addr))
                 }
                 Err(Attempt::Status(s)) => match retry_kind(&s) {
-                    Retry::No => return Err(ClientError::Rejected { code: s.code(), message: s.message().into() }),
+                    Retry::No => {
+                        return Err(ClientError::Rejected { code: s.code(), message: s.message().into() })
+                    }
                     Retry::Leader(leader) if redirects < 8 => {
                         redirects += 1;
                         self.follow(&leader);

@@ -50,7 +50,12 @@ pub fn to_train_event(e: &Event, stage: &mut usize) -> Option<TrainEvent> {
     Some(match e {
         Event::StageStart { stage: s, name, epochs, from_epoch } => {
             *stage = *s;
-            TrainEvent::StageStarted { stage: *s, name: name.clone(), epochs: *epochs, from_epoch: *from_epoch }
+            TrainEvent::StageStarted {
+                stage: *s,
+                name: name.clone(),
+                epochs: *epochs,
+                from_epoch: *from_epoch,
+            }
         }
         Event::LrFindEnd { report } => TrainEvent::LrFind {
             stage: *stage,
@@ -80,9 +85,10 @@ pub fn to_train_event(e: &Event, stage: &mut usize) -> Option<TrainEvent> {
         Event::Resumed { stage, epoch, step, checkpoint } => {
             TrainEvent::Resumed { stage: *stage, epoch: *epoch, step: *step, checkpoint: checkpoint.clone() }
         }
-        Event::LrFindStart { .. } | Event::LrFindStep { .. } | Event::EpochStart { .. } | Event::Step { .. } => {
-            return None
-        }
+        Event::LrFindStart { .. }
+        | Event::LrFindStep { .. }
+        | Event::EpochStart { .. }
+        | Event::Step { .. } => return None,
     })
 }
 
@@ -181,11 +187,10 @@ mod tests {
     fn bad_input_is_permanent_and_lost_peers_are_not() {
         assert!(is_permanent(&Error::UnknownModel { arch: "x".into() }));
         assert!(is_permanent(&Error::Diverged { stage: 0, step: 3, loss: f64::NAN }));
-        assert!(is_permanent(&Error::Core(cyclotron_core::Error::InvalidSpec { problems: vec!["p".into()] })));
-        assert!(!is_permanent(&Error::Io {
-            what: "socket".into(),
-            source: std::io::Error::other("reset")
-        }));
+        assert!(is_permanent(&Error::Core(cyclotron_core::Error::InvalidSpec {
+            problems: vec!["p".into()]
+        })));
+        assert!(!is_permanent(&Error::Io { what: "socket".into(), source: std::io::Error::other("reset") }));
         assert!(!is_permanent(&Error::Checkpoint { key: "k".into(), message: "m".into() }));
         assert!(!is_permanent(&Error::Cancelled));
     }

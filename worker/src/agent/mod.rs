@@ -257,7 +257,11 @@ async fn register(client: &Coordinators, cfg: &AgentConfig) -> Result<Duration> 
     }
 }
 
-async fn heartbeat(client: &Coordinators, worker: &str, lease: Duration) -> Result<HeartbeatResponse, ClientError> {
+async fn heartbeat(
+    client: &Coordinators,
+    worker: &str,
+    lease: Duration,
+) -> Result<HeartbeatResponse, ClientError> {
     // each attempt well inside the lease; all attempts within one lease
     let attempt = (lease / 3).clamp(Duration::from_millis(500), Duration::from_secs(5));
     let c = client.with_deadlines(Deadlines::new(attempt, lease));

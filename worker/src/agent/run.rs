@@ -139,7 +139,8 @@ async fn run(ctx: &RunContext, a: &Assignment, mut stop: watch::Receiver<bool>) 
             Ok(addrs) => addrs,
             Err(e) => {
                 // a stale generation is answered by the next heartbeat; anything else restarts the group
-                let stale = matches!(e.code(), Some(Code::FailedPrecondition | Code::NotFound | Code::Aborted));
+                let stale =
+                    matches!(e.code(), Some(Code::FailedPrecondition | Code::NotFound | Code::Aborted));
                 tracing::warn!(run = %key, "rendezvous failed: {e}");
                 if !stale {
                     let _ = tx.send(failure(false, format!("rendezvous failed: {e}"), "", &[]));
@@ -215,7 +216,9 @@ async fn run(ctx: &RunContext, a: &Assignment, mut stop: watch::Receiver<bool>) 
     let exit = describe_exit(&status);
     let report = if status.success() {
         match read_results(&out, a.rank) {
-            Ok(result_json) => Report::Result { ok: true, result_json, error: String::new(), permanent: false },
+            Ok(result_json) => {
+                Report::Result { ok: true, result_json, error: String::new(), permanent: false }
+            }
             Err(e) => failure(false, e, &exit, &child.stderr_tail()),
         }
     } else {
@@ -319,7 +322,11 @@ fn data_addr(host: &str, port: u16) -> Result<String> {
     Ok(addr.to_string())
 }
 
-async fn rendezvous(ctx: &RunContext, a: &Assignment, data_addr: String) -> std::result::Result<Vec<String>, super::ClientError> {
+async fn rendezvous(
+    ctx: &RunContext,
+    a: &Assignment,
+    data_addr: String,
+) -> std::result::Result<Vec<String>, super::ClientError> {
     let client = ctx.client.with_deadlines(Deadlines::new(
         ctx.rendezvous_timeout,
         ctx.rendezvous_timeout + Duration::from_secs(10),
@@ -350,8 +357,10 @@ async fn reporter(
     key: RunKey,
     mut rx: mpsc::UnboundedReceiver<Report>,
 ) {
-    let progress_client = client.with_deadlines(Deadlines::new(Duration::from_secs(5), Duration::from_secs(15)));
-    let result_client = client.with_deadlines(Deadlines::new(Duration::from_secs(5), Duration::from_secs(120)));
+    let progress_client =
+        client.with_deadlines(Deadlines::new(Duration::from_secs(5), Duration::from_secs(15)));
+    let result_client =
+        client.with_deadlines(Deadlines::new(Duration::from_secs(5), Duration::from_secs(120)));
     while let Some(r) = rx.recv().await {
         match r {
             Report::Progress(e) => {
@@ -412,7 +421,9 @@ fn log_event(key: &RunKey, e: &TrainEvent) {
             "resumed from checkpoint {checkpoint} (stage {}, epoch {epoch}, step {step})",
             stage + 1
         ),
-        TrainEvent::Snapshot { index, url, .. } => tracing::info!(run = %key, "snapshot {index} saved to {url}"),
+        TrainEvent::Snapshot { index, url, .. } => {
+            tracing::info!(run = %key, "snapshot {index} saved to {url}")
+        }
         _ => {}
     }
 }
@@ -428,8 +439,11 @@ mod tests {
 
     fn ctx() -> RunContext {
         RunContext {
-            client: Coordinators::new(&["127.0.0.1:1".into()], Deadlines::new(Duration::from_secs(1), Duration::from_secs(1)))
-                .unwrap(),
+            client: Coordinators::new(
+                &["127.0.0.1:1".into()],
+                Deadlines::new(Duration::from_secs(1), Duration::from_secs(1)),
+            )
+            .unwrap(),
             worker_id: "w".into(),
             binary: "/bin/true".into(),
             work_dir: "/tmp".into(),
@@ -463,11 +477,18 @@ mod tests {
     #[test]
     fn the_child_resumes_the_job_run_with_the_groups_addresses() {
         let peers = vec!["127.0.0.1:5000".to_string(), "127.0.0.1:5001".to_string()];
-        let args = strings(child_args(&ctx(), &assignment(2), Path::new("/w/job.toml"), Path::new("/w/out"), &peers));
+        let args = strings(child_args(
+            &ctx(),
+            &assignment(2),
+            Path::new("/w/job.toml"),
+            Path::new("/w/out"),
+            &peers,
+        ));
         let joined = args.join(" ");
         assert!(joined.starts_with("--quiet --parent-watchdog-ms 4000 train /w/job.toml --out /w/out --run j-1 --resume --events-jsonl -"), "{joined}");
         assert!(joined.contains("--rank 1 --world-size 2 --peers 127.0.0.1:5000,127.0.0.1:5001 --generation 2 --collective-timeout 30"), "{joined}");
-        let alone = strings(child_args(&ctx(), &assignment(1), Path::new("j"), Path::new("o"), &[])).join(" ");
+        let alone =
+            strings(child_args(&ctx(), &assignment(1), Path::new("j"), Path::new("o"), &[])).join(" ");
         assert!(!alone.contains("--rank"), "a world of one trains alone: {alone}");
     }
 
@@ -496,11 +517,25 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&progress_json(&epoch).unwrap()).unwrap();
         assert_eq!(v["type"], "epoch");
         assert_eq!(v["step"], 9);
-        let snap = TrainEvent::Snapshot { index: 1, stage: 0, cycle: 1, epoch: 2, accuracy: 0.5, url: "file:///r/s1".into() };
+        let snap = TrainEvent::Snapshot {
+            index: 1,
+            stage: 0,
+            cycle: 1,
+            epoch: 2,
+            accuracy: 0.5,
+            url: "file:///r/s1".into(),
+        };
         let v: serde_json::Value = serde_json::from_str(&progress_json(&snap).unwrap()).unwrap();
         assert_eq!(v["manifest_url"], "file:///r/s1/MANIFEST.json");
         assert!(v.get("accuracy").is_none(), "the coordinator's events have no extra fields");
-        let lr = TrainEvent::LrFind { stage: 0, lrs: vec![1e-3], losses: vec![2.0], steep: None, valley: None, minimum: None };
+        let lr = TrainEvent::LrFind {
+            stage: 0,
+            lrs: vec![1e-3],
+            losses: vec![2.0],
+            steep: None,
+            valley: None,
+            minimum: None,
+        };
         let v: serde_json::Value = serde_json::from_str(&progress_json(&lr).unwrap()).unwrap();
         assert!(v["steep"].is_null(), "no suggestion travels as null");
         assert_eq!(progress_json(&TrainEvent::Failed { permanent: true, message: "m".into() }), None);

@@ -53,7 +53,10 @@ impl WorkerService for FakeCoordinator {
         self.0.lock().unwrap().results.push(r.into_inner());
         Ok(Response::new(Ack {}))
     }
-    async fn rendezvous(&self, _: Request<RendezvousRequest>) -> Result<Response<RendezvousResponse>, Status> {
+    async fn rendezvous(
+        &self,
+        _: Request<RendezvousRequest>,
+    ) -> Result<Response<RendezvousResponse>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
 }
@@ -217,9 +220,12 @@ async fn another_protocol_version_is_refused_with_the_coordinators_reason() {
     let fake = FakeCoordinator::default();
     fake.0.lock().unwrap().refuse_protocol = true;
     let addr = serve(fake.clone()).await;
-    let r = tokio::time::timeout(Duration::from_secs(10), run_agent(config(&addr, dir.path()), std::future::pending()))
-        .await
-        .unwrap();
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        run_agent(config(&addr, dir.path()), std::future::pending()),
+    )
+    .await
+    .unwrap();
     let e = r.unwrap_err().to_string();
     assert!(e.contains("refused this worker") && e.contains("protocol"), "{e}");
 }
@@ -254,7 +260,10 @@ async fn a_follower_redirects_to_the_leader() {
             s.metadata_mut().insert(client::LEADER_METADATA, self.0.parse().unwrap());
             Err(s)
         }
-        async fn heartbeat(&self, _: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        async fn heartbeat(
+            &self,
+            _: Request<HeartbeatRequest>,
+        ) -> Result<Response<HeartbeatResponse>, Status> {
             Err(Status::unavailable("election in progress"))
         }
         async fn report_progress(&self, _: Request<ProgressReport>) -> Result<Response<Ack>, Status> {
@@ -263,7 +272,10 @@ async fn a_follower_redirects_to_the_leader() {
         async fn report_result(&self, _: Request<ResultReport>) -> Result<Response<Ack>, Status> {
             Err(Status::unavailable(""))
         }
-        async fn rendezvous(&self, _: Request<RendezvousRequest>) -> Result<Response<RendezvousResponse>, Status> {
+        async fn rendezvous(
+            &self,
+            _: Request<RendezvousRequest>,
+        ) -> Result<Response<RendezvousResponse>, Status> {
             Err(Status::unavailable(""))
         }
     }
@@ -277,9 +289,15 @@ async fn a_follower_redirects_to_the_leader() {
             .serve_with_incoming(incoming),
     );
     // the leader is not in the list: it is learnt from the redirect
-    let c = Coordinators::new(&[follower_addr], Deadlines::new(Duration::from_secs(2), Duration::from_secs(5)))
-        .unwrap();
-    let msg = RegisterRequest { worker_id: "w".into(), data_addr: "127.0.0.1:0".into(), protocol_version: 1, gpus: 0 };
+    let c =
+        Coordinators::new(&[follower_addr], Deadlines::new(Duration::from_secs(2), Duration::from_secs(5)))
+            .unwrap();
+    let msg = RegisterRequest {
+        worker_id: "w".into(),
+        data_addr: "127.0.0.1:0".into(),
+        protocol_version: 1,
+        gpus: 0,
+    };
     let (_, answered) = c
         .call_as(c.current(), |ch| {
             let m = msg.clone();

@@ -117,7 +117,10 @@ mod tests {
             std::thread::sleep(Duration::from_millis(60));
         }
         assert!(rx.try_recv().is_err(), "fired although pinged");
-        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), ParentGone::Silent(Duration::from_millis(300)));
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+            ParentGone::Silent(Duration::from_millis(300))
+        );
         drop(w);
         assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "fired twice");
     }
