@@ -42,6 +42,22 @@ done
 printf '[%s]\n' "$(IFS=,; echo "${rows[*]}")" > "$out/step.json"
 printf '\ntarget: ratio >= 1.0; written to %s/step.json\n' "$out"
 
+printf '\n== metrics overhead: the learner'"'"'s training step with vs without Prometheus metrics (alternating runs) ==\n'
+# one process, same model and data: epochs alternate off/on (order flipped every round) so drift cancels
+"$bin" bench-metrics --model small_resnet --width 16 --batch-size 64 --threads "$threads" \
+  --steps "${BENCH_METRICS_STEPS:-30}" --rounds "${BENCH_METRICS_ROUNDS:-6}" --json "$out/metrics.json" >/dev/null
+"$py" - "$out/metrics.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"{'measure':<44} {'value':>12} {'target':>10}")
+print(f"{'step without metrics (ms, median)':<44} {r['step_ms_off']:>12.2f}")
+print(f"{'step with metrics (ms, median)':<44} {r['step_ms_on']:>12.2f}")
+print(f"{'with / without - 1 (median of pairs)':<44} {100 * r['overhead']:>11.2f}% {'< 1%':>10}")
+print(f"{'recording alone (us per step)':<44} {r['record_us_per_step']:>12.3f}")
+print(f"{'recording alone / step':<44} {100 * r['record_fraction_of_step']:>11.4f}% {'< 1%':>10}")
+PY
+printf 'written to %s/metrics.json\n' "$out"
+
 printf '\n== head training with a frozen body: full forward pass vs precompute (resnet34, 64x64 inputs) ==\n'
 "$bin" bench-head --model resnet34 --size 64 --batch-size 64 --threads "$threads" \
   --steps "${BENCH_HEAD_STEPS:-10}" --json "$out/precompute.json"

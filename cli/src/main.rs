@@ -4,6 +4,7 @@
 
 mod cluster_cmd;
 mod coordinator_cmd;
+mod metrics;
 mod output;
 mod plot;
 mod progress;
@@ -63,6 +64,10 @@ enum Cmd {
         events_jsonl: Option<String>,
         #[command(flatten)]
         group: GroupArgs,
+        /// Serve Prometheus metrics at http://ADDR/metrics while the job runs (host:port; port 0
+        /// picks a free one, logged at start). Off by default, or with `off`.
+        #[arg(long, value_name = "ADDR", value_parser = metrics::parse)]
+        metrics_addr: Option<metrics::MetricsAddr>,
     },
     /// Run a worker: register with the coordinators and train what they assign.
     Worker(cluster_cmd::WorkerArgs),
@@ -119,6 +124,26 @@ enum Cmd {
         /// cpu or cuda (a GPU step syncs once per step to read the loss, as the peer does)
         #[arg(long, default_value = "cpu")]
         device: String,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// The cost of metrics on the training step: the learner alternately with and without them.
+    #[command(hide = true)]
+    BenchMetrics {
+        #[arg(long, default_value = "small_resnet")]
+        model: String,
+        #[arg(long, default_value_t = 16)]
+        width: i64,
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+        #[arg(long, default_value_t = 2)]
+        threads: i32,
+        /// Steps per timed epoch.
+        #[arg(long, default_value_t = 30)]
+        steps: u64,
+        /// Pairs of epochs (one without, one with metrics).
+        #[arg(long, default_value_t = 6)]
+        rounds: usize,
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -271,7 +296,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output::print_lr_find(&report);
             Ok(())
         }
-        Cmd::Train { job, out, run, resume, stop_after_epochs, events_jsonl, group } => {
+        Cmd::Train { job, out, run, resume, stop_after_epochs, events_jsonl, group, metrics_addr } => {
             let mut events = match &events_jsonl {
                 Some(target) => Some(
                     cyclotron_worker::agent::events::EventsJsonl::open(target)
@@ -293,7 +318,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 output::prepare_dir(&out)?;
             }
             let run = run.unwrap_or_else(output::default_run_id);
-            let opts = job::TrainOptions { resume, stop_after_epochs, group };
+            let rank = group.as_ref().map_or(0, |g| g.rank);
+            let (metrics, _server) = metrics::serve(metrics_addr, &spec.name, rank)?;
+            let opts = job::TrainOptions { resume, stop_after_epochs, group, metrics };
             let mut bars = progress::Progress::new(cli.quiet);
             let trained = match &mut events {
                 Some(ev) => job::run_train_with(
@@ -335,6 +362,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &model, width, batch_size, threads, steps, warmup, device,
             )?;
             println!("cyclotron {model} batch {batch_size} threads {threads}: {:.1} samples/s (median step {:.2} ms)", r.samples_per_s, r.step_ms_median);
+            if let Some(path) = json {
+                output::write_json(&path, &r)?;
+            }
+            Ok(())
+        }
+        Cmd::BenchMetrics { model, width, batch_size, threads, steps, rounds, json } => {
+            let r =
+                cyclotron_worker::bench::metrics_overhead(&model, width, batch_size, threads, steps, rounds)?;
+            println!(
+                "cyclotron {model} w{width} batch {batch_size} threads {threads}: step {:.2} ms without metrics, {:.2} ms with; overhead {:+.2}% (median of {rounds} pairs); recording alone {:.3} us/step = {:.4}% of a step",
+                r.step_ms_off,
+                r.step_ms_on,
+                100.0 * r.overhead,
+                r.record_us_per_step,
+                100.0 * r.record_fraction_of_step
+            );
             if let Some(path) = json {
                 output::write_json(&path, &r)?;
             }

@@ -1,5 +1,10 @@
-//! Progress bars and log lines from the learner's events. Bars draw only on a terminal; the
-//! one-line epoch summaries always print (to stderr), so logs of non-interactive runs stay useful.
+//! Progress bars and log lines from the learner's events: a spinner while data loads and while
+//! the last checkpoints upload, a bar for the LR-range test and for every epoch. Bars and
+//! spinners draw only when stderr is a terminal; the one-line summaries (LR-range result, each
+//! epoch) always print to stderr unless `--quiet`, so logs of non-interactive runs stay useful.
+
+use std::io::IsTerminal;
+use std::time::Duration;
 
 use cyclotron_worker::learner::{Event, Observer};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -8,15 +13,31 @@ pub struct Progress {
     bar: Option<ProgressBar>,
     ema: f64,
     quiet: bool,
+    /// Draw bars and spinners (stderr is a terminal and not `--quiet`).
+    bars: bool,
 }
 
 impl Progress {
     pub fn new(quiet: bool) -> Self {
-        Progress { bar: None, ema: f64::NAN, quiet }
+        Progress { bar: None, ema: f64::NAN, quiet, bars: !quiet && std::io::stderr().is_terminal() }
+    }
+
+    fn spin(&mut self, what: &str) {
+        if !self.bars {
+            return;
+        }
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.set_message(what.to_string());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        self.bar = Some(bar);
     }
 
     fn start(&mut self, len: u64, prefix: String) {
-        if self.quiet {
+        if !self.bars {
             return;
         }
         let bar = ProgressBar::new(len);
@@ -71,6 +92,8 @@ impl Observer for Progress {
                 self.start(*steps, format!("stage {} epoch {}/{}", stage + 1, epoch + 1, epochs))
             }
             Event::Step { loss, lr, .. } => self.tick(*loss, *lr),
+            Event::Phase { what, done: false } => self.spin(what),
+            Event::Phase { done: true, .. } => self.finish(),
             Event::EpochEnd { record: r } => {
                 self.finish();
                 self.line(format!(
@@ -91,6 +114,30 @@ impl Observer for Progress {
                 self.line(format!("snapshot {index} taken (accuracy {:.2}%)", 100.0 * accuracy))
             }
             Event::StageStart { .. } => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_draws_when_stderr_is_not_a_terminal_or_quiet() {
+        let mut quiet = Progress::new(true);
+        quiet.on_event(&Event::Phase { what: "loading data", done: false });
+        assert!(quiet.bar.is_none());
+        if std::io::stderr().is_terminal() {
+            return; // run by hand in a terminal: bars are expected
+        }
+        let mut p = Progress::new(false);
+        for e in [
+            Event::Phase { what: "loading data", done: false },
+            Event::LrFindStart { steps: 10 },
+            Event::EpochStart { stage: 0, epoch: 0, epochs: 1, steps: 5 },
+        ] {
+            p.on_event(&e);
+            assert!(p.bar.is_none(), "a bar was created for {e:?} without a terminal");
         }
     }
 }

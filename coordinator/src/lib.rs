@@ -9,6 +9,7 @@
 //! [`state::ClusterState::apply`].
 
 pub mod leases;
+pub mod metrics;
 pub mod plan;
 pub mod raft;
 pub mod scheduler;

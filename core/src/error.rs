@@ -23,6 +23,10 @@ pub enum Error {
     Upload { url: String, op: &'static str, key: String, attempts: u32, source: Box<object_store::Error> },
     #[error("store {url}: {message}")]
     Access { url: String, message: String },
+    #[error("metrics server on {addr}: {source}; pick a free port (or 0) with --metrics-addr, or `off`")]
+    MetricsBind { addr: String, source: std::io::Error },
+    #[error("metrics: {message}")]
+    Metrics { message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -4,6 +4,8 @@
 //! coordinator and worker processes tagged through the environment, so a test can prove that
 //! none of them (nor their training children) survives.
 
+pub mod prometheus;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -105,7 +105,7 @@ pub fn learner(spec: &JobSpec, data: &JobData) -> Result<Learner> {
         prefetch: spec.data.prefetch,
     };
     if let Some(url) = &spec.model.pretrained {
-        let skipped = models::pretrained::load_pretrained(&net, url)?;
+        let skipped = models::pretrained::load_pretrained(&net, url, &store_options(spec))?;
         if !skipped.is_empty() {
             tracing::info!(url = %url, skipped = ?skipped, "pretrained weights loaded; new head");
         }
@@ -131,12 +131,20 @@ fn range_of(spec: &JobSpec) -> (LrRange, LrFindSpec) {
 
 /// Only the LR-range test (with the first stage's frozen groups).
 pub fn run_lr_find(spec: &JobSpec, obs: &mut dyn Observer) -> Result<LrFindReport> {
-    let data = load_data(spec)?;
+    let data = phase(obs, "loading data", || load_data(spec))?;
     let mut l = learner(spec, &data)?;
     if let Some(first) = spec.stages.first() {
         l.freeze_to(first.frozen_groups(GROUPS));
     }
     l.lr_find(range_of(spec).0, obs)
+}
+
+/// Runs `f` between the start and end events of phase `what` (progress spinners).
+fn phase<T>(obs: &mut dyn Observer, what: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    obs.on_event(&Event::Phase { what, done: false });
+    let r = f();
+    obs.on_event(&Event::Phase { what, done: true });
+    r
 }
 
 /// Records the step history for plots, then passes events on.
@@ -175,12 +183,19 @@ pub struct TrainOptions {
     pub stop_after_epochs: Option<u64>,
     /// One rank of a data-parallel group (static launch); `None` trains alone.
     pub group: Option<crate::distributed::GroupSpec>,
+    /// Where to record Prometheus metrics (`--metrics-addr`); `None` records nothing.
+    pub metrics: Option<crate::metrics::JobMetrics>,
 }
 
 /// The job's store, with the `[checkpoint]` section's transfer and S3 settings.
 pub fn open_store(spec: &JobSpec) -> Result<CheckpointStore> {
+    Ok(CheckpointStore::open_with(&spec.output, &store_options(spec))?)
+}
+
+/// The `[checkpoint]` section's transfer and S3 settings (also used to read `s3://` weights).
+pub fn store_options(spec: &JobSpec) -> StoreOptions {
     let c = &spec.checkpoint;
-    let options = StoreOptions {
+    StoreOptions {
         multipart_threshold: c.multipart_threshold_mb << 20,
         s3: S3Options {
             endpoint: c.s3_endpoint.clone(),
@@ -189,8 +204,7 @@ pub fn open_store(spec: &JobSpec) -> Result<CheckpointStore> {
             ..Default::default()
         },
         ..Default::default()
-    };
-    Ok(CheckpointStore::open_with(&spec.output, &options)?)
+    }
 }
 
 /// Run every stage of `spec`; snapshots go to `<output>/<job>/<run_id>/snapshots/`.
@@ -218,7 +232,7 @@ pub fn run_train_with(
         .build()
         .map_err(|e| Error::Io { what: "tokio runtime".into(), source: e })?;
     rt.block_on(store.check_access(&run.prefix()))?;
-    let data = load_data(spec)?;
+    let data = phase(obs, "loading data", || load_data(spec))?;
     let mut l = learner(spec, &data)?;
     if let Some(g) = &opts.group {
         if spec.stages.iter().any(|s| s.precompute) {
@@ -230,6 +244,7 @@ pub fn run_train_with(
             });
         }
         let mut sync = g.join(l.net.vs.device())?;
+        opts.metrics.iter().for_each(|m| sync.set_metrics(m.comm.clone()));
         sync.broadcast_model(&l.net)?;
         l.grad_sync = Some(sync);
     }
@@ -237,7 +252,8 @@ pub fn run_train_with(
     let eval_split = if data.test.is_some() { "test" } else { "valid" };
     let (valid_y, eval_y) = (labels(&data.valid), labels(&eval_ds));
 
-    let mut rec = Recorder { inner: obs, history: StepHistory::default() };
+    let mut metered = crate::metrics::Metered::new(opts.metrics.clone(), obs);
+    let mut rec = Recorder { inner: &mut metered, history: StepHistory::default() };
     let (range, find_spec) = range_of(spec);
     let mut lr_finds: Vec<(usize, LrFindReport)> = vec![];
     let mut epochs = vec![];
@@ -281,7 +297,11 @@ pub fn run_train_with(
         }
     }
     let ckpt = &spec.checkpoint;
-    let uploader = crate::checkpoint::Uploader::start(store.clone(), ckpt.max_pending)?;
+    let uploader = crate::checkpoint::Uploader::start_with_metrics(
+        store.clone(),
+        ckpt.max_pending,
+        opts.metrics.as_ref().map(|m| m.checkpoint.clone()),
+    )?;
     let mut epochs_this_process = 0u64;
 
     for (si, stage) in spec.stages.iter().enumerate() {
@@ -447,7 +467,8 @@ pub fn run_train_with(
         }
     }
     // training is over: wait for the checkpoints still uploading (a failure fails the job)
-    uploader.finish(std::time::Duration::from_secs(ckpt.upload_deadline_s))?;
+    let deadline = std::time::Duration::from_secs(ckpt.upload_deadline_s);
+    phase(&mut rec, "uploading checkpoints", || uploader.finish(deadline))?;
 
     let final_probs = l.predict(&eval_ds)?;
     let final_model = metrics(&final_probs, &eval_y);

@@ -23,17 +23,67 @@ use crate::tensor_io::{clone_vars, load_into};
 /// What the learner tells its observer (progress bars, logs, later metrics and the coordinator).
 #[derive(Debug, Clone)]
 pub enum Event {
-    LrFindStart { steps: u32 },
-    LrFindStep { i: u32, lr: f64, loss: f64 },
-    LrFindEnd { report: Box<LrFindReport> },
-    EpochStart { stage: usize, epoch: u32, epochs: u32, steps: u64 },
-    Step { stage: usize, step: u64, loss: f64, lr: f64 },
-    EpochEnd { record: EpochRecord },
-    // from `job`: a stage begins (or continues at `from_epoch` after a resume), the job continued
-    // from a committed checkpoint, a snapshot was handed to the uploader (`url`: its folder)
-    StageStart { stage: usize, name: String, epochs: u64, from_epoch: u32 },
-    Resumed { stage: usize, epoch: u32, step: u64, checkpoint: String },
-    Snapshot { index: usize, stage: usize, cycle: u32, epoch: u32, accuracy: f64, url: String },
+    LrFindStart {
+        steps: u32,
+    },
+    LrFindStep {
+        i: u32,
+        lr: f64,
+        loss: f64,
+    },
+    LrFindEnd {
+        report: Box<LrFindReport>,
+    },
+    EpochStart {
+        stage: usize,
+        epoch: u32,
+        epochs: u32,
+        steps: u64,
+    },
+    /// One optimiser step: `lr` is the schedule's, `lrs` each layer group's; `samples` this rank's
+    /// batch; `seconds` the step itself, `data_seconds` the wait for its batch before it.
+    Step {
+        stage: usize,
+        step: u64,
+        loss: f64,
+        lr: f64,
+        lrs: Vec<f64>,
+        samples: u64,
+        seconds: f64,
+        data_seconds: f64,
+    },
+    EpochEnd {
+        record: EpochRecord,
+    },
+    /// A long step outside training starts (`done: false`) or ends: "loading data", "uploading
+    /// checkpoints".
+    Phase {
+        what: &'static str,
+        done: bool,
+    },
+    /// From `job`: a stage begins (or continues at `from_epoch` after a resume).
+    StageStart {
+        stage: usize,
+        name: String,
+        epochs: u64,
+        from_epoch: u32,
+    },
+    /// From `job`: the job continued from the committed checkpoint `checkpoint`.
+    Resumed {
+        stage: usize,
+        epoch: u32,
+        step: u64,
+        checkpoint: String,
+    },
+    /// From `job`: a snapshot was handed to the uploader (`url`: its folder in the store).
+    Snapshot {
+        index: usize,
+        stage: usize,
+        cycle: u32,
+        epoch: u32,
+        accuracy: f64,
+        url: String,
+    },
 }
 
 pub trait Observer {
@@ -209,7 +259,9 @@ impl Learner {
                 None => Box::new(self.loader(&self.data.train, true, self.epochs_done, self.data.batch_size)),
             };
             let (mut sum, mut n) = (0.0, 0u64);
+            let mut waited = Instant::now();
             for batch in batches {
+                let data_seconds = waited.elapsed().as_secs_f64();
                 if step >= total {
                     break;
                 }
@@ -218,7 +270,9 @@ impl Learner {
                 for (lr, peak) in lrs.iter_mut().zip(peaks) {
                     *lr = peak * factor;
                 }
+                let stepped = Instant::now();
                 let loss = self.train_step(&batch.x, &batch.y, &lrs)?;
+                let seconds = stepped.elapsed().as_secs_f64();
                 if !loss.is_finite() {
                     return Err(Error::Diverged { stage, step: self.global_step, loss });
                 }
@@ -231,10 +285,15 @@ impl Learner {
                     step: self.global_step,
                     loss,
                     lr: schedule.lr_at(step - 1),
+                    lrs: lrs.clone(),
+                    samples: batch.y.size()[0] as u64,
+                    seconds,
+                    data_seconds,
                 });
                 if let Some(p) = points.iter().find(|p| p.step == step) {
                     on_snapshot(self, *p)?;
                 }
+                waited = Instant::now();
             }
             self.epochs_done += 1;
             let valid = self.evaluate(&self.data.valid)?;

@@ -27,9 +27,10 @@ pub type StepCounts = Vec<(String, i64)>;
 pub struct Optimizer {
     spec: OptimizerSpec,
     params: Vec<Param>,
-    /// Threads still reading the parameters or state (a checkpoint's copy, see
-    /// `checkpoint::state::hand_off`): the next update waits for them, never the current step.
-    readers: Vec<std::thread::JoinHandle<()>>,
+    /// Readers of the parameters or state still at work (a checkpoint's copy thread, see
+    /// `checkpoint::state::hand_off`): each signals (or drops) its channel when done reading; the
+    /// next update waits for them, never the current step.
+    readers: Vec<std::sync::mpsc::Receiver<()>>,
     /// Total time updates waited for readers.
     reader_wait: std::time::Duration,
 }
@@ -60,9 +61,9 @@ impl Optimizer {
         }
     }
 
-    /// Register a thread that reads the parameters or state; the next [`Optimizer::step`] (which
-    /// writes them) waits for it first.
-    pub fn add_reader(&mut self, reader: std::thread::JoinHandle<()>) {
+    /// Register a reader of the parameters or state; the next [`Optimizer::step`] (which writes
+    /// them) waits until it sends on, or drops, its end of the channel.
+    pub fn add_reader(&mut self, reader: std::sync::mpsc::Receiver<()>) {
         self.readers.push(reader);
     }
 
@@ -73,7 +74,8 @@ impl Optimizer {
         }
         let started = std::time::Instant::now();
         for r in self.readers.drain(..) {
-            let _ = r.join();
+            // Err: the reader is gone (finished or panicked): nothing reads any more either way
+            let _ = r.recv();
         }
         self.reader_wait += started.elapsed();
     }

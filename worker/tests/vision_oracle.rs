@@ -45,7 +45,7 @@ fn torchvision_weights_give_torchvision_logits() {
     for arch in archs {
         let net = models::build(arch, 0, 3, 10, Device::Cpu).unwrap();
         let path = dir.path().join(format!("{arch}.safetensors"));
-        let skipped = pretrained::load_pretrained(&net, path.to_str().unwrap()).unwrap();
+        let skipped = pretrained::load_pretrained(&net, path.to_str().unwrap(), &Default::default()).unwrap();
         assert!(skipped.is_empty(), "{arch}: head skipped although the class count matches: {skipped:?}");
         let want = get(&format!("logits.{arch}"));
         let got = tch::no_grad(|| net.forward_t(&x, false));

@@ -350,6 +350,29 @@ impl CheckpointStore {
         self.get(key).await
     }
 
+    /// Read one object named by a full URL (`s3://bucket/prefix/file`, `memory://…`), e.g.
+    /// pretrained weights that live outside any run. `file://` and plain paths are for the caller
+    /// to read directly: opening a local store would create its folder.
+    pub async fn read_url(url: &str, options: &StoreOptions) -> Result<Bytes> {
+        let (dir, name) = match url.rsplit_once('/') {
+            Some((dir, name))
+                if !name.is_empty()
+                    && dir.contains("://")
+                    && !dir.ends_with(':')
+                    && !dir.ends_with("://") =>
+            {
+                (dir, name)
+            }
+            _ => {
+                return Err(Error::StoreUrl {
+                    url: s3::redact(url),
+                    message: "name an object: scheme://bucket/path/to/file".into(),
+                })
+            }
+        };
+        CheckpointStore::open_with(dir, options)?.read_raw(name).await
+    }
+
     /// Write a blob outside any checkpoint (results, reports).
     pub async fn put_raw(&self, key: &str, data: Bytes) -> Result<()> {
         self.put_blob(key, &data).await

@@ -262,3 +262,30 @@ fn unsupported_scheme_and_unwritable_folder_are_clear_errors() {
     let e = CheckpointStore::open("file:///proc/cyclotron-cannot-be-here").unwrap_err().to_string();
     assert!(e.contains("cannot create or write the folder /proc/cyclotron-cannot-be-here"), "{e}");
 }
+
+#[test]
+fn objects_outside_runs_are_read_by_url_from_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = S3TestServer::start(dir.path(), &["bucket"], KEY, SECRET).unwrap();
+    let store = s3_store(&server, "bucket", KEY, SECRET);
+    let options = StoreOptions { s3: server.options(KEY, SECRET), ..fast_options() };
+    rt().block_on(async {
+        store.put_raw("weights/model.safetensors", Bytes::from("tensor bytes")).await.unwrap();
+        let got =
+            CheckpointStore::read_url("s3://bucket/ckpts/weights/model.safetensors", &options).await.unwrap();
+        assert_eq!(got, Bytes::from("tensor bytes"));
+        let e = CheckpointStore::read_url("s3://bucket/ckpts/weights/missing.safetensors", &options)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.safetensors"), "{e}");
+        let e = CheckpointStore::read_url("s3://bucket", &options).await.unwrap_err().to_string();
+        assert!(e.contains("name an object"), "{e}");
+        let wrong = StoreOptions { s3: server.options(KEY, "wrong-secret"), ..fast_options() };
+        let e = CheckpointStore::read_url("s3://bucket/ckpts/weights/model.safetensors", &wrong)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("wrong-secret") && !e.contains(SECRET), "{e}");
+    });
+}

@@ -91,9 +91,9 @@ fn data(spec: &JobSpec, p: &mut Vec<String>) {
         }
     }
     if let Some(url) = &spec.model.pretrained {
-        if url.contains("://") && !url.starts_with("file://") {
+        if url.contains("://") && !url.starts_with("file://") && !url.starts_with("s3://") {
             p.push(format!(
-                "model.pretrained: {url:?} is not supported yet; use file://PATH or a plain path"
+                "model.pretrained: {url:?}: unsupported scheme; use file://PATH, a plain path or s3://bucket/key"
             ));
         }
     }

@@ -88,7 +88,8 @@ pub fn to_train_event(e: &Event, stage: &mut usize) -> Option<TrainEvent> {
         Event::LrFindStart { .. }
         | Event::LrFindStep { .. }
         | Event::EpochStart { .. }
-        | Event::Step { .. } => return None,
+        | Event::Step { .. }
+        | Event::Phase { .. } => return None,
     })
 }
 
@@ -163,7 +164,17 @@ mod tests {
         let mut s = EventsJsonl::new(Box::new(buf.clone()));
         s.on_event(&Event::StageStart { stage: 1, name: "sgdr".into(), epochs: 2, from_epoch: 0 });
         s.on_event(&Event::EpochStart { stage: 1, epoch: 0, epochs: 2, steps: 10 });
-        s.on_event(&Event::Step { stage: 1, step: 1, loss: 2.0, lr: 0.1 });
+        s.on_event(&Event::Step {
+            stage: 1,
+            step: 1,
+            loss: 2.0,
+            lr: 0.1,
+            lrs: vec![0.1],
+            samples: 32,
+            seconds: 0.01,
+            data_seconds: 0.0,
+        });
+        s.on_event(&Event::Phase { what: "loading data", done: false });
         s.on_event(&Event::EpochEnd {
             record: EpochRecord {
                 stage: 1,

@@ -82,28 +82,36 @@ pub fn share_weights_and_optimiser(
 }
 
 /// Hand a captured checkpoint to the uploader without waiting for its copy: a thread makes the CPU
-/// copies of the shared tensors while training goes on (forward and backward only read them) and
-/// queues the result; `opt`'s next update waits for that thread. This is the whole stall of a
-/// checkpoint on the training thread, plus any wait at that update.
+/// copies of the shared tensors while training goes on (forward and backward only read them),
+/// tells `opt` it is done reading, then queues the copies for upload. `opt`'s next update waits
+/// only for the copy, never for the queue: when uploads fall behind, it is the *next* hand-off that
+/// waits for this one to be queued ([`super::Uploader::track_copy`]), which bounds the copies held
+/// in memory to the queue plus one. The stall of a checkpoint on the training thread is this call,
+/// plus any wait of the next update for the copy.
 pub fn hand_off(opt: &mut crate::optim::Optimizer, p: Pending, uploader: &super::Uploader) -> Result<()> {
     let tx = uploader.sender()?;
-    let reader = std::thread::Builder::new()
+    let (copied, copied_rx) = std::sync::mpsc::channel::<()>();
+    let copier = std::thread::Builder::new()
         .name("ckpt-copy".into())
         .spawn(move || {
-            let _guard = tch::no_grad_guard();
             let mut p = p;
-            for (name, tensors) in &mut p.tensors {
-                if name != "ensemble.safetensors" {
-                    for (_, t) in tensors.iter_mut() {
-                        *t = cpu_copy(t);
+            {
+                let _guard = tch::no_grad_guard();
+                for (name, tensors) in &mut p.tensors {
+                    if name != "ensemble.safetensors" {
+                        for (_, t) in tensors.iter_mut() {
+                            *t = cpu_copy(t);
+                        }
                     }
                 }
             }
+            let _ = copied.send(());
             // a closed queue means the job is already failing; the uploader reports why
             let _ = tx.send(p);
         })
         .map_err(|e| Error::Io { what: "checkpoint copy thread".into(), source: e })?;
-    opt.add_reader(reader);
+    opt.add_reader(copied_rx);
+    uploader.track_copy(copier);
     Ok(())
 }
 

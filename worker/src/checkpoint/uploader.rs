@@ -3,7 +3,9 @@
 //!
 //! ## Protocol
 //! - `submit` puts a [`Pending`] checkpoint on a bounded queue (`max_pending`): training waits only
-//!   when that many are already waiting, which bounds the memory held by copies.
+//!   when that many are already waiting, which bounds the memory held by copies. A copy thread
+//!   (`state::hand_off`) queues from its own thread; the next hand-off waits for the previous
+//!   copy thread to have queued ([`Uploader::track_copy`]), so at most one copy waits outside the queue.
 //! - The uploader thread takes them in order; for each it serialises the tensors to safetensors,
 //!   commits it ([`CheckpointStore::commit`]: blobs concurrently with multipart and retries, the
 //!   manifest last), then applies retention (deletions only after the newer manifest exists).
@@ -43,6 +45,8 @@ pub struct Uploader {
     thread: Option<JoinHandle<()>>,
     failed: Arc<Mutex<Option<Error>>>,
     committed: Arc<Mutex<Vec<String>>>,
+    /// The last copy thread, until it has queued its checkpoint.
+    copying: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Uploader {
@@ -51,22 +55,33 @@ impl std::fmt::Debug for Uploader {
     }
 }
 
-fn upload(store: &CheckpointStore, rt: &tokio::runtime::Runtime, p: Pending) -> Result<String> {
+/// Commits `p`; the folder and the bytes stored.
+fn upload(store: &CheckpointStore, rt: &tokio::runtime::Runtime, p: Pending) -> Result<(String, u64)> {
     let mut blobs = Vec::with_capacity(p.tensors.len() + p.raw.len());
     for (name, tensors) in &p.tensors {
         blobs.push(Blob { name: name.clone(), data: to_safetensors(tensors)?.into() });
     }
     blobs.extend(p.raw);
+    let bytes = blobs.iter().map(|b| b.data.len() as u64).sum();
     rt.block_on(store.commit(&p.dir, p.kind, p.position, blobs, p.state))?;
     if let Some((run, keep)) = &p.retention {
         rt.block_on(store.apply_retention(run, *keep))?;
     }
-    Ok(p.dir)
+    Ok((p.dir, bytes))
 }
 
 impl Uploader {
     /// Start the uploader thread for `store`, with room for `max_pending` waiting checkpoints.
     pub fn start(store: CheckpointStore, max_pending: usize) -> Result<Self> {
+        Self::start_with_metrics(store, max_pending, None)
+    }
+
+    /// [`Uploader::start`], recording bytes, seconds and failures of every commit into `metrics`.
+    pub fn start_with_metrics(
+        store: CheckpointStore,
+        max_pending: usize,
+        metrics: Option<crate::metrics::CheckpointMetrics>,
+    ) -> Result<Self> {
         let (tx, rx) = sync_channel::<Pending>(max_pending.max(1));
         let failed = Arc::new(Mutex::new(None));
         let committed = Arc::new(Mutex::new(vec![]));
@@ -85,10 +100,14 @@ impl Uploader {
                     if failed2.lock().expect("uploader state").is_some() {
                         continue;
                     }
-                    let dir = p.dir.clone();
+                    let (dir, started) = (p.dir.clone(), Instant::now());
                     match upload(&store, &rt, p) {
-                        Ok(dir) => committed2.lock().expect("uploader state").push(dir),
+                        Ok((dir, bytes)) => {
+                            metrics.iter().for_each(|m| m.committed(bytes, started.elapsed()));
+                            committed2.lock().expect("uploader state").push(dir)
+                        }
                         Err(e) => {
+                            metrics.iter().for_each(|m| m.failed());
                             tracing::error!(checkpoint = %dir, error = %e, "checkpoint upload failed");
                             *failed2.lock().expect("uploader state") = Some(e);
                         }
@@ -97,7 +116,7 @@ impl Uploader {
                 rt.shutdown_timeout(Duration::from_secs(1));
             })
             .map_err(|e| Error::Io { what: "uploader thread".into(), source: e })?;
-        Ok(Uploader { tx: Some(tx), thread: Some(thread), failed, committed })
+        Ok(Uploader { tx: Some(tx), thread: Some(thread), failed, committed, copying: Mutex::new(None) })
     }
 
     fn take_failure(&self) -> Result<()> {
@@ -112,6 +131,15 @@ impl Uploader {
     pub fn sender(&self) -> Result<SyncSender<Pending>> {
         self.take_failure()?;
         Ok(self.tx.as_ref().expect("sender after finish").clone())
+    }
+
+    /// Track a copy thread that will queue a checkpoint: first waits for the previous one to have
+    /// queued its own (backpressure when uploads fall behind, bounding the copies in memory).
+    pub fn track_copy(&self, copier: JoinHandle<()>) {
+        let previous = self.copying.lock().expect("uploader state").replace(copier);
+        if let Some(t) = previous {
+            let _ = t.join();
+        }
     }
 
     /// Queue a checkpoint (waits while the queue is full). Fails with the reason if an earlier
@@ -133,6 +161,8 @@ impl Uploader {
     /// Wait (at most `deadline`) for every queued upload; the first failure, if any.
     pub fn finish(mut self, deadline: Duration) -> Result<Vec<String>> {
         drop(self.tx.take());
+        // the last copy thread holds a sender until it has queued; the uploader drains it
+        drop(self.copying.lock().expect("uploader state").take());
         let started = Instant::now();
         if let Some(t) = self.thread.take() {
             while !t.is_finished() {

@@ -8,6 +8,7 @@
 //! deadline plus a margin. Dropping a [`CommThread`] closes the queue and joins the thread.
 
 use std::sync::mpsc::{channel, sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -34,6 +35,8 @@ pub struct CommThread {
     world: usize,
     timeout: Duration,
     pending: usize,
+    /// Where the thread records all-reduce seconds and bytes, once set.
+    metrics: Arc<OnceLock<crate::metrics::CommMetrics>>,
 }
 
 impl std::fmt::Debug for CommThread {
@@ -50,21 +53,32 @@ impl CommThread {
         let (tx, requests) = sync_channel::<Request>(DEPTH);
         // unbounded: the thread never blocks on replies, so a full request queue cannot deadlock
         let (replies, rx) = channel::<Reply>();
+        let metrics = Arc::new(OnceLock::<crate::metrics::CommMetrics>::new());
+        let metered = Arc::clone(&metrics);
         let thread = std::thread::Builder::new()
             .name(format!("cyclotron-comm-{rank}"))
             .spawn(move || {
                 for (mut buf, op) in requests {
+                    let started = std::time::Instant::now();
                     let result = match op {
                         Op::Reduce(r) => c.all_reduce(&mut buf, r),
                         Op::Broadcast { root } => c.broadcast(&mut buf, root),
                     };
+                    if let (Op::Reduce(_), Some(m)) = (op, metered.get()) {
+                        m.record(started.elapsed(), 4 * buf.len() as u64);
+                    }
                     if replies.send((buf, result)).is_err() {
                         return;
                     }
                 }
             })
             .map_err(|source| CollectiveError::Io { what: "communication thread".into(), source })?;
-        Ok(CommThread { tx: Some(tx), rx, thread: Some(thread), rank, world, timeout, pending: 0 })
+        Ok(CommThread { tx: Some(tx), rx, thread: Some(thread), rank, world, timeout, pending: 0, metrics })
+    }
+
+    /// Record the seconds and bytes of every all-reduce from now on (the first call wins).
+    pub fn set_metrics(&self, m: crate::metrics::CommMetrics) {
+        let _ = self.metrics.set(m);
     }
 
     pub fn rank(&self) -> usize {

@@ -20,11 +20,18 @@ use crate::optim::Optimizer;
 pub struct DeviceSync {
     nccl: Box<Nccl>,
     bucket_elems: usize,
+    /// All-reduce seconds and bytes (`--metrics-addr`): per step, from the first bucket's enqueue
+    /// to the end of the synchronising wait (an upper bound, as on the host path).
+    metrics: std::sync::OnceLock<crate::metrics::CommMetrics>,
 }
 
 impl DeviceSync {
     pub fn new(nccl: Nccl, bucket_elems: usize) -> DeviceSync {
-        DeviceSync { nccl: Box::new(nccl), bucket_elems: bucket_elems.max(1) }
+        DeviceSync { nccl: Box::new(nccl), bucket_elems: bucket_elems.max(1), metrics: Default::default() }
+    }
+
+    pub fn set_metrics(&self, m: crate::metrics::CommMetrics) {
+        let _ = self.metrics.set(m);
     }
 
     pub fn set_bucket_elems(&mut self, elems: usize) {
@@ -90,6 +97,7 @@ impl DeviceSync {
         let last = buckets.len() - 1;
         // kept alive until the stream is synchronised: NCCL works on them asynchronously
         let mut flats = Vec::with_capacity(buckets.len());
+        let started = std::time::Instant::now();
         tch::no_grad(|| -> Result<()> {
             for (k, members) in buckets.iter().enumerate() {
                 let mut parts: Vec<Tensor> = members
@@ -122,6 +130,10 @@ impl DeviceSync {
             Ok(())
         })?;
         self.nccl.synchronize()?;
+        if let Some(m) = self.metrics.get() {
+            let elems: i64 = flats.iter().map(Tensor::numel).sum::<usize>() as i64;
+            m.record(started.elapsed(), 4 * elems as u64);
+        }
         let tail = flats.last().expect("one bucket at least");
         let mean_loss = tail.double_value(&[tail.numel() as i64 - 1]);
         opt.step(lrs);

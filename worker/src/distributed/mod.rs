@@ -90,6 +90,14 @@ impl GradSync {
         self.comm.rank()
     }
 
+    /// Record all-reduce seconds and bytes into `m` (`--metrics-addr`).
+    pub fn set_metrics(&self, m: crate::metrics::CommMetrics) {
+        if let Some(d) = &self.device {
+            d.set_metrics(m.clone());
+        }
+        self.comm.set_metrics(m);
+    }
+
     pub fn world_size(&self) -> usize {
         self.comm.world_size()
     }

@@ -7,23 +7,31 @@
 //! torchvision's `num_batches_tracked` counters (Cyclotron's BatchNorm keeps none). Anything else
 //! is an error listing the missing, unexpected and mis-shaped keys.
 
+use cyclotron_core::checkpoint::{CheckpointStore, StoreOptions};
 use tch::Tensor;
 
 use super::Net;
 use crate::error::{Error, Result};
 use crate::tensor_io::{from_safetensors, load_into};
 
-/// Read the bytes at a weights URL: `file://PATH` or a plain path. (`s3://` joins when the
-/// checkpoint store can read arbitrary keys.)
-pub fn read_weights(url: &str) -> Result<Vec<u8>> {
+/// Read the bytes at a weights URL: `file://PATH`, a plain path, or `s3://bucket/key` (through
+/// the object store, with the job's S3 settings in `options`).
+pub fn read_weights(url: &str, options: &StoreOptions) -> Result<Vec<u8>> {
     let path = match url.split_once("://") {
         None => url,
         Some(("file", rest)) => rest,
+        Some(("s3", _)) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Io { what: "tokio runtime".into(), source: e })?;
+            return Ok(rt.block_on(CheckpointStore::read_url(url, options))?.to_vec());
+        }
         Some((scheme, _)) => {
             return Err(Error::Invalid {
                 what: "model.pretrained".into(),
                 message: format!(
-                    "{url:?}: {scheme}:// is not supported yet; use file://PATH or a plain path"
+                    "{url:?}: {scheme}:// is not supported; use file://PATH, a plain path or s3://bucket/key"
                 ),
             })
         }
@@ -33,8 +41,8 @@ pub fn read_weights(url: &str) -> Result<Vec<u8>> {
 
 /// Load the weights at `url` into `net`; returns the names of head tensors left at their fresh
 /// initialisation because their shape differs.
-pub fn load_pretrained(net: &Net, url: &str) -> Result<Vec<String>> {
-    let bytes = read_weights(url)?;
+pub fn load_pretrained(net: &Net, url: &str, options: &StoreOptions) -> Result<Vec<String>> {
+    let bytes = read_weights(url, options)?;
     load_named(net, from_safetensors(&bytes, url)?, url)
 }
 
@@ -78,7 +86,8 @@ mod tests {
         let mut named = clone_vars(&a.vs);
         named.push(("bn.num_batches_tracked".into(), Tensor::from_slice(&[3i64])));
         std::fs::write(&path, to_safetensors(&named).unwrap()).unwrap();
-        let skipped = load_pretrained(&b, &format!("file://{}", path.display())).unwrap();
+        let skipped =
+            load_pretrained(&b, &format!("file://{}", path.display()), &StoreOptions::default()).unwrap();
         assert_eq!(skipped, vec!["head.fc.bias".to_string(), "head.fc.weight".to_string()]);
         let w = |n: &Net| n.vs.variables()["stem.conv.weight"].shallow_clone();
         assert!(w(&a).equal(&w(&b)));
@@ -102,10 +111,30 @@ mod tests {
             e.contains("stem.conv.weight: shape [4, 1, 3, 3] in the file, [8, 1, 3, 3] in the model"),
             "{e}"
         );
-        let e = read_weights("s3://b/k").unwrap_err().to_string();
+        let e = read_weights("ftp://b/k", &StoreOptions::default()).unwrap_err().to_string();
         assert_eq!(
             e,
-            "model.pretrained: \"s3://b/k\": s3:// is not supported yet; use file://PATH or a plain path"
+            "model.pretrained: \"ftp://b/k\": ftp:// is not supported; use file://PATH, a plain path or s3://bucket/key"
         );
+    }
+
+    #[test]
+    fn weights_load_from_an_s3_store() {
+        use cyclotron_core::checkpoint::test_server::S3TestServer;
+        let dir = tempfile::tempdir().unwrap();
+        let server = S3TestServer::start(dir.path(), &["models"], "key-id", "secret-key").unwrap();
+        let options = StoreOptions { s3: server.options("key-id", "secret-key"), ..Default::default() };
+        let a = build("small_resnet", 4, 1, 5, Device::Cpu).unwrap();
+        let b = build("small_resnet", 4, 1, 5, Device::Cpu).unwrap();
+        let bytes = to_safetensors(&clone_vars(&a.vs)).unwrap();
+        let store = CheckpointStore::open_with("s3://models/zoo", &options).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(store.put_raw("small/model.safetensors", bytes.into())).unwrap();
+        let skipped = load_pretrained(&b, "s3://models/zoo/small/model.safetensors", &options).unwrap();
+        assert!(skipped.is_empty());
+        let w = |n: &Net| n.vs.variables()["stem.conv.weight"].shallow_clone();
+        assert!(w(&a).equal(&w(&b)));
+        let e = load_pretrained(&b, "s3://models/zoo/none.safetensors", &options).unwrap_err().to_string();
+        assert!(e.contains("none.safetensors"), "{e}");
     }
 }
