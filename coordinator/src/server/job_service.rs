@@ -1,7 +1,12 @@
 //! `JobService`: submit, inspect, cancel and watch jobs.
 //!
 //! Submit and cancel go through raft on the leader; get, list and watch read this replica's
-//! applied state. Job ids are `<spec name>-<n>`, n counting every job ever submitted.
+//! applied state.
+//!
+//! Job ids are `<spec name>-<UTC date>-<time>` (`fashion-mnist-20261127-221632`, then `-2`, `-3`
+//! for more in the same second). The job id is also the run id in the checkpoint store, so it must
+//! not repeat across clusters sharing a store: a counter restarting at 1 in every new cluster
+//! would make a new job "resume" an old, finished run of the same name.
 
 use std::sync::Arc;
 
@@ -35,6 +40,22 @@ fn unknown_job(id: &str) -> ServiceError {
     }
 }
 
+/// `YYYYMMDD-HHMMSS` (UTC) of a Unix time in seconds.
+pub(crate) fn utc_stamp(unix_s: u64) -> String {
+    let (days, secs) = (unix_s / 86_400, unix_s % 86_400);
+    // civil date from days since 1970-01-01 (H. Hinnant's algorithm)
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
 /// Parse and validate a submitted spec; every problem is named.
 pub(crate) fn parse_spec(text: &str) -> Result<JobSpec, ServiceError> {
     let spec = JobSpec::from_toml_str(text, "submitted spec")
@@ -46,9 +67,9 @@ pub(crate) fn parse_spec(text: &str) -> Result<JobSpec, ServiceError> {
     Ok(spec)
 }
 
-#[tonic::async_trait]
-impl pb::job_service_server::JobService for Jobs {
-    async fn submit_job(
+/// The handlers; the trait impl below times each call.
+impl Jobs {
+    async fn do_submit_job(
         &self,
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
@@ -57,34 +78,46 @@ impl pb::job_service_server::JobService for Jobs {
         self.shared.require_leader()?;
         let workers_per_run = req.workers_per_run.max(1) as usize;
         let max_restarts = if req.max_restarts == 0 { DEFAULT_MAX_RESTARTS } else { req.max_restarts };
-        // ids come from the committed job count; a concurrent submit may take ours: try the next
-        for attempt in 0..8u64 {
-            let job = format!("{}-{}", spec.name, self.shared.state().job_seq + 1 + attempt);
+        let now = now_ms();
+        let base = format!("{}-{}", spec.name, utc_stamp(now / 1000));
+        let mut k = 1u32;
+        // a concurrent submission may take the id we chose: move to the next one
+        for _ in 0..8 {
+            let job = {
+                let state = self.shared.state();
+                loop {
+                    let id = if k == 1 { base.clone() } else { format!("{base}-{k}") };
+                    if !state.jobs.contains_key(&id) {
+                        break id;
+                    }
+                    k += 1;
+                }
+            };
             let cmd = Command::SubmitJob {
                 job: job.clone(),
                 spec: Box::new(spec.clone()),
                 spec_toml: req.spec_toml.clone(),
                 workers_per_run,
                 max_restarts,
-                now_ms: now_ms(),
+                now_ms: now,
             };
             match self.shared.propose(cmd).await? {
                 Outcome::Applied => return Ok(Response::new(pb::SubmitJobResponse { job_id: job })),
-                Outcome::Rejected { reason } if reason.contains("already exists") => continue,
+                Outcome::Rejected { reason } if reason.contains("already exists") => k += 1,
                 Outcome::Rejected { reason } => return Err(ServiceError::FailedPrecondition(reason).into()),
             }
         }
         Err(ServiceError::Unavailable("too many concurrent submissions; retry".into()).into())
     }
 
-    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn do_get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         let id = request.into_inner().job_id;
         let state = self.shared.state();
         let j = state.jobs.get(&id).ok_or_else(|| unknown_job(&id))?;
         Ok(Response::new(events::job(&id, j)))
     }
 
-    async fn list_jobs(
+    async fn do_list_jobs(
         &self,
         _request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
@@ -95,7 +128,10 @@ impl pb::job_service_server::JobService for Jobs {
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 
-    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn do_cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let req = request.into_inner();
         self.shared.require_leader()?;
         {
@@ -117,18 +153,17 @@ impl pb::job_service_server::JobService for Jobs {
         Ok(Response::new(events::job(&req.job_id, j)))
     }
 
-    type WatchJobStream = ReceiverStream<Result<pb::JobEvent, Status>>;
-
-    async fn watch_job(
+    async fn do_watch_job(
         &self,
         request: Request<pb::WatchJobRequest>,
-    ) -> Result<Response<Self::WatchJobStream>, Status> {
+    ) -> Result<Response<ReceiverStream<Result<pb::JobEvent, Status>>>, Status> {
         let req = request.into_inner();
         let mut states = self.shared.replica.state();
         if !states.borrow().jobs.contains_key(&req.job_id) {
             return Err(unknown_job(&req.job_id).into());
         }
         let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let shared = self.shared.clone();
         tokio::spawn(async move {
             let mut next = req.from_index as usize;
             loop {
@@ -155,9 +190,60 @@ impl pb::job_service_server::JobService for Jobs {
                         }
                     }
                     _ = tx.closed() => return,
+                    _ = shared.shutting_down() => {
+                        let _ = tx.send(Err(ServiceError::Unavailable("coordinator shutting down; watch again from the last index".into()).into())).await;
+                        return;
+                    }
                 }
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::job_service_server::JobService for Jobs {
+    type WatchJobStream = ReceiverStream<Result<pb::JobEvent, Status>>;
+
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        self.shared.timed("SubmitJob", self.do_submit_job(request)).await
+    }
+
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        self.shared.timed("GetJob", self.do_get_job(request)).await
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        self.shared.timed("ListJobs", self.do_list_jobs(request)).await
+    }
+
+    async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+        self.shared.timed("CancelJob", self.do_cancel_job(request)).await
+    }
+
+    async fn watch_job(
+        &self,
+        request: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        self.shared.timed("WatchJob", self.do_watch_job(request)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc_stamp;
+
+    #[test]
+    fn job_id_stamps_are_utc_dates_and_times() {
+        assert_eq!(utc_stamp(0), "19700101-000000");
+        assert_eq!(utc_stamp(951_782_400), "20000229-000000");
+        assert_eq!(utc_stamp(1_795_905_392), "20261128-223632");
+        assert_eq!(utc_stamp(4_102_444_799), "20991231-235959");
     }
 }

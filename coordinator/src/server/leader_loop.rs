@@ -24,6 +24,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             was_leader = false;
             continue;
         }
+        let round = std::time::Instant::now();
         let now = now_ms();
         let state = shared.state();
         let cmds = {
@@ -32,6 +33,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 leases.sync(&state, now);
             } else {
                 leases.grant_all(&state, now);
+                shared.rendezvous.clear();
                 tracing::info!(workers = leases.len(), "became leader; every live worker gets a fresh lease");
             }
             decide(&state, &leases, now)
@@ -47,6 +49,9 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     break;
                 }
             }
+        }
+        if let Some(o) = &shared.config.observer {
+            o.observe("LeaderLoop", round.elapsed().as_secs_f64(), tonic::Code::Ok);
         }
     }
 }

@@ -40,8 +40,17 @@ use crate::raft::{Peer, RaftConfig, RaftNode};
 use crate::replica::{ProposeError, Replica, ReplicaStatus};
 use crate::state::{ClusterState, Command, Outcome};
 
+/// Longest a shutdown waits for in-flight calls.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Default worker lease.
 pub const DEFAULT_LEASE_MS: u64 = 10_000;
+
+/// Sees every RPC's duration and outcome, and every leader-loop round (method `LeaderLoop`):
+/// the hook for metrics (latency histograms by method).
+pub trait RpcObserver: Send + Sync + std::fmt::Debug + 'static {
+    fn observe(&self, method: &'static str, seconds: f64, code: tonic::Code);
+}
 
 /// How one coordinator replica runs.
 #[derive(Debug, Clone)]
@@ -62,6 +71,8 @@ pub struct CoordinatorConfig {
     pub propose_timeout: Duration,
     /// How often the leader runs the scheduler.
     pub schedule_every: Duration,
+    /// Told about every RPC (metrics); none by default.
+    pub observer: Option<Arc<dyn RpcObserver>>,
 }
 
 impl CoordinatorConfig {
@@ -75,6 +86,7 @@ impl CoordinatorConfig {
             rendezvous_timeout: Duration::from_secs(60),
             propose_timeout: Duration::from_secs(5),
             schedule_every: Duration::from_millis(200),
+            observer: None,
         }
     }
 }
@@ -98,11 +110,25 @@ pub(crate) struct Shared {
     pub leases: Mutex<Leases>,
     pub rendezvous: rendezvous::Rendezvous,
     pub config: CoordinatorConfig,
+    /// Turns true at shutdown: long calls (watch streams, rendezvous) end so the server can stop.
+    pub stopping: watch::Receiver<bool>,
 }
 
 impl Shared {
-    fn new(replica: Arc<dyn Replica>, config: CoordinatorConfig) -> Self {
-        Shared { replica, leases: Mutex::new(Leases::default()), rendezvous: Default::default(), config }
+    fn new(replica: Arc<dyn Replica>, config: CoordinatorConfig, stopping: watch::Receiver<bool>) -> Self {
+        Shared {
+            replica,
+            leases: Mutex::new(Leases::default()),
+            rendezvous: Default::default(),
+            config,
+            stopping,
+        }
+    }
+
+    /// Resolves once the server shuts down.
+    pub async fn shutting_down(&self) {
+        let mut stopping = self.stopping.clone();
+        let _ = stopping.wait_for(|s| *s).await;
     }
 
     /// The latest applied state.
@@ -131,6 +157,21 @@ impl Shared {
             Outcome::Applied => Ok(()),
             Outcome::Rejected { reason } => Err(ServiceError::FailedPrecondition(reason)),
         }
+    }
+
+    /// Run one RPC handler and report its duration and code to the observer.
+    pub async fn timed<T>(
+        &self,
+        method: &'static str,
+        handler: impl std::future::Future<Output = Result<T, tonic::Status>>,
+    ) -> Result<T, tonic::Status> {
+        let start = std::time::Instant::now();
+        let result = handler.await;
+        if let Some(o) = &self.config.observer {
+            let code = result.as_ref().err().map_or(tonic::Code::Ok, |s| s.code());
+            o.observe(method, start.elapsed().as_secs_f64(), code);
+        }
+        result
     }
 
     fn leases(&self) -> std::sync::MutexGuard<'_, Leases> {
@@ -196,10 +237,17 @@ impl CoordinatorHandle {
     pub async fn shutdown(self) -> Result<(), ServeError> {
         let _ = self.stop.send(true);
         self.leader_loop.abort();
-        let served = match self.server.await {
-            Ok(r) => r.map_err(ServeError::Serve),
-            Err(e) if e.is_cancelled() => Ok(()),
-            Err(e) => Err(ServeError::Config(format!("server task failed: {e}"))),
+        // long calls end on `stopping`; a client that never reads its stream cannot hold us up
+        let mut server = self.server;
+        let served = match tokio::time::timeout(SHUTDOWN_DEADLINE, &mut server).await {
+            Ok(Ok(r)) => r.map_err(ServeError::Serve),
+            Ok(Err(e)) if e.is_cancelled() => Ok(()),
+            Ok(Err(e)) => Err(ServeError::Config(format!("server task failed: {e}"))),
+            Err(_) => {
+                tracing::warn!("in-flight calls did not finish within {SHUTDOWN_DEADLINE:?}; dropping them");
+                server.abort();
+                Ok(())
+            }
         };
         if let Some(node) = self.node {
             // waits for the driver thread (bounded by its own deadline)
@@ -224,8 +272,8 @@ pub async fn serve_replica(
     config: CoordinatorConfig,
 ) -> Result<CoordinatorHandle, ServeError> {
     let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
-    let shared = Arc::new(Shared::new(replica, config));
     let (stop, stop_rx) = watch::channel(false);
+    let shared = Arc::new(Shared::new(replica, config, stop_rx.clone()));
     let mut server_stop = stop_rx.clone();
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)

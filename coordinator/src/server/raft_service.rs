@@ -20,15 +20,15 @@ impl Peers {
     }
 }
 
-#[tonic::async_trait]
-impl pb::raft_service_server::RaftService for Peers {
-    async fn send(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::Ack>, Status> {
+/// The handlers; the trait impl below times each call.
+impl Peers {
+    async fn do_send(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::Ack>, Status> {
         let message = request.into_inner().message;
         self.shared.replica.step(&message).map_err(propose_error)?;
         Ok(Response::new(pb::Ack {}))
     }
 
-    async fn forward(
+    async fn do_forward(
         &self,
         request: Request<pb::ForwardRequest>,
     ) -> Result<Response<pb::ForwardResponse>, Status> {
@@ -40,5 +40,19 @@ impl pb::raft_service_server::RaftService for Peers {
             Outcome::Rejected { reason } => pb::ForwardResponse { applied: false, rejected_reason: reason },
         };
         Ok(Response::new(response))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::raft_service_server::RaftService for Peers {
+    async fn send(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::Ack>, Status> {
+        self.shared.timed("RaftSend", self.do_send(request)).await
+    }
+
+    async fn forward(
+        &self,
+        request: Request<pb::ForwardRequest>,
+    ) -> Result<Response<pb::ForwardResponse>, Status> {
+        self.shared.timed("RaftForward", self.do_forward(request)).await
     }
 }

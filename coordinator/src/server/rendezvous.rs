@@ -12,7 +12,8 @@
 //! (`UNAVAILABLE`/transport error) and the agents retry against the new leader, which collects
 //! the round again. A rank that already got its answer from the old leader does not call again;
 //! the others then wait until their deadline, report a transient failure, and the task restarts
-//! under a new generation — slower, but always correct.
+//! under a new generation — slower, but always correct. A replica that becomes leader starts with
+//! no rounds; one that stops leading fails its waiting calls with `UNAVAILABLE` and the leader.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -85,6 +86,11 @@ impl Rendezvous {
     pub fn forget_stale(&self, state: &ClusterState) {
         let mut rounds = self.rounds.lock().unwrap_or_else(|e| e.into_inner());
         rounds.retain(|(job, task, generation), _| current_world(state, job, *task, *generation).is_ok());
+    }
+
+    /// Forget every round (a new leader term: rounds are collected again).
+    pub fn clear(&self) {
+        self.rounds.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     pub fn len(&self) -> usize {
@@ -167,20 +173,39 @@ impl Shared {
         };
         let deadline = tokio::time::Instant::now() + wait;
         let key: RoundKey = (req.job_id.clone(), task, req.generation);
-        let mut answer = self.rendezvous.publish(key.clone(), world, rank, req.data_addr, req.nccl_unique_id);
+        let publish = || {
+            self.rendezvous.publish(
+                key.clone(),
+                world,
+                rank,
+                req.data_addr.clone(),
+                req.nccl_unique_id.clone(),
+            )
+        };
+        let mut answer = publish();
         let mut states = self.replica.state();
+        // leadership can end without a state change (a partitioned leader): check it regularly
+        let mut leadership = tokio::time::interval(Duration::from_millis(250));
         loop {
             if let Some(a) = answer.borrow_and_update().as_ref() {
                 return Ok((**a).clone());
             }
             current_world(&states.borrow_and_update(), &req.job_id, task, req.generation)?;
             tokio::select! {
-                _ = answer.changed() => {}
+                changed = answer.changed() => {
+                    if changed.is_err() {
+                        answer = publish(); // the round was reset (a new term): publish again
+                    }
+                }
                 changed = states.changed() => {
                     if changed.is_err() {
                         return Err(ServiceError::Unavailable("coordinator replica stopped".into()));
                     }
                     self.require_leader()?;
+                }
+                _ = leadership.tick() => self.require_leader()?,
+                _ = self.shutting_down() => {
+                    return Err(ServiceError::Unavailable("coordinator shutting down; retry at another".into()));
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     return Err(ServiceError::Timeout(format!(

@@ -50,10 +50,27 @@ async fn channel(addr: &str) -> Channel {
         .connect_lazy()
 }
 
+/// Remembers every observed call.
+#[derive(Debug, Default)]
+struct Calls(std::sync::Mutex<Vec<(&'static str, Code)>>);
+
+impl RpcObserver for Calls {
+    fn observe(&self, method: &'static str, seconds: f64, code: Code) {
+        assert!(seconds >= 0.0);
+        self.0.lock().unwrap().push((method, code));
+    }
+}
+
 /// One coordinator (a one-replica raft cluster) on 127.0.0.1:0, once it leads.
 async fn start(lease_ms: u64) -> Cluster {
+    start_observed(lease_ms, None).await
+}
+
+async fn start_observed(lease_ms: u64, observer: Option<std::sync::Arc<dyn RpcObserver>>) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
-    let handle = serve(config("127.0.0.1:0", dir.path(), lease_ms)).await.unwrap();
+    let mut config = config("127.0.0.1:0", dir.path(), lease_ms);
+    config.observer = observer;
+    let handle = serve(config).await.unwrap();
     let replica = handle.replica();
     eventually("the single replica to lead", || {
         let replica = replica.clone();
@@ -133,8 +150,13 @@ fn rendezvous_req(a: &pb::Assignment, addr: &str) -> pb::RendezvousRequest {
 async fn submit_get_list_cancel_and_watch_a_job() {
     let mut c = start(10_000).await;
     let id = submit(&mut c, 1).await;
-    assert_eq!(id, "tiny-1");
-    assert_eq!(submit(&mut c, 1).await, "tiny-2");
+    // `<name>-<UTC date>-<time>`, then `-2` for another in the same second
+    let (name, stamp) = id.split_at(5);
+    assert_eq!(name, "tiny-");
+    assert!(stamp.len() == 15 && stamp.as_bytes()[8] == b'-', "{id}");
+    let second = submit(&mut c, 1).await;
+    assert_ne!(second, id);
+    assert!(second.starts_with("tiny-"), "{second}");
     let j = job(&mut c, &id).await;
     assert_eq!((j.name.as_str(), j.status.as_str()), ("tiny", "pending"));
     assert_eq!(j.tasks.len(), 1);
@@ -152,7 +174,7 @@ async fn submit_get_list_cancel_and_watch_a_job() {
     assert_eq!(j.status, "pending");
     let list = c.jobs.list_jobs(pb::ListJobsRequest {}).await.unwrap().into_inner();
     let ids: Vec<_> = list.jobs.iter().map(|j| j.job_id.as_str()).collect();
-    assert_eq!(ids, vec!["tiny-1", "tiny-2"]);
+    assert_eq!(ids, vec![id.as_str(), second.as_str()]);
     let mut watch = c
         .jobs
         .watch_job(pb::WatchJobRequest { job_id: id.clone(), from_index: 0 })
@@ -186,7 +208,8 @@ async fn submit_get_list_cancel_and_watch_a_job() {
 
 #[tokio::test]
 async fn bad_input_gets_the_right_code_and_names_the_problem() {
-    let mut c = start(10_000).await;
+    let calls = std::sync::Arc::new(Calls::default());
+    let mut c = start_observed(10_000, Some(calls.clone())).await;
     let bad = pb::SubmitJobRequest {
         spec_toml: SPEC.replace("cycle_len = 1", "cycle_len = 1\ncycle_mult = 0"),
         workers_per_run: 1,
@@ -231,6 +254,17 @@ async fn bad_input_gets_the_right_code_and_names_the_problem() {
         progress_json: "{".into(),
     };
     assert_eq!(c.workers.report_progress(progress).await.unwrap_err().code(), Code::InvalidArgument);
+    // the observer saw each call with its code
+    let seen = calls.0.lock().unwrap().clone();
+    for expected in [
+        ("SubmitJob", Code::InvalidArgument),
+        ("GetJob", Code::NotFound),
+        ("Heartbeat", Code::NotFound),
+        ("Register", Code::Ok),
+    ] {
+        assert!(seen.contains(&expected), "{expected:?} not in {seen:?}");
+    }
+    assert!(seen.iter().any(|(m, _)| *m == "LeaderLoop"));
     c.handle.shutdown().await.unwrap();
 }
 
@@ -453,8 +487,24 @@ async fn three_replicas_redirect_to_the_leader_and_a_new_leader_keeps_the_jobs()
         async move { c.submit_job(req).await.ok() }
     })
     .await;
-    assert_eq!(second.into_inner().job_id, "tiny-2");
+    let second = second.into_inner().job_id;
+    assert!(second.starts_with("tiny-") && second != id, "{second}");
     for n in nodes.into_iter().flatten() {
         n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_watch_streams_instead_of_waiting_for_them() {
+    let mut c = start(10_000).await;
+    let id = submit(&mut c, 1).await;
+    let mut watch =
+        c.jobs.watch_job(pb::WatchJobRequest { job_id: id, from_index: 0 }).await.unwrap().into_inner();
+    let shutdown = tokio::time::timeout(Duration::from_secs(10), c.handle.shutdown());
+    shutdown.await.expect("shutdown waited on the open stream").unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), watch.next()).await.unwrap();
+    match end {
+        Some(Err(e)) => assert_eq!(e.code(), Code::Unavailable, "{e:?}"),
+        other => panic!("the stream should end with UNAVAILABLE, got {other:?}"),
     }
 }

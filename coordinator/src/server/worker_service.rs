@@ -86,9 +86,9 @@ pub(crate) fn check_member(
     }
 }
 
-#[tonic::async_trait]
-impl pb::worker_service_server::WorkerService for Workers {
-    async fn register(
+/// The handlers; the trait impl below times each call.
+impl Workers {
+    async fn do_register(
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
@@ -120,7 +120,7 @@ impl pb::worker_service_server::WorkerService for Workers {
         Ok(Response::new(pb::RegisterResponse { lease_ms }))
     }
 
-    async fn heartbeat(
+    async fn do_heartbeat(
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
@@ -148,7 +148,7 @@ impl pb::worker_service_server::WorkerService for Workers {
         Ok(Response::new(pb::HeartbeatResponse { lease_ms: w.lease_ms, assignment }))
     }
 
-    async fn report_progress(
+    async fn do_report_progress(
         &self,
         request: Request<pb::ProgressReport>,
     ) -> Result<Response<pb::Ack>, Status> {
@@ -170,7 +170,10 @@ impl pb::worker_service_server::WorkerService for Workers {
         Ok(Response::new(pb::Ack {}))
     }
 
-    async fn report_result(&self, request: Request<pb::ResultReport>) -> Result<Response<pb::Ack>, Status> {
+    async fn do_report_result(
+        &self,
+        request: Request<pb::ResultReport>,
+    ) -> Result<Response<pb::Ack>, Status> {
         let req = request.into_inner();
         self.shared.require_leader()?;
         let task = req.task as usize;
@@ -203,7 +206,7 @@ impl pb::worker_service_server::WorkerService for Workers {
         Ok(Response::new(pb::Ack {}))
     }
 
-    async fn rendezvous(
+    async fn do_rendezvous(
         &self,
         request: Request<pb::RendezvousRequest>,
     ) -> Result<Response<pb::RendezvousResponse>, Status> {
@@ -211,5 +214,40 @@ impl pb::worker_service_server::WorkerService for Workers {
         let req = request.into_inner();
         let response = self.shared.rendezvous_wait(req, client_deadline).await?;
         Ok(Response::new(response))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::worker_service_server::WorkerService for Workers {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        self.shared.timed("Register", self.do_register(request)).await
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        self.shared.timed("Heartbeat", self.do_heartbeat(request)).await
+    }
+
+    async fn report_progress(
+        &self,
+        request: Request<pb::ProgressReport>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        self.shared.timed("ReportProgress", self.do_report_progress(request)).await
+    }
+
+    async fn report_result(&self, request: Request<pb::ResultReport>) -> Result<Response<pb::Ack>, Status> {
+        self.shared.timed("ReportResult", self.do_report_result(request)).await
+    }
+
+    async fn rendezvous(
+        &self,
+        request: Request<pb::RendezvousRequest>,
+    ) -> Result<Response<pb::RendezvousResponse>, Status> {
+        self.shared.timed("Rendezvous", self.do_rendezvous(request)).await
     }
 }

@@ -130,7 +130,6 @@ pub(super) fn apply(s: &mut ClusterState, cmd: &Command) -> Outcome {
                     events: vec![],
                 },
             );
-            s.job_seq += 1;
             Outcome::Applied
         }
         Command::CancelJob { job, reason } => {

@@ -28,9 +28,6 @@ pub struct ClusterState {
     pub workers: BTreeMap<String, WorkerRecord>,
     /// Index of the last applied raft entry (0 before any).
     pub applied_index: u64,
-    /// Jobs ever submitted (job ids are `<name>-<job_seq + 1>` at submission).
-    #[serde(default)]
-    pub job_seq: u64,
 }
 
 impl ClusterState {
