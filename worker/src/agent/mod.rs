@@ -18,6 +18,7 @@ pub mod child;
 pub mod client;
 pub mod error;
 pub mod events;
+mod report;
 pub mod run;
 pub mod watchdog;
 
