@@ -57,6 +57,9 @@ pub struct WorkerArgs {
     /// Folder for runs' specs and outputs (default: a temporary folder, removed at exit).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Serve each run's Prometheus metrics at http://ADDR/metrics while it trains (host:port).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<String>,
     /// Seconds a stopped run gets between SIGTERM and SIGKILL.
     #[arg(long, default_value_t = 10.0)]
     stop_grace: f64,
@@ -151,6 +154,10 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     cfg.gpus = args.gpus;
     cfg.protocol_version = args.protocol_version;
     cfg.work_dir = args.work_dir.clone();
+    if let Some(addr) = &args.metrics_addr {
+        crate::metrics::parse(addr).map_err(|e| anyhow::anyhow!("--metrics-addr {addr}: {e}"))?;
+        cfg.metrics_addr = Some(addr.clone());
+    }
     cfg.rpc_timeout = secs("timeout", args.cluster.timeout)?.min(Duration::from_secs(5));
     cfg.stop_grace = secs("stop-grace", args.stop_grace)?;
     cfg.rendezvous_timeout = secs("rendezvous-timeout", args.rendezvous_timeout)?;

@@ -1,6 +1,9 @@
 //! `cyclotron local`: a coordinator and two worker processes on this machine run a small
 //! data-parallel job to the end, write what `cyclotron train` writes, and leave no process
-//! behind — after success and after ctrl-c in the middle of training.
+//! behind — after success and after ctrl-c in the middle of training (where each worker's run
+//! is also scraped for its Prometheus metrics).
+
+use std::io::{Read, Write};
 
 use std::time::Duration;
 
@@ -74,6 +77,28 @@ fn local_cluster_of_two_workers_trains_the_job_and_cleans_up() {
     assert!(dir.path().join("store/local2").join(job_id).exists(), "{job_id}");
 }
 
+/// Two consecutive free loopback ports (the first of them).
+fn two_free_ports() -> u16 {
+    for _ in 0..100 {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = a.local_addr().unwrap().port();
+        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no two consecutive free ports");
+}
+
+/// The body of GET http://127.0.0.1:PORT/metrics (empty when nothing answers).
+fn scrape(port: u16) -> String {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text
+}
+
 #[test]
 fn ctrl_c_stops_every_process_of_the_local_cluster() {
     if !fashion_mnist_present() {
@@ -84,8 +109,10 @@ fn ctrl_c_stops_every_process_of_the_local_cluster() {
     std::fs::write(dir.path().join("job.toml"), tiny_job("interrupted", 2048, 200)).unwrap();
     let tag = new_tag();
     let log = dir.path().join("local.log");
-    let mut local =
-        spawn_logged(&["local", "--workers", "2", "job.toml", "--out", "out"], dir.path(), &log, &tag);
+    let port = two_free_ports();
+    let base = port.to_string();
+    let args = ["local", "--workers", "2", "job.toml", "--out", "out", "--metrics-base-port", &base];
+    let mut local = spawn_logged(&args, dir.path(), &log, &tag);
     wait_until(
         "an epoch to finish",
         Duration::from_secs(180),
@@ -93,6 +120,12 @@ fn ctrl_c_stops_every_process_of_the_local_cluster() {
         || read(&log),
     );
     assert!(tagged_processes(&tag).len() >= 6, "local, coordinator, 2 workers and 2 training children run");
+    // each worker's run serves its metrics on its own port
+    for (rank, p) in [(0, port), (1, port + 1)] {
+        let text = scrape(p);
+        let steps = format!("cyclotron_steps_total{{job=\"interrupted\",rank=\"{rank}\"}}");
+        assert!(text.lines().any(|l| l.starts_with(&steps)), "no {steps} on port {p}:\n{text}");
+    }
     signal(local.pid(), "INT");
     let code = local.wait(Duration::from_secs(60), "cyclotron local after ctrl-c");
     assert_ne!(code, Some(0), "an interrupted job is not a success:\n{}", read(&log));

@@ -52,6 +52,9 @@ pub struct LocalArgs {
     /// Progress as one JSON object per event on stdout (like `watch --json`).
     #[arg(long)]
     json: bool,
+    /// Worker i serves its runs' Prometheus metrics at http://127.0.0.1:(PORT+i)/metrics.
+    #[arg(long, value_name = "PORT")]
+    metrics_base_port: Option<u16>,
 }
 
 /// A process this command started: killed (with its group) when dropped.
@@ -100,7 +103,13 @@ fn pump(
 }
 
 impl LocalCluster {
-    fn start(exe: &Path, workers: usize, logs: &Path, lease_ms: Option<u64>) -> anyhow::Result<LocalCluster> {
+    fn start(
+        exe: &Path,
+        workers: usize,
+        logs: &Path,
+        lease_ms: Option<u64>,
+        metrics_base_port: Option<u16>,
+    ) -> anyhow::Result<LocalCluster> {
         let data_dir =
             tempfile::Builder::new().prefix("cyclotron-local-").tempdir().context("temporary folder")?;
         let log_path = logs.join("coordinator.log");
@@ -153,9 +162,22 @@ impl LocalCluster {
             let log_path = logs.join(format!("worker-{i}.log"));
             let log = std::fs::File::create(&log_path)
                 .with_context(|| format!("creating {}", log_path.display()))?;
-            let child = Command::new(exe)
-                .args(["--parent-watchdog-ms", "0", "worker", "--coordinator", &cluster.addr])
-                .args(["--id", &format!("local-{i}"), "--data-addr", "127.0.0.1:0", "--stop-grace", &grace])
+            let mut cmd = Command::new(exe);
+            cmd.args(["--parent-watchdog-ms", "0", "worker", "--coordinator", &cluster.addr]).args([
+                "--id",
+                &format!("local-{i}"),
+                "--data-addr",
+                "127.0.0.1:0",
+                "--stop-grace",
+                &grace,
+            ]);
+            if let Some(base) = metrics_base_port {
+                let port = u16::try_from(usize::from(base) + i).map_err(|_| {
+                    anyhow::anyhow!("--metrics-base-port {base}: too high for {workers} workers")
+                })?;
+                cmd.args(["--metrics-addr", &format!("127.0.0.1:{port}")]);
+            }
+            let child = cmd
                 .stdin(Stdio::piped())
                 .stdout(log.try_clone().context("log file")?)
                 .stderr(log)
@@ -234,7 +256,13 @@ pub fn local(args: LocalArgs, quiet: bool) -> anyhow::Result<()> {
     let (spec_toml, threads) = share_cores(&spec_toml, spec.runtime.threads, cores, args.workers);
     let exe = std::env::current_exe().context("finding the cyclotron binary")?;
 
-    let cluster = Arc::new(Mutex::new(LocalCluster::start(&exe, args.workers, &logs, args.lease_ms)?));
+    let cluster = Arc::new(Mutex::new(LocalCluster::start(
+        &exe,
+        args.workers,
+        &logs,
+        args.lease_ms,
+        args.metrics_base_port,
+    )?));
     let addr = cluster.lock().unwrap_or_else(|e| e.into_inner()).addr.clone();
     let client = Coordinators::new(
         std::slice::from_ref(&addr),

@@ -49,6 +49,8 @@ pub struct AgentConfig {
     pub binary: PathBuf,
     /// Where runs' folders go (default: a temporary folder removed at exit).
     pub work_dir: Option<PathBuf>,
+    /// `--metrics-addr` of every training child (Prometheus `/metrics` while a run trains).
+    pub metrics_addr: Option<String>,
     /// Deadline of each RPC attempt.
     pub rpc_timeout: Duration,
     /// SIGTERM → SIGKILL when a run is stopped.
@@ -67,6 +69,7 @@ impl AgentConfig {
             protocol_version: cyclotron_proto::PROTOCOL_VERSION,
             binary,
             work_dir: None,
+            metrics_addr: None,
             rpc_timeout: Duration::from_secs(5),
             stop_grace: Duration::from_secs(10),
             rendezvous_timeout: Duration::from_secs(60),
@@ -119,6 +122,7 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> 
         binary: cfg.binary.clone(),
         work_dir,
         child_cwd: None,
+        metrics_addr: cfg.metrics_addr.clone(),
         data_host,
         data_port,
         // a backstop for a stalled agent (SIGSTOP): its child exits after two silent leases; a

@@ -56,6 +56,8 @@ pub struct RunContext {
     pub work_dir: PathBuf,
     /// Working directory of the children (relative store and data paths resolve from it).
     pub child_cwd: Option<PathBuf>,
+    /// Passed to the children as `--metrics-addr` (one run at a time, so one port serves them all).
+    pub metrics_addr: Option<String>,
     /// Host of the data plane (ring) address; the port is picked per run when `data_port` is 0.
     pub data_host: String,
     pub data_port: u16,
@@ -248,6 +250,10 @@ fn child_args(ctx: &RunContext, a: &Assignment, spec: &Path, out: &Path, peers: 
         "--events-jsonl".into(),
         "-".into(),
     ];
+    if let Some(addr) = &ctx.metrics_addr {
+        args.push("--metrics-addr".into());
+        args.push(addr.into());
+    }
     if a.world_size > 1 {
         for (flag, value) in [
             ("--rank", a.rank.to_string()),
@@ -341,6 +347,7 @@ mod tests {
             binary: "/bin/true".into(),
             work_dir: "/tmp".into(),
             child_cwd: None,
+            metrics_addr: None,
             data_host: "127.0.0.1".into(),
             data_port: 0,
             child_watchdog: Duration::from_millis(4000),
@@ -383,6 +390,10 @@ mod tests {
         let alone =
             strings(child_args(&ctx(), &assignment(1), Path::new("j"), Path::new("o"), &[])).join(" ");
         assert!(!alone.contains("--rank"), "a world of one trains alone: {alone}");
+        assert!(!alone.contains("--metrics-addr"));
+        let with_metrics = RunContext { metrics_addr: Some("127.0.0.1:9100".into()), ..ctx() };
+        let args = strings(child_args(&with_metrics, &assignment(1), Path::new("j"), Path::new("o"), &[]));
+        assert!(args.join(" ").contains("--metrics-addr 127.0.0.1:9100"), "{args:?}");
     }
 
     #[test]
