@@ -12,9 +12,10 @@ build: setup
 	@$(ENV) cargo build --release -p cyclotron
 	@mkdir -p bin && $(ENV) ln -sf "$$CARGO_TARGET_DIR/release/cyclotron" $(BIN)
 
-## the main job: Fashion-MNIST, lr_find → SGDR with snapshots → ensemble (results in runs/demo/)
+## the main job on a local cluster (a coordinator and 2 worker processes, data-parallel):
+## Fashion-MNIST, lr_find → SGDR with snapshots → ensemble (results and logs in runs/demo/)
 demo: build
-	$(BIN) train examples/fashion_mnist.toml --out runs/demo
+	$(BIN) local --workers 2 examples/fashion_mnist.toml --out runs/demo
 
 ## the small version of the demo (under two minutes on 2 cores)
 quick: build

@@ -1,6 +1,8 @@
-//! `cyclotron`: the one binary. Today: `lr-find`, `train`, `plot` and `check` on one process;
-//! `coordinator`, `worker`, `local`, `submit`, `status` and `watch` arrive with the cluster.
+//! `cyclotron`: the one binary. On one process: `lr-find`, `train`, `plot` and `check`; on a
+//! cluster: `worker`, `submit`, `status`, `watch`, `cancel` and `local` (a whole cluster on this
+//! machine) in [`cluster_cmd`]; `coordinator` in [`coordinator_cmd`].
 
+mod cluster_cmd;
 mod coordinator_cmd;
 mod metrics;
 mod output;
@@ -27,6 +29,9 @@ struct Cli {
     /// No progress bars or per-epoch lines.
     #[arg(long, global = true)]
     quiet: bool,
+    /// Exit when stdin closes (the supervising process died) or, if > 0, stays silent this long.
+    #[arg(long, global = true, hide = true)]
+    parent_watchdog_ms: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -53,6 +58,10 @@ enum Cmd {
         /// Stop after this many epochs once their checkpoints are committed (for tests).
         #[arg(long, hide = true)]
         stop_after_epochs: Option<u64>,
+        /// Write one JSON object per stage start, LR-range test, epoch, snapshot and resume to
+        /// this file (`-`: stdout), for the worker agent.
+        #[arg(long, hide = true)]
+        events_jsonl: Option<String>,
         #[command(flatten)]
         group: GroupArgs,
         /// Serve Prometheus metrics at http://ADDR/metrics while the job runs (host:port; port 0
@@ -60,6 +69,18 @@ enum Cmd {
         #[arg(long, value_name = "ADDR", value_parser = metrics::parse)]
         metrics_addr: Option<metrics::MetricsAddr>,
     },
+    /// Run a worker: register with the coordinators and train what they assign.
+    Worker(cluster_cmd::WorkerArgs),
+    /// Submit a job spec to the cluster; prints the job id.
+    Submit(cluster_cmd::SubmitArgs),
+    /// The cluster's jobs, or one job in detail.
+    Status(cluster_cmd::StatusArgs),
+    /// Follow a job's progress until it ends; exits non-zero unless it succeeded.
+    Watch(cluster_cmd::WatchArgs),
+    /// Cancel a job.
+    Cancel(cluster_cmd::CancelArgs),
+    /// Run a job on a cluster of this machine: a coordinator and N worker processes, all stopped at the end.
+    Local(cluster_cmd::LocalArgs),
     /// Time checkpoints (`make bench`): training stall per checkpoint, restore vs raw get. With the
     /// `s3-bench` feature the store is an in-process S3 server; without it, a temporary folder.
     #[command(hide = true)]
@@ -195,6 +216,9 @@ struct GroupArgs {
     /// Deadline of every collective call and of connecting, in seconds.
     #[arg(long, default_value_t = 60.0)]
     collective_timeout: f64,
+    /// The rendezvous generation (set by the worker agent; a restart bumps it).
+    #[arg(long, default_value_t = 0, hide = true)]
+    generation: u64,
 }
 
 impl GroupArgs {
@@ -207,6 +231,7 @@ impl GroupArgs {
         let mut g =
             cyclotron_worker::distributed::GroupSpec::new(self.rank, self.world_size, self.peers.clone());
         g.timeout = std::time::Duration::from_secs_f64(self.collective_timeout);
+        g.generation = self.generation;
         g.backend = cyclotron_worker::distributed::Backend::from_env()?;
         g.validate()?;
         Ok(Some(g))
@@ -229,6 +254,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     cyclotron_worker::allocator::tune_for_training();
@@ -243,6 +269,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(ms) = cli.parent_watchdog_ms {
+        let silence = (ms > 0).then(|| std::time::Duration::from_millis(ms));
+        cyclotron_worker::agent::watchdog::exit_with_parent(silence);
+    }
     match cli.cmd {
         Cmd::Coordinator(cmd) => coordinator_cmd::run(cmd),
         Cmd::Check { job } => {
@@ -266,13 +296,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output::print_lr_find(&report);
             Ok(())
         }
-        Cmd::Train { job, out, run, resume, stop_after_epochs, group, metrics_addr } => {
-            let spec = JobSpec::load(&job)?;
+        Cmd::Train { job, out, run, resume, stop_after_epochs, events_jsonl, group, metrics_addr } => {
+            let mut events = match &events_jsonl {
+                Some(target) => Some(
+                    cyclotron_worker::agent::events::EventsJsonl::open(target)
+                        .with_context(|| format!("--events-jsonl {target}"))?,
+                ),
+                None => None,
+            };
+            let spec = match JobSpec::load(&job) {
+                Ok(s) => s,
+                Err(e) => {
+                    let e = cyclotron_worker::Error::from(e);
+                    events.iter_mut().for_each(|ev| ev.failed(&e));
+                    return Err(e.into());
+                }
+            };
             let group = group.spec()?;
-            anyhow::ensure!(
-                !(resume && group.is_some()),
-                "--resume restores one process; data-parallel resume is not supported yet"
-            );
             let writer = group.as_ref().is_none_or(|g| g.is_writer());
             if writer {
                 output::prepare_dir(&out)?;
@@ -281,32 +321,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rank = group.as_ref().map_or(0, |g| g.rank);
             let (metrics, _server) = metrics::serve(metrics_addr, &spec.name, rank)?;
             let opts = job::TrainOptions { resume, stop_after_epochs, group, metrics };
-            let results =
-                match job::run_train_with(&spec, &run, &opts, &mut progress::Progress::new(cli.quiet)) {
-                    Err(e @ cyclotron_worker::Error::Stopped { .. }) => {
-                        println!("{e}; continue with --run {run} --resume");
-                        return Ok(());
-                    }
-                    r => r?,
-                };
+            let mut bars = progress::Progress::new(cli.quiet);
+            let trained = match &mut events {
+                Some(ev) => job::run_train_with(
+                    &spec,
+                    &run,
+                    &opts,
+                    &mut cyclotron_worker::agent::events::Both(&mut bars, ev),
+                ),
+                None => job::run_train_with(&spec, &run, &opts, &mut bars),
+            };
+            let results = match trained {
+                Err(e @ cyclotron_worker::Error::Stopped { .. }) => {
+                    println!("{e}; continue with --run {run} --resume");
+                    return Ok(());
+                }
+                Err(e) => {
+                    events.iter_mut().for_each(|ev| ev.failed(&e));
+                    return Err(e.into());
+                }
+                Ok(r) => r,
+            };
             if !writer {
                 println!("rank done; rank 0 writes the results");
                 return Ok(());
             }
-            output::write_json(&out.join("results.json"), &results)?;
-            if let Some((_, first)) = results.lr_finds.first() {
-                output::write_json(&out.join("lr_find.json"), first)?;
-            }
-            // the results are written: a plot that cannot be drawn is a warning, not a failed run
-            match plot::plot_run_dir(&out) {
-                Ok(paths) => paths.iter().for_each(|p| tracing::debug!(path = %p.display(), "plot written")),
-                Err(e) => {
-                    tracing::warn!("plots skipped: {e:#}; `cyclotron plot {}` redraws them", out.display())
-                }
-            }
+            cluster_cmd::write_run_dir(&out, &results)?;
             output::print_results(&results, &spec.output, &spec.name, &run);
             Ok(())
         }
+        Cmd::Worker(args) => cluster_cmd::worker(args),
+        Cmd::Submit(args) => cluster_cmd::submit(args),
+        Cmd::Status(args) => cluster_cmd::status(args),
+        Cmd::Watch(args) => cluster_cmd::watch(args, cli.quiet),
+        Cmd::Cancel(args) => cluster_cmd::cancel(args),
+        Cmd::Local(args) => cluster_cmd::local(args, cli.quiet),
         Cmd::BenchStep { model, width, batch_size, threads, steps, warmup, device, json } => {
             let device = parse_device(&device)?;
             let r = cyclotron_worker::bench::step_throughput(

@@ -106,6 +106,14 @@ impl Observer for Progress {
                     r.seconds
                 ));
             }
+            Event::Resumed { stage, epoch, step, checkpoint } => self.line(format!(
+                "resumed from checkpoint {checkpoint}: stage {} after epoch {epoch}, step {step}",
+                stage + 1
+            )),
+            Event::Snapshot { index, accuracy, .. } => {
+                self.line(format!("snapshot {index} taken (accuracy {:.2}%)", 100.0 * accuracy))
+            }
+            Event::StageStart { .. } => {}
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::state::{ClusterState, JobStatus, TaskStatus, WorkerStatus};
 pub const WORKER_STATES: [&str; 3] = ["idle", "busy", "dead"];
 /// Job states.
 pub const JOB_STATES: [&str; 5] = ["pending", "running", "succeeded", "failed", "cancelled"];
-/// Task kinds.
+/// Task kinds (one `run` task per job covers every stage).
 pub const TASK_KINDS: [&str; 1] = ["run"];
 /// Task states.
 pub const TASK_STATES: [&str; 3] = ["waiting", "running", "done"];
@@ -202,7 +202,7 @@ mod tests {
     use cyclotron_core::spec::JobSpec;
 
     use super::*;
-    use crate::state::{Command, Outcome};
+    use crate::state::{Command, JobEvent, Outcome};
 
     fn spec(lr_find: bool) -> Box<JobSpec> {
         let mut text = String::from(
@@ -215,8 +215,8 @@ mod tests {
         Box::new(JobSpec::from_toml_str(&text, "<t>").unwrap())
     }
 
-    /// A state after real commands: 3 workers (2 busy on job a, 1 dead), job a running,
-    /// job b pending, job c cancelled.
+    /// A state after real commands: 3 workers (2 busy on job a, 1 dead), job a running, job b
+    /// pending, job c cancelled.
     fn busy_state() -> ClusterState {
         let mut s = ClusterState::default();
         let mut index = 0;
@@ -252,7 +252,7 @@ mod tests {
             generation: 0,
         };
         apply(&mut s, start);
-        let event = crate::state::JobEvent::StageStarted { stage: 0, name: "s".into(), epochs: 2 };
+        let event = JobEvent::StageStarted { stage: 0, name: String::new(), epochs: 2 };
         apply(&mut s, Command::TaskProgress { job: "a".into(), task: 0, generation: 0, event });
         apply(&mut s, Command::CancelJob { job: "c".into(), reason: "user".into() });
         apply(&mut s, Command::ExpireWorkers { workers: vec!["w3".into()], now_ms: 12_000 });
@@ -266,7 +266,7 @@ mod tests {
         let replica = ReplicaStatus {
             term: 3,
             is_leader: true,
-            commit_index: 12,
+            commit_index: 10,
             applied_index: 9,
             ..Default::default()
         };
@@ -279,11 +279,11 @@ mod tests {
             [1, 1, 0, 0, 1]
         );
         let t = |k: &str, st: &str| m.tasks.with_label_values(&[k, st]).get();
-        // one run task per job: a's runs, b's waits, c's (cancelled) still waits
+        // one run task per job: a's runs, b's and c's wait
         assert_eq!((t("run", "running"), t("run", "waiting"), t("run", "done")), (1, 2, 0));
         assert_eq!(m.raft_term.get(), 3);
         assert_eq!(m.raft_is_leader.get(), 1);
-        assert_eq!(m.raft_commit_index.get(), 12);
+        assert_eq!(m.raft_commit_index.get(), 10);
         // the state machine had applied 10 entries: its own index wins over a lagging replica view
         assert_eq!(s.applied_index, 10);
         assert_eq!(m.raft_applied_index.get(), 10);

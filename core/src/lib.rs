@@ -6,11 +6,13 @@
 //! - [`lr_range`]: LR-range test analysis (smoothing, divergence stop, suggestions);
 //! - [`checkpoint`]: the checkpoint manifest and the store over `object_store` (`file://`, `memory://`);
 //! - [`results`]: what a job reports (`results.json`, `lr_find.json`);
+//! - [`events`]: training progress as a stream of events (`--events-jsonl`, worker progress reports);
 //! - [`metrics`]: metric names, the `/metrics` HTTP server;
 //! - [`ids`]: identifier newtypes.
 
 pub mod checkpoint;
 pub mod error;
+pub mod events;
 pub mod ids;
 pub mod lr_range;
 pub mod metrics;

@@ -134,6 +134,7 @@ fn coordinator_exposition() -> String {
         cmds.push(Command::SubmitJob {
             job: job.into(),
             spec: Box::new(spec.clone()),
+            spec_toml: String::new(),
             workers_per_run: 2,
             max_restarts: 1,
             now_ms: 0,
@@ -149,7 +150,7 @@ fn coordinator_exposition() -> String {
     for w in ["w1", "w2"] {
         cmds.push(Command::Heartbeat { worker: w.into(), now_ms: 5_000 });
     }
-    cmds.push(Command::ExpireLeases { now_ms: 12_000 });
+    cmds.push(Command::ExpireWorkers { workers: vec!["w3".into()], now_ms: 12_000 });
     for (i, c) in cmds.iter().enumerate() {
         assert_eq!(s.apply(i as u64 + 1, c), Outcome::Applied, "{c:?}");
     }

@@ -261,8 +261,19 @@ pub fn run_train_with(
     // where a resume continues: (stage, epochs done in it)
     let mut resume_at = (0usize, 0u32);
     if opts.resume {
-        match crate::checkpoint::restore_latest(&store, &run, &rt, &mut l)? {
+        // every rank of a group restores the same checkpoint (only rank 0 writes to the store)
+        let read_store = match &opts.group {
+            Some(g) if !g.is_writer() => open_store(spec)?,
+            _ => store.clone(),
+        };
+        match crate::checkpoint::restore_latest(&read_store, &run, &rt, &mut l)? {
             Some(r) => {
+                rec.on_event(&Event::Resumed {
+                    stage: r.state.stage,
+                    epoch: r.state.stage_epochs,
+                    step: r.state.global_step,
+                    checkpoint: r.dir.clone(),
+                });
                 resume_at = (r.state.stage, r.state.stage_epochs);
                 rec.history = r.state.history;
                 lr_finds = r.state.lr_finds;
@@ -302,6 +313,12 @@ pub fn run_train_with(
         if start_epoch as u64 >= stage.total_epochs() {
             continue;
         }
+        rec.on_event(&Event::StageStart {
+            stage: si,
+            name: stage.name.clone().unwrap_or_default(),
+            epochs: stage.total_epochs(),
+            from_epoch: start_epoch,
+        });
         l.freeze_to(stage.frozen_groups(GROUPS));
         l.augment_train = l.augmenter.is_some() && stage.augment.unwrap_or(true) && !stage.precompute;
         if !stage.precompute {
@@ -339,6 +356,7 @@ pub fn run_train_with(
         let stage_epochs = schedule.total_steps().div_ceil(spe) as u32;
         for epoch in start_epoch..stage_epochs {
             let mut cycle_ends = vec![];
+            let taken_before = taken.len();
             let mut on_snapshot = |l: &mut Learner,
                                    p: cyclotron_core::schedule::SnapshotPoint|
              -> Result<()> {
@@ -401,6 +419,17 @@ pub fn run_train_with(
                 epoch..epoch + 1,
             )?);
             rec.history.cycle_ends.extend(cycle_ends);
+            for t in &taken[taken_before..] {
+                let s = &t.result;
+                rec.on_event(&Event::Snapshot {
+                    index: s.index,
+                    stage: s.stage,
+                    cycle: s.cycle,
+                    epoch: s.epoch,
+                    accuracy: s.accuracy,
+                    url: format!("{}/{}", spec.output.trim_end_matches('/'), run.snapshot_dir(s.index)),
+                });
+            }
             // a periodic checkpoint at this epoch end: CPU copies handed to the uploader
             if ckpt.every_epochs > 0 && l.epochs_done % ckpt.every_epochs == 0 {
                 let state = crate::checkpoint::TrainState {

@@ -61,6 +61,29 @@ pub enum Event {
         what: &'static str,
         done: bool,
     },
+    /// From `job`: a stage begins (or continues at `from_epoch` after a resume).
+    StageStart {
+        stage: usize,
+        name: String,
+        epochs: u64,
+        from_epoch: u32,
+    },
+    /// From `job`: the job continued from the committed checkpoint `checkpoint`.
+    Resumed {
+        stage: usize,
+        epoch: u32,
+        step: u64,
+        checkpoint: String,
+    },
+    /// From `job`: a snapshot was handed to the uploader (`url`: its folder in the store).
+    Snapshot {
+        index: usize,
+        stage: usize,
+        cycle: u32,
+        epoch: u32,
+        accuracy: f64,
+        url: String,
+    },
 }
 
 pub trait Observer {

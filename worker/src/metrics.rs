@@ -237,7 +237,12 @@ impl JobMetrics {
                 self.lr_find_done.set(0);
             }
             Event::LrFindStep { i, .. } => self.lr_find_done.set(i64::from(*i) + 1),
-            Event::LrFindEnd { .. } | Event::EpochStart { .. } | Event::Phase { .. } => {}
+            Event::LrFindEnd { .. }
+            | Event::EpochStart { .. }
+            | Event::Phase { .. }
+            | Event::StageStart { .. }
+            | Event::Resumed { .. }
+            | Event::Snapshot { .. } => {}
         }
     }
 }

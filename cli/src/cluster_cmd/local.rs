@@ -1,0 +1,358 @@
+//! `cyclotron local --workers N JOB.toml`: a whole cluster on this machine. It starts a
+//! coordinator (temporary data folder, a free port) and N worker processes, submits the job,
+//! shows its progress like `watch`, then writes and prints what `cyclotron train` would
+//! (results.json, lr_find.json, plots, the results table).
+//!
+//! Cleanup: every process it starts is its own process-group leader (a terminal's ctrl-c reaches
+//! only this command, which then stops them in order: workers first with SIGTERM, which stop
+//! their training children, then SIGKILL past a deadline, then the coordinator), and each holds a
+//! pipe from this process on stdin (`--parent-watchdog-ms 0`), so they exit even if this one is
+//! killed with SIGKILL. Logs go to `OUT/logs/`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cyclotron_core::results::TrainResults;
+use cyclotron_core::spec::JobSpec;
+use cyclotron_worker::agent::child::{kill_group, terminate_group};
+use cyclotron_worker::agent::{Coordinators, Deadlines};
+
+use super::watch::{self, Mode};
+use super::{get_job, interrupted, runtime, submit_spec, write_run_dir};
+use crate::output;
+
+/// Longest wait for the coordinator to say where it listens.
+const START_DEADLINE: Duration = Duration::from_secs(60);
+/// Workers get this long between SIGTERM and SIGKILL (they pass half of it to their runs).
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+#[derive(clap::Args, Debug)]
+pub struct LocalArgs {
+    job: PathBuf,
+    /// Worker processes to start.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Output folder (default: runs/<job name>); logs go to OUT/logs/.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Workers per data-parallel run (default: all of them).
+    #[arg(long)]
+    workers_per_run: Option<u32>,
+    /// Restarts allowed after a worker dies or stalls (0: the coordinator's default).
+    #[arg(long, default_value_t = 0)]
+    max_restarts: u32,
+    /// Worker lease of the coordinator, in milliseconds (default: the coordinator's).
+    #[arg(long)]
+    lease_ms: Option<u64>,
+    /// Progress as one JSON object per event on stdout (like `watch --json`).
+    #[arg(long)]
+    json: bool,
+    /// Worker i serves its runs' Prometheus metrics at http://127.0.0.1:(PORT+i)/metrics.
+    #[arg(long, value_name = "PORT")]
+    metrics_base_port: Option<u16>,
+}
+
+/// A process this command started: killed (with its group) when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+struct LocalCluster {
+    coordinator: Option<Proc>,
+    workers: Vec<Proc>,
+    addr: String,
+    _data_dir: tempfile::TempDir,
+}
+
+fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Copy `r` into `log` line by line, sending the address of a "listening on ADDR" line to `tx`.
+fn pump(
+    r: impl std::io::Read + Send + 'static,
+    log: Arc<Mutex<std::fs::File>>,
+    tx: Option<mpsc::Sender<String>>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if let (Some(tx), Some(rest)) = (&tx, line.split("listening on ").nth(1)) {
+                if let Some(addr) = rest.split_whitespace().next() {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+            let _ = writeln!(log.lock().unwrap_or_else(|e| e.into_inner()), "{line}");
+        }
+    });
+}
+
+impl LocalCluster {
+    fn start(
+        exe: &Path,
+        workers: usize,
+        logs: &Path,
+        lease_ms: Option<u64>,
+        metrics_base_port: Option<u16>,
+    ) -> anyhow::Result<LocalCluster> {
+        let data_dir =
+            tempfile::Builder::new().prefix("cyclotron-local-").tempdir().context("temporary folder")?;
+        let log_path = logs.join("coordinator.log");
+        let log = Arc::new(Mutex::new(
+            std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?,
+        ));
+        let mut cmd = Command::new(exe);
+        cmd.args(["--parent-watchdog-ms", "0", "coordinator", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        if let Some(ms) = lease_ms {
+            cmd.args(["--lease-ms", &ms.to_string()]);
+        }
+        let mut child = cmd.spawn().context("starting the coordinator")?;
+        let (tx, rx) = mpsc::channel();
+        if let Some(out) = child.stdout.take() {
+            pump(out, log.clone(), Some(tx.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            pump(err, log, Some(tx));
+        }
+        let mut coordinator = Proc { name: "coordinator".into(), child, log: log_path };
+        let started = Instant::now();
+        let addr = loop {
+            if let Ok(addr) = rx.recv_timeout(Duration::from_millis(100)) {
+                break addr;
+            }
+            if let Some(status) = coordinator.exited() {
+                anyhow::bail!(
+                    "the coordinator exited ({status}) before listening:\n{}",
+                    log_tail(&coordinator.log, 20)
+                );
+            }
+            if started.elapsed() > START_DEADLINE {
+                kill_group(coordinator.child.id());
+                let _ = coordinator.child.wait();
+                anyhow::bail!(
+                    "the coordinator did not say where it listens within {START_DEADLINE:?}:\n{}",
+                    log_tail(&coordinator.log, 20)
+                );
+            }
+        };
+        let mut cluster =
+            LocalCluster { coordinator: Some(coordinator), workers: vec![], addr, _data_dir: data_dir };
+        let grace = format!("{}", STOP_DEADLINE.as_secs_f64() / 2.0);
+        for i in 0..workers {
+            let log_path = logs.join(format!("worker-{i}.log"));
+            let log = std::fs::File::create(&log_path)
+                .with_context(|| format!("creating {}", log_path.display()))?;
+            let mut cmd = Command::new(exe);
+            cmd.args(["--parent-watchdog-ms", "0", "worker", "--coordinator", &cluster.addr]).args([
+                "--id",
+                &format!("local-{i}"),
+                "--data-addr",
+                "127.0.0.1:0",
+                "--stop-grace",
+                &grace,
+            ]);
+            if let Some(base) = metrics_base_port {
+                let port = u16::try_from(usize::from(base) + i).map_err(|_| {
+                    anyhow::anyhow!("--metrics-base-port {base}: too high for {workers} workers")
+                })?;
+                cmd.args(["--metrics-addr", &format!("127.0.0.1:{port}")]);
+            }
+            let child = cmd
+                .stdin(Stdio::piped())
+                .stdout(log.try_clone().context("log file")?)
+                .stderr(log)
+                .process_group(0)
+                .spawn()
+                .with_context(|| format!("starting worker {i}"))?;
+            cluster.workers.push(Proc { name: format!("worker {i}"), child, log: log_path });
+        }
+        Ok(cluster)
+    }
+
+    /// A process that should be running but exited, with its log's tail.
+    fn casualty(&mut self) -> Option<String> {
+        let c = self.coordinator.as_mut()?;
+        let status = c.exited()?;
+        Some(format!("the coordinator exited ({status}); its last lines:\n{}", log_tail(&c.log, 20)))
+    }
+
+    /// Stop every process: workers (SIGTERM, SIGKILL past the deadline), then the coordinator.
+    fn stop(&mut self) {
+        for w in &mut self.workers {
+            if w.exited().is_none() {
+                terminate_group(w.child.id());
+            }
+        }
+        let started = Instant::now();
+        for w in &mut self.workers {
+            while w.exited().is_none() && started.elapsed() < STOP_DEADLINE {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if w.exited().is_none() {
+                tracing::warn!("{} ignored SIGTERM for {STOP_DEADLINE:?}; killing it", w.name);
+                kill_group(w.child.id());
+                let _ = w.child.wait();
+            }
+        }
+        self.workers.clear();
+        if let Some(mut c) = self.coordinator.take() {
+            if c.exited().is_none() {
+                terminate_group(c.child.id());
+                let started = Instant::now();
+                while c.exited().is_none() && started.elapsed() < Duration::from_secs(5) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                if c.exited().is_none() {
+                    kill_group(c.child.id());
+                    let _ = c.child.wait();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn local(args: LocalArgs, quiet: bool) -> anyhow::Result<()> {
+    anyhow::ensure!(args.workers >= 1, "--workers must be at least 1");
+    let spec = JobSpec::load(&args.job)?;
+    let workers_per_run = args.workers_per_run.unwrap_or(args.workers as u32);
+    anyhow::ensure!(
+        workers_per_run >= 1 && workers_per_run as usize <= args.workers,
+        "--workers-per-run {workers_per_run} must be between 1 and --workers {}",
+        args.workers
+    );
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&spec.name));
+    output::prepare_dir(&out)?;
+    let logs = out.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let spec_toml =
+        std::fs::read_to_string(&args.job).with_context(|| format!("reading {}", args.job.display()))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (spec_toml, threads) = share_cores(&spec_toml, spec.runtime.threads, cores, args.workers);
+    let exe = std::env::current_exe().context("finding the cyclotron binary")?;
+
+    let cluster = Arc::new(Mutex::new(LocalCluster::start(
+        &exe,
+        args.workers,
+        &logs,
+        args.lease_ms,
+        args.metrics_base_port,
+    )?));
+    let addr = cluster.lock().unwrap_or_else(|e| e.into_inner()).addr.clone();
+    let client = Coordinators::new(
+        std::slice::from_ref(&addr),
+        Deadlines::new(Duration::from_secs(5), Duration::from_secs(30)),
+    )?;
+    let mode = if args.json { Mode::Json } else { Mode::Human { quiet } };
+    let rt = runtime()?;
+    let outcome: anyhow::Result<(String, TrainResults)> = rt.block_on(async {
+        let job = submit_spec(&client, spec_toml, workers_per_run, args.max_restarts).await?;
+        if !quiet && !args.json {
+            eprintln!(
+                "job {job}: a coordinator on {addr} and {} workers ({workers_per_run} per run, {threads} threads each); logs in {}",
+                args.workers,
+                logs.display()
+            );
+        }
+        let health = {
+            let cluster = cluster.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if let Some(why) = cluster.lock().unwrap_or_else(|e| e.into_inner()).casualty() {
+                        return why;
+                    }
+                }
+            }
+        };
+        let end = tokio::select! {
+            r = watch::follow(&client, &job, mode) => r?,
+            why = health => anyhow::bail!("{why}"),
+            _ = interrupted() => anyhow::bail!("interrupted; stopping the local cluster"),
+        };
+        end.into_result(&job).map_err(|e| anyhow::anyhow!("{e} (logs in {})", logs.display()))?;
+        let j = get_job(&client, &job).await?;
+        let results: TrainResults = serde_json::from_str(&j.results_json)
+            .with_context(|| format!("job {job} succeeded but its results are not readable"))?;
+        Ok((job, results))
+    });
+    // stop everything before reporting, whatever happened
+    cluster.lock().unwrap_or_else(|e| e.into_inner()).stop();
+    drop(rt);
+    let (job, results) = outcome?;
+    write_run_dir(&out, &results)?;
+    output::print_results(&results, &spec.output, &spec.name, &job);
+    Ok(())
+}
+
+/// N workers on one machine share its cores: unless the spec sets `runtime.threads`, each
+/// training process gets `cores / N` threads (at least one) instead of all of them (oversubscribed
+/// libtorch threads spin against each other). Returns the spec text to submit and the threads.
+fn share_cores(spec_toml: &str, threads: Option<usize>, cores: usize, workers: usize) -> (String, usize) {
+    if let Some(t) = threads {
+        return (spec_toml.to_string(), t);
+    }
+    let share = (cores / workers.max(1)).max(1);
+    let line = format!("threads = {share}");
+    let mut out = String::with_capacity(spec_toml.len() + 32);
+    let mut inserted = false;
+    for l in spec_toml.lines() {
+        out.push_str(l);
+        out.push('\n');
+        if !inserted && l.trim_start().starts_with("[runtime]") {
+            out.push_str(&line);
+            out.push('\n');
+            inserted = true;
+        }
+    }
+    if !inserted {
+        out.push_str(&format!("\n[runtime]\n{line}\n"));
+    }
+    (out, share)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn threads_of(text: &str) -> Option<usize> {
+        let spec = JobSpec::from_toml_str(text, "t").unwrap();
+        spec.runtime.threads
+    }
+
+    #[test]
+    fn workers_share_the_cores_unless_the_spec_says() {
+        let base = "name = \"j\"\n[data]\nsource = \"fashion_mnist\"\n[model]\narch = \"small_cnn\"\n[[stage]]\nlr = 0.1\nepochs = 1\n";
+        let (text, n) = share_cores(base, None, 16, 2);
+        assert_eq!((n, threads_of(&text)), (8, Some(8)));
+        let with_section = format!("{base}[runtime]\ndevice = \"cpu\"\n");
+        let (text, n) = share_cores(&with_section, None, 2, 4);
+        assert_eq!((n, threads_of(&text)), (1, Some(1)));
+        assert_eq!(share_cores(&with_section, Some(3), 16, 2), (with_section.clone(), 3));
+    }
+}

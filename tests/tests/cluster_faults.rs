@@ -1,0 +1,171 @@
+//! Worker faults on a real cluster (one coordinator, three worker processes, runs of two): a
+//! worker killed with SIGKILL mid-training, and a worker stalled with SIGSTOP (found by lease
+//! expiry). In both the run restarts from its last committed checkpoint on the workers left and
+//! the job finishes with every epoch once.
+
+use std::path::Path;
+use std::time::Duration;
+
+use cyclotron_tests::{
+    fashion_mnist_present, last_training_pid, new_tag, pid_alive, read, run_tagged, signal, status_json,
+    tiny_job, wait_until, watch_json, Coordinator, Worker,
+};
+
+const EPOCHS: u32 = 10;
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    tag: String,
+    coordinator: Coordinator,
+    workers: Vec<Worker>,
+}
+
+impl Cluster {
+    fn start(lease_ms: &str) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let tag = new_tag();
+        let coordinator =
+            Coordinator::start(dir.path(), "coordinator", "127.0.0.1:0", &["--lease-ms", lease_ms], &tag);
+        let workers =
+            (0..3).map(|i| Worker::start(dir.path(), &coordinator.addr, &format!("w{i}"), &tag)).collect();
+        Cluster { dir, tag, coordinator, workers }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn logs(&self) -> String {
+        let mut s = format!("--- coordinator\n{}", read(&self.coordinator.log));
+        for w in &self.workers {
+            s += &format!("\n--- {}\n{}", w.id, read(&w.log));
+        }
+        s
+    }
+
+    /// Submit a job of EPOCHS epochs run by two workers; its id.
+    fn submit(&self, name: &str) -> String {
+        std::fs::write(self.path().join("job.toml"), tiny_job(name, 16384, EPOCHS)).unwrap();
+        let ran = run_tagged(
+            &["submit", "job.toml", "--coordinator", &self.coordinator.addr, "--workers-per-run", "2"],
+            self.path(),
+            Duration::from_secs(60),
+            &self.tag,
+        );
+        assert_eq!(ran.code, Some(0), "submit failed:\n{}", ran.stderr);
+        ran.stdout.trim().to_string()
+    }
+
+    /// Once two epochs are done (their checkpoints handed off), the workers of the run in rank order.
+    fn group_after_two_epochs(&self, job: &str) -> Vec<String> {
+        wait_until(
+            "two epochs",
+            Duration::from_secs(180),
+            || self.workers.iter().any(|w| read(&w.log).contains("stage 1 epoch 2:")),
+            || self.logs(),
+        );
+        let s = status_json(job, &self.coordinator.addr, self.path(), &self.tag);
+        let workers: Vec<String> = s["tasks"][0]["workers"]
+            .as_array()
+            .expect("workers")
+            .iter()
+            .map(|w| w.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(workers.len(), 2, "{s}");
+        workers
+    }
+
+    fn worker(&mut self, id: &str) -> &mut Worker {
+        self.workers.iter_mut().find(|w| w.id == id).expect("worker")
+    }
+
+    /// The job succeeds; its events (watched from the start) and results.
+    fn finishes(&self, job: &str) -> (Vec<serde_json::Value>, serde_json::Value) {
+        let (code, events, stderr) =
+            watch_json(job, &self.coordinator.addr, self.path(), Duration::from_secs(300), &self.tag);
+        assert_eq!(code, Some(0), "the job did not succeed: {stderr}\n{}", self.logs());
+        let s = status_json(job, &self.coordinator.addr, self.path(), &self.tag);
+        assert_eq!(s["status"], "succeeded", "{s}");
+        (events, s["results"].clone())
+    }
+}
+
+/// Every epoch of the job exactly once, in order, in the results.
+fn assert_every_epoch_once(results: &serde_json::Value) {
+    let epochs: Vec<u64> =
+        results["epochs"].as_array().expect("epochs").iter().map(|e| e["epoch"].as_u64().unwrap()).collect();
+    assert_eq!(epochs, (1..=u64::from(EPOCHS)).collect::<Vec<_>>(), "{results}");
+    assert_eq!(results["snapshots"].as_array().map(Vec::len), Some(1));
+}
+
+/// The restarted run continued from a checkpoint after epoch ≥ 2 (the agent logs the child's
+/// `resumed` event: "resumed from checkpoint ... (stage 1, epoch N, ...").
+fn resumed_epoch(c: &Cluster) -> u64 {
+    let logs = c.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("resumed from checkpoint"))
+        .unwrap_or_else(|| panic!("no run resumed from a checkpoint:\n{logs}"));
+    line.split("epoch ").nth(1).and_then(|r| r.split(',').next()).and_then(|n| n.parse().ok()).expect(line)
+}
+
+#[test]
+fn killed_worker_restarts_the_run_from_its_last_checkpoint() {
+    if !fashion_mnist_present() {
+        return;
+    }
+    let mut c = Cluster::start("2000");
+    let job = c.submit("kill9");
+    let group = c.group_after_two_epochs(&job);
+    // kill -9 rank 0, the writer of checkpoints and results
+    let victim = c.worker(&group[0]);
+    let child = last_training_pid(&victim.log).expect("the victim's training child");
+    signal(victim.proc.pid(), "KILL");
+    victim.proc.wait(Duration::from_secs(10), "the killed worker");
+
+    let (events, results) = c.finishes(&job);
+    let restarted: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["type"] == "task_restarted").collect();
+    assert!(!restarted.is_empty(), "no restart event: {events:?}");
+    let second =
+        events.iter().find(|e| e["type"] == "task_started" && e["generation"] == 1).expect("generation 1");
+    assert!(
+        !second["workers"].as_array().unwrap().iter().any(|w| w == group[0].as_str()),
+        "the dead worker was given the restarted run: {second}"
+    );
+    assert!(resumed_epoch(&c) >= 2, "the restart did not continue from the checkpoint after epoch 2");
+    assert_every_epoch_once(&results);
+    // the killed agent's child noticed its parent is gone (stdin closed) and exited
+    wait_until("the orphaned child to exit", Duration::from_secs(10), || !pid_alive(child), || c.logs());
+}
+
+#[test]
+fn stalled_worker_is_found_by_lease_expiry_and_its_run_restarts() {
+    if !fashion_mnist_present() {
+        return;
+    }
+    let mut c = Cluster::start("1500");
+    let job = c.submit("sigstop");
+    let group = c.group_after_two_epochs(&job);
+    let stalled_pid = c.worker(&group[1]).proc.pid();
+    signal(stalled_pid, "STOP");
+    let (events, results) = c.finishes(&job);
+    let reasons: Vec<String> = events
+        .iter()
+        .filter(|e| e["type"] == "task_restarted")
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let expected = format!("worker {} lost (lease expired)", group[1]);
+    assert!(reasons.iter().any(|r| r.contains(&expected)), "restart reasons {reasons:?} lack {expected:?}");
+    assert!(resumed_epoch(&c) >= 2, "the restart did not continue from the checkpoint after epoch 2");
+    assert_every_epoch_once(&results);
+    // woken up, the stalled worker finds its lease gone and registers again
+    signal(stalled_pid, "CONT");
+    let log = c.worker(&group[1]).log.clone();
+    wait_until(
+        "the stalled worker to register again",
+        Duration::from_secs(30),
+        || read(&log).contains("registering again"),
+        || read(&log),
+    );
+}

@@ -1,0 +1,282 @@
+//! The worker agent (`cyclotron worker`): registers with the coordinators, renews its lease with
+//! heartbeats, and runs what the heartbeat responses assign as a child `cyclotron train` process.
+//!
+//! Protocol, from the worker's side:
+//! - `Register` (protocol version, data-plane address) gives a lease; heartbeats go every lease/3,
+//!   each with a deadline, following the raft leader ([`client`]).
+//! - A heartbeat response carries the assignment: the same (job, task, generation) keeps the
+//!   current run; another one stops it (SIGTERM, then SIGKILL after a grace period) and starts the
+//!   new one once it has ended; none stops it and idles.
+//! - NOT_FOUND or FAILED_PRECONDITION to a heartbeat (the lease expired, the worker is unknown or
+//!   dead to the coordinator) stops the run and registers again. When no heartbeat succeeded for
+//!   a whole lease, the coordinator has given the run away: the agent stops it too.
+//! - SIGTERM / ctrl-c (the `shutdown` future) stops the run and returns.
+//!
+//! The agent does no tensor work; the child runs the single-process path ([`run`]).
+
+pub mod child;
+pub mod client;
+pub mod error;
+pub mod events;
+mod report;
+pub mod run;
+pub mod watchdog;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cyclotron_proto::v1::worker_service_client::WorkerServiceClient;
+use cyclotron_proto::v1::{Assignment, HeartbeatRequest, HeartbeatResponse, RegisterRequest};
+use tonic::Code;
+
+pub use client::{Coordinators, Deadlines};
+pub use error::{AgentError, ClientError, Result};
+use run::{RunContext, RunHandle, RunKey};
+
+/// How `cyclotron worker` was asked to run.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub coordinators: Vec<String>,
+    pub worker_id: String,
+    /// `host:port` of the data plane; port 0 picks a free port per run.
+    pub data_addr: String,
+    pub gpus: u32,
+    /// Announced at registration (another value only in tests of the refusal).
+    pub protocol_version: u32,
+    /// The binary started for each run (`std::env::current_exe()`).
+    pub binary: PathBuf,
+    /// Where runs' folders go (default: a temporary folder removed at exit).
+    pub work_dir: Option<PathBuf>,
+    /// `--metrics-addr` of every training child (Prometheus `/metrics` while a run trains).
+    pub metrics_addr: Option<String>,
+    /// Deadline of each RPC attempt.
+    pub rpc_timeout: Duration,
+    /// SIGTERM → SIGKILL when a run is stopped.
+    pub stop_grace: Duration,
+    pub rendezvous_timeout: Duration,
+    pub collective_timeout: Duration,
+}
+
+impl AgentConfig {
+    pub fn new(coordinators: Vec<String>, worker_id: String, binary: PathBuf) -> Self {
+        AgentConfig {
+            coordinators,
+            worker_id,
+            data_addr: "127.0.0.1:0".into(),
+            gpus: 0,
+            protocol_version: cyclotron_proto::PROTOCOL_VERSION,
+            binary,
+            work_dir: None,
+            metrics_addr: None,
+            rpc_timeout: Duration::from_secs(5),
+            stop_grace: Duration::from_secs(10),
+            rendezvous_timeout: Duration::from_secs(60),
+            collective_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A default worker id: `<hostname>-<pid>`.
+pub fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// A request carrying its deadline to the server (`grpc-timeout`).
+pub fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(timeout);
+    r
+}
+
+/// Run the agent until `shutdown` resolves (then stop the run and return) or the coordinator
+/// refuses this worker (an error).
+pub async fn run_agent(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let (data_host, data_port) = split_addr(&cfg.data_addr)?;
+    let client = Coordinators::new(&cfg.coordinators, Deadlines::new(cfg.rpc_timeout, cfg.rpc_timeout * 3))?;
+    let tmp;
+    let work_dir = match &cfg.work_dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::Builder::new()
+                .prefix("cyclotron-worker-")
+                .tempdir()
+                .map_err(|e| AgentError::Io { what: "temporary folder".into(), source: e })?;
+            tmp.path().to_path_buf()
+        }
+    };
+    tokio::pin!(shutdown);
+    let mut lease = tokio::select! {
+        r = register(&client, &cfg) => r?,
+        _ = &mut shutdown => return Ok(()),
+    };
+    let ctx = Arc::new(RunContext {
+        client: client.clone(),
+        worker_id: cfg.worker_id.clone(),
+        binary: cfg.binary.clone(),
+        work_dir,
+        child_cwd: None,
+        metrics_addr: cfg.metrics_addr.clone(),
+        data_host,
+        data_port,
+        // a backstop for a stalled agent (SIGSTOP): its child exits after two silent leases; a
+        // group's child usually goes sooner, when the coordinator stops its peers
+        child_watchdog: (lease * 2).max(Duration::from_secs(3)),
+        stop_grace: cfg.stop_grace,
+        rendezvous_timeout: cfg.rendezvous_timeout,
+        collective_timeout: cfg.collective_timeout,
+    });
+    let mut runs = Runs { ctx, current: None, stopping: None };
+    let mut last_ok = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(lease / 3) => {}
+            _ = &mut shutdown => break,
+        }
+        let hb = heartbeat(&client, &cfg.worker_id, lease);
+        let r = tokio::select! {
+            r = hb => r,
+            _ = &mut shutdown => break,
+        };
+        match r {
+            Ok(resp) => {
+                last_ok = Instant::now();
+                if resp.lease_ms > 0 {
+                    lease = Duration::from_millis(resp.lease_ms);
+                }
+                runs.apply(resp.assignment.filter(|a| !a.job_id.is_empty()));
+            }
+            Err(e) if matches!(e.code(), Some(Code::NotFound | Code::FailedPrecondition)) => {
+                tracing::warn!(worker = %cfg.worker_id, "the coordinator no longer counts this worker ({e}); registering again");
+                runs.apply(None);
+                lease = tokio::select! {
+                    r = register(&client, &cfg) => r?,
+                    _ = &mut shutdown => break,
+                };
+                last_ok = Instant::now();
+            }
+            Err(e) => {
+                tracing::warn!(worker = %cfg.worker_id, "heartbeat failed: {e}");
+                if last_ok.elapsed() > lease && runs.current.is_some() {
+                    tracing::warn!(
+                        worker = %cfg.worker_id,
+                        "no heartbeat for {lease:?}: the lease has expired and the run is given away; stopping it"
+                    );
+                    runs.apply(None);
+                }
+            }
+        }
+    }
+    tracing::info!(worker = %cfg.worker_id, "shutting down");
+    runs.apply(None);
+    if let Some(j) = runs.stopping.take() {
+        let _ = tokio::time::timeout(cfg.stop_grace + Duration::from_secs(5), j).await;
+    }
+    Ok(())
+}
+
+/// The current run and the one still stopping.
+struct Runs {
+    ctx: Arc<RunContext>,
+    current: Option<RunHandle>,
+    stopping: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Runs {
+    /// Make `want` the current assignment (same key: nothing to do).
+    fn apply(&mut self, want: Option<Assignment>) {
+        let same = match (&want, &self.current) {
+            (Some(a), Some(r)) => RunKey::of(a) == r.key,
+            (None, None) => true,
+            _ => false,
+        };
+        if same {
+            return;
+        }
+        if let Some(r) = self.current.take() {
+            if !r.join.is_finished() {
+                tracing::info!(run = %r.key, "assignment withdrawn or replaced; stopping the run");
+            }
+            // the stopping run waits for any earlier one, so this is the last to end
+            self.stopping = Some(r.stop());
+        }
+        if let Some(a) = want {
+            tracing::info!(run = %RunKey::of(&a), rank = a.rank, world = a.world_size, "assigned");
+            self.current = Some(run::start(self.ctx.clone(), a, self.stopping.take()));
+        }
+    }
+}
+
+fn split_addr(addr: &str) -> Result<(String, u16)> {
+    let bad = |m: &str| AgentError::Invalid { what: format!("--data-addr {addr:?}"), message: m.into() };
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| bad("expected host:port, e.g. 127.0.0.1:0"))?;
+    let port = port.parse::<u16>().map_err(|_| bad("the port is not a number in 0..65535"))?;
+    if host.is_empty() {
+        return Err(bad("the host is empty; use 127.0.0.1 or this machine's address"));
+    }
+    Ok((host.to_string(), port))
+}
+
+/// Register until a coordinator answers; a refusal (e.g. another protocol version) is an error.
+async fn register(client: &Coordinators, cfg: &AgentConfig) -> Result<Duration> {
+    let msg = RegisterRequest {
+        worker_id: cfg.worker_id.clone(),
+        data_addr: cfg.data_addr.clone(),
+        protocol_version: cfg.protocol_version,
+        gpus: cfg.gpus,
+    };
+    let mut warned = false;
+    loop {
+        let timeout = client.deadlines.attempt;
+        let r = client
+            .call(|ch| {
+                let req = request(msg.clone(), timeout);
+                async move { WorkerServiceClient::new(ch).register(req).await }
+            })
+            .await;
+        match r {
+            Ok(resp) => {
+                let lease = Duration::from_millis(resp.lease_ms.max(300));
+                tracing::info!(worker = %cfg.worker_id, coordinator = %client::host(&client.current()), ?lease, "registered");
+                return Ok(lease);
+            }
+            Err(ClientError::Rejected { code, message })
+                if !matches!(code, Code::Unavailable | Code::DeadlineExceeded | Code::Internal) =>
+            {
+                return Err(AgentError::Refused { message });
+            }
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(worker = %cfg.worker_id, "cannot register yet, retrying: {e}");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn heartbeat(
+    client: &Coordinators,
+    worker: &str,
+    lease: Duration,
+) -> Result<HeartbeatResponse, ClientError> {
+    // each attempt well inside the lease; all attempts within one lease
+    let attempt = (lease / 3).clamp(Duration::from_millis(500), Duration::from_secs(5));
+    let c = client.with_deadlines(Deadlines::new(attempt, lease));
+    let msg = HeartbeatRequest { worker_id: worker.to_string() };
+    c.call(|ch| {
+        let req = request(msg.clone(), attempt);
+        async move { WorkerServiceClient::new(ch).heartbeat(req).await }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests;

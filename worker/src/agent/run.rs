@@ -1,0 +1,406 @@
+//! One assignment, start to end: write the spec, rendezvous with the group, start `cyclotron
+//! train` as a child, forward its events as progress reports, and report how it ended.
+//!
+//! The child command is the single-process path with a static data-parallel launch:
+//! `cyclotron train JOB.toml --out DIR --run <job id> --resume --rank R --world-size N
+//! --peers a,b,... --generation G --events-jsonl - --parent-watchdog-ms L`. `--resume` makes a
+//! restarted group continue from the run's newest committed checkpoint.
+//!
+//! What it reports, and in which form, is in [`super::report`].
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cyclotron_core::events::TrainEvent;
+use cyclotron_proto::v1::worker_service_client::WorkerServiceClient;
+use cyclotron_proto::v1::{Assignment, RendezvousRequest};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tonic::Code;
+
+use super::child::{describe_exit, Child, ChildSpec};
+use super::client::{Coordinators, Deadlines};
+use super::error::{AgentError, Result};
+use super::report::{failure, reporter, Report};
+
+/// Which run an assignment is: the coordinator bumps `generation` on every restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunKey {
+    pub job: String,
+    pub task: u32,
+    pub generation: u64,
+}
+
+impl RunKey {
+    pub fn of(a: &Assignment) -> RunKey {
+        RunKey { job: a.job_id.clone(), task: a.task, generation: a.generation }
+    }
+}
+
+impl std::fmt::Display for RunKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "job {} task {} generation {}", self.job, self.task, self.generation)
+    }
+}
+
+/// What every run of this agent shares.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    pub client: Coordinators,
+    pub worker_id: String,
+    /// The `cyclotron` binary to start (`std::env::current_exe()`).
+    pub binary: PathBuf,
+    /// Runs' folders (spec, `--out`) go under it.
+    pub work_dir: PathBuf,
+    /// Working directory of the children (relative store and data paths resolve from it).
+    pub child_cwd: Option<PathBuf>,
+    /// Passed to the children as `--metrics-addr` (one run at a time, so one port serves them all).
+    pub metrics_addr: Option<String>,
+    /// Host of the data plane (ring) address; the port is picked per run when `data_port` is 0.
+    pub data_host: String,
+    pub data_port: u16,
+    /// The child exits when the agent has not pinged it for this long.
+    pub child_watchdog: Duration,
+    /// SIGTERM → SIGKILL.
+    pub stop_grace: Duration,
+    pub rendezvous_timeout: Duration,
+    pub collective_timeout: Duration,
+}
+
+/// A run in progress (or finished, until the assignment changes).
+pub struct RunHandle {
+    pub key: RunKey,
+    stop: watch::Sender<bool>,
+    pub join: JoinHandle<()>,
+}
+
+impl RunHandle {
+    /// Ask the run to stop (SIGTERM, then SIGKILL after the grace period); await `join` for the end.
+    pub fn stop(self) -> JoinHandle<()> {
+        let _ = self.stop.send(true);
+        self.join
+    }
+}
+
+/// Start running `a` once `prev` (a stopping earlier run) has ended.
+pub fn start(ctx: Arc<RunContext>, a: Assignment, prev: Option<JoinHandle<()>>) -> RunHandle {
+    let key = RunKey::of(&a);
+    let (stop, stop_rx) = watch::channel(false);
+    let join = tokio::spawn(async move {
+        if let Some(p) = prev {
+            let _ = p.await;
+        }
+        if *stop_rx.borrow() {
+            return;
+        }
+        let key = RunKey::of(&a);
+        match run(&ctx, &a, stop_rx).await {
+            Ok(()) => {}
+            Err(e) => tracing::warn!(run = %key, "run ended with an agent error: {e}"),
+        }
+    });
+    RunHandle { key, stop, join }
+}
+
+async fn run(ctx: &RunContext, a: &Assignment, mut stop: watch::Receiver<bool>) -> Result<()> {
+    let key = RunKey::of(a);
+    let dir = ctx.work_dir.join(format!("{}-t{}-g{}", sanitize(&a.job_id), a.task, a.generation));
+    let io = |what: String| move |e| AgentError::Io { what, source: e };
+    std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+    let spec_path = dir.join("job.toml");
+    std::fs::write(&spec_path, &a.spec_toml).map_err(io(format!("writing {}", spec_path.display())))?;
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let reporter = tokio::spawn(reporter(ctx.client.clone(), ctx.worker_id.clone(), key.clone(), rx));
+
+    // rendezvous: publish this rank's ring address, learn everyone's
+    let peers = if a.world_size > 1 {
+        let data_addr = data_addr(&ctx.data_host, ctx.data_port)?;
+        tracing::info!(run = %key, rank = a.rank, %data_addr, "rendezvous");
+        let rdv = rendezvous(ctx, a, data_addr.clone());
+        let addrs = tokio::select! {
+            r = rdv => r,
+            _ = stop.changed() => { reporter.abort(); return Ok(()); }
+        };
+        match addrs {
+            Ok(addrs) => addrs,
+            Err(e) => {
+                // a stale generation is answered by the next heartbeat; anything else restarts the group
+                let stale =
+                    matches!(e.code(), Some(Code::FailedPrecondition | Code::NotFound | Code::Aborted));
+                tracing::warn!(run = %key, "rendezvous failed: {e}");
+                if !stale {
+                    let _ = tx.send(failure(false, format!("rendezvous failed: {e}"), "", &[]));
+                }
+                drop(tx);
+                let _ = tokio::time::timeout(Duration::from_secs(30), reporter).await;
+                return Ok(());
+            }
+        }
+    } else {
+        vec![]
+    };
+    if a.world_size > 1 && peers.len() != a.world_size as usize {
+        let msg = format!("rendezvous returned {} addresses for a group of {}", peers.len(), a.world_size);
+        let _ = tx.send(failure(false, msg, "", &[]));
+        drop(tx);
+        let _ = tokio::time::timeout(Duration::from_secs(30), reporter).await;
+        return Ok(());
+    }
+
+    let out = dir.join("out");
+    let spec = ChildSpec {
+        program: ctx.binary.clone(),
+        args: child_args(ctx, a, &spec_path, &out, &peers),
+        cwd: ctx.child_cwd.clone(),
+        ping_every: Some(ctx.child_watchdog / 4),
+        log_prefix: format!("[{} rank {}]", a.job_id, a.rank),
+    };
+    let mut child = Child::spawn(&spec)?;
+    tracing::info!(run = %key, rank = a.rank, world = a.world_size, pid = child.pid(), "training started");
+    let mut failed: Option<(bool, String)> = None;
+    let mut stdout_open = true;
+    // the events first (stdout closes when the child exits), then the exit status
+    while stdout_open {
+        tokio::select! {
+            e = child.next_event() => match e {
+                Some(TrainEvent::Failed { permanent, message }) => failed = Some((permanent, message)),
+                Some(e) => {
+                    log_event(&key, &e);
+                    // every rank sees the same epochs; rank 0 speaks for the group
+                    if a.rank == 0 {
+                        let _ = tx.send(Report::Progress(e));
+                    }
+                }
+                None => stdout_open = false,
+            },
+            _ = stop.changed() => {
+                let s = child.stop(ctx.stop_grace).await?;
+                tracing::info!(run = %key, "stopped the training child ({})", describe_exit(&s));
+                reporter.abort();
+                return Ok(());
+            }
+        }
+    }
+    let status = tokio::select! {
+        s = child.wait() => s?,
+        _ = stop.changed() => {
+            let s = child.stop(ctx.stop_grace).await?;
+            tracing::info!(run = %key, "stopped the training child ({})", describe_exit(&s));
+            reporter.abort();
+            return Ok(());
+        }
+    };
+    for e in child.remaining_events() {
+        match e {
+            TrainEvent::Failed { permanent, message } => failed = Some((permanent, message)),
+            e if a.rank == 0 => {
+                let _ = tx.send(Report::Progress(e));
+            }
+            _ => {}
+        }
+    }
+    let exit = describe_exit(&status);
+    let report = if status.success() {
+        match read_results(&out, a.rank) {
+            Ok(result_json) => {
+                Report::Result { ok: true, result_json, error: String::new(), permanent: false }
+            }
+            Err(e) => failure(false, e, &exit, &child.stderr_tail()),
+        }
+    } else {
+        let (permanent, message) = failed.unwrap_or_else(|| (false, format!("training {exit}")));
+        tracing::warn!(run = %key, permanent, "training failed: {message}");
+        failure(permanent, message, &exit, &child.stderr_tail())
+    };
+    tracing::info!(run = %key, "training {exit}");
+    let _ = tx.send(report);
+    drop(tx);
+    // reports are retried until acknowledged or their deadline; a stop abandons them
+    tokio::select! {
+        _ = reporter => {}
+        _ = stop.changed() => {}
+    }
+    Ok(())
+}
+
+/// Rank 0's `results.json`; other ranks have none.
+fn read_results(out: &Path, rank: u32) -> std::result::Result<String, String> {
+    if rank != 0 {
+        return Ok(String::new());
+    }
+    let path = out.join("results.json");
+    std::fs::read_to_string(&path).map_err(|e| format!("training exited cleanly but {}: {e}", path.display()))
+}
+
+fn child_args(ctx: &RunContext, a: &Assignment, spec: &Path, out: &Path, peers: &[String]) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        "--quiet".into(),
+        "--parent-watchdog-ms".into(),
+        ctx.child_watchdog.as_millis().to_string().into(),
+        "train".into(),
+        spec.into(),
+        "--out".into(),
+        out.into(),
+        "--run".into(),
+        a.job_id.clone().into(),
+        "--resume".into(),
+        "--events-jsonl".into(),
+        "-".into(),
+    ];
+    if let Some(addr) = &ctx.metrics_addr {
+        args.push("--metrics-addr".into());
+        args.push(addr.into());
+    }
+    if a.world_size > 1 {
+        for (flag, value) in [
+            ("--rank", a.rank.to_string()),
+            ("--world-size", a.world_size.to_string()),
+            ("--peers", peers.join(",")),
+            ("--generation", a.generation.to_string()),
+            ("--collective-timeout", format!("{}", ctx.collective_timeout.as_secs_f64())),
+        ] {
+            args.push(flag.into());
+            args.push(value.into());
+        }
+    }
+    args
+}
+
+/// `host:port` for this run's ring: the configured port, or a free one.
+fn data_addr(host: &str, port: u16) -> Result<String> {
+    if port != 0 {
+        return Ok(format!("{host}:{port}"));
+    }
+    let l = std::net::TcpListener::bind((host, 0))
+        .map_err(|e| AgentError::Io { what: format!("finding a free port on {host}"), source: e })?;
+    let addr = l.local_addr().map_err(|e| AgentError::Io { what: "local address".into(), source: e })?;
+    Ok(addr.to_string())
+}
+
+async fn rendezvous(
+    ctx: &RunContext,
+    a: &Assignment,
+    data_addr: String,
+) -> std::result::Result<Vec<String>, super::ClientError> {
+    let client = ctx.client.with_deadlines(Deadlines::new(
+        ctx.rendezvous_timeout,
+        ctx.rendezvous_timeout + Duration::from_secs(10),
+    ));
+    let req = RendezvousRequest {
+        job_id: a.job_id.clone(),
+        task: a.task,
+        generation: a.generation,
+        rank: a.rank,
+        data_addr,
+        nccl_unique_id: vec![],
+    };
+    let timeout = ctx.rendezvous_timeout;
+    let r = client
+        .call(|ch| {
+            let req = super::request(req.clone(), timeout);
+            async move { WorkerServiceClient::new(ch).rendezvous(req).await }
+        })
+        .await?;
+    Ok(r.data_addrs)
+}
+
+fn log_event(key: &RunKey, e: &TrainEvent) {
+    match e {
+        TrainEvent::Epoch { stage, epoch, train_loss, valid_loss, valid_accuracy, .. } => tracing::info!(
+            run = %key,
+            "stage {} epoch {epoch}: train loss {train_loss:.4} valid loss {valid_loss:.4} valid accuracy {:.2}%",
+            stage + 1,
+            100.0 * valid_accuracy
+        ),
+        TrainEvent::Resumed { stage, epoch, step, checkpoint } => tracing::info!(
+            run = %key,
+            "resumed from checkpoint {checkpoint} (stage {}, epoch {epoch}, step {step})",
+            stage + 1
+        ),
+        TrainEvent::Snapshot { index, url, .. } => {
+            tracing::info!(run = %key, "snapshot {index} saved to {url}")
+        }
+        _ => {}
+    }
+}
+
+/// A job id as a folder name.
+fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> RunContext {
+        RunContext {
+            client: Coordinators::new(
+                &["127.0.0.1:1".into()],
+                Deadlines::new(Duration::from_secs(1), Duration::from_secs(1)),
+            )
+            .unwrap(),
+            worker_id: "w".into(),
+            binary: "/bin/true".into(),
+            work_dir: "/tmp".into(),
+            child_cwd: None,
+            metrics_addr: None,
+            data_host: "127.0.0.1".into(),
+            data_port: 0,
+            child_watchdog: Duration::from_millis(4000),
+            stop_grace: Duration::from_secs(5),
+            rendezvous_timeout: Duration::from_secs(60),
+            collective_timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn assignment(world: u32) -> Assignment {
+        Assignment {
+            job_id: "j-1".into(),
+            task: 0,
+            generation: 2,
+            rank: 1,
+            world_size: world,
+            spec_toml: String::new(),
+            task_json: String::new(),
+            resume_from: String::new(),
+        }
+    }
+
+    fn strings(args: Vec<OsString>) -> Vec<String> {
+        args.into_iter().map(|a| a.into_string().unwrap()).collect()
+    }
+
+    #[test]
+    fn the_child_resumes_the_job_run_with_the_groups_addresses() {
+        let peers = vec!["127.0.0.1:5000".to_string(), "127.0.0.1:5001".to_string()];
+        let args = strings(child_args(
+            &ctx(),
+            &assignment(2),
+            Path::new("/w/job.toml"),
+            Path::new("/w/out"),
+            &peers,
+        ));
+        let joined = args.join(" ");
+        assert!(joined.starts_with("--quiet --parent-watchdog-ms 4000 train /w/job.toml --out /w/out --run j-1 --resume --events-jsonl -"), "{joined}");
+        assert!(joined.contains("--rank 1 --world-size 2 --peers 127.0.0.1:5000,127.0.0.1:5001 --generation 2 --collective-timeout 30"), "{joined}");
+        let alone =
+            strings(child_args(&ctx(), &assignment(1), Path::new("j"), Path::new("o"), &[])).join(" ");
+        assert!(!alone.contains("--rank"), "a world of one trains alone: {alone}");
+        assert!(!alone.contains("--metrics-addr"));
+        let with_metrics = RunContext { metrics_addr: Some("127.0.0.1:9100".into()), ..ctx() };
+        let args = strings(child_args(&with_metrics, &assignment(1), Path::new("j"), Path::new("o"), &[]));
+        assert!(args.join(" ").contains("--metrics-addr 127.0.0.1:9100"), "{args:?}");
+    }
+
+    #[test]
+    fn free_ports_are_picked_and_fixed_ones_kept() {
+        let a = data_addr("127.0.0.1", 0).unwrap();
+        assert!(a.starts_with("127.0.0.1:") && !a.ends_with(":0"), "{a}");
+        assert_eq!(data_addr("10.0.0.1", 7000).unwrap(), "10.0.0.1:7000");
+        assert_eq!(sanitize("j/1 x"), "j_1_x");
+    }
+}
