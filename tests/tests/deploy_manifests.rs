@@ -12,14 +12,29 @@
 //!
 //! `CYCLOTRON_DEPLOY_TEST_BIN=/path/to/cyclotron` checks the manifests against another build.
 
+#[path = "deploy_manifests/argv.rs"]
+mod argv;
+#[path = "deploy_manifests/prometheus.rs"]
+mod prometheus;
+#[path = "deploy_manifests/render.rs"]
+mod render;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-const FAKE_POD_IP: &str = "10.1.2.3";
+use argv::{
+    container_ports, cyclotron_argv, entrypoint, flag, pod_name, port_of, resolve_port, run_bounded,
+    FAKE_POD_IP,
+};
+use prometheus::{pod_targets, promtool_check, relabel};
+use render::{
+    containers, find, kustomization, kustomization_dirs, kustomization_refs, load_docs, name, pod_labels,
+    pod_spec, pod_spec_meta, render, replicas, selects, str_list, yaml_files,
+};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repository root").to_path_buf()
@@ -42,280 +57,6 @@ fn rel(path: &Path) -> String {
 // ---------------------------------------------------------------------------------------------
 // YAML files and rendering
 
-/// Every non-empty YAML document of `path`, as JSON values.
-fn load_docs(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", rel(path)));
-    let mut docs = vec![];
-    for (i, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-        let v = <Value as serde::Deserialize>::deserialize(de)
-            .unwrap_or_else(|e| panic!("{} document {i}: not valid YAML: {e}", rel(path)));
-        if !v.is_null() {
-            docs.push(v);
-        }
-    }
-    docs
-}
-
-fn yaml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", rel(&d))) {
-            let p = entry.expect("directory entry").path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn kustomization_dirs() -> Vec<PathBuf> {
-    yaml_files(&k8s_dir())
-        .into_iter()
-        .filter(|p| p.file_name().is_some_and(|n| n == "kustomization.yaml"))
-        .map(|p| p.parent().expect("folder").to_path_buf())
-        .collect()
-}
-
-fn kustomization(dir: &Path) -> Value {
-    let docs = load_docs(&dir.join("kustomization.yaml"));
-    assert_eq!(docs.len(), 1, "{}/kustomization.yaml: one document expected", rel(dir));
-    docs.into_iter().next().expect("one document")
-}
-
-fn str_list(v: &Value) -> Vec<String> {
-    v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default()
-}
-
-/// Paths a kustomization refers to (resources and patch files), resolved against its folder.
-fn kustomization_refs(dir: &Path) -> Vec<PathBuf> {
-    let k = kustomization(dir);
-    let mut refs: Vec<PathBuf> = str_list(&k["resources"]).iter().map(|r| dir.join(r)).collect();
-    for p in k["patches"].as_array().into_iter().flatten() {
-        if let Some(path) = p["path"].as_str() {
-            refs.push(dir.join(path));
-        }
-    }
-    refs
-}
-
-/// Kinds that live outside namespaces, among those kustomize's namespace transformer knows.
-fn cluster_scoped(kind: &str) -> bool {
-    matches!(
-        kind,
-        "Namespace" | "ClusterRole" | "ClusterRoleBinding" | "CustomResourceDefinition" | "PersistentVolume"
-    ) || kind.starts_with("Cluster")
-}
-
-/// Render a kustomization: resources (files and folders), JSON 6902 patch files with a target,
-/// `namespace` and `images`. Anything else fails, so this renderer never silently differs from
-/// kustomize; `rendering_matches_kubectl_kustomize` compares the two when kubectl is present.
-fn render(dir: &Path) -> Vec<Value> {
-    let k = kustomization(dir);
-    let known = ["apiVersion", "kind", "resources", "patches", "namespace", "images"];
-    for key in k.as_object().expect("kustomization is a mapping").keys() {
-        assert!(
-            known.contains(&key.as_str()),
-            "{}/kustomization.yaml: `{key}` is not rendered by tests/tests/deploy_manifests.rs \
-             (it knows {known:?}); extend its renderer or use one of those",
-            rel(dir)
-        );
-    }
-    assert_eq!(k["kind"], "Kustomization", "{}/kustomization.yaml: kind", rel(dir));
-    let mut objects = vec![];
-    for r in str_list(&k["resources"]) {
-        let p = dir.join(&r);
-        assert!(p.exists(), "{}/kustomization.yaml lists `{r}`, which does not exist", rel(dir));
-        if p.is_dir() {
-            objects.extend(render(&p));
-        } else {
-            objects.extend(load_docs(&p));
-        }
-    }
-    for patch in k["patches"].as_array().into_iter().flatten() {
-        let path = patch["path"].as_str().unwrap_or_else(|| {
-            panic!("{}/kustomization.yaml: only patch files (`path:`) are rendered, got {patch}", rel(dir))
-        });
-        let file = dir.join(path);
-        assert!(file.exists(), "{}/kustomization.yaml patches `{path}`, which does not exist", rel(dir));
-        let docs = load_docs(&file);
-        assert!(
-            docs.len() == 1 && docs[0].is_array(),
-            "{}: expected one JSON 6902 patch (a list of operations)",
-            rel(&file)
-        );
-        let target = &patch["target"];
-        let (kind, name) = (target["kind"].as_str(), target["name"].as_str());
-        assert!(
-            kind.is_some() && name.is_some(),
-            "{}: the patch needs target.kind and target.name",
-            rel(dir)
-        );
-        let mut hits = 0;
-        for o in objects.iter_mut() {
-            let group_ok = target["group"].as_str().is_none_or(|g| {
-                let api = o["apiVersion"].as_str().unwrap_or("");
-                api.split_once('/').map_or(g.is_empty(), |(og, _)| og == g)
-            });
-            if o["kind"].as_str() == kind && o["metadata"]["name"].as_str() == name && group_ok {
-                hits += 1;
-                for op in docs[0].as_array().expect("operations") {
-                    json_patch(o, op).unwrap_or_else(|e| panic!("{}: {op}: {e}", rel(&file)));
-                }
-            }
-        }
-        assert_eq!(hits, 1, "{}: the target {target} matches {hits} objects, 1 expected", rel(&file));
-    }
-    if let Some(ns) = k["namespace"].as_str() {
-        for o in objects.iter_mut() {
-            if !cluster_scoped(o["kind"].as_str().unwrap_or("")) {
-                o["metadata"]["namespace"] = json!(ns);
-            }
-        }
-    }
-    for img in k["images"].as_array().into_iter().flatten() {
-        let name = img["name"].as_str().expect("images[].name");
-        for o in objects.iter_mut() {
-            for c in containers_mut(o) {
-                let image = c["image"].as_str().unwrap_or("").to_string();
-                let bare = image.split('@').next().unwrap_or("");
-                let bare = match bare.rsplit_once(':') {
-                    Some((n, tag)) if !tag.contains('/') => n,
-                    _ => bare,
-                };
-                if bare == name {
-                    let new_name = img["newName"].as_str().unwrap_or(name);
-                    c["image"] = json!(match img["newTag"].as_str() {
-                        Some(tag) => format!("{new_name}:{tag}"),
-                        None => new_name.to_string(),
-                    });
-                }
-            }
-        }
-    }
-    objects
-}
-
-fn pointer_tokens(path: &str) -> Result<Vec<String>, String> {
-    let rest = path.strip_prefix('/').ok_or_else(|| format!("path `{path}` does not start with /"))?;
-    Ok(rest.split('/').map(|t| t.replace("~1", "/").replace("~0", "~")).collect())
-}
-
-/// One RFC 6902 operation (`add`, `replace`, `remove`: what the overlays use).
-fn json_patch(doc: &mut Value, op: &Value) -> Result<(), String> {
-    let path = op["path"].as_str().ok_or("no path")?;
-    let mut tokens = pointer_tokens(path)?;
-    let last = tokens.pop().ok_or("empty path")?;
-    let mut parent = &mut *doc;
-    for t in &tokens {
-        parent = match parent {
-            Value::Object(m) => m.get_mut(t).ok_or_else(|| format!("`{t}` does not exist"))?,
-            Value::Array(a) => {
-                let i: usize = t.parse().map_err(|_| format!("`{t}` is not an index"))?;
-                a.get_mut(i).ok_or_else(|| format!("index {i} does not exist"))?
-            }
-            _ => return Err(format!("`{t}`: not a container")),
-        };
-    }
-    let kind = op["op"].as_str().ok_or("no op")?;
-    let value = || op.get("value").cloned().ok_or_else(|| format!("{kind} without a value"));
-    match (kind, parent) {
-        ("add", Value::Object(m)) => {
-            m.insert(last, value()?);
-        }
-        ("add", Value::Array(a)) => {
-            let i = if last == "-" { a.len() } else { last.parse().map_err(|_| "bad index")? };
-            if i > a.len() {
-                return Err(format!("index {i} past the end"));
-            }
-            a.insert(i, value()?);
-        }
-        ("replace", Value::Object(m)) => {
-            let slot = m.get_mut(&last).ok_or_else(|| format!("`{last}` does not exist (replace)"))?;
-            *slot = value()?;
-        }
-        ("replace", Value::Array(a)) => {
-            let i: usize = last.parse().map_err(|_| "bad index")?;
-            *a.get_mut(i).ok_or("index does not exist")? = value()?;
-        }
-        ("remove", Value::Object(m)) => {
-            m.remove(&last).ok_or_else(|| format!("`{last}` does not exist (remove)"))?;
-        }
-        ("remove", Value::Array(a)) => {
-            let i: usize = last.parse().map_err(|_| "bad index")?;
-            if i >= a.len() {
-                return Err("index does not exist".into());
-            }
-            a.remove(i);
-        }
-        (other, _) => return Err(format!("op `{other}` is not supported here")),
-    }
-    Ok(())
-}
-
-fn pod_spec(o: &Value) -> Option<&Value> {
-    match o["kind"].as_str()? {
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => {
-            Some(&o["spec"]["template"]["spec"])
-        }
-        "Pod" => Some(&o["spec"]),
-        _ => None,
-    }
-}
-
-fn containers_mut(o: &mut Value) -> Vec<&mut Value> {
-    let spec = match o["kind"].as_str() {
-        Some("Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job") => {
-            &mut o["spec"]["template"]["spec"]
-        }
-        Some("Pod") => &mut o["spec"],
-        _ => return vec![],
-    };
-    let Value::Object(spec) = spec else { return vec![] };
-    let mut out = vec![];
-    for (key, list) in spec.iter_mut() {
-        if key == "containers" || key == "initContainers" {
-            if let Value::Array(a) = list {
-                out.extend(a.iter_mut());
-            }
-        }
-    }
-    out
-}
-
-fn containers(o: &Value) -> Vec<&Value> {
-    let Some(spec) = pod_spec(o) else { return vec![] };
-    ["initContainers", "containers"].iter().flat_map(|k| spec[*k].as_array().into_iter().flatten()).collect()
-}
-
-fn pod_labels(o: &Value) -> &Value {
-    if o["kind"] == "Pod" {
-        &o["metadata"]["labels"]
-    } else {
-        &o["spec"]["template"]["metadata"]["labels"]
-    }
-}
-
-fn selects(selector: &Value, labels: &Value) -> bool {
-    let Some(sel) = selector.as_object() else { return false };
-    !sel.is_empty() && sel.iter().all(|(k, v)| &labels[k] == v)
-}
-
-fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    objects
-        .iter()
-        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} named {name}"))
-}
-
-fn name(o: &Value) -> String {
-    format!("{} {}", o["kind"].as_str().unwrap_or("?"), o["metadata"]["name"].as_str().unwrap_or("?"))
-}
-
 /// The rendered kustomizations that are meant to be applied: the overlays (and the base, which
 /// must be consistent too).
 fn rendered() -> Vec<(String, Vec<Value>)> {
@@ -326,191 +67,6 @@ fn rendered() -> Vec<(String, Vec<Value>)> {
 
 // ---------------------------------------------------------------------------------------------
 // argv of containers
-
-/// Run `cmd` with a deadline; (exit code, stdout, stderr).
-fn run_bounded(cmd: &mut Command, deadline: Duration) -> (Option<i32>, String, String) {
-    let logs = tempfile::tempdir().expect("temp dir");
-    let (out, err) = (logs.path().join("out"), logs.path().join("err"));
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).expect("stdout file"))
-        .stderr(std::fs::File::create(&err).expect("stderr file"))
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-    let mut p = cyclotron_tests::Proc(Some(child));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = p.0.as_mut().expect("child").try_wait().expect("wait") {
-            p.0 = None;
-            break s;
-        }
-        assert!(started.elapsed() < deadline, "{cmd:?} did not finish within {deadline:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    (
-        status.code(),
-        std::fs::read_to_string(out).unwrap_or_default(),
-        std::fs::read_to_string(err).unwrap_or_default(),
-    )
-}
-
-/// The image's ENTRYPOINT, from the Dockerfile's last stage.
-fn entrypoint() -> Vec<String> {
-    let text = dockerfile();
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with("ENTRYPOINT"))
-        .expect("deploy/Dockerfile has an ENTRYPOINT");
-    let json = line.trim_start().trim_start_matches("ENTRYPOINT").trim();
-    serde_json::from_str(json).unwrap_or_else(|e| panic!("ENTRYPOINT `{json}` is not exec form (JSON): {e}"))
-}
-
-/// A container's environment as the kubelet gives it: literal values, fieldRefs with stand-ins.
-fn container_env(c: &Value, pod_name: &str) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = vec![];
-    for e in c["env"].as_array().into_iter().flatten() {
-        let n = e["name"].as_str().expect("env[].name").to_string();
-        let v = if let Some(v) = e["value"].as_str() {
-            expand_k8s(v, &env).0
-        } else {
-            match e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
-                Some("metadata.name") => pod_name.to_string(),
-                Some("status.podIP") => FAKE_POD_IP.to_string(),
-                Some("metadata.namespace") => "cyclotron".to_string(),
-                _ => format!("<{n} from valueFrom>"),
-            }
-        };
-        env.push((n, v));
-    }
-    env
-}
-
-/// Kubernetes' `$(VAR)` expansion of command and args; also the names it could not resolve
-/// (which Kubernetes leaves as they are: a silent bug).
-fn expand_k8s(s: &str, env: &[(String, String)]) -> (String, Vec<String>) {
-    let (mut out, mut missing) = (String::new(), vec![]);
-    let mut rest = s;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let tail = &rest[i..];
-        if let Some(t) = tail.strip_prefix("$$") {
-            out.push('$');
-            rest = t;
-        } else if let (Some(t), Some(end)) = (tail.strip_prefix("$("), tail.find(')')) {
-            let var = &t[..end - 2];
-            match env.iter().rev().find(|(n, _)| n == var) {
-                Some((_, v)) => out.push_str(v),
-                None => {
-                    // `$((…))` (shell arithmetic) is no variable name: passed on, as Kubernetes does
-                    let is_name = var.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                        && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-                    if is_name {
-                        missing.push(var.to_string());
-                    }
-                    out.push_str(&tail[..=end]);
-                }
-            }
-            rest = &tail[end + 1..];
-        } else {
-            out.push('$');
-            rest = &tail[1..];
-        }
-    }
-    out.push_str(rest);
-    (out, missing)
-}
-
-/// What the `cyclotron` process of a container receives, when it runs one: directly, or through
-/// `sh -c SCRIPT`, which is run by a real `sh` with a stand-in `cyclotron` first on PATH.
-/// Err: the shell wrapper failed (its code and stderr).
-fn cyclotron_argv(c: &Value, pod_name: &str) -> Result<Option<Vec<String>>, String> {
-    let env = container_env(c, pod_name);
-    let mut argv: Vec<String> = match c["command"].as_array() {
-        Some(cmd) => cmd.iter().map(|s| s.as_str().expect("command strings").to_string()).collect(),
-        None => entrypoint(),
-    };
-    argv.extend(
-        c["args"].as_array().into_iter().flatten().map(|s| s.as_str().expect("args strings").to_string()),
-    );
-    let mut expanded = vec![];
-    for a in &argv {
-        let (v, missing) = expand_k8s(a, &env);
-        assert!(
-            missing.is_empty(),
-            "container {}: `{a}` refers to $({}), which its env does not define (Kubernetes would pass it verbatim)",
-            c["name"],
-            missing.join("), $(")
-        );
-        expanded.push(v);
-    }
-    let argv = expanded;
-    let base = |s: &str| Path::new(s).file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
-    match argv.first().map(|s| base(s)) {
-        Some(b) if b == "cyclotron" => Ok(Some(argv)),
-        Some(b) if (b == "sh" || b == "bash") && argv.get(1).is_some_and(|a| a == "-c") => {
-            let script = argv.get(2).expect("sh -c needs a script");
-            let fake = tempfile::tempdir().expect("temp dir");
-            let record = fake.path().join("argv");
-            let stub = fake.path().join("cyclotron");
-            std::fs::write(&stub, "#!/bin/sh\nprintf '%s\\0' \"$0\" \"$@\" > \"$CYCLOTRON_ARGV_RECORD\"\n")
-                .expect("stub");
-            use std::os::unix::fs::PermissionsExt as _;
-            std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).expect("chmod stub");
-            let mut cmd = Command::new("sh");
-            cmd.arg("-c").arg(script).args(&argv[3..]).env_clear();
-            cmd.env("PATH", format!("{}:/usr/bin:/bin", fake.path().display()));
-            cmd.env("CYCLOTRON_ARGV_RECORD", &record);
-            for (k, v) in &env {
-                cmd.env(k, v);
-            }
-            let (code, _, stderr) = run_bounded(&mut cmd, Duration::from_secs(10));
-            if code != Some(0) {
-                return Err(format!("the sh -c wrapper exited with {code:?}: {}", stderr.trim()));
-            }
-            let Ok(raw) = std::fs::read(&record) else {
-                return Err("the sh -c wrapper never ran cyclotron".into());
-            };
-            let mut got: Vec<String> =
-                String::from_utf8(raw).expect("utf-8 argv").split('\0').map(String::from).collect();
-            got.pop(); // after the last NUL
-            got[0] = "cyclotron".into();
-            Ok(Some(got))
-        }
-        _ => Ok(None),
-    }
-}
-
-/// The value of `--flag` in argv (`--flag V` or `--flag=V`).
-fn flag<'a>(argv: &'a [String], name: &str) -> Option<&'a str> {
-    let eq = format!("{name}=");
-    argv.iter().enumerate().find_map(|(i, a)| {
-        if a == name {
-            argv.get(i + 1).map(String::as_str)
-        } else {
-            a.strip_prefix(&eq)
-        }
-    })
-}
-
-fn port_of(addr: &str) -> u16 {
-    let (_, port) = addr.rsplit_once(':').unwrap_or_else(|| panic!("`{addr}` is not HOST:PORT"));
-    port.parse().unwrap_or_else(|_| panic!("`{addr}`: port is not a number"))
-}
-
-/// A workload's pod name for ordinal `i` (StatefulSet) or a Deployment-like one.
-fn pod_name(o: &Value, i: usize) -> String {
-    let n = o["metadata"]["name"].as_str().expect("name");
-    if o["kind"] == "StatefulSet" {
-        format!("{n}-{i}")
-    } else {
-        format!("{n}-7d9f8b6c5d-x{i}q4z")
-    }
-}
-
-fn replicas(o: &Value) -> usize {
-    o["spec"]["replicas"].as_u64().unwrap_or(1) as usize
-}
 
 /// (rendered tree, workload, container, argv) for every container running `cyclotron`, every
 /// pod ordinal of StatefulSets (their argv differ by ordinal).
@@ -544,25 +100,6 @@ fn workload<'a>(objects: &'a [Value], subcommand: &str) -> (&'a Value, Vec<Strin
         }
     }
     panic!("no workload runs `cyclotron {subcommand}`")
-}
-
-fn container_ports(c: &Value) -> Vec<(Option<String>, u64)> {
-    c["ports"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|p| (p["name"].as_str().map(String::from), p["containerPort"].as_u64().expect("containerPort")))
-        .collect()
-}
-
-/// A port reference (a number or a container port's name) resolved to a number of `c`.
-fn resolve_port(c: &Value, port: &Value) -> Option<u64> {
-    let ports = container_ports(c);
-    match port {
-        Value::Number(n) => ports.iter().find(|(_, p)| Some(*p) == n.as_u64()).map(|(_, p)| *p),
-        Value::String(s) => ports.iter().find(|(n, _)| n.as_deref() == Some(s.as_str())).map(|(_, p)| *p),
-        _ => None,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -885,14 +422,6 @@ fn ports_in_args_probes_services_and_annotations_are_container_ports() {
     }
 }
 
-fn pod_spec_meta(o: &Value) -> &Value {
-    if o["kind"] == "Pod" {
-        &o["metadata"]
-    } else {
-        &o["spec"]["template"]["metadata"]
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // tests: overlays, security, S3
 
@@ -1051,76 +580,6 @@ fn s3_secret_example_names_what_object_store_reads_and_workers_load_it() {
 // ---------------------------------------------------------------------------------------------
 // tests: Prometheus
 
-/// Prometheus relabelling (`keep`, `drop`, `replace`) of one target's labels; None: dropped.
-fn relabel(mut labels: BTreeMap<String, String>, rules: &[Value]) -> Option<BTreeMap<String, String>> {
-    for r in rules {
-        let sources: Vec<String> = str_list(&r["source_labels"]);
-        let sep = r["separator"].as_str().unwrap_or(";");
-        let value =
-            sources.iter().map(|s| labels.get(s).cloned().unwrap_or_default()).collect::<Vec<_>>().join(sep);
-        let re = regex::Regex::new(&format!("^(?:{})$", r["regex"].as_str().unwrap_or("(.*)")))
-            .expect("relabel regex");
-        match r["action"].as_str().unwrap_or("replace") {
-            "keep" if !re.is_match(&value) => return None,
-            "drop" if re.is_match(&value) => return None,
-            "keep" | "drop" => {}
-            "replace" => {
-                if let Some(caps) = re.captures(&value) {
-                    let mut out = String::new();
-                    caps.expand(
-                        r["replacement"]
-                            .as_str()
-                            .unwrap_or("$1")
-                            .replace("$1", "${1}")
-                            .replace("$2", "${2}")
-                            .as_str(),
-                        &mut out,
-                    );
-                    let target = r["target_label"].as_str().expect("target_label");
-                    if out.is_empty() {
-                        labels.remove(target);
-                    } else {
-                        labels.insert(target.to_string(), out);
-                    }
-                }
-            }
-            other => panic!("relabel action {other} is not simulated here"),
-        }
-    }
-    Some(labels)
-}
-
-fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
-}
-
-/// Prometheus pod discovery: one target per declared container port.
-fn pod_targets(o: &Value, namespace: &str) -> Vec<BTreeMap<String, String>> {
-    let meta = pod_spec_meta(o);
-    let mut base = BTreeMap::new();
-    for (k, v) in meta["labels"].as_object().into_iter().flatten() {
-        base.insert(format!("__meta_kubernetes_pod_label_{}", sanitize(k)), v.as_str().unwrap_or("").into());
-    }
-    for (k, v) in meta["annotations"].as_object().into_iter().flatten() {
-        base.insert(
-            format!("__meta_kubernetes_pod_annotation_{}", sanitize(k)),
-            v.as_str().unwrap_or("").into(),
-        );
-    }
-    base.insert("__meta_kubernetes_pod_name".into(), pod_name(o, 0));
-    base.insert("__meta_kubernetes_namespace".into(), namespace.into());
-    base.insert("__metrics_path__".into(), "/metrics".into());
-    let mut out = vec![];
-    for c in containers(o) {
-        for (_, p) in container_ports(c) {
-            let mut t = base.clone();
-            t.insert("__address__".into(), format!("{FAKE_POD_IP}:{p}"));
-            out.push(t);
-        }
-    }
-    out
-}
-
 #[test]
 fn scrape_config_keeps_each_role_on_its_metrics_port_with_honor_labels() {
     let example = load_docs(&repo().join("deploy/prometheus/prometheus.yml"));
@@ -1171,27 +630,6 @@ fn scrape_config_keeps_each_role_on_its_metrics_port_with_honor_labels() {
         }
         promtool_check(&cfg);
     }
-}
-
-/// `promtool check config` on the scrape config, Kubernetes discovery replaced by a static target
-/// (Debian's Prometheus is built without it); skipped without promtool.
-fn promtool_check(cfg: &Value) {
-    if Command::new("promtool").arg("--version").output().is_err() {
-        eprintln!("skipping promtool: not installed (make setup installs prometheus)");
-        return;
-    }
-    let mut cfg = cfg.clone();
-    for j in cfg["scrape_configs"].as_array_mut().expect("jobs") {
-        let m = j.as_object_mut().expect("job");
-        m.remove("kubernetes_sd_configs");
-        m.insert("static_configs".into(), json!([{ "targets": ["127.0.0.1:9100"] }]));
-    }
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("prometheus.yml");
-    std::fs::write(&path, serde_yaml::to_string(&cfg).expect("yaml")).expect("write");
-    let (code, out, err) =
-        run_bounded(Command::new("promtool").arg("check").arg("config").arg(&path), Duration::from_secs(30));
-    assert_eq!(code, Some(0), "promtool check config: {out}{err}");
 }
 
 // ---------------------------------------------------------------------------------------------
