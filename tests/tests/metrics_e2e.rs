@@ -323,3 +323,54 @@ fn the_example_scrape_config_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Three consecutive free loopback ports (the first of them).
+fn three_free_ports() -> u16 {
+    for _ in 0..100 {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = a.local_addr().unwrap().port();
+        if p < u16::MAX - 2 && (1..3).all(|k| std::net::TcpListener::bind(("127.0.0.1", p + k)).is_ok()) {
+            return p;
+        }
+    }
+    panic!("no three consecutive free ports");
+}
+
+/// A real Prometheus scraping a whole `cyclotron local` cluster (its coordinator and both
+/// workers' runs) finds each rank's loss and steps and the coordinator's view of the cluster.
+#[test]
+fn prometheus_scrapes_every_process_of_a_local_cluster() {
+    if !fashion_mnist_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("job.toml"), cyclotron_tests::tiny_job("scraped", 2048, 200)).unwrap();
+    let tag = cyclotron_tests::new_tag();
+    let log = dir.path().join("local.log");
+    let base = three_free_ports();
+    let args =
+        ["local", "--workers", "2", "job.toml", "--out", "out", "--metrics-base-port", &base.to_string()];
+    let mut local = cyclotron_tests::spawn_logged(&args, dir.path(), &log, &tag);
+    // workers at base, base+1; the coordinator at base+2
+    let targets: Vec<String> = (0..3).map(|k| format!("127.0.0.1:{}", base + k)).collect();
+    assert_prometheus_sees_training(&targets, &[("scraped", "0"), ("scraped", "1")]);
+    if let Some(prom) = Prometheus::start(&targets[2..], Duration::from_secs(60)) {
+        let value =
+            |r: &[serde_json::Value]| r.first().and_then(|s| s["value"][1].as_str()).map(str::to_string);
+        let busy = prom.wait_for(r#"cyclotron_workers{state="busy"}"#, Duration::from_secs(60), |r| {
+            value(r).as_deref() == Some("2")
+        });
+        assert_eq!(value(&busy).as_deref(), Some("2"), "{busy:?}");
+        let leader = prom.wait_for("cyclotron_raft_is_leader", Duration::from_secs(60), |r| {
+            value(r).as_deref() == Some("1")
+        });
+        assert_eq!(value(&leader).as_deref(), Some("1"));
+        let running = prom.query(r#"cyclotron_jobs{state="running"}"#);
+        assert_eq!(value(&running).as_deref(), Some("1"), "{running:?}");
+        let rpcs = prom.query(r#"cyclotron_rpc_duration_seconds_count{method="Heartbeat"}"#);
+        assert!(value(&rpcs).and_then(|v| v.parse::<f64>().ok()).is_some_and(|n| n > 0.0), "{rpcs:?}");
+    }
+    cyclotron_tests::signal(local.pid(), "INT");
+    let code = local.wait(Duration::from_secs(60), "cyclotron local after ctrl-c");
+    assert_ne!(code, Some(0), "an interrupted job is not a success:\n{}", cyclotron_tests::read(&log));
+}

@@ -52,7 +52,8 @@ pub struct LocalArgs {
     /// Progress as one JSON object per event on stdout (like `watch --json`).
     #[arg(long)]
     json: bool,
-    /// Worker i serves its runs' Prometheus metrics at http://127.0.0.1:(PORT+i)/metrics.
+    /// Worker i serves its runs' Prometheus metrics at http://127.0.0.1:(PORT+i)/metrics, and the
+    /// coordinator at PORT+N (N workers).
     #[arg(long, value_name = "PORT")]
     metrics_base_port: Option<u16>,
 }
@@ -125,6 +126,12 @@ impl LocalCluster {
             .process_group(0);
         if let Some(ms) = lease_ms {
             cmd.args(["--lease-ms", &ms.to_string()]);
+        }
+        if let Some(base) = metrics_base_port {
+            // the coordinator after the workers: PORT+N
+            let port = u16::try_from(usize::from(base) + workers)
+                .map_err(|_| anyhow::anyhow!("--metrics-base-port {base}: too high for {workers} workers"))?;
+            cmd.args(["--metrics-addr", &format!("127.0.0.1:{port}")]);
         }
         let mut child = cmd.spawn().context("starting the coordinator")?;
         let (tx, rx) = mpsc::channel();
