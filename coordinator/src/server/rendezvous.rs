@@ -105,15 +105,7 @@ fn current_world(
     task: usize,
     generation: u64,
 ) -> Result<usize, ServiceError> {
-    let j = state.jobs.get(job).ok_or_else(|| ServiceError::NotFound {
-        what: "job",
-        id: job.to_string(),
-        hint: String::new(),
-    })?;
-    let t = j
-        .tasks
-        .get(task)
-        .ok_or_else(|| ServiceError::InvalidArgument(format!("job {job} has no task {task}")))?;
+    let (j, t) = super::worker_service::job_task(state, job, task)?;
     match &t.status {
         TaskStatus::Running { workers, generation: g } if *g == generation && !j.status.is_terminal() => {
             Ok(workers.len())

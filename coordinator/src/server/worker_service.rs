@@ -27,7 +27,7 @@ use cyclotron_proto::{ServiceError, PROTOCOL_VERSION};
 use tonic::{Request, Response, Status};
 
 use super::{now_ms, Shared};
-use crate::state::{ClusterState, Command, JobEvent, TaskStatus, WorkerStatus};
+use crate::state::{ClusterState, Command, JobEvent, JobState, TaskRecord, TaskStatus, WorkerStatus};
 
 pub(crate) struct Workers {
     shared: Arc<Shared>,
@@ -45,6 +45,25 @@ fn unknown_worker(id: &str, dead: bool) -> ServiceError {
     ServiceError::NotFound { what: "worker", id: id.to_string(), hint: hint.into() }
 }
 
+/// Job `job` and its task `task`: NOT_FOUND for an unknown job, INVALID_ARGUMENT for a task
+/// index it does not have.
+pub(crate) fn job_task<'a>(
+    state: &'a ClusterState,
+    job: &str,
+    task: usize,
+) -> Result<(&'a JobState, &'a TaskRecord), ServiceError> {
+    let j = state.jobs.get(job).ok_or_else(|| ServiceError::NotFound {
+        what: "job",
+        id: job.to_string(),
+        hint: String::new(),
+    })?;
+    let t = j
+        .tasks
+        .get(task)
+        .ok_or_else(|| ServiceError::InvalidArgument(format!("job {job} has no task {task}")))?;
+    Ok((j, t))
+}
+
 /// Check that `worker` runs (job, task, generation) now: the guard of every report.
 pub(crate) fn check_member(
     state: &ClusterState,
@@ -53,21 +72,13 @@ pub(crate) fn check_member(
     task: usize,
     generation: u64,
 ) -> Result<usize, ServiceError> {
-    let j = state.jobs.get(job).ok_or_else(|| ServiceError::NotFound {
-        what: "job",
-        id: job.to_string(),
-        hint: String::new(),
-    })?;
+    let (j, t) = job_task(state, job, task)?;
     if j.status.is_terminal() {
         return Err(ServiceError::FailedPrecondition(format!(
             "job {job} already ended ({})",
             j.status.name()
         )));
     }
-    let t = j
-        .tasks
-        .get(task)
-        .ok_or_else(|| ServiceError::InvalidArgument(format!("job {job} has no task {task}")))?;
     match &t.status {
         TaskStatus::Running { workers, generation: g } if *g == generation => {
             workers.iter().position(|w| w == worker).ok_or_else(|| {
