@@ -236,6 +236,7 @@ mod tests {
         }
         for (job, lr_find) in [("a", true), ("b", false), ("c", false)] {
             let cmd = Command::SubmitJob {
+                request_id: String::new(),
                 job: job.into(),
                 spec: spec(lr_find),
                 spec_toml: String::new(),

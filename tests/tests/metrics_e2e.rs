@@ -132,6 +132,7 @@ fn coordinator_exposition() -> String {
     }
     for job in ["a", "b", "c"] {
         cmds.push(Command::SubmitJob {
+            request_id: String::new(),
             job: job.into(),
             spec: Box::new(spec.clone()),
             spec_toml: String::new(),

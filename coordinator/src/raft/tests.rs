@@ -35,6 +35,7 @@ fn submit(job: &str) -> Command {
                 [[stage]]\nlr = 0.1\ncycles = 1\ncycle_len = 1\n";
     let spec = cyclotron_core::spec::JobSpec::from_toml_str(text, "<test>").unwrap();
     Command::SubmitJob {
+        request_id: String::new(),
         job: job.into(),
         spec: Box::new(spec),
         spec_toml: text.into(),

@@ -78,6 +78,13 @@ impl Jobs {
         self.shared.require_leader()?;
         let workers_per_run = req.workers_per_run.max(1) as usize;
         let max_restarts = if req.max_restarts == 0 { DEFAULT_MAX_RESTARTS } else { req.max_restarts };
+        // a retry of a submission that already committed: its job, nothing new
+        let first = |state: &crate::state::ClusterState| {
+            (!req.request_id.is_empty()).then(|| state.submissions.get(&req.request_id).cloned()).flatten()
+        };
+        if let Some(job_id) = first(&self.shared.state()) {
+            return Ok(Response::new(pb::SubmitJobResponse { job_id }));
+        }
         let now = now_ms();
         let base = format!("{}-{}", spec.name, utc_stamp(now / 1000));
         let mut k = 1u32;
@@ -94,6 +101,7 @@ impl Jobs {
                 }
             };
             let cmd = Command::SubmitJob {
+                request_id: req.request_id.clone(),
                 job: job.clone(),
                 spec: Box::new(spec.clone()),
                 spec_toml: req.spec_toml.clone(),
@@ -103,6 +111,10 @@ impl Jobs {
             };
             match self.shared.propose(cmd).await? {
                 Outcome::Applied => return Ok(Response::new(pb::SubmitJobResponse { job_id: job })),
+                Outcome::Rejected { .. } if first(&self.shared.state()).is_some() => {
+                    let job_id = first(&self.shared.state()).expect("checked");
+                    return Ok(Response::new(pb::SubmitJobResponse { job_id }));
+                }
                 Outcome::Rejected { reason } if reason.contains("already exists") => k += 1,
                 Outcome::Rejected { reason } => return Err(ServiceError::FailedPrecondition(reason).into()),
             }

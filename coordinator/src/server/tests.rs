@@ -103,7 +103,12 @@ where
 }
 
 async fn submit(c: &mut Cluster, workers_per_run: u32) -> String {
-    let req = pb::SubmitJobRequest { spec_toml: SPEC.into(), workers_per_run, max_restarts: 2 };
+    let req = pb::SubmitJobRequest {
+        request_id: String::new(),
+        spec_toml: SPEC.into(),
+        workers_per_run,
+        max_restarts: 2,
+    };
     c.jobs.submit_job(req).await.unwrap().into_inner().job_id
 }
 
@@ -207,10 +212,31 @@ async fn submit_get_list_cancel_and_watch_a_job() {
 }
 
 #[tokio::test]
+async fn a_submission_retried_with_its_key_gets_the_same_job() {
+    let mut c = start(10_000).await;
+    let req = pb::SubmitJobRequest {
+        request_id: "client-1".into(),
+        spec_toml: SPEC.into(),
+        workers_per_run: 1,
+        max_restarts: 0,
+    };
+    let first = c.jobs.submit_job(req.clone()).await.unwrap().into_inner().job_id;
+    let again = c.jobs.submit_job(req.clone()).await.unwrap().into_inner().job_id;
+    assert_eq!(first, again);
+    let other = pb::SubmitJobRequest { request_id: "client-2".into(), ..req };
+    let second = c.jobs.submit_job(other).await.unwrap().into_inner().job_id;
+    assert_ne!(first, second);
+    let jobs = c.jobs.list_jobs(pb::ListJobsRequest {}).await.unwrap().into_inner().jobs;
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    c.handle.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn bad_input_gets_the_right_code_and_names_the_problem() {
     let calls = std::sync::Arc::new(Calls::default());
     let mut c = start_observed(10_000, Some(calls.clone())).await;
     let bad = pb::SubmitJobRequest {
+        request_id: String::new(),
         spec_toml: SPEC.replace("cycle_len = 1", "cycle_len = 1\ncycle_mult = 0"),
         workers_per_run: 1,
         max_restarts: 0,
@@ -218,7 +244,12 @@ async fn bad_input_gets_the_right_code_and_names_the_problem() {
     let e = c.jobs.submit_job(bad).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("cycle_mult must be ≥ 1"), "{}", e.message());
-    let garbage = pb::SubmitJobRequest { spec_toml: "name = ".into(), workers_per_run: 1, max_restarts: 0 };
+    let garbage = pb::SubmitJobRequest {
+        request_id: String::new(),
+        spec_toml: "name = ".into(),
+        workers_per_run: 1,
+        max_restarts: 0,
+    };
     let e = c.jobs.submit_job(garbage).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("cannot parse the job spec"), "{}", e.message());
@@ -454,7 +485,12 @@ async fn three_replicas_redirect_to_the_leader_and_a_new_leader_keeps_the_jobs()
     let follower = (leader + 1) % 3;
     // a follower redirects writes to the leader, naming it
     let via_follower = JobServiceClient::new(channel(&addrs[follower]).await);
-    let req = pb::SubmitJobRequest { spec_toml: SPEC.into(), workers_per_run: 1, max_restarts: 1 };
+    let req = pb::SubmitJobRequest {
+        request_id: String::new(),
+        spec_toml: SPEC.into(),
+        workers_per_run: 1,
+        max_restarts: 1,
+    };
     let e = eventually("a follower that knows the leader", || {
         let mut c = via_follower.clone();
         let req = req.clone();

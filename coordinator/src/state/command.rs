@@ -12,6 +12,10 @@ use crate::plan::plan;
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Command {
     SubmitJob {
+        /// The client's idempotency key (empty: none): a second SubmitJob with the same key is
+        /// rejected as a duplicate of the first, so a retried submission creates one job.
+        #[serde(default)]
+        request_id: String,
         job: String,
         spec: Box<JobSpec>,
         /// The spec's text as submitted (handed to workers).
@@ -97,7 +101,10 @@ fn reject(reason: impl Into<String>) -> Outcome {
 
 pub(super) fn apply(s: &mut ClusterState, cmd: &Command) -> Outcome {
     match cmd {
-        Command::SubmitJob { job, spec, spec_toml, workers_per_run, max_restarts, now_ms } => {
+        Command::SubmitJob { request_id, job, spec, spec_toml, workers_per_run, max_restarts, now_ms } => {
+            if let Some(first) = s.submissions.get(request_id).filter(|_| !request_id.is_empty()) {
+                return reject(format!("duplicate submission {request_id}: job {first}"));
+            }
             if s.jobs.contains_key(job) {
                 return reject(format!("job {job} already exists"));
             }
@@ -130,6 +137,9 @@ pub(super) fn apply(s: &mut ClusterState, cmd: &Command) -> Outcome {
                     events: vec![],
                 },
             );
+            if !request_id.is_empty() {
+                s.submissions.insert(request_id.clone(), job.clone());
+            }
             Outcome::Applied
         }
         Command::CancelJob { job, reason } => {

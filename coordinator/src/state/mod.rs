@@ -28,6 +28,9 @@ pub struct ClusterState {
     pub workers: BTreeMap<String, WorkerRecord>,
     /// Index of the last applied raft entry (0 before any).
     pub applied_index: u64,
+    /// Submissions by the client's idempotency key: request id → job id.
+    #[serde(default)]
+    pub submissions: BTreeMap<String, String>,
 }
 
 impl ClusterState {

@@ -57,6 +57,7 @@ impl Sim {
     }
     fn submit(&mut self, job: &str, wpr: usize) {
         let cmd = Command::SubmitJob {
+            request_id: String::new(),
             job: job.into(),
             spec: spec(1),
             spec_toml: String::new(),
@@ -206,6 +207,7 @@ fn bad_input_is_rejected_without_changing_anything() {
     let cases = [
         (
             Command::SubmitJob {
+                request_id: String::new(),
                 job: "k".into(),
                 spec: bad_spec,
                 spec_toml: String::new(),
@@ -217,6 +219,7 @@ fn bad_input_is_rejected_without_changing_anything() {
         ),
         (
             Command::SubmitJob {
+                request_id: String::new(),
                 job: "j".into(),
                 spec: spec(1),
                 spec_toml: String::new(),
@@ -293,4 +296,28 @@ fn replaying_the_log_rebuilds_the_same_state_and_snapshots_round_trip() {
         let back: Command = serde_json::from_str(&serde_json::to_string(c).unwrap()).unwrap();
         assert_eq!(&back, c);
     }
+}
+
+#[test]
+fn a_retried_submission_with_the_same_key_creates_one_job() {
+    let mut sim = Sim::new();
+    let submit = |job: &str, key: &str| Command::SubmitJob {
+        request_id: key.into(),
+        job: job.into(),
+        spec: spec(1),
+        spec_toml: String::new(),
+        workers_per_run: 1,
+        max_restarts: 2,
+        now_ms: 0,
+    };
+    assert_eq!(sim.apply(submit("j-1", "k1")), Outcome::Applied);
+    // the retry picked another id (the first answer was lost): rejected, nothing created
+    let again = sim.apply(submit("j-2", "k1"));
+    assert_eq!(again, Outcome::Rejected { reason: "duplicate submission k1: job j-1".into() });
+    assert_eq!(sim.state.jobs.keys().collect::<Vec<_>>(), vec!["j-1"]);
+    assert_eq!(sim.state.submissions.get("k1").map(String::as_str), Some("j-1"));
+    // no key: every submission is a new job
+    assert_eq!(sim.apply(submit("j-3", "")), Outcome::Applied);
+    assert_eq!(sim.apply(submit("j-4", "")), Outcome::Applied);
+    assert_eq!(sim.state.jobs.len(), 3);
 }
