@@ -186,7 +186,8 @@ pub async fn submit_spec(
     // after the job had committed): the cluster creates one job
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    let request_id = format!("{}-{}-{nanos}", hostname(), std::process::id());
+    let host = agent::hostname().unwrap_or_else(|| "host".into());
+    let request_id = format!("{host}-{}-{nanos}", std::process::id());
     let msg = pb::SubmitJobRequest { spec_toml, workers_per_run, max_restarts, request_id };
     let t = client.deadlines.attempt;
     let r = client
@@ -196,15 +197,6 @@ pub async fn submit_spec(
         })
         .await?;
     Ok(r.job_id)
-}
-
-/// This machine's name, for idempotency keys (the kernel's hostname, else "host").
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "host".into())
 }
 
 pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {

@@ -186,6 +186,18 @@ pub fn free_ports(n: usize) -> Vec<u16> {
     ls.iter().map(|l| l.local_addr().expect("addr").port()).collect()
 }
 
+/// The first of `n` consecutive free loopback ports (`--metrics-base-port` numbers from it).
+pub fn consecutive_free_ports(n: u16) -> u16 {
+    for _ in 0..100 {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let p = a.local_addr().expect("addr").port();
+        if p <= u16::MAX - n && (1..n).all(|k| std::net::TcpListener::bind(("127.0.0.1", p + k)).is_ok()) {
+            return p;
+        }
+    }
+    panic!("no {n} consecutive free loopback ports");
+}
+
 /// A coordinator replica: `cyclotron coordinator --listen ... --data-dir DIR/<name> EXTRA`, with
 /// its log in `DIR/<name>.log`; returns once it printed where it listens.
 pub struct Coordinator {

@@ -77,18 +77,6 @@ fn local_cluster_of_two_workers_trains_the_job_and_cleans_up() {
     assert!(dir.path().join("store/local2").join(job_id).exists(), "{job_id}");
 }
 
-/// Two consecutive free loopback ports (the first of them).
-fn two_free_ports() -> u16 {
-    for _ in 0..100 {
-        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = a.local_addr().unwrap().port();
-        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
-    panic!("no two consecutive free ports");
-}
-
 /// The body of GET http://127.0.0.1:PORT/metrics (empty when nothing answers).
 fn scrape(port: u16) -> String {
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
@@ -109,7 +97,7 @@ fn ctrl_c_stops_every_process_of_the_local_cluster() {
     std::fs::write(dir.path().join("job.toml"), tiny_job("interrupted", 2048, 200)).unwrap();
     let tag = new_tag();
     let log = dir.path().join("local.log");
-    let port = two_free_ports();
+    let port = cyclotron_tests::consecutive_free_ports(2);
     let base = port.to_string();
     let args = ["local", "--workers", "2", "job.toml", "--out", "out", "--metrics-base-port", &base];
     let mut local = spawn_logged(&args, dir.path(), &log, &tag);

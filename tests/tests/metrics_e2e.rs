@@ -325,18 +325,6 @@ fn the_example_scrape_config_is_valid() {
     );
 }
 
-/// Three consecutive free loopback ports (the first of them).
-fn three_free_ports() -> u16 {
-    for _ in 0..100 {
-        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = a.local_addr().unwrap().port();
-        if p < u16::MAX - 2 && (1..3).all(|k| std::net::TcpListener::bind(("127.0.0.1", p + k)).is_ok()) {
-            return p;
-        }
-    }
-    panic!("no three consecutive free ports");
-}
-
 /// A real Prometheus scraping a whole `cyclotron local` cluster (its coordinator and both
 /// workers' runs) finds each rank's loss and steps and the coordinator's view of the cluster.
 #[test]
@@ -348,7 +336,7 @@ fn prometheus_scrapes_every_process_of_a_local_cluster() {
     std::fs::write(dir.path().join("job.toml"), cyclotron_tests::tiny_job("scraped", 2048, 200)).unwrap();
     let tag = cyclotron_tests::new_tag();
     let log = dir.path().join("local.log");
-    let base = three_free_ports();
+    let base = cyclotron_tests::consecutive_free_ports(3);
     let args =
         ["local", "--workers", "2", "job.toml", "--out", "out", "--metrics-base-port", &base.to_string()];
     let mut local = cyclotron_tests::spawn_logged(&args, dir.path(), &log, &tag);

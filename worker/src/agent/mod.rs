@@ -78,13 +78,17 @@ impl AgentConfig {
     }
 }
 
-/// A default worker id: `<hostname>-<pid>`.
-pub fn default_worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+/// This machine's name (the kernel's hostname), if it has one.
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".into());
+}
+
+/// A default worker id: `<hostname>-<pid>`.
+pub fn default_worker_id() -> String {
+    let host = hostname().unwrap_or_else(|| "worker".into());
     format!("{host}-{}", std::process::id())
 }
 

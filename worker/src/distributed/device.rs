@@ -83,17 +83,7 @@ impl DeviceSync {
         loss.backward();
         let params: Vec<Tensor> =
             net.parameters().into_iter().map(|(_, _, t)| t).filter(Tensor::requires_grad).collect();
-        let mut buckets: Vec<Vec<usize>> = vec![vec![]];
-        let mut filled = 0usize;
-        for (i, p) in params.iter().enumerate() {
-            let n = p.numel();
-            if filled > 0 && filled + n > self.bucket_elems {
-                buckets.push(vec![]);
-                filled = 0;
-            }
-            buckets.last_mut().expect("one bucket at least").push(i);
-            filled += n;
-        }
+        let buckets = super::bucket_plan(params.iter().map(Tensor::numel), self.bucket_elems);
         let last = buckets.len() - 1;
         // kept alive until the stream is synchronised: NCCL works on them asynchronously
         let mut flats = Vec::with_capacity(buckets.len());

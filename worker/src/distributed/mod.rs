@@ -160,22 +160,22 @@ impl GradSync {
         let params: Vec<Tensor> =
             net.parameters().into_iter().map(|(_, _, t)| t).filter(Tensor::requires_grad).collect();
         let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
-        let mut queued: Vec<Slots> = vec![];
-        let mut bucket = self.buffer();
-        let mut slots: Slots = vec![];
-        for (i, g) in grads.iter().enumerate() {
-            let n = params[i].numel();
-            if !bucket.is_empty() && bucket.len() + n > self.bucket_elems {
-                self.comm.submit(std::mem::take(&mut bucket), Op::Reduce(ReduceOp::Average))?;
-                queued.push(std::mem::take(&mut slots));
-                bucket = self.buffer();
+        let plan = bucket_plan(params.iter().map(Tensor::numel), self.bucket_elems);
+        let mut queued: Vec<Slots> = Vec::with_capacity(plan.len());
+        for (k, members) in plan.iter().enumerate() {
+            let mut bucket = self.buffer();
+            let mut slots: Slots = Vec::with_capacity(members.len());
+            for &i in members {
+                let n = params[i].numel();
+                slots.push((i, bucket.len(), n));
+                append(&mut bucket, grads[i].defined().then_some(&grads[i]), n);
             }
-            slots.push((i, bucket.len(), n));
-            append(&mut bucket, g.defined().then_some(g), n);
+            if k + 1 == plan.len() {
+                bucket.push(loss.double_value(&[]) as f32);
+            }
+            self.comm.submit(bucket, Op::Reduce(ReduceOp::Average))?;
+            queued.push(slots);
         }
-        bucket.push(loss.double_value(&[]) as f32);
-        self.comm.submit(bucket, Op::Reduce(ReduceOp::Average))?;
-        queued.push(slots);
         let mut mean_loss = f64::NAN;
         for (k, slots) in queued.iter().enumerate() {
             let buf = self.comm.wait()?;
@@ -196,6 +196,23 @@ impl GradSync {
         opt.step(lrs);
         Ok(mean_loss)
     }
+}
+
+/// Parameter indices grouped into consecutive buckets of at most `bucket_elems` elements (a
+/// tensor larger than that gets a bucket of its own); at least one bucket, possibly empty. Both
+/// the host and the NCCL paths reduce in this order, bucket `k` while `k+1` is being flattened.
+pub(crate) fn bucket_plan(sizes: impl Iterator<Item = usize>, bucket_elems: usize) -> Vec<Vec<usize>> {
+    let mut buckets: Vec<Vec<usize>> = vec![vec![]];
+    let mut filled = 0usize;
+    for (i, n) in sizes.enumerate() {
+        if filled > 0 && filled + n > bucket_elems {
+            buckets.push(vec![]);
+            filled = 0;
+        }
+        buckets.last_mut().expect("one bucket at least").push(i);
+        filled += n;
+    }
+    buckets
 }
 
 /// Appends the `n` values of `t`, or `n` zeros for an undefined gradient.
