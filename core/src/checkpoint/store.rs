@@ -270,18 +270,13 @@ impl CheckpointStore {
 
     /// Folders under `prefix` that hold a `MANIFEST.json`, sorted (without reading the manifests).
     pub async fn manifest_dirs(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(dirs_with_manifest(&self.list_objects(prefix).await?))
+    }
+
+    /// Every object under `prefix`.
+    async fn list_objects(&self, prefix: &str) -> Result<Vec<object_store::ObjectMeta>> {
         let p = ObjPath::from(prefix);
-        let metas: Vec<_> =
-            self.store.list(Some(&p)).try_collect().await.map_err(self.err("list", prefix))?;
-        let mut dirs: Vec<String> = metas
-            .iter()
-            .filter(|m| m.location.filename() == Some(MANIFEST_FILE))
-            .filter_map(|m| {
-                m.location.as_ref().strip_suffix(&format!("/{MANIFEST_FILE}")).map(str::to_string)
-            })
-            .collect();
-        dirs.sort();
-        Ok(dirs)
+        self.store.list(Some(&p)).try_collect().await.map_err(self.err("list", prefix))
     }
 
     /// The manifest of the checkpoint in `dir`.
@@ -390,12 +385,13 @@ impl CheckpointStore {
     /// Delete the periodic checkpoints of `run` beyond the `keep_last` newest (see
     /// [`retention::to_delete`]); snapshots are kept. Returns the folders deleted.
     pub async fn apply_retention(&self, run: &RunLocation, keep_last: usize) -> Result<Vec<String>> {
-        let committed: Vec<Committed> = self
-            .list(&run.prefix())
-            .await?
-            .into_iter()
-            .map(|(dir, m)| Committed { dir, kind: m.kind, step: m.step })
-            .collect();
+        // one listing of the run serves both the committed folders and the orphaned blobs
+        let objects = self.list_objects(&run.prefix()).await?;
+        let mut committed = vec![];
+        for dir in dirs_with_manifest(&objects) {
+            let m = self.manifest(&dir).await?;
+            committed.push(Committed { dir, kind: m.kind, step: m.step });
+        }
         let mut doomed = retention::to_delete(&committed, keep_last);
         for dir in &doomed {
             self.delete(dir).await?;
@@ -404,49 +400,48 @@ impl CheckpointStore {
         // process killed mid-upload) and are older than a committed one: nothing will finish them
         let newest = committed.iter().filter(|c| c.kind == CheckpointKind::Checkpoint).map(|c| c.step).max();
         if let Some(newest) = newest {
-            for dir in self.uncommitted_checkpoint_dirs(run).await? {
+            for (dir, keys) in uncommitted_checkpoint_dirs(run, &objects) {
                 if run.step_of(&dir).is_some_and(|step| step < newest) {
                     tracing::info!(dir = %dir, "deleting the blobs of a checkpoint that was never committed");
-                    self.delete_all_under(&dir).await?;
+                    for key in keys {
+                        let name = key.to_string();
+                        self.store.delete(&key).await.map_err(self.err("delete", &name))?;
+                    }
                     doomed.push(dir);
                 }
             }
         }
         Ok(doomed)
     }
+}
 
-    /// Every object under `dir` (a folder without a manifest to say what is there).
-    async fn delete_all_under(&self, dir: &str) -> Result<()> {
-        let p = ObjPath::from(dir);
-        let metas: Vec<_> = self.store.list(Some(&p)).try_collect().await.map_err(self.err("list", dir))?;
-        for m in metas {
-            let key = m.location.to_string();
-            self.store.delete(&m.location).await.map_err(self.err("delete", &key))?;
-        }
-        Ok(())
-    }
+/// The folders among `objects` that hold a `MANIFEST.json`, sorted.
+fn dirs_with_manifest(objects: &[object_store::ObjectMeta]) -> Vec<String> {
+    let mut dirs: Vec<String> = objects
+        .iter()
+        .filter(|m| m.location.filename() == Some(MANIFEST_FILE))
+        .filter_map(|m| m.location.as_ref().strip_suffix(&format!("/{MANIFEST_FILE}")).map(str::to_string))
+        .collect();
+    dirs.sort();
+    dirs
+}
 
-    /// Checkpoint folders of `run` holding objects but no manifest.
-    async fn uncommitted_checkpoint_dirs(&self, run: &RunLocation) -> Result<Vec<String>> {
-        let prefix = run.prefix();
-        let p = ObjPath::from(prefix.as_str());
-        let metas: Vec<_> =
-            self.store.list(Some(&p)).try_collect().await.map_err(self.err("list", &prefix))?;
-        let mut with_manifest = std::collections::BTreeSet::new();
-        let mut all = std::collections::BTreeSet::new();
-        for m in &metas {
-            let key = m.location.as_ref();
-            let Some(rest) = key.strip_prefix(&format!("{prefix}/")) else { continue };
-            let Some((dir, _)) = rest.split_once('/') else { continue };
-            if !dir.starts_with("ckpt-") {
-                continue;
-            }
-            let dir = format!("{prefix}/{dir}");
-            if m.location.filename() == Some(MANIFEST_FILE) {
-                with_manifest.insert(dir.clone());
-            }
-            all.insert(dir);
+/// Checkpoint folders of `run` among `objects` that hold objects but no manifest, with their keys.
+fn uncommitted_checkpoint_dirs(
+    run: &RunLocation,
+    objects: &[object_store::ObjectMeta],
+) -> Vec<(String, Vec<ObjPath>)> {
+    let prefix = run.prefix();
+    let mut dirs: std::collections::BTreeMap<String, (bool, Vec<ObjPath>)> = Default::default();
+    for m in objects {
+        let Some(rest) = m.location.as_ref().strip_prefix(&format!("{prefix}/")) else { continue };
+        let Some((dir, _)) = rest.split_once('/') else { continue };
+        if !dir.starts_with("ckpt-") {
+            continue;
         }
-        Ok(all.difference(&with_manifest).cloned().collect())
+        let entry = dirs.entry(format!("{prefix}/{dir}")).or_default();
+        entry.0 |= m.location.filename() == Some(MANIFEST_FILE);
+        entry.1.push(m.location.clone());
     }
+    dirs.into_iter().filter(|(_, (committed, _))| !committed).map(|(dir, (_, keys))| (dir, keys)).collect()
 }
