@@ -111,12 +111,16 @@ impl Jobs {
             };
             match self.shared.propose(cmd).await? {
                 Outcome::Applied => return Ok(Response::new(pb::SubmitJobResponse { job_id: job })),
-                Outcome::Rejected { .. } if first(&self.shared.state()).is_some() => {
-                    let job_id = first(&self.shared.state()).expect("checked");
-                    return Ok(Response::new(pb::SubmitJobResponse { job_id }));
+                Outcome::Rejected { reason } => {
+                    // the same key committed first (an earlier try of this submission): its job
+                    if let Some(job_id) = first(&self.shared.state()) {
+                        return Ok(Response::new(pb::SubmitJobResponse { job_id }));
+                    }
+                    if !reason.contains("already exists") {
+                        return Err(ServiceError::FailedPrecondition(reason).into());
+                    }
+                    k += 1;
                 }
-                Outcome::Rejected { reason } if reason.contains("already exists") => k += 1,
-                Outcome::Rejected { reason } => return Err(ServiceError::FailedPrecondition(reason).into()),
             }
         }
         Err(ServiceError::Unavailable("too many concurrent submissions; retry".into()).into())
