@@ -173,6 +173,7 @@ mod tests {
             accuracy,
             valid: m,
             tta: None,
+            run: None,
         };
         let mut history = StepHistory::default();
         if with_history {
@@ -202,6 +203,9 @@ mod tests {
             lr_finds: vec![(2, report())],
             history,
             train_seconds: 1.0,
+            sweep: None,
+            runs: vec![],
+            all_snapshots: None,
         }
     }
 

@@ -5,6 +5,7 @@
 //! - [`schedule`]: learning-rate schedules as pure functions of the step (constant, cosine, SGDR, one-cycle);
 //! - [`lr_range`]: LR-range test analysis (smoothing, divergence stop, suggestions);
 //! - [`checkpoint`]: the checkpoint manifest and the store over `object_store` (`file://`, `memory://`);
+//! - [`sweep`]: parallel LR sweeps: candidate configs, grid points, merging and choosing;
 //! - [`results`]: what a job reports (`results.json`, `lr_find.json`);
 //! - [`events`]: training progress as a stream of events (`--events-jsonl`, worker progress reports);
 //! - [`metrics`]: metric names, the `/metrics` HTTP server;
@@ -18,6 +19,8 @@ pub mod lr_range;
 pub mod metrics;
 pub mod results;
 pub mod schedule;
+pub mod serde_nan;
 pub mod spec;
+pub mod sweep;
 
 pub use error::{Error, Result};

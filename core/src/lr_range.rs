@@ -194,8 +194,10 @@ fn valley_index(losses: &[f64]) -> usize {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LrFindReport {
     pub lrs: Vec<f64>,
-    /// Smoothed losses (what the suggestions read).
+    /// Smoothed losses (what the suggestions read); NaN travels as `null`.
+    #[serde(with = "crate::serde_nan::vec")]
     pub losses: Vec<f64>,
+    #[serde(with = "crate::serde_nan::vec")]
     pub raw_losses: Vec<f64>,
     pub suggestion: Option<Suggestions>,
     /// True when the divergence stop ended the test before the last step.

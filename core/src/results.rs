@@ -29,6 +29,25 @@ pub struct SnapshotResult {
     /// With test-time augmentation, on the evaluation split (absent when the job has no `[tta]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tta: Option<Metrics>,
+    /// The independent run it belongs to, when the job trains several (`ensemble.runs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+}
+
+/// One of several independent runs of a job (`ensemble.runs`), as the evaluation saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// Run id in the store (`<output>/<job>/<run>/`).
+    pub run: String,
+    pub seed: u64,
+    /// Its final model, as the run reported it.
+    #[serde(rename = "final")]
+    pub final_model: Metrics,
+    /// The ensemble of its own snapshots, as the run reported it.
+    pub ensemble: Option<EnsembleResult>,
+    /// Indices (in the job's `snapshots`) of its snapshots.
+    pub snapshots: Vec<usize>,
+    pub train_seconds: f64,
 }
 
 /// The ensemble: average of the members' softmax outputs.
@@ -89,6 +108,18 @@ pub struct TrainResults {
     pub lr_finds: Vec<(usize, LrFindReport)>,
     pub history: StepHistory,
     pub train_seconds: f64,
+    /// The parallel LR sweep the coordinator ran before training (candidates compared, the grid's
+    /// merged curve); absent when the run did its own range test.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<crate::sweep::SweepOutcome>,
+    /// With several independent runs (`ensemble.runs`): each run; the job's `snapshots` are then
+    /// every snapshot of every run, `ensemble` is chosen among all of them, and `epochs`,
+    /// `history` and `final` are the first run's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<RunSummary>,
+    /// Every snapshot of every run averaged (with several runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_snapshots: Option<EnsembleResult>,
 }
 
 #[cfg(test)]

@@ -171,6 +171,7 @@ mod tests {
                 accuracy: accuracies[i],
                 valid: m,
                 tta: None,
+                run: None,
             })
             .collect::<Vec<_>>();
         let members: Vec<usize> = (1..accuracies.len()).collect();
@@ -192,6 +193,9 @@ mod tests {
             lr_finds: vec![],
             history: StepHistory::default(),
             train_seconds: 1.0,
+            sweep: None,
+            runs: vec![],
+            all_snapshots: None,
         }
     }
 

@@ -22,26 +22,26 @@ pub enum JobEvent {
     LrFind {
         stage: u32,
         lrs: Vec<f64>,
-        #[serde(with = "nan_as_null::vec")]
+        #[serde(with = "cyclotron_core::serde_nan::vec")]
         losses: Vec<f64>,
-        #[serde(with = "nan_as_null")]
+        #[serde(with = "cyclotron_core::serde_nan")]
         steep: f64,
-        #[serde(with = "nan_as_null")]
+        #[serde(with = "cyclotron_core::serde_nan")]
         valley: f64,
-        #[serde(with = "nan_as_null")]
+        #[serde(with = "cyclotron_core::serde_nan")]
         minimum: f64,
     },
     Epoch {
         stage: u32,
         epoch: u32,
         step: u64,
-        #[serde(with = "nan_as_null")]
+        #[serde(with = "cyclotron_core::serde_nan")]
         train_loss: f64,
-        #[serde(with = "nan_as_null")]
+        #[serde(with = "cyclotron_core::serde_nan")]
         valid_loss: f64,
-        #[serde(with = "nan_as_null")]
+        #[serde(with = "cyclotron_core::serde_nan")]
         valid_accuracy: f64,
-        #[serde(with = "nan_as_null")]
+        #[serde(with = "cyclotron_core::serde_nan")]
         seconds: f64,
     },
     Snapshot {
@@ -79,36 +79,6 @@ impl JobEvent {
                 | JobEvent::Epoch { .. }
                 | JobEvent::Snapshot { .. }
         )
-    }
-}
-
-mod nan_as_null {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
-        if v.is_finite() {
-            s.serialize_f64(*v)
-        } else {
-            s.serialize_none()
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
-    }
-
-    pub mod vec {
-        use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-        pub fn serialize<S: Serializer>(v: &[f64], s: S) -> Result<S::Ok, S::Error> {
-            let opts: Vec<Option<f64>> = v.iter().map(|x| x.is_finite().then_some(*x)).collect();
-            opts.serialize(s)
-        }
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
-            let opts = Vec::<Option<f64>>::deserialize(d)?;
-            Ok(opts.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
-        }
     }
 }
 

@@ -233,6 +233,34 @@ pub struct LrFindSpec {
     /// Which suggestion `lr = "auto"` stages take.
     #[serde(default)]
     pub suggestion: SuggestionKind,
+    /// A parallel grid sweep instead of the ramp: `grid` log-spaced LRs from `start` to `end`,
+    /// each trained `grid_steps` steps from the same initial weights by its own worker group; the
+    /// coordinator merges the loss-vs-LR curve and suggests from it. 0: the ramp (one range test).
+    #[serde(default)]
+    pub grid: u32,
+    /// Steps each grid point trains at its constant LR.
+    #[serde(default = "default_grid_steps")]
+    pub grid_steps: u32,
+    /// Candidate configs compared by one LR sweep each, on separate worker groups
+    /// (`[lr_find.candidates]`, every combination of the lists); the best one trains.
+    #[serde(default)]
+    pub candidates: Option<CandidatesSpec>,
+}
+
+fn default_grid_steps() -> u32 {
+    30
+}
+
+/// `[lr_find.candidates]`: lists of values to try; the sweep runs every combination.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CandidatesSpec {
+    #[serde(default)]
+    pub batch_size: Vec<usize>,
+    #[serde(default)]
+    pub weight_decay: Vec<f64>,
+    #[serde(default)]
+    pub arch: Vec<String>,
 }
 
 fn default_lr_start() -> f64 {
@@ -252,6 +280,9 @@ impl Default for LrFindSpec {
             end: default_lr_end(),
             steps: default_lr_steps(),
             suggestion: SuggestionKind::default(),
+            grid: 0,
+            grid_steps: default_grid_steps(),
+            candidates: None,
         }
     }
 }
@@ -274,15 +305,22 @@ pub struct EnsembleSpec {
     pub members: usize,
     #[serde(default)]
     pub selection: Selection,
+    /// Independent training runs (seeds `seed`, `seed + 1`, …), in parallel on separate worker
+    /// groups of a cluster; then every snapshot of every run is evaluated alone and averaged.
+    #[serde(default = "default_runs")]
+    pub runs: usize,
 }
 
 fn default_members() -> usize {
     3
 }
+fn default_runs() -> usize {
+    1
+}
 
 impl Default for EnsembleSpec {
     fn default() -> Self {
-        EnsembleSpec { members: default_members(), selection: Selection::default() }
+        EnsembleSpec { members: default_members(), selection: Selection::default(), runs: default_runs() }
     }
 }
 
@@ -330,6 +368,14 @@ impl JobSpec {
         } else {
             Err(Error::InvalidSpec { problems })
         }
+    }
+
+    /// Whether the job's first LR sweep runs on the cluster as separate tasks (a grid, several
+    /// candidates, or one test whose LR several independent runs share) rather than inside the run.
+    pub fn parallel_sweep(&self) -> bool {
+        self.lr_find.as_ref().is_some_and(|f| {
+            f.grid > 0 || crate::sweep::candidates(f).len() > 1 || self.ensemble.runs > 1
+        })
     }
 
     /// Whether any stage (or the job itself) runs an LR-range test.

@@ -54,6 +54,14 @@ pub(super) fn problems(spec: &JobSpec) -> Vec<String> {
     }
     if let Some(f) = &spec.lr_find {
         lr_find(f.start, f.end, f.steps, &mut p);
+        sweep(f, &mut p);
+    }
+    if spec.ensemble.runs == 0 || spec.ensemble.runs > crate::sweep::MAX_POINTS {
+        p.push(format!(
+            "ensemble.runs: independent runs must be between 1 and {}, got {}",
+            crate::sweep::MAX_POINTS,
+            spec.ensemble.runs
+        ));
     }
     stages(spec, &mut p);
     p
@@ -119,6 +127,40 @@ fn lr_find(start: f64, end: f64, steps: u32, p: &mut Vec<String>) {
     }
     if steps < 5 {
         p.push(format!("lr_find.steps: need at least 5 steps for a curve, got {steps}"));
+    }
+}
+
+fn sweep(f: &super::LrFindSpec, p: &mut Vec<String>) {
+    let max = crate::sweep::MAX_POINTS;
+    if f.grid != 0 && !(3..=max as u32).contains(&f.grid) {
+        p.push(format!(
+            "lr_find.grid: a grid needs between 3 and {max} learning rates for a curve, got {} (0 runs the ramp)",
+            f.grid
+        ));
+    }
+    if f.grid > 0 && f.grid_steps == 0 {
+        p.push("lr_find.grid_steps: each grid point must train at least 1 step, got 0".into());
+    }
+    let Some(c) = &f.candidates else { return };
+    if c.batch_size.contains(&0) {
+        p.push(format!("lr_find.candidates.batch_size: every batch size must be ≥ 1, got {:?}", c.batch_size));
+    }
+    if c.weight_decay.iter().any(|w| !(*w >= 0.0 && w.is_finite())) {
+        p.push(format!("lr_find.candidates.weight_decay: every value must be ≥ 0, got {:?}", c.weight_decay));
+    }
+    for a in &c.arch {
+        if !KNOWN_ARCHS.contains(&a.as_str()) {
+            p.push(format!(
+                "lr_find.candidates.arch: unknown model {a:?}; known models: {}",
+                KNOWN_ARCHS.join(", ")
+            ));
+        }
+    }
+    let points = crate::sweep::candidates(f).len() * (f.grid as usize).max(1);
+    if points > max {
+        p.push(format!(
+            "lr_find: the sweep has {points} tasks (candidate combinations × grid points); at most {max}: shorten the candidate lists or the grid"
+        ));
     }
 }
 
@@ -294,6 +336,28 @@ arch = "small_resnet"
                 "[[stage]]\nlr = 0.1\nepochs = 2\n[lr_find]\nstart = 1.0\nend = 0.1\n",
                 "lr_find: need 0 < start < end",
             ),
+            ("[[stage]]\nlr = 0.1\nepochs = 1\n[lr_find]\ngrid = 2\n", "lr_find.grid: a grid needs between 3 and 64"),
+            (
+                "[[stage]]\nlr = 0.1\nepochs = 1\n[lr_find]\ngrid = 4\ngrid_steps = 0\n",
+                "lr_find.grid_steps: each grid point must train at least 1 step",
+            ),
+            (
+                "[[stage]]\nlr = 0.1\nepochs = 1\n[lr_find.candidates]\nbatch_size = [64, 0]\n",
+                "lr_find.candidates.batch_size: every batch size must be ≥ 1",
+            ),
+            (
+                "[[stage]]\nlr = 0.1\nepochs = 1\n[lr_find.candidates]\nweight_decay = [-1.0]\n",
+                "lr_find.candidates.weight_decay: every value must be ≥ 0",
+            ),
+            (
+                "[[stage]]\nlr = 0.1\nepochs = 1\n[lr_find.candidates]\narch = [\"resnet9000\"]\n",
+                "lr_find.candidates.arch: unknown model \"resnet9000\"",
+            ),
+            (
+                "[[stage]]\nlr = 0.1\nepochs = 1\n[lr_find]\ngrid = 16\n[lr_find.candidates]\nbatch_size = [1, 2, 3, 4, 5]\n",
+                "lr_find: the sweep has 80 tasks",
+            ),
+            ("[[stage]]\nlr = 0.1\nepochs = 1\n[ensemble]\nruns = 0\n", "ensemble.runs: independent runs must be between 1 and 64"),
         ];
         for (extra, want) in cases {
             let got = check(extra);
