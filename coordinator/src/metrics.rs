@@ -20,7 +20,7 @@ pub const WORKER_STATES: [&str; 3] = ["idle", "busy", "dead"];
 /// Job states.
 pub const JOB_STATES: [&str; 5] = ["pending", "running", "succeeded", "failed", "cancelled"];
 /// Task kinds (one `run` task per job covers every stage).
-pub const TASK_KINDS: [&str; 1] = ["run"];
+pub const TASK_KINDS: [&str; 3] = ["sweep", "run", "evaluate"];
 /// Task states.
 pub const TASK_STATES: [&str; 3] = ["waiting", "running", "done"];
 
@@ -48,7 +48,9 @@ fn job_state(s: &JobStatus) -> usize {
 
 fn task_kind(t: &Task) -> usize {
     match t {
-        Task::Run { .. } => 0,
+        Task::Sweep { .. } => 0,
+        Task::Run { .. } => 1,
+        Task::Evaluate { .. } => 2,
     }
 }
 

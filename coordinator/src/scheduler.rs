@@ -3,12 +3,13 @@
 //!
 //! Policy, in order: declare dead the workers whose lease ran out (their groups are torn down by
 //! that command; assignment waits for the next round, after it applied); then, per job in
-//! submission order, start its next waiting task on the first `workers_per_run` idle workers
-//! (ranks in worker-id order), or say why it waits ("needs 4 workers, 2 registered" stays visible
+//! submission order, start each of its ready tasks (waiting, everything they wait for done: the
+//! points of an LR sweep, independent runs) on the next `workers_per_run` idle workers (ranks in
+//! worker-id order) while there are enough, or, when none of its tasks runs, say why it waits ("needs 4 workers, 2 registered" stays visible
 //! until it can run or is cancelled).
 
 use crate::leases::Leases;
-use crate::state::{ClusterState, Command, JobStatus, TaskStatus, WorkerStatus};
+use crate::state::{ClusterState, Command, JobStatus, WorkerStatus};
 
 pub fn decide(state: &ClusterState, leases: &Leases, now_ms: u64) -> Vec<Command> {
     let mut out = vec![];
@@ -22,19 +23,25 @@ pub fn decide(state: &ClusterState, leases: &Leases, now_ms: u64) -> Vec<Command
     let mut jobs: Vec<_> = state.jobs.iter().filter(|(_, j)| !j.status.is_terminal()).collect();
     jobs.sort_by_key(|(id, j)| (j.submitted_ms, id.as_str()));
     for (id, j) in jobs {
-        let Some(next) = j.next_task() else { continue };
-        let t = &j.tasks[next];
-        if t.status != TaskStatus::Waiting {
+        let ready = j.ready_tasks();
+        if ready.is_empty() {
             continue;
         }
-        if idle.len() >= j.workers_per_run {
+        let mut started = 0;
+        for next in ready {
+            if idle.len() < j.workers_per_run {
+                break;
+            }
             let workers: Vec<String> = idle.drain(..j.workers_per_run).map(str::to_string).collect();
             out.push(Command::StartTask {
                 job: id.clone(),
                 task: next,
                 workers,
-                generation: u64::from(t.restarts),
+                generation: u64::from(j.tasks[next].restarts),
             });
+            started += 1;
+        }
+        if started > 0 || j.any_running() {
             continue;
         }
         let reason = if alive < j.workers_per_run {

@@ -174,7 +174,8 @@ fn steepest_index(lrs: &[f64], losses: &[f64]) -> usize {
 fn valley_index(losses: &[f64]) -> usize {
     let n = losses.len();
     let mut lds = vec![1usize; n];
-    let (mut max_start, mut max_end) = (0usize, 0usize);
+    // signed, as in fastai: a run from index 0 starts at -1 (it was `usize` and relied on wrapping)
+    let (mut max_start, mut max_end) = (0i64, 0usize);
     for i in 1..n {
         for j in 0..i {
             if losses[i] < losses[j] && lds[i] < lds[j] + 1 {
@@ -182,12 +183,12 @@ fn valley_index(losses: &[f64]) -> usize {
             }
             if lds[max_end] < lds[i] {
                 max_end = i;
-                max_start = max_end - lds[max_end];
+                max_start = max_end as i64 - lds[max_end] as i64;
             }
         }
     }
-    let sections = (max_end - max_start) as f64 / 3.0;
-    (max_start + sections as usize + (sections / 2.0) as usize).min(n - 1)
+    let sections = (max_end as i64 - max_start) as f64 / 3.0;
+    (max_start + sections as i64 + (sections / 2.0) as i64).clamp(0, n as i64 - 1) as usize
 }
 
 /// What `lr_find.json` holds.

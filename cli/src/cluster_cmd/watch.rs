@@ -178,13 +178,23 @@ impl Display {
                 s.cycle + 1,
                 s.manifest_url
             )),
-            Event::TaskStarted(t) => {
-                self.note(&format!("run started on {} (generation {})", t.workers.join(", "), t.generation))
-            }
-            Event::TaskRestarted(t) => self.note(&format!(
-                "run torn down (generation {}): {}; it restarts from its last checkpoint",
-                t.generation, t.reason
+            Event::TaskStarted(t) => self.note(&format!(
+                "task {} started on {} (generation {})",
+                t.task,
+                t.workers.join(", "),
+                t.generation
             )),
+            Event::TaskRestarted(t) => self.note(&format!(
+                "task {} torn down (generation {}): {}; it restarts (a run from its last checkpoint)",
+                t.task, t.generation, t.reason
+            )),
+            Event::SweepConcluded(c) => {
+                for line in &c.candidates {
+                    self.note(&format!("  swept {line}"));
+                }
+                let lr = if c.lr.is_finite() { format!(" at lr {:.3e}", c.lr) } else { String::new() };
+                self.note(&format!("LR sweep done: training {}{lr}", c.chosen));
+            }
             Event::Ended(e) => {
                 self.finish();
                 let reason = if e.reason.is_empty() { String::new() } else { format!(": {}", e.reason) };
@@ -228,6 +238,9 @@ pub fn event_json(index: u64, e: &Event) -> serde_json::Value {
         }),
         Event::TaskRestarted(t) => json!({
             "index": index, "type": "task_restarted", "task": t.task, "generation": t.generation, "reason": t.reason,
+        }),
+        Event::SweepConcluded(c) => json!({
+            "index": index, "type": "sweep_concluded", "chosen": c.chosen, "lr": num(c.lr), "candidates": c.candidates,
         }),
         Event::Ended(e) => json!({"index": index, "type": "ended", "status": e.status, "reason": e.reason}),
     }

@@ -61,6 +61,9 @@ pub(crate) fn event(index: u64, e: &JobEvent) -> pb::JobEvent {
         JobEvent::TaskRestarted { task, generation, reason } => {
             Event::TaskRestarted(pb::TaskRestarted { task, generation, reason })
         }
+        JobEvent::SweepConcluded { chosen, lr, candidates } => {
+            Event::SweepConcluded(pb::SweepConcluded { chosen, lr, candidates })
+        }
         JobEvent::Ended { status, reason } => Event::Ended(pb::JobEnded { status, reason }),
     };
     pb::JobEvent { index, event: Some(event) }

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use super::{
     ClusterState, JobEvent, JobState, JobStatus, TaskRecord, TaskStatus, WorkerRecord, WorkerStatus,
 };
-use crate::plan::plan;
+use crate::plan::{plan, Task};
+use cyclotron_core::sweep::{conclude, PointReport, SweepChoice};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -114,14 +115,15 @@ pub(super) fn apply(s: &mut ClusterState, cmd: &Command) -> Outcome {
             if *workers_per_run == 0 {
                 return reject("workers_per_run must be ≥ 1");
             }
-            let tasks = plan(spec)
+            let tasks = plan(job, spec)
                 .into_iter()
-                .map(|task| TaskRecord {
-                    task,
+                .map(|p| TaskRecord {
+                    task: p.task,
                     status: TaskStatus::Waiting,
                     restarts: 0,
                     result: None,
                     progress: None,
+                    after: p.after,
                 })
                 .collect();
             s.jobs.insert(
@@ -135,6 +137,7 @@ pub(super) fn apply(s: &mut ClusterState, cmd: &Command) -> Outcome {
                     max_restarts: *max_restarts,
                     submitted_ms: *now_ms,
                     events: vec![],
+                    sweep: None,
                 },
             );
             if !request_id.is_empty() {
@@ -232,8 +235,17 @@ pub(super) fn apply(s: &mut ClusterState, cmd: &Command) -> Outcome {
             }
             release_task_workers(s, job, *task);
             let j = s.jobs.get_mut(job).expect("checked by running_task");
-            j.set_status(if j.next_task().is_none() {
+            if matches!(j.tasks[*task].task, Task::Sweep { .. }) {
+                if let Err(reason) = conclude_sweep(j) {
+                    j.set_status(JobStatus::Failed { reason });
+                    release_job_workers(s, job);
+                    return Outcome::Applied;
+                }
+            }
+            j.set_status(if j.all_done() {
                 JobStatus::Succeeded
+            } else if j.any_running() {
+                JobStatus::Running
             } else {
                 JobStatus::Pending { reason: "next task not started yet".into() }
             });
@@ -263,8 +275,8 @@ fn start_task(s: &mut ClusterState, job: &str, task: usize, workers: &[String], 
     if j.status.is_terminal() {
         return reject(format!("job {job} already ended"));
     }
-    if j.next_task() != Some(task) || j.tasks[task].status != TaskStatus::Waiting {
-        return reject(format!("task {task} of job {job} is not the next waiting task"));
+    if !j.is_ready(task) {
+        return reject(format!("task {task} of job {job} is not waiting, or waits for another task"));
     }
     if workers.len() != j.workers_per_run {
         return reject(format!("task needs {} workers, got {}", j.workers_per_run, workers.len()));
@@ -323,6 +335,8 @@ fn break_run(s: &mut ClusterState, job: &str, task: usize, generation: u64, reas
         JobStatus::Failed {
             reason: format!("task {task}: {reason}; gave up after {} restarts", j.max_restarts),
         }
+    } else if j.any_running() {
+        JobStatus::Running
     } else {
         JobStatus::Pending { reason: format!("restarting task {task} ({reason})") }
     });
@@ -331,6 +345,54 @@ fn break_run(s: &mut ClusterState, job: &str, task: usize, generation: u64, reas
     if failed {
         release_job_workers(s, job);
     }
+}
+
+/// When the last point of the job's sweep is done: conclude it (pure: every replica computes the
+/// same outcome from the same committed reports), record it, tell the watchers, and hand the chosen
+/// candidate and curve to the tasks that wait for it. An error is the reason the job fails.
+fn conclude_sweep(j: &mut JobState) -> Result<(), String> {
+    let sweep_tasks: Vec<usize> =
+        (0..j.tasks.len()).filter(|&i| matches!(j.tasks[i].task, Task::Sweep { .. })).collect();
+    if j.sweep.is_some() || sweep_tasks.iter().any(|&i| j.tasks[i].status != TaskStatus::Done) {
+        return Ok(());
+    }
+    let Some(f) = &j.spec.lr_find else { return Err("a sweep task without [lr_find]".into()) };
+    let mut reports = vec![];
+    for &i in &sweep_tasks {
+        let Task::Sweep { candidate, .. } = &j.tasks[i].task else { continue };
+        let value = j.tasks[i].result.clone().unwrap_or_default();
+        let report: PointReport = serde_json::from_value(value)
+            .map_err(|e| format!("LR sweep task {i} reported a result that is not a sweep report: {e}"))?;
+        reports.push((*candidate, report));
+    }
+    let outcome = conclude(f, &reports, j.spec.needs_lr()).map_err(|e| format!("LR sweep: {e}"))?;
+    let chosen = outcome.chosen();
+    let s = chosen.report.suggestion;
+    j.events.push(JobEvent::LrFind {
+        stage: 0,
+        lrs: chosen.report.lrs.clone(),
+        losses: chosen.report.losses.clone(),
+        steep: s.map_or(f64::NAN, |s| s.steep),
+        valley: s.map_or(f64::NAN, |s| s.valley),
+        minimum: s.map_or(f64::NAN, |s| s.minimum),
+    });
+    j.events.push(JobEvent::SweepConcluded {
+        chosen: chosen.label.clone(),
+        lr: chosen.lr.unwrap_or(f64::NAN),
+        candidates: outcome
+            .candidates
+            .iter()
+            .map(|c| format!("{}: best loss {:.4}, lr {}", c.label, c.best_loss, c.lr.map_or("none".into(), |l| format!("{l:.3e}"))))
+            .collect(),
+    });
+    let choice = SweepChoice { candidate: chosen.candidate.clone(), report: chosen.report.clone() };
+    for t in &mut j.tasks {
+        if t.status == TaskStatus::Waiting {
+            t.task.take_sweep(&choice);
+        }
+    }
+    j.sweep = Some(outcome);
+    Ok(())
 }
 
 fn release_task_workers(s: &mut ClusterState, job: &str, task: usize) {

@@ -50,6 +50,14 @@ pub enum JobEvent {
         cycle: u32,
         manifest_url: String,
     },
+    /// Added by the state machine when the last point of a parallel LR sweep is done: which
+    /// candidate trains, at which LR (NaN when no stage takes it), and one line per candidate.
+    SweepConcluded {
+        chosen: String,
+        #[serde(with = "cyclotron_core::serde_nan")]
+        lr: f64,
+        candidates: Vec<String>,
+    },
     /// Added by the state machine when a group starts a task.
     TaskStarted {
         task: u32,

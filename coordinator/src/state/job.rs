@@ -72,6 +72,9 @@ pub struct TaskRecord {
     pub result: Option<serde_json::Value>,
     /// Latest progress event while running.
     pub progress: Option<JobEvent>,
+    /// Tasks (indices) that must be done before this one starts.
+    #[serde(default)]
+    pub after: Vec<usize>,
 }
 
 impl TaskStatus {
@@ -98,12 +101,33 @@ pub struct JobState {
     pub submitted_ms: u64,
     /// What `WatchJob` streams; ends with [`JobEvent::Ended`] once the job is terminal.
     pub events: Vec<JobEvent>,
+    /// The concluded parallel LR sweep, once its last point is done.
+    #[serde(default)]
+    pub sweep: Option<cyclotron_core::sweep::SweepOutcome>,
 }
 
 impl JobState {
-    /// The first task not done, if it is the one that may run now (tasks run in order).
-    pub fn next_task(&self) -> Option<usize> {
-        self.tasks.iter().position(|t| t.status != TaskStatus::Done)
+    /// Tasks that may start now: waiting, and everything they wait for is done (in plan order).
+    pub fn ready_tasks(&self) -> Vec<usize> {
+        (0..self.tasks.len()).filter(|&i| self.is_ready(i)).collect()
+    }
+
+    /// Whether task `i` waits and everything it waits for is done.
+    pub fn is_ready(&self, i: usize) -> bool {
+        self.tasks.get(i).is_some_and(|t| {
+            t.status == TaskStatus::Waiting
+                && t.after.iter().all(|&d| self.tasks.get(d).is_some_and(|d| d.status == TaskStatus::Done))
+        })
+    }
+
+    /// Whether every task is done.
+    pub fn all_done(&self) -> bool {
+        self.tasks.iter().all(|t| t.status == TaskStatus::Done)
+    }
+
+    /// Whether some task runs now.
+    pub fn any_running(&self) -> bool {
+        self.tasks.iter().any(|t| matches!(t.status, TaskStatus::Running { .. }))
     }
 
     /// Change the status; a terminal one appends the job's last event, [`JobEvent::Ended`].
@@ -115,11 +139,16 @@ impl JobState {
         self.status = status;
     }
 
-    /// The job's results: the report of its last task once done (the run's `TrainResults`).
-    pub fn results(&self) -> Option<&serde_json::Value> {
-        match self.tasks.last() {
-            Some(t) if t.status == TaskStatus::Done => t.result.as_ref(),
-            _ => None,
+    /// The job's results: the report of its last task once done (the run's `TrainResults`, or the
+    /// evaluation of several runs), with the concluded sweep added as `sweep`.
+    pub fn results(&self) -> Option<serde_json::Value> {
+        let mut r = match self.tasks.last() {
+            Some(t) if t.status == TaskStatus::Done => t.result.clone()?,
+            _ => return None,
+        };
+        if let (Some(sweep), Some(obj)) = (&self.sweep, r.as_object_mut()) {
+            obj.insert("sweep".into(), serde_json::to_value(sweep).unwrap_or_default());
         }
+        Some(r)
     }
 }

@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::*;
 use crate::leases::Leases;
+use crate::plan::Task;
 use crate::scheduler::decide;
 
 fn spec(stages: usize) -> Box<JobSpec> {
@@ -69,7 +70,7 @@ impl Sim {
     }
     fn running(&self, job: &str) -> (usize, Vec<String>, u64) {
         let j = &self.state.jobs[job];
-        let i = j.next_task().unwrap();
+        let i = j.tasks.iter().position(|t| matches!(t.status, TaskStatus::Running { .. })).unwrap();
         match &j.tasks[i].status {
             TaskStatus::Running { workers, generation } => (i, workers.clone(), *generation),
             s => panic!("task {i} is {s:?}"),
@@ -100,7 +101,7 @@ fn a_job_runs_its_tasks_in_order_and_succeeds() {
     }
     let j = &sim.state.jobs["j"];
     assert_eq!(j.status, JobStatus::Succeeded);
-    assert_eq!(j.results(), Some(&json!({"ok": 0})));
+    assert_eq!(j.results(), Some(json!({"ok": 0})));
     assert!(
         matches!(&j.events[..], [
         JobEvent::TaskStarted { task: 0, generation: 0, .. },
@@ -255,7 +256,7 @@ fn bad_input_is_rejected_without_changing_anything() {
         ),
         (
             Command::StartTask { job: "j".into(), task: 1, workers: vec!["w1".into()], generation: 0 },
-            "not the next waiting task",
+            "is not waiting, or waits for another task",
         ),
         (
             Command::StartTask { job: "j".into(), task: 0, workers: vec!["ghost".into()], generation: 0 },
@@ -320,4 +321,141 @@ fn a_retried_submission_with_the_same_key_creates_one_job() {
     assert_eq!(sim.apply(submit("j-3", "")), Outcome::Applied);
     assert_eq!(sim.apply(submit("j-4", "")), Outcome::Applied);
     assert_eq!(sim.state.jobs.len(), 3);
+}
+
+fn sweep_spec(extra: &str) -> Box<JobSpec> {
+    let text = format!(
+        "name = \"s\"\n[data]\nsource = \"fashion_mnist\"\n[model]\narch = \"small_resnet\"\n[[stage]]\nlr = \"auto\"\ncycles = 2\ncycle_len = 1\n{extra}"
+    );
+    let s = JobSpec::from_toml_str(&text, "<t>").unwrap();
+    s.validate().unwrap();
+    Box::new(s)
+}
+
+/// A grid point's report: a U-shaped curve with its best LR at 0.1 (candidate 1 is better).
+fn grid_report(lr: f64, candidate: usize) -> serde_json::Value {
+    let d = (lr / 0.1).log10();
+    let end = 0.5 + 0.2 * d * d - 0.1 * candidate as f64;
+    let point = cyclotron_core::sweep::GridPoint::from_losses(lr, vec![2.3, (2.3 + end) / 2.0, end], false);
+    serde_json::to_value(cyclotron_core::sweep::PointReport::Grid { point }).unwrap()
+}
+
+fn running_tasks(s: &ClusterState, job: &str) -> Vec<(usize, Vec<String>, u64)> {
+    s.jobs[job]
+        .tasks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| match &t.status {
+            TaskStatus::Running { workers, generation } => Some((i, workers.clone(), *generation)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_sweep_runs_in_parallel_then_the_runs_with_its_choice_then_the_evaluation() {
+    let mut sim = Sim::new();
+    for w in ["w1", "w2", "w3"] {
+        sim.register(w, 0);
+    }
+    let spec = sweep_spec(
+        "[lr_find]\nstart = 1e-3\nend = 10.0\ngrid = 9\n[lr_find.candidates]\nbatch_size = [32, 64]\n[ensemble]\nruns = 2\n",
+    );
+    let submit = Command::SubmitJob {
+        request_id: String::new(),
+        job: "s".into(),
+        spec,
+        spec_toml: String::new(),
+        workers_per_run: 1,
+        max_restarts: 1,
+        now_ms: 0,
+    };
+    assert_eq!(sim.apply(submit), Outcome::Applied);
+    assert_eq!(sim.state.jobs["s"].tasks.len(), 18 + 2 + 1);
+    let lrs = cyclotron_core::sweep::grid_lrs(sim.state.jobs["s"].spec.lr_find.as_ref().unwrap());
+    let mut done_sweeps = 0;
+    let mut t = 100;
+    while done_sweeps < 18 {
+        sim.tick(t);
+        t += 100;
+        let running = running_tasks(&sim.state, "s");
+        // three idle workers: three points at once, never a run before the sweep ends
+        assert_eq!(running.len(), 3.min(18 - done_sweeps), "at {done_sweeps} points done");
+        assert!(running.iter().all(|(i, _, _)| *i < 18), "{running:?}");
+        for (i, _, generation) in running {
+            let Task::Sweep { candidate, probe: cyclotron_core::sweep::Probe::Grid { lr, .. }, .. } =
+                sim.state.jobs["s"].tasks[i].task.clone()
+            else {
+                panic!("task {i} is not a grid point")
+            };
+            assert!(lrs.iter().any(|l| (l - lr).abs() < 1e-12));
+            let done = Command::TaskDone { job: "s".into(), task: i, generation, result: grid_report(lr, candidate) };
+            assert_eq!(sim.apply(done), Outcome::Applied);
+            done_sweeps += 1;
+        }
+    }
+    let j = &sim.state.jobs["s"];
+    let sweep = j.sweep.as_ref().expect("concluded when the last point was done");
+    assert_eq!(sweep.chosen, 1, "batch 64 reached the lower loss");
+    let lr = sweep.chosen().lr.unwrap();
+    assert!((lr / 0.1 - 1.0).abs() < 1e-6, "the curve bottoms out at 0.1: {lr}");
+    assert!(j.events.iter().any(|e| matches!(e, JobEvent::SweepConcluded { chosen, .. } if chosen == "batch_size=64")));
+    for i in 18..21 {
+        let (Task::Run { sweep: Some(c), .. } | Task::Evaluate { sweep: Some(c), .. }) = &j.tasks[i].task else {
+            panic!("task {i} did not get the sweep's choice: {:?}", j.tasks[i].task)
+        };
+        assert_eq!(c.candidate.batch_size, Some(64));
+    }
+    // both runs at once; the evaluation waits for both
+    sim.tick(t);
+    let running = running_tasks(&sim.state, "s");
+    assert_eq!(running.iter().map(|r| r.0).collect::<Vec<_>>(), vec![18, 19]);
+    assert_eq!(sim.state.jobs["s"].status, JobStatus::Running);
+    let (_, _, g) = running[0].clone();
+    assert_eq!(sim.apply(Command::TaskDone { job: "s".into(), task: 18, generation: g, result: json!({"run": 0}) }), Outcome::Applied);
+    sim.tick(t + 100);
+    assert_eq!(running_tasks(&sim.state, "s").len(), 1, "the evaluation waits for run 1");
+    assert_eq!(sim.state.jobs["s"].status, JobStatus::Running);
+    assert_eq!(sim.apply(Command::TaskDone { job: "s".into(), task: 19, generation: 0, result: json!({"run": 1}) }), Outcome::Applied);
+    sim.tick(t + 200);
+    assert_eq!(running_tasks(&sim.state, "s").iter().map(|r| r.0).collect::<Vec<_>>(), vec![20]);
+    let done = Command::TaskDone { job: "s".into(), task: 20, generation: 0, result: json!({"job": "s"}) };
+    assert_eq!(sim.apply(done), Outcome::Applied);
+    let j = &sim.state.jobs["s"];
+    assert_eq!(j.status, JobStatus::Succeeded);
+    let results = j.results().unwrap();
+    assert_eq!(results["job"], "s");
+    assert_eq!(results["sweep"]["chosen"], 1, "the job's results carry the sweep");
+    // a replica replaying the log reaches the same state
+    let mut replay = ClusterState::default();
+    for (i, c) in sim.log.iter().enumerate() {
+        replay.apply(i as u64 + 1, c);
+    }
+    assert_eq!(replay.to_bytes(), sim.state.to_bytes());
+}
+
+#[test]
+fn a_sweep_whose_every_curve_diverged_fails_the_job_with_what_to_change() {
+    let mut sim = Sim::new();
+    sim.register("w1", 0);
+    let submit = Command::SubmitJob {
+        request_id: String::new(),
+        job: "d".into(),
+        spec: sweep_spec("[lr_find]\ngrid = 3\n"),
+        spec_toml: String::new(),
+        workers_per_run: 1,
+        max_restarts: 1,
+        now_ms: 0,
+    };
+    assert_eq!(sim.apply(submit), Outcome::Applied);
+    for k in 0..3 {
+        sim.tick(100 + k);
+        let (i, _, g) = running_tasks(&sim.state, "d")[0].clone();
+        let point = cyclotron_core::sweep::GridPoint::from_losses(1.0, vec![2.3, f64::NAN], true);
+        let result = serde_json::to_value(cyclotron_core::sweep::PointReport::Grid { point }).unwrap();
+        assert_eq!(sim.apply(Command::TaskDone { job: "d".into(), task: i, generation: g, result }), Outcome::Applied);
+    }
+    let JobStatus::Failed { reason } = &sim.state.jobs["d"].status else { panic!("{:?}", sim.state.jobs["d"].status) };
+    assert!(reason.contains("LR sweep: no LR sweep gave a usable curve"), "{reason}");
+    assert_eq!(sim.state.idle_workers().len(), 1);
 }

@@ -378,6 +378,11 @@ impl JobSpec {
         })
     }
 
+    /// Whether some stage takes its LR from an LR-range test (`lr = "auto"`).
+    pub fn needs_lr(&self) -> bool {
+        self.stages.iter().any(|s| s.fixed_lr().is_none())
+    }
+
     /// Whether any stage (or the job itself) runs an LR-range test.
     pub fn runs_lr_find(&self) -> bool {
         self.lr_find.is_some() || self.stages.iter().any(|s| s.lr_find)

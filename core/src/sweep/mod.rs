@@ -8,7 +8,7 @@
 //! - **grid** (`grid = K`): instead of one ramp, K log-spaced LRs from `start` to `end`, each
 //!   trained `grid_steps` steps at that constant LR from the same initial weights (same seed, same
 //!   batches) by its own group; the coordinator merges the points into one loss-vs-LR curve and
-//!   suggests from it with the ramp's rules ([`crate::lr_range::suggest`]).
+//!   suggests from it ([`grid_suggestions`]: the best point, refined by a parabola).
 //!
 //! Without a grid, a candidate's sweep is one ordinary range test (the ramp). With both, every
 //! (candidate, LR) pair is a task. The chosen candidate and its curve go to every training run,
@@ -16,7 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::lr_range::{suggest, LrFindReport, SuggestionKind};
+use crate::lr_range::{suggest, LrFindReport, SuggestionKind, Suggestions};
 use crate::spec::{JobSpec, LrFindSpec};
 
 /// Most combinations `[lr_find.candidates]` may expand to, and most grid points.
@@ -167,7 +167,7 @@ pub enum PointReport {
 }
 
 /// One loss-vs-LR curve from grid points (any order): sorted by LR, a diverged point's loss is
-/// NaN, and the suggestions read the curve up to the first diverged point.
+/// NaN, and the suggestions read the curve up to the first diverged point ([`grid_suggestions`]).
 pub fn merge_grid(points: &[GridPoint]) -> LrFindReport {
     let mut pts: Vec<&GridPoint> = points.iter().collect();
     pts.sort_by(|a, b| a.lr.total_cmp(&b.lr));
@@ -175,12 +175,36 @@ pub fn merge_grid(points: &[GridPoint]) -> LrFindReport {
     let losses: Vec<f64> = pts.iter().map(|p| if p.diverged { f64::NAN } else { p.loss }).collect();
     let usable = losses.iter().position(|l| !l.is_finite()).unwrap_or(losses.len());
     LrFindReport {
-        suggestion: suggest(&lrs[..usable], &losses[..usable]),
+        suggestion: grid_suggestions(&lrs[..usable], &losses[..usable]),
         raw_losses: losses.clone(),
         lrs,
         losses,
         diverged: pts.iter().any(|p| p.diverged),
     }
+}
+
+/// Suggestions from a grid curve (`lrs` increasing, all finite). A ramp's loss at an LR carries the
+/// history of every smaller LR and bottoms out just before divergence, hence its `minimum/10` and
+/// `valley` rules; a grid point trained at its own LR from the start, so its loss measures that LR
+/// directly. So on a grid: `minimum` is the best point's LR itself, `valley` refines it with the
+/// vertex of a parabola through it and its neighbours (in log LR; the best point when it lies at
+/// an end of the curve), and `steep` is the ramp's rule. `None` with fewer than 3 points.
+pub fn grid_suggestions(lrs: &[f64], losses: &[f64]) -> Option<Suggestions> {
+    let ramp = suggest(lrs, losses)?;
+    let n = lrs.len().min(losses.len());
+    let best = (0..n).min_by(|&a, &b| losses[a].total_cmp(&losses[b]))?;
+    let valley = if best == 0 || best + 1 == n {
+        lrs[best]
+    } else {
+        let (x0, x1, x2) = (lrs[best - 1].ln(), lrs[best].ln(), lrs[best + 1].ln());
+        let (y0, y1, y2) = (losses[best - 1], losses[best], losses[best + 1]);
+        // vertex of the parabola through the three points (x need not be evenly spaced)
+        let num = (x1 - x0).powi(2) * (y1 - y2) - (x1 - x2).powi(2) * (y1 - y0);
+        let den = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0);
+        let x = if den.abs() > f64::EPSILON { x1 - 0.5 * num / den } else { x1 };
+        x.clamp(x0, x2).exp()
+    };
+    Some(Suggestions { steep: ramp.steep, valley, minimum: lrs[best] })
 }
 
 /// The lowest finite loss of a curve before its first non-finite point (NaN when none).
@@ -222,9 +246,14 @@ impl SweepOutcome {
 }
 
 /// Conclude a sweep from its tasks' reports, `(candidate index, report)`. The candidate with the
-/// lowest best loss among those whose curve gives a suggestion wins (ties: the first); when no
-/// curve gives one, an error says what to change.
-pub fn conclude(f: &LrFindSpec, reports: &[(usize, PointReport)]) -> Result<SweepOutcome, String> {
+/// lowest best loss wins (ties: the first), among those whose curve gives a suggestion when the
+/// job needs an LR from it (`need_lr`: some stage has `lr = "auto"`); when none can, an error says
+/// what to change.
+pub fn conclude(
+    f: &LrFindSpec,
+    reports: &[(usize, PointReport)],
+    need_lr: bool,
+) -> Result<SweepOutcome, String> {
     let cands = candidates(f);
     let mut outcomes = vec![];
     for (ci, candidate) in cands.into_iter().enumerate() {
@@ -263,11 +292,11 @@ pub fn conclude(f: &LrFindSpec, reports: &[(usize, PointReport)]) -> Result<Swee
     let chosen = outcomes
         .iter()
         .enumerate()
-        .filter(|(_, o)| o.lr.is_some() && o.best_loss.is_finite())
+        .filter(|(_, o)| (o.lr.is_some() || !need_lr) && o.best_loss.is_finite())
         .min_by(|a, b| a.1.best_loss.total_cmp(&b.1.best_loss))
         .map(|(i, _)| i)
         .ok_or_else(|| {
-            "no LR sweep gave a suggestion (every curve diverged at once or has fewer than 3 usable points); lower lr_find.start, raise lr_find.grid, or set the stages' lr explicitly".to_string()
+            "no LR sweep gave a usable curve (every curve diverged at once or has fewer than 3 usable points); lower lr_find.start, raise lr_find.grid, or set the stages' lr explicitly".to_string()
         })?;
     Ok(SweepOutcome { candidates: outcomes, chosen, suggestion: f.suggestion, grid: f.grid })
 }

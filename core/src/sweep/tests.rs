@@ -99,11 +99,25 @@ fn merging_a_grid_sorts_it_and_suggests_below_the_minimum_before_divergence() {
     assert!(r.lrs.windows(2).all(|w| w[0] < w[1]));
     assert!(r.diverged && r.losses.last().unwrap().is_nan());
     let s = r.suggestion.expect("a U-shaped curve gives suggestions");
-    // valley: halfway along the longest decreasing run (1e-4 … 0.1), so below the best LR
-    assert!(s.valley < 0.1 && s.valley > 1e-4, "{s:?}");
-    assert!((s.minimum - 0.01).abs() < 1e-9, "the best LR / 10: {s:?}");
+    // the curve is a parabola in log LR with its vertex at 0.1, which is also a grid point
+    assert!((s.minimum - 0.1).abs() < 1e-9, "the best grid point: {s:?}");
+    assert!((s.valley / 0.1 - 1.0).abs() < 1e-6, "the parabola's vertex: {s:?}");
     // the best point (lr = 0.1) ends at 0.4; its value is the mean of its last quarter
     assert!((best_loss(&r) - (2.3 - 1.9 * 6.0 / 7.0 + 0.4) / 2.0).abs() < 1e-9, "{}", best_loss(&r));
+}
+
+#[test]
+fn the_grid_valley_falls_between_points_where_the_curve_bottoms_out() {
+    // vertex at 10^-1.25, between the grid points 0.1 and 10^-1.5
+    let lrs: Vec<f64> = (0..7).map(|i| 10f64.powf(-3.0 + 0.5 * f64::from(i))).collect();
+    let losses: Vec<f64> = lrs.iter().map(|lr| 0.5 + (lr.log10() + 1.25).powi(2)).collect();
+    let s = grid_suggestions(&lrs, &losses).unwrap();
+    assert!((s.valley.log10() + 1.25).abs() < 1e-9, "{s:?}");
+    // at the curve's end the best point is the suggestion
+    let falling: Vec<f64> = (0..7).map(|i| 2.0 - 0.1 * f64::from(i)).collect();
+    let s = grid_suggestions(&lrs, &falling).unwrap();
+    assert_eq!((s.valley, s.minimum), (lrs[6], lrs[6]));
+    assert!(grid_suggestions(&lrs[..2], &losses[..2]).is_none());
 }
 
 #[test]
@@ -122,13 +136,13 @@ fn the_candidate_with_the_lowest_loss_is_chosen_and_its_lr_suggested() {
             (ci, PointReport::Grid { point: pt })
         })
         .collect();
-    let o = conclude(&f, &reports).unwrap();
+    let o = conclude(&f, &reports, true).unwrap();
     assert_eq!(o.chosen, 1);
     assert_eq!(o.chosen().candidate.batch_size, Some(64));
     assert_eq!(o.chosen().lr, o.chosen().report.suggestion.map(|s| s.minimum));
     assert!(o.candidates[0].best_loss > o.candidates[1].best_loss);
     // a missing point is an error, not a silently shorter curve
-    let err = conclude(&f, &reports[1..]).unwrap_err();
+    let err = conclude(&f, &reports[1..], true).unwrap_err();
     assert!(err.contains("5 of 6 grid points"), "{err}");
 }
 
@@ -145,7 +159,7 @@ fn ramps_are_compared_too_and_a_sweep_without_any_suggestion_says_what_to_do() {
         LrFindReport::from_finder(finder, false)
     };
     let reports = vec![(0, PointReport::Range { report: ramp(0.0) }), (1, PointReport::Range { report: ramp(-0.5) })];
-    let o = conclude(&f, &reports).unwrap();
+    let o = conclude(&f, &reports, true).unwrap();
     assert_eq!(o.chosen, 1);
     assert_eq!(o.grid, 0);
     let dead = LrFindReport {
@@ -156,6 +170,6 @@ fn ramps_are_compared_too_and_a_sweep_without_any_suggestion_says_what_to_do() {
         diverged: true,
     };
     let none = vec![(0, PointReport::Range { report: dead.clone() }), (1, PointReport::Range { report: dead })];
-    let err = conclude(&f, &none).unwrap_err();
-    assert!(err.contains("no LR sweep gave a suggestion") && err.contains("lower lr_find.start"), "{err}");
+    let err = conclude(&f, &none, true).unwrap_err();
+    assert!(err.contains("no LR sweep gave a usable curve") && err.contains("lower lr_find.start"), "{err}");
 }
