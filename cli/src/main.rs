@@ -8,6 +8,7 @@ mod metrics;
 mod output;
 mod plot;
 mod progress;
+mod task_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,6 +69,47 @@ enum Cmd {
         /// picks a free one, logged at start). Off by default, or with `off`.
         #[arg(long, value_name = "ADDR", value_parser = metrics::parse)]
         metrics_addr: Option<metrics::MetricsAddr>,
+        #[command(flatten)]
+        task: task_cmd::TaskArgs,
+        /// The job's first LR-range test, already run by the cluster's sweep (lr_find.json form):
+        /// stage 1 takes it instead of running [lr_find].
+        #[arg(long, hide = true)]
+        lr_find_report: Option<PathBuf>,
+    },
+    /// One point of a parallel LR sweep (started by a worker for the coordinator): writes
+    /// OUT/results.json.
+    #[command(hide = true)]
+    SweepPoint {
+        job: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// `{"probe":"range"}` or `{"probe":"grid","lr":0.01,"steps":30}`.
+        #[arg(long)]
+        probe: String,
+        #[command(flatten)]
+        task: task_cmd::TaskArgs,
+        #[arg(long)]
+        events_jsonl: Option<String>,
+        #[command(flatten)]
+        group: GroupArgs,
+    },
+    /// Evaluate every snapshot of several independent runs of a job, alone and averaged (started
+    /// by a worker for the coordinator): writes OUT/results.json and prints the table.
+    #[command(hide = true)]
+    EvaluateRuns {
+        job: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Where the job's results go in the store (the job id).
+        #[arg(long)]
+        run: String,
+        /// The runs, `RUN:SEED,…`.
+        #[arg(long, value_delimiter = ',', required = true)]
+        runs: Vec<String>,
+        #[command(flatten)]
+        task: task_cmd::TaskArgs,
+        #[arg(long)]
+        events_jsonl: Option<String>,
     },
     /// Run a worker: register with the coordinators and train what they assign.
     Worker(cluster_cmd::WorkerArgs),
@@ -296,7 +338,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output::print_lr_find(&report);
             Ok(())
         }
-        Cmd::Train { job, out, run, resume, stop_after_epochs, events_jsonl, group, metrics_addr } => {
+        Cmd::SweepPoint { job, out, probe, task, events_jsonl, group } => {
+            let group = group.spec()?;
+            task_cmd::sweep_point(&job, &out, &probe, &task, events_jsonl.as_deref(), group, cli.quiet)
+        }
+        Cmd::EvaluateRuns { job, out, run, runs, task, events_jsonl } => {
+            task_cmd::evaluate_runs(&job, &out, &run, &runs, &task, events_jsonl.as_deref(), cli.quiet)
+        }
+        Cmd::Train {
+            job,
+            out,
+            run,
+            resume,
+            stop_after_epochs,
+            events_jsonl,
+            group,
+            metrics_addr,
+            task,
+            lr_find_report,
+        } => {
             let mut events = match &events_jsonl {
                 Some(target) => Some(
                     cyclotron_worker::agent::events::EventsJsonl::open(target)
@@ -304,10 +364,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ),
                 None => None,
             };
-            let spec = match JobSpec::load(&job) {
+            let loaded = task.load(&job).and_then(|spec| {
+                let report = match &lr_find_report {
+                    Some(path) => Some(
+                        serde_json::from_str(&std::fs::read_to_string(path)?)
+                            .with_context(|| format!("--lr-find-report {}", path.display()))?,
+                    ),
+                    None => None,
+                };
+                Ok((spec, report))
+            });
+            let (spec, lr_find) = match loaded {
                 Ok(s) => s,
                 Err(e) => {
-                    let e = cyclotron_worker::Error::from(e);
+                    let e = cyclotron_worker::Error::Invalid {
+                        what: job.display().to_string(),
+                        message: format!("{e:#}"),
+                    };
                     events.iter_mut().for_each(|ev| ev.failed(&e));
                     return Err(e.into());
                 }
@@ -320,7 +393,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let run = run.unwrap_or_else(output::default_run_id);
             let rank = group.as_ref().map_or(0, |g| g.rank);
             let (metrics, _server) = metrics::serve(metrics_addr, &spec.name, rank)?;
-            let opts = job::TrainOptions { resume, stop_after_epochs, group, metrics };
+            let opts = job::TrainOptions { resume, stop_after_epochs, group, metrics, lr_find };
             let mut bars = progress::Progress::new(cli.quiet);
             let trained = match &mut events {
                 Some(ev) => job::run_train_with(

@@ -53,6 +53,9 @@ fn print_tta(r: &TrainResults) {
     if let Some((e, t)) = r.ensemble.as_ref().and_then(|e| e.tta.map(|t| (e, t))) {
         rows.push(("ensemble".into(), e.accuracy, t.accuracy));
     }
+    if let Some((e, t)) = r.all_snapshots.as_ref().and_then(|e| e.tta.map(|t| (e, t))) {
+        rows.push(("all averaged".into(), e.accuracy, t.accuracy));
+    }
     if let Some(t) = r.final_tta {
         rows.push(("final".into(), r.final_model.accuracy, t.accuracy));
     }
@@ -69,14 +72,31 @@ fn print_tta(r: &TrainResults) {
 pub fn print_results(r: &TrainResults, store: &str, job: &str, run: &str) {
     let split = &r.eval_split;
     println!();
+    if let Some(sweep) = &r.sweep {
+        for c in &sweep.candidates {
+            let lr = c.lr.map_or("no suggestion".into(), |l| format!("lr {l:.3e}"));
+            println!("lr sweep     {:<40} best loss {:.4}  {lr}", c.label, c.best_loss);
+        }
+        let how = if sweep.grid > 0 { format!("a grid of {} LRs", sweep.grid) } else { "a range test".into() };
+        let lr = sweep.chosen().lr.map_or(String::new(), |l| format!(" at lr {l:.3e} ({:?})", sweep.suggestion).to_lowercase());
+        println!("lr sweep     trained: {}{lr}; each candidate swept by {how}", sweep.chosen().label);
+        println!();
+    }
     println!(
         "{:<12} {:>5} {:>5} {:>5} {:>10} {:>10} {:>12}",
         "model", "stage", "cycle", "epoch", "loss", "accuracy", "valid acc"
     );
     for s in &r.snapshots {
+        let name = match s.run.as_ref().and_then(|run| r.runs.iter().position(|x| &x.run == run)) {
+            Some(ri) => {
+                let within = r.runs[ri].snapshots.iter().position(|&i| i == s.index).unwrap_or(0);
+                format!("run {ri} snap {within}")
+            }
+            None => format!("snapshot {}", s.index),
+        };
         println!(
             "{:<12} {:>5} {:>5} {:>5} {:>10.4} {:>9.2}% {:>11.2}%",
-            format!("snapshot {}", s.index),
+            name,
             s.stage + 1,
             s.cycle,
             s.epoch,
@@ -99,14 +119,45 @@ pub fn print_results(r: &TrainResults, store: &str, job: &str, run: &str) {
             100.0 * e.valid.accuracy
         );
     }
+    if let Some(a) = &r.all_snapshots {
+        println!(
+            "{:<12} {:>17} {:>10.4} {:>9.2}% {:>11.2}%",
+            "all averaged",
+            format!("{} snapshots", a.members.len()),
+            a.loss,
+            100.0 * a.accuracy,
+            100.0 * a.valid.accuracy
+        );
+    }
+    for (ri, run) in r.runs.iter().enumerate() {
+        if let Some(e) = &run.ensemble {
+            println!(
+                "{:<12} {:>17} {:>10.4} {:>9.2}% {:>11.2}%",
+                format!("run {ri} ens."),
+                format!("seed {}", run.seed),
+                e.loss,
+                100.0 * e.accuracy,
+                100.0 * e.valid.accuracy
+            );
+        }
+    }
     println!(
         "{:<12} {:>17} {:>10.4} {:>9.2}%",
-        "final",
+        if r.runs.is_empty() { "final" } else { "final run 0" },
         "",
         r.final_model.loss,
         100.0 * r.final_model.accuracy
     );
     print_tta(r);
     println!();
-    println!("loss and accuracy on the {split} split; {:.0}s of training; snapshots in {store}/{job}/{run}/snapshots/", r.train_seconds);
+    if r.runs.is_empty() {
+        println!("loss and accuracy on the {split} split; {:.0}s of training; snapshots in {store}/{job}/{run}/snapshots/", r.train_seconds);
+    } else {
+        println!(
+            "loss and accuracy on the {split} split; {} independent runs, {:.0}s of training in all; snapshots in {store}/{job}/<run>/snapshots/ (runs {})",
+            r.runs.len(),
+            r.train_seconds,
+            r.runs.iter().map(|x| x.run.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
 }

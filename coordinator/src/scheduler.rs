@@ -28,11 +28,13 @@ pub fn decide(state: &ClusterState, leases: &Leases, now_ms: u64) -> Vec<Command
             continue;
         }
         let mut started = 0;
+        let need = j.group_size(ready[0]);
         for next in ready {
-            if idle.len() < j.workers_per_run {
+            let n = j.group_size(next);
+            if idle.len() < n {
                 break;
             }
-            let workers: Vec<String> = idle.drain(..j.workers_per_run).map(str::to_string).collect();
+            let workers: Vec<String> = idle.drain(..n).map(str::to_string).collect();
             out.push(Command::StartTask {
                 job: id.clone(),
                 task: next,
@@ -44,10 +46,10 @@ pub fn decide(state: &ClusterState, leases: &Leases, now_ms: u64) -> Vec<Command
         if started > 0 || j.any_running() {
             continue;
         }
-        let reason = if alive < j.workers_per_run {
-            format!("needs {} workers, {alive} registered", j.workers_per_run)
+        let reason = if alive < need {
+            format!("needs {need} workers, {alive} registered")
         } else {
-            format!("needs {} idle workers, {} idle", j.workers_per_run, idle.len())
+            format!("needs {need} idle workers, {} idle", idle.len())
         };
         if !matches!(&j.status, JobStatus::Pending { reason: r } if *r == reason) {
             out.push(Command::SetWaiting { job: id.clone(), reason });

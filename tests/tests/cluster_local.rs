@@ -70,7 +70,7 @@ fn local_cluster_of_two_workers_trains_the_job_and_cleans_up() {
     );
     // progress as it happened, and the two ranks trained together
     assert!(ran.stderr.contains("stage 1 epoch 2:"), "no epoch lines:\n{}", ran.stderr);
-    assert!(ran.stderr.contains("run started on local-0, local-1"), "{}", ran.stderr);
+    assert!(ran.stderr.contains("task 0 started on local-0, local-1"), "{}", ran.stderr);
     assert!(read(&out.join("logs/worker-1.log")).contains("joined the data-parallel group"));
     // the run's checkpoints went to the spec's store under the job id
     let job_id = ran.stderr.split("job ").nth(1).and_then(|r| r.split(':').next()).expect("job id");

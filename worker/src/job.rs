@@ -34,7 +34,7 @@ pub fn load_data(spec: &JobSpec) -> Result<JobData> {
     let (train, valid, test) = match d.source {
         DataSource::FashionMnist => {
             let (full, test) = load_fashion_mnist(Path::new(&path))?;
-            let (train, valid) = full.split(d.valid_pct, spec.seed);
+            let (train, valid) = full.split(d.valid_pct, d.split_seed.unwrap_or(spec.seed));
             (train, valid, Some(test))
         }
         DataSource::ImageFolder => {
@@ -165,12 +165,12 @@ impl Observer for Recorder<'_> {
 }
 
 /// One snapshot's predictions, kept in memory for the ensemble.
-struct Taken {
-    result: SnapshotResult,
-    valid_probs: Tensor,
-    eval_probs: Tensor,
+pub(crate) struct Taken {
+    pub result: SnapshotResult,
+    pub valid_probs: Tensor,
+    pub eval_probs: Tensor,
     /// With test-time augmentation, when the job has `[tta]`.
-    eval_tta: Option<Tensor>,
+    pub eval_tta: Option<Tensor>,
 }
 
 /// How `run_train_with` starts and stops (the CLI's `--resume` and hidden `--stop-after-epochs`).
@@ -185,6 +185,27 @@ pub struct TrainOptions {
     pub group: Option<crate::distributed::GroupSpec>,
     /// Where to record Prometheus metrics (`--metrics-addr`); `None` records nothing.
     pub metrics: Option<crate::metrics::JobMetrics>,
+    /// The job's first LR-range test, already run by the cluster's parallel sweep: stage 1 takes
+    /// it instead of running `[lr_find]` itself.
+    pub lr_find: Option<LrFindReport>,
+}
+
+/// Join the data-parallel group of `opts` (if any): the same initial weights as rank 0, gradients
+/// averaged over the group from then on.
+pub fn join_group(spec: &JobSpec, l: &mut Learner, opts: &TrainOptions) -> Result<()> {
+    let Some(g) = &opts.group else { return Ok(()) };
+    if spec.stages.iter().any(|s| s.precompute) {
+        return Err(Error::Invalid {
+            what: "--world-size".into(),
+            message: "precompute stages are not supported in data-parallel runs yet; train them on one process"
+                .into(),
+        });
+    }
+    let mut sync = g.join(l.net.vs.device())?;
+    opts.metrics.iter().for_each(|m| sync.set_metrics(m.comm.clone()));
+    sync.broadcast_model(&l.net)?;
+    l.grad_sync = Some(sync);
+    Ok(())
 }
 
 /// The job's store, with the `[checkpoint]` section's transfer and S3 settings.
@@ -234,20 +255,7 @@ pub fn run_train_with(
     rt.block_on(store.check_access(&run.prefix()))?;
     let data = phase(obs, "loading data", || load_data(spec))?;
     let mut l = learner(spec, &data)?;
-    if let Some(g) = &opts.group {
-        if spec.stages.iter().any(|s| s.precompute) {
-            return Err(Error::Invalid {
-                what: "--world-size".into(),
-                message:
-                    "precompute stages are not supported in data-parallel runs yet; train them on one process"
-                        .into(),
-            });
-        }
-        let mut sync = g.join(l.net.vs.device())?;
-        opts.metrics.iter().for_each(|m| sync.set_metrics(m.comm.clone()));
-        sync.broadcast_model(&l.net)?;
-        l.grad_sync = Some(sync);
-    }
+    join_group(spec, &mut l, opts)?;
     let eval_ds = data.test.clone().unwrap_or_else(|| data.valid.clone());
     let eval_split = if data.test.is_some() { "test" } else { "valid" };
     let (valid_y, eval_y) = (labels(&data.valid), labels(&eval_ds));
@@ -326,9 +334,16 @@ pub fn run_train_with(
         }
         if start_epoch == 0 && (stage.lr_find || (si == 0 && spec.lr_find.is_some())) {
             // the LR-range test trains on images through the whole network, never on a cache
-            let cache = l.precomputed.take();
-            lr_finds.push((si, l.lr_find(range, &mut rec)?));
-            l.precomputed = cache;
+            let report = match &opts.lr_find {
+                Some(swept) if si == 0 && spec.lr_find.is_some() => swept.clone(),
+                _ => {
+                    let cache = l.precomputed.take();
+                    let r = l.lr_find(range, &mut rec);
+                    l.precomputed = cache;
+                    r?
+                }
+            };
+            lr_finds.push((si, report));
         }
         let lr = match stage.fixed_lr() {
             Some(lr) => lr,
@@ -403,6 +418,7 @@ pub fn run_train_with(
                         accuracy: m.accuracy,
                         valid: metrics(&valid_probs, &valid_y),
                         tta: eval_tta.as_ref().map(|p| metrics(p, &eval_y)),
+                        run: None,
                     },
                     valid_probs,
                     eval_probs,
@@ -481,25 +497,8 @@ pub fn run_train_with(
     let ensemble = if spec.ensemble.members > 0 && !taken.is_empty() {
         let valid: Vec<Tensor> = taken.iter().map(|t| t.valid_probs.shallow_clone()).collect();
         let members = ensemble::select(spec.ensemble.selection, &valid, &valid_y, spec.ensemble.members);
-        let pick = |f: &dyn Fn(&Taken) -> &Tensor| -> Tensor {
-            ensemble::average(&members.iter().map(|&i| f(&taken[i])).collect::<Vec<_>>())
-        };
-        let eval = metrics(&pick(&|t| &t.eval_probs), &eval_y);
-        let valid = metrics(&pick(&|t| &t.valid_probs), &valid_y);
-        let tta = members
-            .iter()
-            .map(|&i| taken[i].eval_tta.as_ref())
-            .collect::<Option<Vec<_>>>()
-            .filter(|v| !v.is_empty())
-            .map(|v| metrics(&ensemble::average(&v), &eval_y));
-        Some(EnsembleResult {
-            members,
-            selection: format!("{:?}", spec.ensemble.selection).to_lowercase(),
-            loss: eval.loss,
-            accuracy: eval.accuracy,
-            valid,
-            tta,
-        })
+        let selection = format!("{:?}", spec.ensemble.selection).to_lowercase();
+        Some(average_of(&taken, members, &selection, &valid_y, &eval_y))
     } else {
         None
     };
@@ -514,9 +513,35 @@ pub fn run_train_with(
         lr_finds,
         history: rec.history,
         train_seconds: started.elapsed().as_secs_f64(),
+        sweep: None,
+        runs: vec![],
+        all_snapshots: None,
     };
     let body = serde_json::to_vec_pretty(&results)
         .map_err(|e| Error::Invalid { what: "results".into(), message: e.to_string() })?;
     rt.block_on(store.put_raw(&format!("{}/{}/results.json", spec.name, run_id), body.into()))?;
     Ok(results)
+}
+
+/// The ensemble of snapshots `members` (indices into `taken`): their probabilities averaged, on
+/// the evaluation split, the validation split and (when every member has them) with TTA.
+pub(crate) fn average_of(
+    taken: &[Taken],
+    members: Vec<usize>,
+    selection: &str,
+    valid_y: &Tensor,
+    eval_y: &Tensor,
+) -> EnsembleResult {
+    let pick = |f: &dyn Fn(&Taken) -> &Tensor| -> Tensor {
+        ensemble::average(&members.iter().map(|&i| f(&taken[i])).collect::<Vec<_>>())
+    };
+    let eval = metrics(&pick(&|t| &t.eval_probs), eval_y);
+    let valid = metrics(&pick(&|t| &t.valid_probs), valid_y);
+    let tta = members
+        .iter()
+        .map(|&i| taken[i].eval_tta.as_ref())
+        .collect::<Option<Vec<_>>>()
+        .filter(|v| !v.is_empty())
+        .map(|v| metrics(&ensemble::average(&v), eval_y));
+    EnsembleResult { members, selection: selection.into(), loss: eval.loss, accuracy: eval.accuracy, valid, tta }
 }

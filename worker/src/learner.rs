@@ -371,6 +371,56 @@ impl Learner {
     }
 }
 
+impl Learner {
+    /// One grid point of a parallel LR sweep: `steps` steps (at most one epoch's worth of batches
+    /// per pass, continuing into the next epoch's order) at the constant `lr` on every unfrozen
+    /// group, with a fresh optimiser; stops early once the loss diverges (not finite, or above
+    /// [`cyclotron_core::sweep::DIVERGE_FACTOR`] × the first). The weights are restored afterwards.
+    /// Returns the losses and whether it stopped on divergence.
+    pub fn lr_probe(&mut self, lr: f64, steps: u32, obs: &mut dyn Observer) -> Result<(Vec<f64>, bool)> {
+        self.opt.wait_for_readers();
+        let saved = clone_vars(&self.net.vs);
+        let real_opt =
+            std::mem::replace(&mut self.opt, Optimizer::new(&self.opt_spec, self.net.parameters()));
+        obs.on_event(&Event::LrFindStart { steps });
+        let lrs = vec![lr; crate::models::GROUPS];
+        let mut losses = Vec::with_capacity(steps as usize);
+        let mut stopped = false;
+        let result = (|| -> Result<()> {
+            let mut epoch = self.epochs_done;
+            while losses.len() < steps as usize && !stopped {
+                let loader = self.loader(&self.data.train, true, epoch, self.data.batch_size);
+                let before = losses.len();
+                for batch in loader {
+                    if losses.len() >= steps as usize {
+                        break;
+                    }
+                    self.check_abort()?;
+                    let loss = self.train_step(&batch.x, &batch.y, &lrs)?;
+                    obs.on_event(&Event::LrFindStep { i: losses.len() as u32, lr, loss });
+                    losses.push(loss);
+                    if cyclotron_core::sweep::grid_diverged(losses[0], loss) {
+                        stopped = true;
+                        break;
+                    }
+                }
+                if losses.len() == before {
+                    return Err(Error::Invalid {
+                        what: "data".into(),
+                        message: "the training split gives no batch; lower data.batch_size".into(),
+                    });
+                }
+                epoch += 1;
+            }
+            Ok(())
+        })();
+        self.opt = real_opt;
+        load_into(&self.net.vs, &saved, "weights saved before the LR probe")?;
+        result?;
+        Ok((losses, stopped))
+    }
+}
+
 /// The training step every path shares (the learner, the LR-range test, `make bench`): forward in
 /// training mode, cross-entropy, backward, one optimiser update. Returns the batch loss.
 pub fn train_step(net: &Net, opt: &mut Optimizer, x: &Tensor, y: &Tensor, lrs: &[f64]) -> f64 {
@@ -486,6 +536,26 @@ mod tests {
         for ((n, a), (_, b)) in momentum.iter().zip(after.iter()) {
             assert!(a.equal(b), "momentum of {n} changed by lr_find");
         }
+    }
+
+    #[test]
+    fn lr_probes_start_from_the_same_weights_cross_epochs_and_stop_on_divergence() {
+        let mut l = learner();
+        let weights = clone_vars(&l.net.vs);
+        // 20 steps: more than one epoch (8 batches)
+        let (small, stopped) = l.lr_probe(0.01, 20, &mut Quiet).unwrap();
+        assert_eq!((small.len(), stopped), (20, false));
+        for ((n, a), (_, b)) in weights.iter().zip(clone_vars(&l.net.vs).iter()) {
+            assert!(a.equal(b), "{n} changed by the probe");
+        }
+        // the same init and batches: the same first loss at any LR, and a repeat is identical
+        let (again, _) = l.lr_probe(0.01, 20, &mut Quiet).unwrap();
+        assert_eq!(small, again);
+        let (good, _) = l.lr_probe(0.1, 20, &mut Quiet).unwrap();
+        assert_eq!(good[0], small[0]);
+        assert!(good[19] < small[19], "0.1 learns faster than 0.01 in 20 steps: {good:?} vs {small:?}");
+        let (blown, stopped) = l.lr_probe(1e4, 20, &mut Quiet).unwrap();
+        assert!(stopped && blown.len() < 20, "{blown:?}");
     }
 
     #[test]

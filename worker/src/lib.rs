@@ -14,12 +14,14 @@ pub mod data;
 pub mod distributed;
 pub mod ensemble;
 pub mod error;
+pub mod evaluate;
 pub mod job;
 pub mod learner;
 pub mod metrics;
 pub mod models;
 pub mod optim;
 pub mod precompute;
+pub mod sweep;
 pub mod tensor_io;
 pub mod tta;
 

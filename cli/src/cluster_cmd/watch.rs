@@ -149,7 +149,7 @@ impl Display {
                 self.note(&format!("stage {}{name}: {} epochs", s.stage + 1, s.epochs));
             }
             Event::LrFind(l) => self.note(&format!(
-                "lr_find before stage {}: {} points; steep {:.2e}, valley {:.2e}, minimum/10 {:.2e}",
+                "lr_find before stage {}: {} points; steep {:.2e}, valley {:.2e}, minimum {:.2e}",
                 l.stage + 1,
                 l.lrs.len(),
                 l.steep,

@@ -278,8 +278,8 @@ fn start_task(s: &mut ClusterState, job: &str, task: usize, workers: &[String], 
     if !j.is_ready(task) {
         return reject(format!("task {task} of job {job} is not waiting, or waits for another task"));
     }
-    if workers.len() != j.workers_per_run {
-        return reject(format!("task needs {} workers, got {}", j.workers_per_run, workers.len()));
+    if workers.len() != j.group_size(task) {
+        return reject(format!("task needs {} workers, got {}", j.group_size(task), workers.len()));
     }
     let mut seen = std::collections::BTreeSet::new();
     for w in workers {

@@ -120,6 +120,15 @@ impl JobState {
         })
     }
 
+    /// Workers task `i` runs on: `workers_per_run`, except the evaluation of several runs, which
+    /// one worker does.
+    pub fn group_size(&self, i: usize) -> usize {
+        match self.tasks.get(i).map(|t| &t.task) {
+            Some(crate::plan::Task::Evaluate { .. }) => 1,
+            _ => self.workers_per_run,
+        }
+    }
+
     /// Whether every task is done.
     pub fn all_done(&self) -> bool {
         self.tasks.iter().all(|t| t.status == TaskStatus::Done)

@@ -129,6 +129,11 @@ pub struct DataSpec {
     /// Keep only these classes (by index), relabelled 0..k in this order, e.g. `[5, 6, 7, 8, 9]`.
     #[serde(default)]
     pub classes: Option<Vec<usize>>,
+    /// Seed of the validation split carved from the training data (default: the job's seed).
+    /// Independent runs (`ensemble.runs`) change the job's seed but keep this split, so that
+    /// ensemble members are chosen on images no run trained on.
+    #[serde(default)]
+    pub split_seed: Option<u64>,
 }
 
 fn default_batch_size() -> usize {
@@ -345,6 +350,13 @@ pub struct RuntimeSpec {
 }
 
 impl JobSpec {
+    /// This spec with another seed (weights, shuffling, augmentation) and the same validation split.
+    pub fn with_seed(mut self, seed: u64) -> JobSpec {
+        self.data.split_seed.get_or_insert(self.seed);
+        self.seed = seed;
+        self
+    }
+
     /// Parse TOML text; `origin` names the source in errors (a file path or "<inline>").
     pub fn from_toml_str(text: &str, origin: &str) -> Result<JobSpec> {
         toml::from_str(text)

@@ -151,9 +151,23 @@ async fn run(ctx: &RunContext, a: &Assignment, mut stop: watch::Receiver<bool>) 
     }
 
     let out = dir.join("out");
+    let args = match TaskOrder::parse(a) {
+        Ok(order) => order.child_args(ctx, a, &spec_path, &out, &peers, &dir),
+        Err(e) => Err(e),
+    };
+    let args = match args {
+        Ok(args) => args,
+        Err(e) => {
+            // a task this worker cannot read will not read better elsewhere
+            let _ = tx.send(failure(true, e.to_string(), "", &[]));
+            drop(tx);
+            let _ = tokio::time::timeout(Duration::from_secs(30), reporter).await;
+            return Ok(());
+        }
+    };
     let spec = ChildSpec {
         program: ctx.binary.clone(),
-        args: child_args(ctx, a, &spec_path, &out, &peers),
+        args,
         cwd: ctx.child_cwd.clone(),
         ping_every: Some(ctx.child_watchdog / 4),
         log_prefix: format!("[{} rank {}]", a.job_id, a.rank),
@@ -235,38 +249,131 @@ fn read_results(out: &Path, rank: u32) -> std::result::Result<String, String> {
     std::fs::read_to_string(&path).map_err(|e| format!("training exited cleanly but {}: {e}", path.display()))
 }
 
-fn child_args(ctx: &RunContext, a: &Assignment, spec: &Path, out: &Path, peers: &[String]) -> Vec<OsString> {
-    let mut args: Vec<OsString> = vec![
-        "--quiet".into(),
-        "--parent-watchdog-ms".into(),
-        ctx.child_watchdog.as_millis().to_string().into(),
-        "train".into(),
-        spec.into(),
-        "--out".into(),
-        out.into(),
-        "--run".into(),
-        a.job_id.clone().into(),
-        "--resume".into(),
-        "--events-jsonl".into(),
-        "-".into(),
-    ];
-    if let Some(addr) = &ctx.metrics_addr {
-        args.push("--metrics-addr".into());
-        args.push(addr.into());
+/// What the coordinator asked for (`Assignment.task_json`, the coordinator's `plan::Task`).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TaskOrder {
+    /// One training run (`cyclotron train --resume`).
+    Run {
+        /// Run id in the store; empty: the job id.
+        #[serde(default)]
+        run: String,
+        #[serde(default)]
+        seed: Option<u64>,
+        /// The concluded sweep: `{"candidate": {...}, "report": {...}}`.
+        #[serde(default)]
+        sweep: Option<SweepChoice>,
+    },
+    /// One point of the job's LR sweep (`cyclotron sweep-point`).
+    Sweep { overrides: serde_json::Value, probe: serde_json::Value },
+    /// Every snapshot of several runs (`cyclotron evaluate-runs`).
+    Evaluate {
+        runs: Vec<(String, u64)>,
+        #[serde(default)]
+        sweep: Option<SweepChoice>,
+    },
+}
+
+/// The part of a concluded sweep a task passes on to its child, kept as JSON.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct SweepChoice {
+    pub candidate: serde_json::Value,
+    pub report: serde_json::Value,
+}
+
+impl TaskOrder {
+    /// The assignment's task; an empty `task_json` is the whole job as one run.
+    pub fn parse(a: &Assignment) -> Result<TaskOrder> {
+        if a.task_json.trim().is_empty() {
+            return Ok(TaskOrder::Run { run: String::new(), seed: None, sweep: None });
+        }
+        serde_json::from_str(&a.task_json).map_err(|e| AgentError::Invalid {
+            what: format!("task {} of job {}", a.task, a.job_id),
+            message: format!("unreadable task ({e}); is this worker older than the coordinator?"),
+        })
     }
-    if a.world_size > 1 {
-        for (flag, value) in [
-            ("--rank", a.rank.to_string()),
-            ("--world-size", a.world_size.to_string()),
-            ("--peers", peers.join(",")),
-            ("--generation", a.generation.to_string()),
-            ("--collective-timeout", format!("{}", ctx.collective_timeout.as_secs_f64())),
-        ] {
+
+    /// The child's command line; files it needs (the sweep's curve) are written into `dir`.
+    pub fn child_args(
+        &self,
+        ctx: &RunContext,
+        a: &Assignment,
+        spec: &Path,
+        out: &Path,
+        peers: &[String],
+        dir: &Path,
+    ) -> Result<Vec<OsString>> {
+        let mut args: Vec<OsString> = vec![
+            "--quiet".into(),
+            "--parent-watchdog-ms".into(),
+            ctx.child_watchdog.as_millis().to_string().into(),
+        ];
+        let mut push = |flag: &str, value: String| {
             args.push(flag.into());
             args.push(value.into());
+        };
+        let candidate = |sweep: &Option<SweepChoice>| sweep.as_ref().map(|c| c.candidate.to_string());
+        let group = match self {
+            TaskOrder::Run { run, seed, sweep } => {
+                let run = if run.is_empty() { a.job_id.clone() } else { run.clone() };
+                push("train", spec.display().to_string());
+                push("--out", out.display().to_string());
+                push("--run", run.clone());
+                if run != a.job_id {
+                    // one of several independent runs: its own seed
+                    if let Some(seed) = seed {
+                        push("--seed", seed.to_string());
+                    }
+                }
+                if let Some(c) = candidate(sweep) {
+                    push("--candidate", c);
+                }
+                if let Some(choice) = sweep {
+                    let path = dir.join("lr_find.json");
+                    std::fs::write(&path, choice.report.to_string())
+                        .map_err(|e| AgentError::Io { what: format!("writing {}", path.display()), source: e })?;
+                    push("--lr-find-report", path.display().to_string());
+                }
+                if let Some(addr) = &ctx.metrics_addr {
+                    push("--metrics-addr", addr.clone());
+                }
+                args.push("--resume".into());
+                true
+            }
+            TaskOrder::Sweep { overrides, probe } => {
+                push("sweep-point", spec.display().to_string());
+                push("--out", out.display().to_string());
+                push("--probe", probe.to_string());
+                push("--candidate", overrides.to_string());
+                true
+            }
+            TaskOrder::Evaluate { runs, sweep } => {
+                push("evaluate-runs", spec.display().to_string());
+                push("--out", out.display().to_string());
+                push("--run", a.job_id.clone());
+                push("--runs", runs.iter().map(|(r, s)| format!("{r}:{s}")).collect::<Vec<_>>().join(","));
+                if let Some(c) = candidate(sweep) {
+                    push("--candidate", c);
+                }
+                false
+            }
+        };
+        args.push("--events-jsonl".into());
+        args.push("-".into());
+        if group && a.world_size > 1 {
+            for (flag, value) in [
+                ("--rank", a.rank.to_string()),
+                ("--world-size", a.world_size.to_string()),
+                ("--peers", peers.join(",")),
+                ("--generation", a.generation.to_string()),
+                ("--collective-timeout", format!("{}", ctx.collective_timeout.as_secs_f64())),
+            ] {
+                args.push(flag.into());
+                args.push(value.into());
+            }
         }
+        Ok(args)
     }
-    args
 }
 
 /// `host:port` for this run's ring: the configured port, or a free one.
@@ -372,6 +479,42 @@ mod tests {
 
     fn strings(args: Vec<OsString>) -> Vec<String> {
         args.into_iter().map(|a| a.into_string().unwrap()).collect()
+    }
+
+    fn child_args(ctx: &RunContext, a: &Assignment, spec: &Path, out: &Path, peers: &[String]) -> Vec<OsString> {
+        TaskOrder::parse(a).unwrap().child_args(ctx, a, spec, out, peers, Path::new("/tmp")).unwrap()
+    }
+
+    #[test]
+    fn sweep_points_runs_and_evaluations_start_their_own_commands() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = assignment(2);
+        a.task_json = r#"{"kind":"sweep","candidate":1,"overrides":{"batch_size":64},"probe":{"probe":"grid","lr":0.01,"steps":30}}"#.into();
+        let order = TaskOrder::parse(&a).unwrap();
+        let args = strings(order.child_args(&ctx(), &a, Path::new("j.toml"), Path::new("o"), &["p0".into(), "p1".into()], dir.path()).unwrap()).join(" ");
+        assert!(args.contains(r#"sweep-point j.toml --out o --probe {"lr":0.01,"probe":"grid","steps":30} --candidate {"batch_size":64} --events-jsonl -"#), "{args}");
+        assert!(args.contains("--rank 1 --world-size 2 --peers p0,p1"), "a sweep point can be data-parallel: {args}");
+
+        a.task_json = r#"{"kind":"run","stages":1,"epochs":2,"lr_find":true,"snapshots":true,"run":"j-1-r1","seed":43,"sweep":{"candidate":{"weight_decay":0.01},"report":{"lrs":[0.1],"losses":[1.0],"raw_losses":[1.0],"suggestion":null,"diverged":false}}}"#.into();
+        let order = TaskOrder::parse(&a).unwrap();
+        let args = strings(order.child_args(&ctx(), &a, Path::new("j.toml"), Path::new("o"), &[], dir.path()).unwrap()).join(" ");
+        let report = dir.path().join("lr_find.json");
+        assert!(
+            args.contains(&format!("train j.toml --out o --run j-1-r1 --seed 43 --candidate {{\"weight_decay\":0.01}} --lr-find-report {} --resume", report.display())),
+            "{args}"
+        );
+        let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        assert_eq!(written["lrs"][0], 0.1);
+
+        let mut one = assignment(1);
+        one.task_json = r#"{"kind":"evaluate","runs":[["j-1-r0",42],["j-1-r1",43]]}"#.into();
+        let order = TaskOrder::parse(&one).unwrap();
+        let args = strings(order.child_args(&ctx(), &one, Path::new("j.toml"), Path::new("o"), &[], dir.path()).unwrap()).join(" ");
+        assert!(args.contains("evaluate-runs j.toml --out o --run j-1 --runs j-1-r0:42,j-1-r1:43 --events-jsonl -"), "{args}");
+
+        one.task_json = r#"{"kind":"teleport"}"#.into();
+        let e = TaskOrder::parse(&one).unwrap_err().to_string();
+        assert!(e.contains("unreadable task") && e.contains("older than the coordinator"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,136 @@
+//! The evaluation of several independent runs of a job (`ensemble.runs = k`, `cyclotron
+//! evaluate-runs`): every snapshot of every run is read back from the store (checksums verified),
+//! scored alone on the evaluation split (with TTA when the job has it), and the snapshots are
+//! averaged — all of them, and the members the job's `[ensemble]` selection picks among all runs
+//! on the validation split. The runs share the validation split (`data.split_seed`), so members
+//! are never chosen on images a run trained on.
+
+use std::time::Instant;
+
+use cyclotron_core::checkpoint::RunLocation;
+use cyclotron_core::results::{RunSummary, SnapshotResult, TrainResults};
+use cyclotron_core::spec::JobSpec;
+use tch::Tensor;
+
+use crate::error::{Error, Result};
+use crate::job::{average_of, learner, load_data, open_store, Taken};
+use crate::learner::{labels, metrics, Event, Observer};
+use crate::tensor_io::{from_safetensors, load_into};
+
+/// Evaluate the runs `(run id, seed)` of `spec` (a run's results must be in the store: its
+/// `results.json`, written when it finished); the job's results go to `<job>/<job_run>/results.json`.
+pub fn evaluate_runs(
+    spec: &JobSpec,
+    job_run: &str,
+    runs: &[(String, u64)],
+    obs: &mut dyn Observer,
+) -> Result<TrainResults> {
+    let started = Instant::now();
+    let store = open_store(spec)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Io { what: "tokio runtime".into(), source: e })?;
+    let mut reported: Vec<TrainResults> = vec![];
+    for (run, _) in runs {
+        let key = format!("{}/{run}/results.json", spec.name);
+        let bytes = rt.block_on(store.read_raw(&key))?;
+        let r: TrainResults = serde_json::from_slice(&bytes).map_err(|e| Error::Invalid {
+            what: key.clone(),
+            message: format!("not a run's results ({e}); the run may not have finished"),
+        })?;
+        reported.push(r);
+    }
+    obs.on_event(&Event::Phase { what: "loading data", done: false });
+    let data = load_data(spec);
+    obs.on_event(&Event::Phase { what: "loading data", done: true });
+    let data = data?;
+    let l = learner(spec, &data)?;
+    let eval_ds = data.test.clone().unwrap_or_else(|| data.valid.clone());
+    let eval_split = if data.test.is_some() { "test" } else { "valid" };
+    let (valid_y, eval_y) = (labels(&data.valid), labels(&eval_ds));
+
+    let mut taken: Vec<Taken> = vec![];
+    let mut summaries = vec![];
+    for ((run, seed), r) in runs.iter().zip(&reported) {
+        let loc = RunLocation::new(&spec.name, run);
+        let first = taken.len();
+        for s in &r.snapshots {
+            let dir = loc.snapshot_dir(s.index);
+            let weights = rt.block_on(async {
+                let m = store.manifest(&dir).await?;
+                store.read_blob(&dir, &m, "model.safetensors").await
+            })?;
+            load_into(&l.net.vs, &from_safetensors(&weights, &dir)?, &dir)?;
+            let valid_probs = l.predict(&data.valid)?;
+            let eval_probs = l.predict(&eval_ds)?;
+            let m = metrics(&eval_probs, &eval_y);
+            let eval_tta = match (&spec.tta, &l.augmenter) {
+                (Some(t), Some(aug)) => {
+                    Some(crate::tta::predict(&l, &eval_ds, aug, t, Some(eval_probs.shallow_clone()))?)
+                }
+                _ => None,
+            };
+            tracing::info!(run = %run, snapshot = s.index, accuracy = m.accuracy, "snapshot evaluated");
+            taken.push(Taken {
+                result: SnapshotResult {
+                    index: taken.len(),
+                    stage: s.stage,
+                    cycle: s.cycle,
+                    epoch: s.epoch,
+                    loss: m.loss,
+                    accuracy: m.accuracy,
+                    valid: metrics(&valid_probs, &valid_y),
+                    tta: eval_tta.as_ref().map(|p| metrics(p, &eval_y)),
+                    run: Some(run.clone()),
+                },
+                valid_probs,
+                eval_probs,
+                eval_tta,
+            });
+        }
+        summaries.push(RunSummary {
+            run: run.clone(),
+            seed: *seed,
+            final_model: r.final_model,
+            ensemble: r.ensemble.clone(),
+            snapshots: (first..taken.len()).collect(),
+            train_seconds: r.train_seconds,
+        });
+    }
+    let (all_snapshots, ensemble) = if taken.is_empty() {
+        (None, None)
+    } else {
+        let all = average_of(&taken, (0..taken.len()).collect(), "all", &valid_y, &eval_y);
+        let chosen = (spec.ensemble.members > 0).then(|| {
+            let valid: Vec<Tensor> = taken.iter().map(|t| t.valid_probs.shallow_clone()).collect();
+            let members =
+                crate::ensemble::select(spec.ensemble.selection, &valid, &valid_y, spec.ensemble.members);
+            let selection = format!("{:?}", spec.ensemble.selection).to_lowercase();
+            average_of(&taken, members, &selection, &valid_y, &eval_y)
+        });
+        (Some(all), chosen)
+    };
+    let Some(first) = reported.into_iter().next() else {
+        return Err(Error::Invalid { what: "evaluate".into(), message: "no runs to evaluate".into() });
+    };
+    let results = TrainResults {
+        job: spec.name.clone(),
+        eval_split: eval_split.into(),
+        snapshots: taken.into_iter().map(|t| t.result).collect(),
+        ensemble,
+        final_model: first.final_model,
+        final_tta: first.final_tta,
+        epochs: first.epochs,
+        lr_finds: first.lr_finds,
+        history: first.history,
+        train_seconds: summaries.iter().map(|s| s.train_seconds).sum::<f64>() + started.elapsed().as_secs_f64(),
+        sweep: None,
+        runs: summaries,
+        all_snapshots,
+    };
+    let body = serde_json::to_vec_pretty(&results)
+        .map_err(|e| Error::Invalid { what: "results".into(), message: e.to_string() })?;
+    rt.block_on(store.put_raw(&format!("{}/{job_run}/results.json", spec.name), body.into()))?;
+    Ok(results)
+}
