@@ -77,8 +77,12 @@ pub fn print_results(r: &TrainResults, store: &str, job: &str, run: &str) {
             let lr = c.lr.map_or("no suggestion".into(), |l| format!("lr {l:.3e}"));
             println!("lr sweep     {:<40} best loss {:.4}  {lr}", c.label, c.best_loss);
         }
-        let how = if sweep.grid > 0 { format!("a grid of {} LRs", sweep.grid) } else { "a range test".into() };
-        let lr = sweep.chosen().lr.map_or(String::new(), |l| format!(" at lr {l:.3e} ({:?})", sweep.suggestion).to_lowercase());
+        let how =
+            if sweep.grid > 0 { format!("a grid of {} LRs", sweep.grid) } else { "a range test".into() };
+        let lr = sweep
+            .chosen()
+            .lr
+            .map_or(String::new(), |l| format!(" at lr {l:.3e} ({:?})", sweep.suggestion).to_lowercase());
         println!("lr sweep     trained: {}{lr}; each candidate swept by {how}", sweep.chosen().label);
         println!();
     }

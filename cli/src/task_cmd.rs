@@ -108,8 +108,9 @@ pub fn evaluate_runs(
         .collect::<anyhow::Result<_>>()?;
     let spec = task.load(job)?;
     output::prepare_dir(out)?;
-    let results =
-        with_events(events_jsonl, quiet, |obs| cyclotron_worker::evaluate::evaluate_runs(&spec, run, &runs, obs))?;
+    let results = with_events(events_jsonl, quiet, |obs| {
+        cyclotron_worker::evaluate::evaluate_runs(&spec, run, &runs, obs)
+    })?;
     crate::cluster_cmd::write_run_dir(out, &results)?;
     output::print_results(&results, &spec.output, &spec.name, run);
     Ok(())

@@ -19,7 +19,7 @@
 //!    and averaged.
 
 use cyclotron_core::spec::JobSpec;
-use cyclotron_core::sweep::{self, Candidate, Probe, SweepChoice};
+use cyclotron_core::sweep::{self, run_id, Candidate, Probe, SweepChoice};
 
 /// A unit of work the coordinator hands to a group of workers (sent to workers as
 /// `Assignment.task_json`, e.g. `{"kind":"run","stages":2,"epochs":10,…}`).
@@ -47,11 +47,7 @@ pub enum Task {
         sweep: Option<Box<SweepChoice>>,
     },
     /// One point of the job's LR sweep: candidate `candidate`'s range test, or one grid LR.
-    Sweep {
-        candidate: usize,
-        overrides: Candidate,
-        probe: Probe,
-    },
+    Sweep { candidate: usize, overrides: Candidate, probe: Probe },
     /// Every snapshot of every run, alone and averaged (with `ensemble.runs` > 1).
     Evaluate {
         /// (run id, seed) of each run.
@@ -85,15 +81,6 @@ impl Task {
 pub struct Planned {
     pub task: Task,
     pub after: Vec<usize>,
-}
-
-/// Run id of run `i` of `runs` independent runs of `job`.
-pub fn run_id(job: &str, i: usize, runs: usize) -> String {
-    if runs <= 1 {
-        job.to_string()
-    } else {
-        format!("{job}-r{i}")
-    }
 }
 
 /// The tasks of a (validated) job: sweep points, then runs, then the evaluation.
@@ -212,7 +199,10 @@ cycle_mult = 2
         let shared = plan("j", &spec("[lr_find]\n[ensemble]\nruns = 2\n"));
         let kinds: Vec<&str> = shared.iter().map(|t| t.task.kind()).collect();
         assert_eq!(kinds, ["sweep", "run", "run", "evaluate"]);
-        assert_eq!(shared[0].task, Task::Sweep { candidate: 0, overrides: Candidate::default(), probe: Probe::Range });
+        assert_eq!(
+            shared[0].task,
+            Task::Sweep { candidate: 0, overrides: Candidate::default(), probe: Probe::Range }
+        );
         let alone = plan("j", &spec("[lr_find]\n"));
         assert_eq!(alone.len(), 1);
         assert!(matches!(&alone[0].task, Task::Run { run, .. } if run == "j"));

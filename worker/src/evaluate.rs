@@ -124,7 +124,8 @@ pub fn evaluate_runs(
         epochs: first.epochs,
         lr_finds: first.lr_finds,
         history: first.history,
-        train_seconds: summaries.iter().map(|s| s.train_seconds).sum::<f64>() + started.elapsed().as_secs_f64(),
+        train_seconds: summaries.iter().map(|s| s.train_seconds).sum::<f64>()
+            + started.elapsed().as_secs_f64(),
         sweep: None,
         runs: summaries,
         all_snapshots,

@@ -197,8 +197,9 @@ pub fn join_group(spec: &JobSpec, l: &mut Learner, opts: &TrainOptions) -> Resul
     if spec.stages.iter().any(|s| s.precompute) {
         return Err(Error::Invalid {
             what: "--world-size".into(),
-            message: "precompute stages are not supported in data-parallel runs yet; train them on one process"
-                .into(),
+            message:
+                "precompute stages are not supported in data-parallel runs yet; train them on one process"
+                    .into(),
         });
     }
     let mut sync = g.join(l.net.vs.device())?;
@@ -543,5 +544,12 @@ pub(crate) fn average_of(
         .collect::<Option<Vec<_>>>()
         .filter(|v| !v.is_empty())
         .map(|v| metrics(&ensemble::average(&v), eval_y));
-    EnsembleResult { members, selection: selection.into(), loss: eval.loss, accuracy: eval.accuracy, valid, tta }
+    EnsembleResult {
+        members,
+        selection: selection.into(),
+        loss: eval.loss,
+        accuracy: eval.accuracy,
+        valid,
+        tta,
+    }
 }

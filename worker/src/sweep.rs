@@ -5,11 +5,12 @@
 //! compares the points ([`cyclotron_core::sweep`]).
 
 use cyclotron_core::lr_range::LrRange;
+use cyclotron_core::results::TrainResults;
 use cyclotron_core::spec::JobSpec;
-use cyclotron_core::sweep::{GridPoint, PointReport, Probe};
+use cyclotron_core::sweep::{self, GridPoint, PointReport, Probe};
 
-use crate::error::Result;
-use crate::job::{join_group, learner, load_data, TrainOptions};
+use crate::error::{Error, Result};
+use crate::job::{join_group, learner, load_data, run_train_with, TrainOptions};
 use crate::learner::{Event, Observer};
 use crate::models::GROUPS;
 
@@ -44,3 +45,55 @@ pub fn run_sweep_point(
     }
 }
 
+/// Whether `cyclotron train` must run `spec` as [`train_in_order`]: its sweep or its independent
+/// runs are separate tasks on a cluster.
+pub fn needs_tasks(spec: &JobSpec) -> bool {
+    spec.parallel_sweep() || spec.ensemble.runs > 1
+}
+
+/// The whole job on this process, its tasks one after another: what a cluster runs in parallel
+/// (the sweep's points, then the independent runs, then their evaluation). `run` names the job
+/// run in the store; the runs are `<run>-r<i>`.
+pub fn train_in_order(
+    spec: &JobSpec,
+    run: &str,
+    opts: &TrainOptions,
+    obs: &mut dyn Observer,
+) -> Result<TrainResults> {
+    if opts.group.is_some() {
+        return Err(Error::Invalid {
+            what: "--world-size".into(),
+            message: "a job with a parallel LR sweep or several runs (lr_find.grid, lr_find.candidates, ensemble.runs) runs its tasks on a cluster: use `cyclotron local --workers N` or `cyclotron submit`".into(),
+        });
+    }
+    let mut chosen = spec.clone();
+    let mut outcome = None;
+    if let (true, Some(f)) = (spec.parallel_sweep(), &spec.lr_find) {
+        let mut reports = vec![];
+        for (ci, candidate, probe) in sweep::points(f) {
+            let mut s = spec.clone();
+            candidate.apply(&mut s);
+            tracing::info!(candidate = %candidate.label(), ?probe, "LR sweep point");
+            reports.push((ci, run_sweep_point(&s, &probe, &TrainOptions::default(), obs)?));
+        }
+        let o = sweep::conclude(f, &reports, spec.needs_lr())
+            .map_err(|message| Error::Invalid { what: "lr_find".into(), message })?;
+        o.chosen().candidate.apply(&mut chosen);
+        outcome = Some(o);
+    }
+    let lr_find = outcome.as_ref().map(|o| o.chosen().report.clone());
+    let runs = spec.ensemble.runs.max(1);
+    let mut results = if runs == 1 {
+        run_train_with(&chosen, run, &TrainOptions { lr_find, ..opts.clone() }, obs)?
+    } else {
+        let ids: Vec<(String, u64)> =
+            (0..runs).map(|i| (sweep::run_id(run, i, runs), spec.seed + i as u64)).collect();
+        for (id, seed) in &ids {
+            let s = chosen.clone().with_seed(*seed);
+            run_train_with(&s, id, &TrainOptions { lr_find: lr_find.clone(), ..opts.clone() }, obs)?;
+        }
+        crate::evaluate::evaluate_runs(&chosen, run, &ids, obs)?
+    };
+    results.sweep = outcome;
+    Ok(results)
+}

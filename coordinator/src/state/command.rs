@@ -382,7 +382,14 @@ fn conclude_sweep(j: &mut JobState) -> Result<(), String> {
         candidates: outcome
             .candidates
             .iter()
-            .map(|c| format!("{}: best loss {:.4}, lr {}", c.label, c.best_loss, c.lr.map_or("none".into(), |l| format!("{l:.3e}"))))
+            .map(|c| {
+                format!(
+                    "{}: best loss {:.4}, lr {}",
+                    c.label,
+                    c.best_loss,
+                    c.lr.map_or("none".into(), |l| format!("{l:.3e}"))
+                )
+            })
             .collect(),
     });
     let choice = SweepChoice { candidate: chosen.candidate.clone(), report: chosen.report.clone() };

@@ -389,7 +389,12 @@ fn a_sweep_runs_in_parallel_then_the_runs_with_its_choice_then_the_evaluation() 
                 panic!("task {i} is not a grid point")
             };
             assert!(lrs.iter().any(|l| (l - lr).abs() < 1e-12));
-            let done = Command::TaskDone { job: "s".into(), task: i, generation, result: grid_report(lr, candidate) };
+            let done = Command::TaskDone {
+                job: "s".into(),
+                task: i,
+                generation,
+                result: grid_report(lr, candidate),
+            };
             assert_eq!(sim.apply(done), Outcome::Applied);
             done_sweeps += 1;
         }
@@ -399,9 +404,13 @@ fn a_sweep_runs_in_parallel_then_the_runs_with_its_choice_then_the_evaluation() 
     assert_eq!(sweep.chosen, 1, "batch 64 reached the lower loss");
     let lr = sweep.chosen().lr.unwrap();
     assert!((lr / 0.1 - 1.0).abs() < 1e-6, "the curve bottoms out at 0.1: {lr}");
-    assert!(j.events.iter().any(|e| matches!(e, JobEvent::SweepConcluded { chosen, .. } if chosen == "batch_size=64")));
+    assert!(j
+        .events
+        .iter()
+        .any(|e| matches!(e, JobEvent::SweepConcluded { chosen, .. } if chosen == "batch_size=64")));
     for i in 18..21 {
-        let (Task::Run { sweep: Some(c), .. } | Task::Evaluate { sweep: Some(c), .. }) = &j.tasks[i].task else {
+        let (Task::Run { sweep: Some(c), .. } | Task::Evaluate { sweep: Some(c), .. }) = &j.tasks[i].task
+        else {
             panic!("task {i} did not get the sweep's choice: {:?}", j.tasks[i].task)
         };
         assert_eq!(c.candidate.batch_size, Some(64));
@@ -412,11 +421,17 @@ fn a_sweep_runs_in_parallel_then_the_runs_with_its_choice_then_the_evaluation() 
     assert_eq!(running.iter().map(|r| r.0).collect::<Vec<_>>(), vec![18, 19]);
     assert_eq!(sim.state.jobs["s"].status, JobStatus::Running);
     let (_, _, g) = running[0].clone();
-    assert_eq!(sim.apply(Command::TaskDone { job: "s".into(), task: 18, generation: g, result: json!({"run": 0}) }), Outcome::Applied);
+    assert_eq!(
+        sim.apply(Command::TaskDone { job: "s".into(), task: 18, generation: g, result: json!({"run": 0}) }),
+        Outcome::Applied
+    );
     sim.tick(t + 100);
     assert_eq!(running_tasks(&sim.state, "s").len(), 1, "the evaluation waits for run 1");
     assert_eq!(sim.state.jobs["s"].status, JobStatus::Running);
-    assert_eq!(sim.apply(Command::TaskDone { job: "s".into(), task: 19, generation: 0, result: json!({"run": 1}) }), Outcome::Applied);
+    assert_eq!(
+        sim.apply(Command::TaskDone { job: "s".into(), task: 19, generation: 0, result: json!({"run": 1}) }),
+        Outcome::Applied
+    );
     sim.tick(t + 200);
     assert_eq!(running_tasks(&sim.state, "s").iter().map(|r| r.0).collect::<Vec<_>>(), vec![20]);
     let done = Command::TaskDone { job: "s".into(), task: 20, generation: 0, result: json!({"job": "s"}) };
@@ -453,9 +468,14 @@ fn a_sweep_whose_every_curve_diverged_fails_the_job_with_what_to_change() {
         let (i, _, g) = running_tasks(&sim.state, "d")[0].clone();
         let point = cyclotron_core::sweep::GridPoint::from_losses(1.0, vec![2.3, f64::NAN], true);
         let result = serde_json::to_value(cyclotron_core::sweep::PointReport::Grid { point }).unwrap();
-        assert_eq!(sim.apply(Command::TaskDone { job: "d".into(), task: i, generation: g, result }), Outcome::Applied);
+        assert_eq!(
+            sim.apply(Command::TaskDone { job: "d".into(), task: i, generation: g, result }),
+            Outcome::Applied
+        );
     }
-    let JobStatus::Failed { reason } = &sim.state.jobs["d"].status else { panic!("{:?}", sim.state.jobs["d"].status) };
+    let JobStatus::Failed { reason } = &sim.state.jobs["d"].status else {
+        panic!("{:?}", sim.state.jobs["d"].status)
+    };
     assert!(reason.contains("LR sweep: no LR sweep gave a usable curve"), "{reason}");
     assert_eq!(sim.state.idle_workers().len(), 1);
 }

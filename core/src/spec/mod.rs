@@ -385,9 +385,9 @@ impl JobSpec {
     /// Whether the job's first LR sweep runs on the cluster as separate tasks (a grid, several
     /// candidates, or one test whose LR several independent runs share) rather than inside the run.
     pub fn parallel_sweep(&self) -> bool {
-        self.lr_find.as_ref().is_some_and(|f| {
-            f.grid > 0 || crate::sweep::candidates(f).len() > 1 || self.ensemble.runs > 1
-        })
+        self.lr_find
+            .as_ref()
+            .is_some_and(|f| f.grid > 0 || crate::sweep::candidates(f).len() > 1 || self.ensemble.runs > 1)
     }
 
     /// Whether some stage takes its LR from an LR-range test (`lr = "auto"`).

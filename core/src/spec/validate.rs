@@ -143,7 +143,10 @@ fn sweep(f: &super::LrFindSpec, p: &mut Vec<String>) {
     }
     let Some(c) = &f.candidates else { return };
     if c.batch_size.contains(&0) {
-        p.push(format!("lr_find.candidates.batch_size: every batch size must be ≥ 1, got {:?}", c.batch_size));
+        p.push(format!(
+            "lr_find.candidates.batch_size: every batch size must be ≥ 1, got {:?}",
+            c.batch_size
+        ));
     }
     if c.weight_decay.iter().any(|w| !(*w >= 0.0 && w.is_finite())) {
         p.push(format!("lr_find.candidates.weight_decay: every value must be ≥ 0, got {:?}", c.weight_decay));

@@ -301,6 +301,16 @@ pub fn conclude(
     Ok(SweepOutcome { candidates: outcomes, chosen, suggestion: f.suggestion, grid: f.grid })
 }
 
+/// Run id (folder in the store) of run `i` of `runs` independent runs of the job run `job_run`:
+/// the job run itself when it is the only one, else `<job_run>-r<i>`.
+pub fn run_id(job_run: &str, i: usize, runs: usize) -> String {
+    if runs <= 1 {
+        job_run.to_string()
+    } else {
+        format!("{job_run}-r{i}")
+    }
+}
+
 /// What a training run takes from a concluded sweep: the chosen candidate and its curve (the
 /// run's first LR-range test, whose suggestion its `lr = "auto"` stages use).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

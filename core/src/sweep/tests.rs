@@ -41,7 +41,10 @@ fn candidates_are_every_combination_and_apply_to_the_spec() {
     assert_eq!(c[2].label(), "batch_size=256 weight_decay=0.0001");
     let mut s = spec("[lr_find]\n");
     c[3].apply(&mut s);
-    assert_eq!((s.data.batch_size, s.optimizer.weight_decay, s.model.arch.as_str()), (256, 1e-2, "small_resnet"));
+    assert_eq!(
+        (s.data.batch_size, s.optimizer.weight_decay, s.model.arch.as_str()),
+        (256, 1e-2, "small_resnet")
+    );
     assert_eq!(candidates(&LrFindSpec::default()), vec![Candidate::default()]);
     assert_eq!(Candidate::default().label(), "as specified");
 }
@@ -158,7 +161,8 @@ fn ramps_are_compared_too_and_a_sweep_without_any_suggestion_says_what_to_do() {
         }
         LrFindReport::from_finder(finder, false)
     };
-    let reports = vec![(0, PointReport::Range { report: ramp(0.0) }), (1, PointReport::Range { report: ramp(-0.5) })];
+    let reports =
+        vec![(0, PointReport::Range { report: ramp(0.0) }), (1, PointReport::Range { report: ramp(-0.5) })];
     let o = conclude(&f, &reports, true).unwrap();
     assert_eq!(o.chosen, 1);
     assert_eq!(o.grid, 0);
@@ -169,7 +173,8 @@ fn ramps_are_compared_too_and_a_sweep_without_any_suggestion_says_what_to_do() {
         suggestion: None,
         diverged: true,
     };
-    let none = vec![(0, PointReport::Range { report: dead.clone() }), (1, PointReport::Range { report: dead })];
+    let none =
+        vec![(0, PointReport::Range { report: dead.clone() }), (1, PointReport::Range { report: dead })];
     let err = conclude(&f, &none, true).unwrap_err();
     assert!(err.contains("no LR sweep gave a usable curve") && err.contains("lower lr_find.start"), "{err}");
 }

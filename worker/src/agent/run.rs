@@ -330,8 +330,10 @@ impl TaskOrder {
                 }
                 if let Some(choice) = sweep {
                     let path = dir.join("lr_find.json");
-                    std::fs::write(&path, choice.report.to_string())
-                        .map_err(|e| AgentError::Io { what: format!("writing {}", path.display()), source: e })?;
+                    std::fs::write(&path, choice.report.to_string()).map_err(|e| AgentError::Io {
+                        what: format!("writing {}", path.display()),
+                        source: e,
+                    })?;
                     push("--lr-find-report", path.display().to_string());
                 }
                 if let Some(addr) = &ctx.metrics_addr {
@@ -481,7 +483,13 @@ mod tests {
         args.into_iter().map(|a| a.into_string().unwrap()).collect()
     }
 
-    fn child_args(ctx: &RunContext, a: &Assignment, spec: &Path, out: &Path, peers: &[String]) -> Vec<OsString> {
+    fn child_args(
+        ctx: &RunContext,
+        a: &Assignment,
+        spec: &Path,
+        out: &Path,
+        peers: &[String],
+    ) -> Vec<OsString> {
         TaskOrder::parse(a).unwrap().child_args(ctx, a, spec, out, peers, Path::new("/tmp")).unwrap()
     }
 
@@ -491,26 +499,53 @@ mod tests {
         let mut a = assignment(2);
         a.task_json = r#"{"kind":"sweep","candidate":1,"overrides":{"batch_size":64},"probe":{"probe":"grid","lr":0.01,"steps":30}}"#.into();
         let order = TaskOrder::parse(&a).unwrap();
-        let args = strings(order.child_args(&ctx(), &a, Path::new("j.toml"), Path::new("o"), &["p0".into(), "p1".into()], dir.path()).unwrap()).join(" ");
+        let args = strings(
+            order
+                .child_args(
+                    &ctx(),
+                    &a,
+                    Path::new("j.toml"),
+                    Path::new("o"),
+                    &["p0".into(), "p1".into()],
+                    dir.path(),
+                )
+                .unwrap(),
+        )
+        .join(" ");
         assert!(args.contains(r#"sweep-point j.toml --out o --probe {"lr":0.01,"probe":"grid","steps":30} --candidate {"batch_size":64} --events-jsonl -"#), "{args}");
-        assert!(args.contains("--rank 1 --world-size 2 --peers p0,p1"), "a sweep point can be data-parallel: {args}");
+        assert!(
+            args.contains("--rank 1 --world-size 2 --peers p0,p1"),
+            "a sweep point can be data-parallel: {args}"
+        );
 
         a.task_json = r#"{"kind":"run","stages":1,"epochs":2,"lr_find":true,"snapshots":true,"run":"j-1-r1","seed":43,"sweep":{"candidate":{"weight_decay":0.01},"report":{"lrs":[0.1],"losses":[1.0],"raw_losses":[1.0],"suggestion":null,"diverged":false}}}"#.into();
         let order = TaskOrder::parse(&a).unwrap();
-        let args = strings(order.child_args(&ctx(), &a, Path::new("j.toml"), Path::new("o"), &[], dir.path()).unwrap()).join(" ");
+        let args = strings(
+            order.child_args(&ctx(), &a, Path::new("j.toml"), Path::new("o"), &[], dir.path()).unwrap(),
+        )
+        .join(" ");
         let report = dir.path().join("lr_find.json");
         assert!(
             args.contains(&format!("train j.toml --out o --run j-1-r1 --seed 43 --candidate {{\"weight_decay\":0.01}} --lr-find-report {} --resume", report.display())),
             "{args}"
         );
-        let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        let written: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
         assert_eq!(written["lrs"][0], 0.1);
 
         let mut one = assignment(1);
         one.task_json = r#"{"kind":"evaluate","runs":[["j-1-r0",42],["j-1-r1",43]]}"#.into();
         let order = TaskOrder::parse(&one).unwrap();
-        let args = strings(order.child_args(&ctx(), &one, Path::new("j.toml"), Path::new("o"), &[], dir.path()).unwrap()).join(" ");
-        assert!(args.contains("evaluate-runs j.toml --out o --run j-1 --runs j-1-r0:42,j-1-r1:43 --events-jsonl -"), "{args}");
+        let args = strings(
+            order.child_args(&ctx(), &one, Path::new("j.toml"), Path::new("o"), &[], dir.path()).unwrap(),
+        )
+        .join(" ");
+        assert!(
+            args.contains(
+                "evaluate-runs j.toml --out o --run j-1 --runs j-1-r0:42,j-1-r1:43 --events-jsonl -"
+            ),
+            "{args}"
+        );
 
         one.task_json = r#"{"kind":"teleport"}"#.into();
         let e = TaskOrder::parse(&one).unwrap_err().to_string();
