@@ -146,6 +146,12 @@ print(f"{'restore / raw get':<44} {r['restore_ratio']:>12.3f} {'>= 0.50':>10}")
 PY
 printf 'written to %s/checkpoint.json\n' "$out"
 
+printf '\n== parallel LR sweep: a grid of %s LRs x %s steps on %s local workers vs one range test of the same steps on one process ==\n' \
+  "${BENCH_SWEEP_GRID:-4}" "${BENCH_SWEEP_STEPS:-120}" "${BENCH_SWEEP_WORKERS:-2}"
+"$py" bench/sweep_wall.py --bin "$bin" --grid "${BENCH_SWEEP_GRID:-4}" --steps "${BENCH_SWEEP_STEPS:-120}" \
+  --workers "${BENCH_SWEEP_WORKERS:-2}" --json "$out/sweep.json"
+printf 'written to %s/sweep.json\n' "$out"
+
 printf '\n== coordinator: 1,000 simulated workers heartbeating at 1 Hz over gRPC, 3-replica raft commits on loopback, leader failover ==\n'
 "$bin" bench-coordinator --workers "${BENCH_WORKERS:-1000}" --seconds "${BENCH_HEARTBEAT_S:-10}" \
   --json "$out/coordinator.json" >/dev/null

@@ -2,7 +2,8 @@
 //! heartbeats, and runs what the heartbeat responses assign as a child `cyclotron train` process.
 //!
 //! Protocol, from the worker's side:
-//! - `Register` (protocol version, data-plane address) gives a lease; heartbeats go every lease/3,
+//! - `Register` (protocol version, data-plane address) gives a lease; heartbeats go every lease/3
+//!   (every [`IDLE_POLL`] while idle, so a new assignment is picked up quickly),
 //!   each with a deadline, following the raft leader ([`client`]).
 //! - A heartbeat response carries the assignment: the same (job, task, generation) keeps the
 //!   current run; another one stops it (SIGTERM, then SIGKILL after a grace period) and starts the
@@ -99,6 +100,9 @@ pub fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
     r
 }
 
+/// How often an idle worker heartbeats (a busy one every third of its lease).
+pub const IDLE_POLL: Duration = Duration::from_millis(300);
+
 /// Run the agent until `shutdown` resolves (then stop the run and return) or the coordinator
 /// refuses this worker (an error).
 pub async fn run_agent(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
@@ -139,8 +143,22 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> 
     let mut runs = Runs { ctx, current: None, stopping: None };
     let mut last_ok = Instant::now();
     loop {
+        // an idle worker asks for work often: short tasks (sweep points) would otherwise wait up
+        // to a third of a lease for their group to notice the assignment
+        // and a run that ends is followed by a heartbeat at once
+        let mut finished = runs.current.as_ref().map(|r| r.finished.clone()).filter(|f| !*f.borrow());
+        let every = if finished.is_none() { (lease / 3).min(IDLE_POLL) } else { lease / 3 };
+        let ended = async {
+            match &mut finished {
+                Some(f) => {
+                    let _ = f.wait_for(|done| *done).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(lease / 3) => {}
+            _ = tokio::time::sleep(every) => {}
+            _ = ended => {}
             _ = &mut shutdown => break,
         }
         let hb = heartbeat(&client, &cfg.worker_id, lease);

@@ -74,6 +74,8 @@ pub struct RunHandle {
     pub key: RunKey,
     stop: watch::Sender<bool>,
     pub join: JoinHandle<()>,
+    /// Becomes true when the run has ended (its result reported or abandoned).
+    pub finished: watch::Receiver<bool>,
 }
 
 impl RunHandle {
@@ -88,20 +90,20 @@ impl RunHandle {
 pub fn start(ctx: Arc<RunContext>, a: Assignment, prev: Option<JoinHandle<()>>) -> RunHandle {
     let key = RunKey::of(&a);
     let (stop, stop_rx) = watch::channel(false);
+    let (done, finished) = watch::channel(false);
     let join = tokio::spawn(async move {
         if let Some(p) = prev {
             let _ = p.await;
         }
-        if *stop_rx.borrow() {
-            return;
+        if !*stop_rx.borrow() {
+            let key = RunKey::of(&a);
+            if let Err(e) = run(&ctx, &a, stop_rx).await {
+                tracing::warn!(run = %key, "run ended with an agent error: {e}");
+            }
         }
-        let key = RunKey::of(&a);
-        match run(&ctx, &a, stop_rx).await {
-            Ok(()) => {}
-            Err(e) => tracing::warn!(run = %key, "run ended with an agent error: {e}"),
-        }
+        let _ = done.send(true);
     });
-    RunHandle { key, stop, join }
+    RunHandle { key, stop, join, finished }
 }
 
 async fn run(ctx: &RunContext, a: &Assignment, mut stop: watch::Receiver<bool>) -> Result<()> {
