@@ -2,7 +2,7 @@
 //! `sweep-point` (one point of a parallel LR sweep) and `evaluate-runs` (every snapshot of several
 //! independent runs), and the task settings they and `train` take (`--seed`, `--candidate`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 use cyclotron_core::spec::JobSpec;
@@ -92,7 +92,7 @@ pub fn sweep_point(
 /// `cyclotron evaluate-runs`: `--runs id:seed,…`; writes `OUT/results.json` and prints the table.
 pub fn evaluate_runs(
     job: &Path,
-    out: &PathBuf,
+    out: &Path,
     run: &str,
     runs: &[String],
     task: &TaskArgs,
