@@ -319,8 +319,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Coordinator(cmd) => coordinator_cmd::run(cmd),
         Cmd::Check { job } => {
             let spec = JobSpec::load(&job)?;
+            let tasks = cyclotron_coordinator::plan::plan(&spec.name, &spec);
+            let count = |kind: &str| tasks.iter().filter(|t| t.task.kind() == kind).count();
+            let on_cluster = if tasks.len() > 1 {
+                format!(
+                    "; on a cluster: {} LR sweep points, then {} runs in parallel{}",
+                    count("sweep"),
+                    count("run"),
+                    if count("evaluate") > 0 { ", then their evaluation" } else { "" }
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "{}: ok ({} stages, {} epochs)",
+                "{}: ok ({} stages, {} epochs per run{on_cluster})",
                 job.display(),
                 spec.stages.len(),
                 spec.stages.iter().map(|s| s.total_epochs()).sum::<u64>()

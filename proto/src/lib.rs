@@ -18,7 +18,9 @@ pub use status::{leader_hint, ServiceError, LEADER_METADATA};
 pub use cyclotron_core::ids::{JobId, Rank, RunId, Step};
 
 /// Version of the worker ↔ coordinator protocol; a worker speaking another one is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: `Assignment.task_json` has kinds `sweep` and `evaluate` besides `run` (a version-1 worker
+/// would run every task as a whole training run).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 #[cfg(test)]
 mod tests {

@@ -49,7 +49,7 @@ impl Sim {
         let cmd = Command::RegisterWorker {
             worker: w.into(),
             addr: format!("{w}:1"),
-            protocol: 1,
+            protocol: cyclotron_proto::PROTOCOL_VERSION,
             lease_ms: 10_000,
             now_ms,
         };

@@ -295,7 +295,7 @@ async fn a_follower_redirects_to_the_leader() {
     let msg = RegisterRequest {
         worker_id: "w".into(),
         data_addr: "127.0.0.1:0".into(),
-        protocol_version: 1,
+        protocol_version: cyclotron_proto::PROTOCOL_VERSION,
         gpus: 0,
     };
     let (_, answered) = c
