@@ -255,7 +255,7 @@ mod tests {
             generation: 0,
         };
         apply(&mut s, start);
-        let event = JobEvent::StageStarted { stage: 0, name: String::new(), epochs: 2 };
+        let event = JobEvent::StageStarted { stage: 0, name: String::new(), epochs: 2, from: None };
         apply(&mut s, Command::TaskProgress { job: "a".into(), task: 0, generation: 0, event });
         apply(&mut s, Command::CancelJob { job: "c".into(), reason: "user".into() });
         apply(&mut s, Command::ExpireWorkers { workers: vec!["w3".into()], now_ms: 12_000 });

@@ -79,6 +79,10 @@ fn a_grid_sweep_over_candidates_and_two_runs_match_one_process_doing_the_same_in
     }
     assert!(ran.stderr.contains("task 10 started on"), "no evaluation task:\n{}", ran.stderr);
     assert!(ran.stderr.contains("LR sweep done: training batch_size="), "{}", ran.stderr);
+    // the two runs' progress, told apart
+    for line in ["run 0: stage 1 epoch 2:", "run 1: stage 1 epoch 2:", "run 1: snapshot 1 saved"] {
+        assert!(ran.stderr.contains(line), "{line:?} missing:\n{}", ran.stderr);
+    }
     let r = results(cluster.path());
     let sweep = &r["sweep"];
     assert_eq!(sweep["grid"], 4);

@@ -96,11 +96,13 @@ pub async fn follow(client: &Coordinators, job: &str, mode: Mode) -> anyhow::Res
 struct Display {
     mode: Mode,
     bar: Option<ProgressBar>,
+    /// The task whose stage the bar shows (several runs of one job train at once).
+    bar_from: String,
 }
 
 impl Display {
     fn new(mode: Mode) -> Self {
-        Display { mode, bar: None }
+        Display { mode, bar: None, bar_from: String::new() }
     }
 
     fn quiet(&self) -> bool {
@@ -126,13 +128,19 @@ impl Display {
     fn show(&mut self, ev: &pb::JobEvent) -> Option<JobEnd> {
         let Some(event) = &ev.event else { return None };
         if let Mode::Json = self.mode {
-            let line = event_json(ev.index, event).to_string();
+            let mut json = event_json(ev.index, event);
+            if !ev.from.is_empty() {
+                json["from"] = ev.from.clone().into();
+            }
+            let line = json.to_string();
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{line}").and_then(|_| out.flush());
         }
+        let who = if ev.from.is_empty() { String::new() } else { format!("{}: ", ev.from) };
         match event {
             Event::StageStarted(s) => {
                 self.finish();
+                self.bar_from = ev.from.clone();
                 if !matches!(self.mode, Mode::Json) && !self.quiet() {
                     let bar = ProgressBar::new(s.epochs);
                     bar.set_style(
@@ -142,14 +150,14 @@ impl Display {
                         .unwrap_or_else(|_| ProgressStyle::default_bar())
                         .progress_chars("=> "),
                     );
-                    bar.set_prefix(format!("stage {} {}", s.stage + 1, s.name));
+                    bar.set_prefix(format!("{who}stage {} {}", s.stage + 1, s.name));
                     self.bar = Some(bar);
                 }
                 let name = if s.name.is_empty() { String::new() } else { format!(" ({})", s.name) };
-                self.note(&format!("stage {}{name}: {} epochs", s.stage + 1, s.epochs));
+                self.note(&format!("{who}stage {}{name}: {} epochs", s.stage + 1, s.epochs));
             }
             Event::LrFind(l) => self.note(&format!(
-                "lr_find before stage {}: {} points; steep {:.2e}, valley {:.2e}, minimum {:.2e}",
+                "{who}lr_find before stage {}: {} points; steep {:.2e}, valley {:.2e}, minimum {:.2e}",
                 l.stage + 1,
                 l.lrs.len(),
                 l.steep,
@@ -157,12 +165,12 @@ impl Display {
                 l.minimum
             )),
             Event::Epoch(e) => {
-                if let Some(bar) = &self.bar {
+                if let Some(bar) = self.bar.as_ref().filter(|_| self.bar_from == ev.from) {
                     bar.set_position(u64::from(e.epoch));
                     bar.set_message(format!("valid accuracy {:.2}%", 100.0 * e.valid_accuracy));
                 }
                 self.note(&format!(
-                    "stage {} epoch {}: train loss {:.4}  valid loss {:.4}  valid accuracy {:.2}%  ({:.1}s)",
+                    "{who}stage {} epoch {}: train loss {:.4}  valid loss {:.4}  valid accuracy {:.2}%  ({:.1}s)",
                     e.stage + 1,
                     e.epoch,
                     e.train_loss,
@@ -172,7 +180,7 @@ impl Display {
                 ));
             }
             Event::Snapshot(s) => self.note(&format!(
-                "snapshot {} saved (stage {}, cycle {}): {}",
+                "{who}snapshot {} saved (stage {}, cycle {}): {}",
                 s.index,
                 s.stage + 1,
                 s.cycle + 1,

@@ -34,14 +34,15 @@ pub(crate) fn job(id: &str, j: &JobState) -> pb::Job {
 }
 
 pub(crate) fn event(index: u64, e: &JobEvent) -> pb::JobEvent {
+    let from = e.from().unwrap_or_default().to_string();
     let event = match e.clone() {
-        JobEvent::StageStarted { stage, name, epochs } => {
+        JobEvent::StageStarted { stage, name, epochs, .. } => {
             Event::StageStarted(pb::StageStarted { stage, name, epochs })
         }
-        JobEvent::LrFind { stage, lrs, losses, steep, valley, minimum } => {
+        JobEvent::LrFind { stage, lrs, losses, steep, valley, minimum, .. } => {
             Event::LrFind(pb::LrFindCurve { stage, lrs, losses, steep, valley, minimum })
         }
-        JobEvent::Epoch { stage, epoch, step, train_loss, valid_loss, valid_accuracy, seconds } => {
+        JobEvent::Epoch { stage, epoch, step, train_loss, valid_loss, valid_accuracy, seconds, .. } => {
             Event::Epoch(pb::EpochMetrics {
                 stage,
                 epoch,
@@ -52,7 +53,7 @@ pub(crate) fn event(index: u64, e: &JobEvent) -> pb::JobEvent {
                 seconds,
             })
         }
-        JobEvent::Snapshot { index, stage, cycle, manifest_url } => {
+        JobEvent::Snapshot { index, stage, cycle, manifest_url, .. } => {
             Event::Snapshot(pb::SnapshotSaved { index, stage, cycle, manifest_url })
         }
         JobEvent::TaskStarted { task, generation, workers } => {
@@ -66,5 +67,5 @@ pub(crate) fn event(index: u64, e: &JobEvent) -> pb::JobEvent {
         }
         JobEvent::Ended { status, reason } => Event::Ended(pb::JobEnded { status, reason }),
     };
-    pb::JobEvent { index, event: Some(event) }
+    pb::JobEvent { index, event: Some(event), from }
 }

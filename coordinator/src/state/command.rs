@@ -218,11 +218,14 @@ pub(super) fn apply(s: &mut ClusterState, cmd: &Command) -> Outcome {
             if !event.is_worker_event() {
                 return reject(format!("workers cannot report {event:?}"));
             }
-            match running_task(s, job, *task, *generation) {
-                Ok(t) => t.progress = Some(event.clone()),
-                Err(o) => return o,
+            if let Err(o) = running_task(s, job, *task, *generation) {
+                return o;
             }
-            s.jobs.get_mut(job).expect("checked by running_task").events.push(event.clone());
+            let j = s.jobs.get_mut(job).expect("checked by running_task");
+            let mut event = event.clone();
+            event.set_from(j.task_label(*task));
+            j.tasks[*task].progress = Some(event.clone());
+            j.events.push(event);
             Outcome::Applied
         }
         Command::TaskDone { job, task, generation, result } => {
@@ -375,6 +378,7 @@ fn conclude_sweep(j: &mut JobState) -> Result<(), String> {
         steep: s.map_or(f64::NAN, |s| s.steep),
         valley: s.map_or(f64::NAN, |s| s.valley),
         minimum: s.map_or(f64::NAN, |s| s.minimum),
+        from: Some(format!("sweep of {}", chosen.label)),
     });
     j.events.push(JobEvent::SweepConcluded {
         chosen: chosen.label.clone(),

@@ -18,6 +18,10 @@ pub enum JobEvent {
         #[serde(default)]
         name: String,
         epochs: u64,
+        /// Which task reported it, when the job runs several (`run 1`, `sweep 3`); set by the
+        /// state machine.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
     },
     LrFind {
         stage: u32,
@@ -30,6 +34,10 @@ pub enum JobEvent {
         valley: f64,
         #[serde(with = "cyclotron_core::serde_nan")]
         minimum: f64,
+        /// Which task reported it, when the job runs several (`run 1`, `sweep 3`); set by the
+        /// state machine.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
     },
     Epoch {
         stage: u32,
@@ -43,12 +51,20 @@ pub enum JobEvent {
         valid_accuracy: f64,
         #[serde(with = "cyclotron_core::serde_nan")]
         seconds: f64,
+        /// Which task reported it, when the job runs several (`run 1`, `sweep 3`); set by the
+        /// state machine.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
     },
     Snapshot {
         index: u32,
         stage: u32,
         cycle: u32,
         manifest_url: String,
+        /// Which task reported it, when the job runs several (`run 1`, `sweep 3`); set by the
+        /// state machine.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
     },
     /// Added by the state machine when the last point of a parallel LR sweep is done: which
     /// candidate trains, at which LR (NaN when no stage takes it), and one line per candidate.
@@ -59,25 +75,36 @@ pub enum JobEvent {
         candidates: Vec<String>,
     },
     /// Added by the state machine when a group starts a task.
-    TaskStarted {
-        task: u32,
-        generation: u64,
-        workers: Vec<String>,
-    },
+    TaskStarted { task: u32, generation: u64, workers: Vec<String> },
     /// Added by the state machine when a group is torn down and the task waits to run again.
-    TaskRestarted {
-        task: u32,
-        generation: u64,
-        reason: String,
-    },
+    TaskRestarted { task: u32, generation: u64, reason: String },
     /// The last event of every job: `succeeded`, `failed` or `cancelled`, with the reason.
-    Ended {
-        status: String,
-        reason: String,
-    },
+    Ended { status: String, reason: String },
 }
 
 impl JobEvent {
+    /// Which task reported it (worker events of a job with several tasks running at once).
+    pub fn from(&self) -> Option<&str> {
+        match self {
+            JobEvent::StageStarted { from, .. }
+            | JobEvent::LrFind { from, .. }
+            | JobEvent::Epoch { from, .. }
+            | JobEvent::Snapshot { from, .. } => from.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Say which task reported it (no effect on the state machine's own events).
+    pub fn set_from(&mut self, label: Option<String>) {
+        match self {
+            JobEvent::StageStarted { from, .. }
+            | JobEvent::LrFind { from, .. }
+            | JobEvent::Epoch { from, .. }
+            | JobEvent::Snapshot { from, .. } => *from = label,
+            _ => {}
+        }
+    }
+
     /// Whether a worker may report this event (the others are the state machine's own).
     pub fn is_worker_event(&self) -> bool {
         matches!(

@@ -129,6 +129,20 @@ impl JobState {
         }
     }
 
+    /// How watchers tell task `i`'s events apart when the job has several tasks: `run 1` (one of
+    /// several runs), `sweep 3` (its sweep's points, numbered from 0), `evaluate`; `None` for the
+    /// job's only run.
+    pub fn task_label(&self, i: usize) -> Option<String> {
+        use crate::plan::Task;
+        let first_of = |kind: &str| self.tasks.iter().position(|t| t.task.kind() == kind).unwrap_or(0);
+        match &self.tasks.get(i)?.task {
+            Task::Run { .. } if self.tasks.len() == 1 => None,
+            Task::Run { .. } => Some(format!("run {}", i - first_of("run"))),
+            Task::Sweep { .. } => Some(format!("sweep {}", i - first_of("sweep"))),
+            Task::Evaluate { .. } => Some("evaluate".into()),
+        }
+    }
+
     /// Whether every task is done.
     pub fn all_done(&self) -> bool {
         self.tasks.iter().all(|t| t.status == TaskStatus::Done)

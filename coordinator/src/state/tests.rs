@@ -91,7 +91,7 @@ fn a_job_runs_its_tasks_in_order_and_succeeds() {
         let (task, workers, generation) = sim.running("j");
         assert_eq!((task, workers.len(), generation), (expected_task, 2, 0));
         assert!(sim.state.idle_workers().is_empty());
-        let event = JobEvent::Snapshot { index: 0, stage: 0, cycle: 0, manifest_url: "m".into() };
+        let event = JobEvent::Snapshot { index: 0, stage: 0, cycle: 0, manifest_url: "m".into(), from: None };
         let progress = Command::TaskProgress { job: "j".into(), task, generation, event: event.clone() };
         assert_eq!(sim.apply(progress), Outcome::Applied);
         assert_eq!(sim.state.jobs["j"].tasks[task].progress, Some(event));
@@ -421,6 +421,20 @@ fn a_sweep_runs_in_parallel_then_the_runs_with_its_choice_then_the_evaluation() 
     assert_eq!(running.iter().map(|r| r.0).collect::<Vec<_>>(), vec![18, 19]);
     assert_eq!(sim.state.jobs["s"].status, JobStatus::Running);
     let (_, _, g) = running[0].clone();
+    // their progress is told apart in the event log
+    let epoch = JobEvent::Epoch {
+        stage: 0,
+        epoch: 1,
+        step: 10,
+        train_loss: 0.5,
+        valid_loss: 0.5,
+        valid_accuracy: 0.8,
+        seconds: 1.0,
+        from: None,
+    };
+    let progress = Command::TaskProgress { job: "s".into(), task: 19, generation: 0, event: epoch };
+    assert_eq!(sim.apply(progress), Outcome::Applied);
+    assert_eq!(sim.state.jobs["s"].events.last().and_then(|e| e.from()), Some("run 1"));
     assert_eq!(
         sim.apply(Command::TaskDone { job: "s".into(), task: 18, generation: g, result: json!({"run": 0}) }),
         Outcome::Applied
