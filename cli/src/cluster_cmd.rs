@@ -298,6 +298,22 @@ fn print_job(j: &pb::Job) {
             r.eval_split,
             r.epochs.len()
         );
+        if let Some(sw) = &r.sweep {
+            let lr = sw.chosen().lr.map_or(String::new(), |l| format!(" at lr {l:.3e}"));
+            println!(
+                "  lr sweep: {} candidates compared, trained {}{lr}",
+                sw.candidates.len(),
+                sw.chosen().label
+            );
+        }
+        if let (false, Some(all)) = (r.runs.is_empty(), &r.all_snapshots) {
+            println!(
+                "  {} independent runs: all {} snapshots averaged {:.2}%",
+                r.runs.len(),
+                all.members.len(),
+                100.0 * all.accuracy
+            );
+        }
     }
 }
 

@@ -493,3 +493,43 @@ fn a_sweep_whose_every_curve_diverged_fails_the_job_with_what_to_change() {
     assert!(reason.contains("LR sweep: no LR sweep gave a usable curve"), "{reason}");
     assert_eq!(sim.state.idle_workers().len(), 1);
 }
+
+#[test]
+fn a_lost_sweep_point_runs_again_while_the_others_go_on() {
+    let mut sim = Sim::new();
+    sim.register("w1", 0);
+    sim.register("w2", 0);
+    let submit = Command::SubmitJob {
+        request_id: String::new(),
+        job: "p".into(),
+        spec: sweep_spec("[lr_find]\ngrid = 3\n"),
+        spec_toml: String::new(),
+        workers_per_run: 1,
+        max_restarts: 2,
+        now_ms: 0,
+    };
+    assert_eq!(sim.apply(submit), Outcome::Applied);
+    sim.tick(100);
+    let running: Vec<usize> = running_tasks(&sim.state, "p").iter().map(|r| r.0).collect();
+    assert_eq!(running, vec![0, 1]);
+    let restart =
+        Command::RestartTask { job: "p".into(), task: 0, generation: 0, reason: "worker w1 lost".into() };
+    assert_eq!(sim.apply(restart), Outcome::Applied);
+    let j = &sim.state.jobs["p"];
+    assert_eq!(j.status, JobStatus::Running, "point 1 still runs");
+    assert_eq!((j.tasks[0].status.clone(), j.tasks[0].restarts), (TaskStatus::Waiting, 1));
+    // the freed worker takes the lost point again (plan order), under a new generation
+    sim.tick(200);
+    let again = running_tasks(&sim.state, "p");
+    assert!(again.iter().any(|(i, _, g)| *i == 0 && *g == 1), "{again:?}");
+    assert!(again.iter().any(|(i, _, g)| *i == 1 && *g == 0), "{again:?}");
+    // a late report from the lost generation changes nothing
+    let point = cyclotron_core::sweep::GridPoint::from_losses(0.1, vec![2.3, 1.0], false);
+    let stale = Command::TaskDone {
+        job: "p".into(),
+        task: 0,
+        generation: 0,
+        result: serde_json::to_value(cyclotron_core::sweep::PointReport::Grid { point }).unwrap(),
+    };
+    assert!(matches!(sim.apply(stale), Outcome::Rejected { reason } if reason.contains("stale report")));
+}
