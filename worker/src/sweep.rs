@@ -39,10 +39,18 @@ pub fn run_sweep_point(
             Ok(PointReport::Range { report })
         }
         Probe::Grid { lr, steps } => {
+            let init = weights_sha256(&l)?;
             let (losses, stopped) = l.lr_probe(*lr, *steps, obs)?;
-            Ok(PointReport::Grid { point: GridPoint::from_losses(*lr, losses, stopped) })
+            let point = GridPoint { init: Some(init), ..GridPoint::from_losses(*lr, losses, stopped) };
+            Ok(PointReport::Grid { point })
         }
     }
+}
+
+/// sha256 of the learner's weights (every variable, by name), as the sweep compares them.
+fn weights_sha256(l: &crate::learner::Learner) -> Result<String> {
+    let bytes = crate::tensor_io::to_safetensors(&crate::tensor_io::clone_vars(&l.net.vs))?;
+    Ok(cyclotron_core::checkpoint::sha256_hex(&bytes))
 }
 
 /// Whether `cyclotron train` must run `spec` as [`train_in_order`]: its sweep or its independent

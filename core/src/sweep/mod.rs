@@ -136,6 +136,10 @@ pub struct GridPoint {
     #[serde(with = "crate::serde_nan")]
     pub loss: f64,
     pub diverged: bool,
+    /// sha256 of the weights the point started from: every point of a candidate must start from
+    /// the same ones (checked when the sweep is concluded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
 }
 
 impl GridPoint {
@@ -148,7 +152,7 @@ impl GridPoint {
             losses[losses.len() - tail..].iter().sum::<f64>() / tail as f64
         };
         let diverged = stopped || losses.first().is_some_and(|first| grid_diverged(*first, loss));
-        GridPoint { lr, losses, loss: if diverged { f64::NAN } else { loss }, diverged }
+        GridPoint { lr, losses, loss: if diverged { f64::NAN } else { loss }, diverged, init: None }
     }
 }
 
@@ -266,6 +270,15 @@ pub fn conclude(
                     PointReport::Range { .. } => None,
                 })
                 .collect();
+            let inits: std::collections::BTreeSet<&str> =
+                pts.iter().filter_map(|p| p.init.as_deref()).collect();
+            if inits.len() > 1 {
+                return Err(format!(
+                    "candidate {ci} ({}): its grid points started from {} different initial weights, so their losses do not make one curve; the workers differ (device type or libtorch build): run the sweep on identical workers, or use the ramp (lr_find.grid = 0)",
+                    candidate.label(),
+                    inits.len()
+                ));
+            }
             if pts.len() != f.grid as usize {
                 return Err(format!(
                     "candidate {ci} ({}): {} of {} grid points reported",

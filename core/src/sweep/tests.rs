@@ -178,3 +178,22 @@ fn ramps_are_compared_too_and_a_sweep_without_any_suggestion_says_what_to_do() {
     let err = conclude(&f, &none, true).unwrap_err();
     assert!(err.contains("no LR sweep gave a usable curve") && err.contains("lower lr_find.start"), "{err}");
 }
+
+#[test]
+fn grid_points_from_different_initial_weights_do_not_make_a_curve() {
+    let f = spec("[lr_find]\nstart = 1e-3\nend = 1.0\ngrid = 3\n").lr_find.unwrap();
+    let reports = |inits: [&str; 3]| -> Vec<(usize, PointReport)> {
+        grid_lrs(&f)
+            .into_iter()
+            .zip(inits)
+            .map(|(lr, init)| {
+                let mut point = u_loss(lr, 0.03, 10.0);
+                point.init = Some(init.into());
+                (0, PointReport::Grid { point })
+            })
+            .collect()
+    };
+    assert!(conclude(&f, &reports(["a", "a", "a"]), true).is_ok());
+    let err = conclude(&f, &reports(["a", "b", "a"]), true).unwrap_err();
+    assert!(err.contains("2 different initial weights") && err.contains("identical workers"), "{err}");
+}
