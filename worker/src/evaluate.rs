@@ -8,13 +8,13 @@
 use std::time::Instant;
 
 use cyclotron_core::checkpoint::RunLocation;
-use cyclotron_core::results::{RunSummary, SnapshotResult, TrainResults};
+use cyclotron_core::results::{RunSummary, TrainResults};
 use cyclotron_core::spec::JobSpec;
 use tch::Tensor;
 
 use crate::error::{Error, Result};
-use crate::job::{average_of, learner, load_data, open_store, Taken};
-use crate::learner::{labels, metrics, Event, Observer};
+use crate::job::{average_of, learner, load_data, open_store, score_snapshot, SnapshotAt, Taken};
+use crate::learner::{labels, Event, Observer};
 use crate::tensor_io::{from_safetensors, load_into};
 
 /// Evaluate the runs `(run id, seed)` of `spec` (a run's results must be in the store: its
@@ -62,32 +62,16 @@ pub fn evaluate_runs(
                 store.read_blob(&dir, &m, "model.safetensors").await
             })?;
             load_into(&l.net.vs, &from_safetensors(&weights, &dir)?, &dir)?;
-            let valid_probs = l.predict(&data.valid)?;
-            let eval_probs = l.predict(&eval_ds)?;
-            let m = metrics(&eval_probs, &eval_y);
-            let eval_tta = match (&spec.tta, &l.augmenter) {
-                (Some(t), Some(aug)) => {
-                    Some(crate::tta::predict(&l, &eval_ds, aug, t, Some(eval_probs.shallow_clone()))?)
-                }
-                _ => None,
+            let at = SnapshotAt {
+                index: taken.len(),
+                stage: s.stage,
+                cycle: s.cycle,
+                epoch: s.epoch,
+                run: Some(run.clone()),
             };
-            tracing::info!(run = %run, snapshot = s.index, accuracy = m.accuracy, "snapshot evaluated");
-            taken.push(Taken {
-                result: SnapshotResult {
-                    index: taken.len(),
-                    stage: s.stage,
-                    cycle: s.cycle,
-                    epoch: s.epoch,
-                    loss: m.loss,
-                    accuracy: m.accuracy,
-                    valid: metrics(&valid_probs, &valid_y),
-                    tta: eval_tta.as_ref().map(|p| metrics(p, &eval_y)),
-                    run: Some(run.clone()),
-                },
-                valid_probs,
-                eval_probs,
-                eval_tta,
-            });
+            let t = score_snapshot(&l, spec, &eval_ds, (&valid_y, &eval_y), at)?;
+            tracing::info!(run = %run, snapshot = s.index, accuracy = t.result.accuracy, "snapshot evaluated");
+            taken.push(t);
         }
         summaries.push(RunSummary {
             run: run.clone(),

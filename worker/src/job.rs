@@ -400,31 +400,8 @@ pub fn run_train_with(
                     retention: None,
                 };
                 crate::checkpoint::hand_off(&mut l.opt, pending, &uploader)?;
-                let valid_probs = l.predict(&l.data.valid)?;
-                let eval_probs = l.predict(&eval_ds)?;
-                let m = metrics(&eval_probs, &eval_y);
-                let eval_tta = match (&spec.tta, &l.augmenter) {
-                    (Some(t), Some(aug)) => {
-                        Some(crate::tta::predict(l, &eval_ds, aug, t, Some(eval_probs.shallow_clone()))?)
-                    }
-                    _ => None,
-                };
-                taken.push(Taken {
-                    result: SnapshotResult {
-                        index,
-                        stage: si,
-                        cycle: p.cycle,
-                        epoch: p.epoch,
-                        loss: m.loss,
-                        accuracy: m.accuracy,
-                        valid: metrics(&valid_probs, &valid_y),
-                        tta: eval_tta.as_ref().map(|p| metrics(p, &eval_y)),
-                        run: None,
-                    },
-                    valid_probs,
-                    eval_probs,
-                    eval_tta,
-                });
+                let at = SnapshotAt { index, stage: si, cycle: p.cycle, epoch: p.epoch, run: None };
+                taken.push(score_snapshot(l, spec, &eval_ds, (&valid_y, &eval_y), at)?);
                 Ok(())
             };
             epochs.extend(l.fit_epochs(
@@ -522,6 +499,51 @@ pub fn run_train_with(
         .map_err(|e| Error::Invalid { what: "results".into(), message: e.to_string() })?;
     rt.block_on(store.put_raw(&format!("{}/{}/results.json", spec.name, run_id), body.into()))?;
     Ok(results)
+}
+
+/// Where a snapshot sits in the job: what its [`SnapshotResult`] says besides the scores.
+pub(crate) struct SnapshotAt {
+    pub index: usize,
+    pub stage: usize,
+    pub cycle: u32,
+    pub epoch: u32,
+    pub run: Option<String>,
+}
+
+/// Score the learner's current weights as snapshot `at`: predictions on the validation and the
+/// evaluation split (`labels`: their labels), and with TTA when the job has `[tta]`.
+pub(crate) fn score_snapshot(
+    l: &Learner,
+    spec: &JobSpec,
+    eval_ds: &Dataset,
+    (valid_y, eval_y): (&Tensor, &Tensor),
+    at: SnapshotAt,
+) -> Result<Taken> {
+    let valid_probs = l.predict(&l.data.valid)?;
+    let eval_probs = l.predict(eval_ds)?;
+    let m = metrics(&eval_probs, eval_y);
+    let eval_tta = match (&spec.tta, &l.augmenter) {
+        (Some(t), Some(aug)) => {
+            Some(crate::tta::predict(l, eval_ds, aug, t, Some(eval_probs.shallow_clone()))?)
+        }
+        _ => None,
+    };
+    Ok(Taken {
+        result: SnapshotResult {
+            index: at.index,
+            stage: at.stage,
+            cycle: at.cycle,
+            epoch: at.epoch,
+            loss: m.loss,
+            accuracy: m.accuracy,
+            valid: metrics(&valid_probs, valid_y),
+            tta: eval_tta.as_ref().map(|p| metrics(p, eval_y)),
+            run: at.run,
+        },
+        valid_probs,
+        eval_probs,
+        eval_tta,
+    })
 }
 
 /// The ensemble of snapshots `members` (indices into `taken`): their probabilities averaged, on
