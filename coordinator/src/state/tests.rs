@@ -68,6 +68,19 @@ impl Sim {
         };
         assert_eq!(self.apply(cmd), Outcome::Applied);
     }
+    /// Submit `spec` as `job`, one worker per run.
+    fn submit_spec(&mut self, job: &str, spec: Box<JobSpec>, max_restarts: u32) {
+        let cmd = Command::SubmitJob {
+            request_id: String::new(),
+            job: job.into(),
+            spec,
+            spec_toml: String::new(),
+            workers_per_run: 1,
+            max_restarts,
+            now_ms: 0,
+        };
+        assert_eq!(self.apply(cmd), Outcome::Applied);
+    }
     fn running(&self, job: &str) -> (usize, Vec<String>, u64) {
         let j = &self.state.jobs[job];
         let i = j.tasks.iter().position(|t| matches!(t.status, TaskStatus::Running { .. })).unwrap();
@@ -361,16 +374,7 @@ fn a_sweep_runs_in_parallel_then_the_runs_with_its_choice_then_the_evaluation() 
     let spec = sweep_spec(
         "[lr_find]\nstart = 1e-3\nend = 10.0\ngrid = 9\n[lr_find.candidates]\nbatch_size = [32, 64]\n[ensemble]\nruns = 2\n",
     );
-    let submit = Command::SubmitJob {
-        request_id: String::new(),
-        job: "s".into(),
-        spec,
-        spec_toml: String::new(),
-        workers_per_run: 1,
-        max_restarts: 1,
-        now_ms: 0,
-    };
-    assert_eq!(sim.apply(submit), Outcome::Applied);
+    sim.submit_spec("s", spec, 1);
     assert_eq!(sim.state.jobs["s"].tasks.len(), 18 + 2 + 1);
     let lrs = cyclotron_core::sweep::grid_lrs(sim.state.jobs["s"].spec.lr_find.as_ref().unwrap());
     let mut done_sweeps = 0;
@@ -467,16 +471,7 @@ fn a_sweep_runs_in_parallel_then_the_runs_with_its_choice_then_the_evaluation() 
 fn a_sweep_whose_every_curve_diverged_fails_the_job_with_what_to_change() {
     let mut sim = Sim::new();
     sim.register("w1", 0);
-    let submit = Command::SubmitJob {
-        request_id: String::new(),
-        job: "d".into(),
-        spec: sweep_spec("[lr_find]\ngrid = 3\n"),
-        spec_toml: String::new(),
-        workers_per_run: 1,
-        max_restarts: 1,
-        now_ms: 0,
-    };
-    assert_eq!(sim.apply(submit), Outcome::Applied);
+    sim.submit_spec("d", sweep_spec("[lr_find]\ngrid = 3\n"), 1);
     for k in 0..3 {
         sim.tick(100 + k);
         let (i, _, g) = running_tasks(&sim.state, "d")[0].clone();
@@ -499,16 +494,7 @@ fn a_lost_sweep_point_runs_again_while_the_others_go_on() {
     let mut sim = Sim::new();
     sim.register("w1", 0);
     sim.register("w2", 0);
-    let submit = Command::SubmitJob {
-        request_id: String::new(),
-        job: "p".into(),
-        spec: sweep_spec("[lr_find]\ngrid = 3\n"),
-        spec_toml: String::new(),
-        workers_per_run: 1,
-        max_restarts: 2,
-        now_ms: 0,
-    };
-    assert_eq!(sim.apply(submit), Outcome::Applied);
+    sim.submit_spec("p", sweep_spec("[lr_find]\ngrid = 3\n"), 2);
     sim.tick(100);
     let running: Vec<usize> = running_tasks(&sim.state, "p").iter().map(|r| r.0).collect();
     assert_eq!(running, vec![0, 1]);
