@@ -1,7 +1,8 @@
 //! Worker faults on a real cluster (one coordinator, three worker processes, runs of two): a
 //! worker killed with SIGKILL mid-training, and a worker stalled with SIGSTOP (found by lease
 //! expiry). In both the run restarts from its last committed checkpoint on the workers left and
-//! the job finishes with every epoch once.
+//! the job finishes with every epoch once. And a worker killed during a parallel LR sweep: its
+//! sweep point runs again elsewhere while the others go on, and the job's runs still start.
 
 use std::path::Path;
 use std::time::Duration;
@@ -45,9 +46,14 @@ impl Cluster {
 
     /// Submit a job of EPOCHS epochs run by two workers; its id.
     fn submit(&self, name: &str) -> String {
-        std::fs::write(self.path().join("job.toml"), tiny_job(name, 16384, EPOCHS)).unwrap();
+        self.submit_text(&tiny_job(name, 16384, EPOCHS), "2")
+    }
+
+    /// Submit the spec `text` with `per_run` workers per run; its id.
+    fn submit_text(&self, text: &str, per_run: &str) -> String {
+        std::fs::write(self.path().join("job.toml"), text).unwrap();
         let ran = run_tagged(
-            &["submit", "job.toml", "--coordinator", &self.coordinator.addr, "--workers-per-run", "2"],
+            &["submit", "job.toml", "--coordinator", &self.coordinator.addr, "--workers-per-run", per_run],
             self.path(),
             Duration::from_secs(60),
             &self.tag,
@@ -168,4 +174,49 @@ fn stalled_worker_is_found_by_lease_expiry_and_its_run_restarts() {
         || read(&log).contains("registering again"),
         || read(&log),
     );
+}
+
+#[test]
+fn a_worker_killed_during_the_lr_sweep_loses_only_its_point() {
+    if !fashion_mnist_present() {
+        return;
+    }
+    let mut c = Cluster::start("2000");
+    // 3 grid points of 1,000 steps (several seconds each), then 2 runs of 2 epochs on 1 worker each
+    let spec = tiny_job("sweepkill", 2048, 2)
+        .replace("lr = 0.05", "lr = \"auto\"")
+        .replace("steps = 10\n", "steps = 10\ngrid = 3\ngrid_steps = 1000\n")
+        .replace("members = 1\n", "members = 1\nruns = 2\n");
+    let job = c.submit_text(&spec, "1");
+    // kill a worker once it trains a sweep point (tasks 0..3)
+    let mut victim = None;
+    wait_until(
+        "a sweep point to start",
+        Duration::from_secs(120),
+        || {
+            victim = c.workers.iter().find(|w| {
+                let log = read(&w.log);
+                (0..3).any(|t| log.contains(&format!("task {t} generation 0 rank=0 world=1 pid=")))
+            });
+            victim.is_some()
+        },
+        || c.logs(),
+    );
+    let id = victim.map(|w| w.id.clone()).unwrap();
+    let v = c.worker(&id);
+    signal(v.proc.pid(), "KILL");
+    v.proc.wait(Duration::from_secs(10), "the killed worker");
+
+    let (events, results) = c.finishes(&job);
+    let restarted: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["type"] == "task_restarted").collect();
+    assert!(
+        restarted.iter().any(|e| e["task"].as_u64().is_some_and(|t| t < 3)),
+        "no sweep point restarted: {events:?}"
+    );
+    let concluded = events.iter().filter(|e| e["type"] == "sweep_concluded").count();
+    assert_eq!(concluded, 1, "the sweep concluded once: {events:?}");
+    assert_eq!(results["sweep"]["candidates"][0]["report"]["lrs"].as_array().map(Vec::len), Some(3));
+    assert_eq!(results["runs"].as_array().map(Vec::len), Some(2), "{results}");
+    assert_eq!(results["snapshots"].as_array().map(Vec::len), Some(2), "one snapshot per run");
 }
