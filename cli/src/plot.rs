@@ -1,5 +1,6 @@
-//! PNG plots of a run: the LR-range test (`lr_find.png`), the training curves (`training.png`)
-//! and the snapshot ensemble (`ensemble.png`), drawn with `plotters` on a bitmap.
+//! PNG plots of a run: the LR-range test (`lr_find.png`), the training curves (`training.png`),
+//! the snapshot ensemble (`ensemble.png`) and a parallel LR sweep (`sweep.png`), drawn with
+//! `plotters` on a bitmap.
 //!
 //! Text needs a TrueType font registered with plotters' `ab_glyph` backend; it is read at run
 //! time from `style::FONT_PATH` (Debian `fonts-dejavu-core`, installed by `make setup`) and
@@ -10,6 +11,7 @@
 mod ensemble;
 mod lr_find;
 mod style;
+mod sweep;
 mod training;
 
 use std::fmt;
@@ -22,6 +24,7 @@ use serde::de::DeserializeOwned;
 
 pub use ensemble::ensemble_png;
 pub use lr_find::lr_find_png;
+pub use sweep::sweep_png;
 pub use training::training_png;
 
 /// The input of a plot holds nothing drawable; the message says what was missing.
@@ -38,8 +41,8 @@ impl std::error::Error for NoData {}
 
 /// Regenerate every plot that `dir` has data for:
 /// - `lr_find.json` ([`LrFindReport`]) → `lr_find.png`;
-/// - `results.json` ([`TrainResults`]) → `training.png`, `ensemble.png` and one
-///   `lr_find-stage<k>.png` per LR-range test run during the job.
+/// - `results.json` ([`TrainResults`]) → `training.png`, `ensemble.png`, `sweep.png` (when the
+///   cluster ran a parallel LR sweep) and one `lr_find-stage<k>.png` per LR-range test of the job.
 ///
 /// A plot whose data is empty is skipped with a warning; returns the paths written. Fails when
 /// neither JSON file exists, when one does not parse, when no plot at all could be drawn, or on
@@ -66,6 +69,9 @@ pub fn plot_run_dir(dir: &Path) -> Result<Vec<PathBuf>> {
         let results: TrainResults = read_json(&results_json)?;
         out.attempt(dir.join("training.png"), |p| training_png(&results.history, p))?;
         out.attempt(dir.join("ensemble.png"), |p| ensemble_png(&results, p))?;
+        if let Some(sweep) = &results.sweep {
+            out.attempt(dir.join("sweep.png"), |p| sweep_png(sweep, p))?;
+        }
         for (stage, report) in &results.lr_finds {
             out.attempt(dir.join(format!("lr_find-stage{stage}.png")), |p| lr_find_png(report, p))?;
         }

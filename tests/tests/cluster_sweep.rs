@@ -110,6 +110,7 @@ fn a_grid_sweep_over_candidates_and_two_runs_match_one_process_doing_the_same_in
         );
     }
     assert!(ran.stdout.contains("all averaged") && ran.stdout.contains("run 1 snap 1"), "{}", ran.stdout);
+    assert!(cluster.path().join("out/sweep.png").exists(), "no sweep plot");
 
     // one process, the same tasks in order: the same numbers
     let seq = run(&["--quiet", "train", "job.toml", "--out", "out"], alone.path(), Duration::from_secs(300));
