@@ -39,7 +39,8 @@ struct Cli {
 enum Cmd {
     #[command(flatten)]
     Coordinator(coordinator_cmd::CoordinatorCmd),
-    /// Run the LR-range test of a job; writes OUT/lr_find.json and OUT/lr_find.png.
+    /// Run the LR-range test of a job; writes OUT/lr_find.json and OUT/lr_find.png. With
+    /// `[lr_find] grid` or candidates, every sweep point in turn; also OUT/sweep.json and sweep.png.
     LrFind {
         job: PathBuf,
         #[arg(long)]
@@ -342,12 +343,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::LrFind { job, out } => {
             let spec = JobSpec::load(&job)?;
             output::prepare_dir(&out)?;
-            let report = job::run_lr_find(&spec, &mut progress::Progress::new(cli.quiet))?;
+            let mut bars = progress::Progress::new(cli.quiet);
+            let swept = spec
+                .lr_find
+                .as_ref()
+                .is_some_and(|f| f.grid > 0 || cyclotron_core::sweep::candidates(f).len() > 1);
+            let report = if swept {
+                // a grid or several candidates: every point here, one after another
+                let sweep = cyclotron_worker::sweep::sweep_in_order(&spec, &mut bars)?;
+                output::write_json(&out.join("sweep.json"), &sweep)?;
+                if let Err(e) = plot::sweep_png(&sweep, &out.join("sweep.png")) {
+                    tracing::warn!("sweep.png skipped: {e:#}");
+                }
+                for c in &sweep.candidates {
+                    let lr = c.lr.map_or("no suggestion".into(), |l| format!("lr {l:.3e}"));
+                    println!("{:<40} best loss {:.4}  {lr}", c.label, c.best_loss);
+                }
+                println!("best: {}", sweep.chosen().label);
+                if let (Some(s), true) = (sweep.chosen().report.suggestion, sweep.grid > 0) {
+                    println!(
+                        "suggested learning rates (grid): steep {:.3e}  valley {:.3e}  minimum (best point) {:.3e}",
+                        s.steep, s.valley, s.minimum
+                    );
+                }
+                sweep.chosen().report.clone()
+            } else {
+                job::run_lr_find(&spec, &mut bars)?
+            };
             output::write_json(&out.join("lr_find.json"), &report)?;
             if let Err(e) = plot::lr_find_png(&report, &out.join("lr_find.png")) {
                 tracing::warn!("lr_find.png skipped: {e:#}; `cyclotron plot {}` redraws it", out.display());
             }
-            output::print_lr_find(&report);
+            if !swept || spec.lr_find.as_ref().is_some_and(|f| f.grid == 0) {
+                output::print_lr_find(&report);
+            }
             Ok(())
         }
         Cmd::SweepPoint { job, out, probe, task, events_jsonl, group } => {

@@ -92,3 +92,33 @@ fn lr_find_command_writes_the_curve_and_the_plot() {
     assert_png(&work.path().join("lr/lr_find.png"));
     assert!(ran.stdout.contains("suggested learning rates"), "{}", ran.stdout);
 }
+
+#[test]
+fn lr_find_with_a_grid_and_candidates_sweeps_every_point_and_compares_them() {
+    if !fashion_mnist_present() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(example("quick.toml")).unwrap().replace(
+        "steps = 60\n",
+        "steps = 60\ngrid = 4\ngrid_steps = 8\n[lr_find.candidates]\nweight_decay = [0.0, 0.01]\n",
+    );
+    let text = text.replace("limit_train = 8000", "limit_train = 2000");
+    std::fs::write(work.path().join("job.toml"), text).unwrap();
+    let ran = run(&["lr-find", "job.toml", "--out", "lr"], work.path(), Duration::from_secs(300));
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let sweep = read_json(&work.path().join("lr/sweep.json"));
+    assert_eq!(sweep["candidates"].as_array().map(Vec::len), Some(2), "{sweep}");
+    assert_eq!(sweep["grid"], 4);
+    let chosen = sweep["chosen"].as_u64().unwrap() as usize;
+    // lr_find.json is the chosen candidate's merged curve: 4 points, 1e-5 … 10
+    let lr = read_json(&work.path().join("lr/lr_find.json"));
+    assert_eq!(lr, sweep["candidates"][chosen]["report"]);
+    assert_eq!(lr["lrs"].as_array().map(Vec::len), Some(4));
+    assert_png(&work.path().join("lr/sweep.png"));
+    assert!(
+        ran.stdout.contains("weight_decay=0.01") && ran.stdout.contains("best: weight_decay="),
+        "{}",
+        ran.stdout
+    );
+}

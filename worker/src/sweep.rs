@@ -59,6 +59,22 @@ pub fn needs_tasks(spec: &JobSpec) -> bool {
     spec.parallel_sweep() || spec.ensemble.runs > 1
 }
 
+/// The job's LR sweep on this process, point after point (what a cluster runs in parallel), then
+/// concluded as the coordinator does. One range test of the spec as it is without a grid or
+/// candidates.
+pub fn sweep_in_order(spec: &JobSpec, obs: &mut dyn Observer) -> Result<sweep::SweepOutcome> {
+    let f = spec.lr_find.clone().unwrap_or_default();
+    let mut reports = vec![];
+    for (ci, candidate, probe) in sweep::points(&f) {
+        let mut s = spec.clone();
+        candidate.apply(&mut s);
+        tracing::info!(candidate = %candidate.label(), ?probe, "LR sweep point");
+        reports.push((ci, run_sweep_point(&s, &probe, &TrainOptions::default(), obs)?));
+    }
+    sweep::conclude(&f, &reports, spec.needs_lr())
+        .map_err(|message| Error::Invalid { what: "lr_find".into(), message })
+}
+
 /// The whole job on this process, its tasks one after another: what a cluster runs in parallel
 /// (the sweep's points, then the independent runs, then their evaluation). `run` names the job
 /// run in the store; the runs are `<run>-r<i>`.
@@ -75,19 +91,9 @@ pub fn train_in_order(
         });
     }
     let mut chosen = spec.clone();
-    let mut outcome = None;
-    if let (true, Some(f)) = (spec.parallel_sweep(), &spec.lr_find) {
-        let mut reports = vec![];
-        for (ci, candidate, probe) in sweep::points(f) {
-            let mut s = spec.clone();
-            candidate.apply(&mut s);
-            tracing::info!(candidate = %candidate.label(), ?probe, "LR sweep point");
-            reports.push((ci, run_sweep_point(&s, &probe, &TrainOptions::default(), obs)?));
-        }
-        let o = sweep::conclude(f, &reports, spec.needs_lr())
-            .map_err(|message| Error::Invalid { what: "lr_find".into(), message })?;
+    let outcome = if spec.parallel_sweep() { Some(sweep_in_order(spec, obs)?) } else { None };
+    if let Some(o) = &outcome {
         o.chosen().candidate.apply(&mut chosen);
-        outcome = Some(o);
     }
     let lr_find = outcome.as_ref().map(|o| o.chosen().report.clone());
     let runs = spec.ensemble.runs.max(1);
