@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cyclotron_core::events::TrainEvent;
+use cyclotron_core::sweep::SweepChoice;
 use cyclotron_proto::v1::worker_service_client::WorkerServiceClient;
 use cyclotron_proto::v1::{Assignment, RendezvousRequest};
 use tokio::sync::{mpsc, watch};
@@ -262,7 +263,7 @@ pub enum TaskOrder {
         run: String,
         #[serde(default)]
         seed: Option<u64>,
-        /// The concluded sweep: `{"candidate": {...}, "report": {...}}`.
+        /// The concluded sweep: the chosen candidate and its curve.
         #[serde(default)]
         sweep: Option<SweepChoice>,
     },
@@ -274,13 +275,6 @@ pub enum TaskOrder {
         #[serde(default)]
         sweep: Option<SweepChoice>,
     },
-}
-
-/// The part of a concluded sweep a task passes on to its child, kept as JSON.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-pub struct SweepChoice {
-    pub candidate: serde_json::Value,
-    pub report: serde_json::Value,
 }
 
 impl TaskOrder {
@@ -314,7 +308,9 @@ impl TaskOrder {
             args.push(flag.into());
             args.push(value.into());
         };
-        let candidate = |sweep: &Option<SweepChoice>| sweep.as_ref().map(|c| c.candidate.to_string());
+        let candidate = |sweep: &Option<SweepChoice>| {
+            sweep.as_ref().map(|c| serde_json::to_string(&c.candidate).unwrap_or_default())
+        };
         let group = match self {
             TaskOrder::Run { run, seed, sweep } => {
                 let run = if run.is_empty() { a.job_id.clone() } else { run.clone() };
@@ -332,7 +328,8 @@ impl TaskOrder {
                 }
                 if let Some(choice) = sweep {
                     let path = dir.join("lr_find.json");
-                    std::fs::write(&path, choice.report.to_string()).map_err(|e| AgentError::Io {
+                    let report = serde_json::to_string(&choice.report).unwrap_or_default();
+                    std::fs::write(&path, report).map_err(|e| AgentError::Io {
                         what: format!("writing {}", path.display()),
                         source: e,
                     })?;
