@@ -1,5 +1,6 @@
 //! `lr_find.png`: the smoothed loss of an LR-range test against the learning rate on a log axis,
-//! the raw loss faint behind it, and a marker for each suggestion.
+//! the raw loss faint behind it, and a marker for each suggestion; a sweep's merged grid is drawn
+//! as its points.
 
 use std::path::Path;
 
@@ -28,30 +29,18 @@ pub fn lr_find_png(report: &LrFindReport, path: &Path) -> Result<()> {
     style::ensure_font()?;
     let root = BitMapBackend::new(path, style::LR_FIND_SIZE).into_drawing_area();
     root.fill(&WHITE)?;
-    let caption =
-        if report.diverged { "LR range test (stopped when the loss diverged)" } else { "LR range test" };
-    let mut chart = ChartBuilder::on(&root)
-        .caption(caption, style::caption_style())
-        .margin(20)
-        .x_label_area_size(55)
-        .y_label_area_size(75)
-        .build_cartesian_2d((x_lo..x_hi).log_scale(), y_lo..y_hi)?;
-    let span = y_hi - y_lo;
-    chart
-        .configure_mesh()
-        .x_desc("learning rate (log scale)")
-        .y_desc("loss")
-        .x_labels(10)
-        .y_labels(8)
-        .x_label_formatter(&|x| style::fmt_sci(*x))
-        .y_label_formatter(&|y| style::fmt_fixed(*y, span))
-        .label_style(style::label_style())
-        .axis_desc_style(style::axis_desc_style())
-        .bold_line_style(BLACK.mix(0.12))
-        .light_line_style(BLACK.mix(0.04))
-        .draw()?;
+    // a grid merged by the sweep has one loss per point, no smoothing: raw and smoothed are equal
+    let grid = report.losses.len() > 1
+        && report.losses.len() == report.raw_losses.len()
+        && report.losses.iter().zip(&report.raw_losses).all(|(a, b)| a.total_cmp(b).is_eq());
+    let caption = match (grid, report.diverged) {
+        (true, _) => "LR grid sweep (one point per LR)",
+        (false, true) => "LR range test (stopped when the loss diverged)",
+        (false, false) => "LR range test",
+    };
+    let mut chart = style::lr_chart(&root, caption, (x_lo, x_hi), (y_lo, y_hi), "loss")?;
 
-    if raw.len() > 1 {
+    if raw.len() > 1 && !grid {
         let faint = style::GREY.mix(0.45).stroke_width(1);
         let runs = clip_to_band(&raw, (y_lo, y_hi), true);
         chart
@@ -63,8 +52,12 @@ pub fn lr_find_png(report: &LrFindReport, path: &Path) -> Result<()> {
     let runs = clip_to_band(&smooth, (y_lo, y_hi), true);
     chart
         .draw_series(runs.into_iter().map(|run| PathElement::new(run, line)))?
-        .label("smoothed loss (EMA, β = 0.98)")
+        .label(if grid { "loss after each point's steps" } else { "smoothed loss (EMA, β = 0.98)" })
         .legend(style::legend_line(line));
+    if grid {
+        let inside = smooth.iter().filter(|p| (y_lo..=y_hi).contains(&p.1));
+        chart.draw_series(inside.map(|&p| Circle::new(p, 4, style::BLUE_T.filled())))?;
+    }
     if smooth.len() == 1 {
         let (x, y) = smooth[0];
         chart.draw_series(std::iter::once(Circle::new((x, y), 4, style::BLUE_T.filled())))?;
@@ -91,14 +84,7 @@ pub fn lr_find_png(report: &LrFindReport, path: &Path) -> Result<()> {
         }
     }
 
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .margin(15)
-        .label_font(style::label_style())
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .draw()?;
+    style::lr_legend(&mut chart, SeriesLabelPosition::LowerLeft)?;
     root.present().with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -171,6 +171,55 @@ pub fn legend_box(colour: RGBColor) -> impl Fn((i32, i32)) -> Rectangle<(i32, i3
     move |(x, y)| Rectangle::new([(x + 4, y - 6), (x + 16, y + 6)], colour.filled())
 }
 
+/// A chart with a log learning-rate x axis (`lr_find.png`, `sweep.png`).
+pub type LrChart<'a> =
+    ChartContext<'a, BitMapBackend<'a>, Cartesian2d<LogCoord<f64>, plotters::coord::types::RangedCoordf64>>;
+
+/// The LR chart both LR plots draw on: caption, a log x axis over `x`, a loss axis over `y`
+/// described as `y_desc`, and the mesh.
+pub fn lr_chart<'a>(
+    root: &DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>,
+    caption: &str,
+    (x_lo, x_hi): (f64, f64),
+    (y_lo, y_hi): (f64, f64),
+    y_desc: &str,
+) -> Result<LrChart<'a>> {
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, caption_style())
+        .margin(20)
+        .x_label_area_size(55)
+        .y_label_area_size(75)
+        .build_cartesian_2d((x_lo..x_hi).log_scale(), y_lo..y_hi)?;
+    let span = y_hi - y_lo;
+    chart
+        .configure_mesh()
+        .x_desc("learning rate (log scale)")
+        .y_desc(y_desc)
+        .x_labels(10)
+        .y_labels(8)
+        .x_label_formatter(&|x| fmt_sci(*x))
+        .y_label_formatter(&|y| fmt_fixed(*y, span))
+        .label_style(label_style())
+        .axis_desc_style(axis_desc_style())
+        .bold_line_style(BLACK.mix(0.12))
+        .light_line_style(BLACK.mix(0.04))
+        .draw()?;
+    Ok(chart)
+}
+
+/// The legend of an LR chart, at `position`.
+pub fn lr_legend(chart: &mut LrChart<'_>, position: SeriesLabelPosition) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .margin(15)
+        .label_font(label_style())
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .draw()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,26 +53,13 @@ pub fn sweep_png(sweep: &SweepOutcome, path: &Path) -> Result<()> {
     } else {
         "LR sweep: one range test per candidate".to_string()
     };
-    let mut chart = ChartBuilder::on(&root)
-        .caption(caption, style::caption_style())
-        .margin(20)
-        .x_label_area_size(55)
-        .y_label_area_size(75)
-        .build_cartesian_2d((x_lo..x_hi).log_scale(), y_lo..y_hi)?;
-    let span = y_hi - y_lo;
-    chart
-        .configure_mesh()
-        .x_desc("learning rate (log scale)")
-        .y_desc(if sweep.grid > 0 { "loss after each point's steps" } else { "smoothed loss" })
-        .x_labels(10)
-        .y_labels(8)
-        .x_label_formatter(&|x| style::fmt_sci(*x))
-        .y_label_formatter(&|y| style::fmt_fixed(*y, span))
-        .label_style(style::label_style())
-        .axis_desc_style(style::axis_desc_style())
-        .bold_line_style(BLACK.mix(0.12))
-        .light_line_style(BLACK.mix(0.04))
-        .draw()?;
+    let mut chart = style::lr_chart(
+        &root,
+        &caption,
+        (x_lo, x_hi),
+        (y_lo, y_hi),
+        if sweep.grid > 0 { "loss after each point's steps" } else { "smoothed loss" },
+    )?;
 
     for (i, (c, points)) in sweep.candidates.iter().zip(&curves).enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
@@ -101,14 +88,7 @@ pub fn sweep_png(sweep: &SweepOutcome, path: &Path) -> Result<()> {
             .label(format!("trained at {} ({:?})", style::fmt_sci(lr), sweep.suggestion).to_lowercase())
             .legend(style::legend_line(dashed));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .margin(15)
-        .label_font(style::label_style())
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .draw()?;
+    style::lr_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     root.present().with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
