@@ -11,8 +11,8 @@
 //! What runs in parallel, on separate worker groups:
 //! 1. the job's LR sweep when it is more than one range test ([`JobSpec::parallel_sweep`]): one
 //!    [`Task::Sweep`] per (candidate config, grid LR) — the coordinator concludes it when the last
-//!    one is done ([`cyclotron_core::sweep::conclude`]) and hands the chosen candidate and curve to
-//!    the runs;
+//!    one is done ([`cyclotron_core::sweep::conclude`]); the runs are sent its chosen candidate and
+//!    curve ([`Task::to_json`]);
 //! 2. `ensemble.runs = k` independent runs (seeds `seed + i`), each a [`Task::Run`] waiting for
 //!    the whole sweep;
 //! 3. with k > 1, one [`Task::Evaluate`] waiting for every run: all snapshots of all runs, alone
@@ -41,10 +41,6 @@ pub enum Task {
         /// The run's seed (the spec's seed + i).
         #[serde(default)]
         seed: u64,
-        /// The concluded sweep (filled in by the coordinator before the run starts): its
-        /// candidate's settings apply, and its curve is the run's first LR-range test.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        sweep: Option<Box<SweepChoice>>,
     },
     /// One point of the job's LR sweep: candidate `candidate`'s range test, or one grid LR.
     Sweep { candidate: usize, overrides: Candidate, probe: Probe },
@@ -52,8 +48,6 @@ pub enum Task {
     Evaluate {
         /// (run id, seed) of each run.
         runs: Vec<(String, u64)>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        sweep: Option<Box<SweepChoice>>,
     },
 }
 
@@ -67,12 +61,15 @@ impl Task {
         }
     }
 
-    /// Hand the concluded sweep to a task that waits for it.
-    pub fn take_sweep(&mut self, choice: &SweepChoice) {
-        match self {
-            Task::Run { sweep, .. } | Task::Evaluate { sweep, .. } => *sweep = Some(Box::new(choice.clone())),
-            Task::Sweep { .. } => {}
+    /// What a worker is sent for this task (`Assignment.task_json`): the task, and for a run or
+    /// the evaluation the concluded sweep's choice (`"sweep": {"candidate", "report"}`): its
+    /// candidate's settings apply, and its curve is the run's first LR-range test.
+    pub fn to_json(&self, choice: Option<&SweepChoice>) -> String {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let (Some(c), Task::Run { .. } | Task::Evaluate { .. }) = (choice, self) {
+            v["sweep"] = serde_json::to_value(c).unwrap_or_default();
         }
+        v.to_string()
     }
 }
 
@@ -104,7 +101,6 @@ pub fn plan(job: &str, spec: &JobSpec) -> Vec<Planned> {
                 snapshots: spec.stages.iter().any(|s| s.snapshots()),
                 run: run_id(job, i, runs),
                 seed: spec.seed + i as u64,
-                sweep: None,
             },
             after: sweep.clone(),
         });
@@ -112,7 +108,7 @@ pub fn plan(job: &str, spec: &JobSpec) -> Vec<Planned> {
     if runs > 1 {
         let run_tasks: Vec<usize> = (sweep.len()..out.len()).collect();
         let ids = (0..runs).map(|i| (run_id(job, i, runs), spec.seed + i as u64)).collect();
-        out.push(Planned { task: Task::Evaluate { runs: ids, sweep: None }, after: run_tasks });
+        out.push(Planned { task: Task::Evaluate { runs: ids }, after: run_tasks });
     }
     out
 }
@@ -148,15 +144,8 @@ cycle_mult = 2
         .unwrap();
         spec.validate().unwrap();
         let tasks = plan("j-1", &spec);
-        let run = Task::Run {
-            stages: 2,
-            epochs: 10,
-            lr_find: true,
-            snapshots: true,
-            run: "j-1".into(),
-            seed: 42,
-            sweep: None,
-        };
+        let run =
+            Task::Run { stages: 2, epochs: 10, lr_find: true, snapshots: true, run: "j-1".into(), seed: 42 };
         assert_eq!(tasks, vec![Planned { task: run, after: vec![] }]);
         let json = serde_json::to_value(&tasks[0].task).unwrap();
         assert_eq!(json["kind"], "run");

@@ -152,7 +152,7 @@ impl Workers {
                 rank: rank as u32,
                 world_size: world_size as u32,
                 spec_toml: j.spec_toml.clone(),
-                task_json: serde_json::to_string(&j.tasks[task].task).unwrap_or_default(),
+                task_json: j.task_json(task),
                 resume_from: String::new(),
             }
         });

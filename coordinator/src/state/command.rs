@@ -7,7 +7,7 @@ use super::{
     ClusterState, JobEvent, JobState, JobStatus, TaskRecord, TaskStatus, WorkerRecord, WorkerStatus,
 };
 use crate::plan::{plan, Task};
-use cyclotron_core::sweep::{conclude, PointReport, SweepChoice};
+use cyclotron_core::sweep::{conclude, PointReport};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -351,8 +351,9 @@ fn break_run(s: &mut ClusterState, job: &str, task: usize, generation: u64, reas
 }
 
 /// When the last point of the job's sweep is done: conclude it (pure: every replica computes the
-/// same outcome from the same committed reports), record it, tell the watchers, and hand the chosen
-/// candidate and curve to the tasks that wait for it. An error is the reason the job fails.
+/// same outcome from the same committed reports), record it and tell the watchers; the tasks that
+/// wait for it are sent its choice when assigned ([`JobState::task_json`]). An error is the reason
+/// the job fails.
 fn conclude_sweep(j: &mut JobState) -> Result<(), String> {
     let sweep_tasks: Vec<usize> =
         (0..j.tasks.len()).filter(|&i| matches!(j.tasks[i].task, Task::Sweep { .. })).collect();
@@ -396,12 +397,6 @@ fn conclude_sweep(j: &mut JobState) -> Result<(), String> {
             })
             .collect(),
     });
-    let choice = SweepChoice { candidate: chosen.candidate.clone(), report: chosen.report.clone() };
-    for t in &mut j.tasks {
-        if t.status == TaskStatus::Waiting {
-            t.task.take_sweep(&choice);
-        }
-    }
     j.sweep = Some(outcome);
     Ok(())
 }

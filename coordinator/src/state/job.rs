@@ -143,6 +143,12 @@ impl JobState {
         }
     }
 
+    /// What a worker assigned task `i` is sent (see [`crate::plan::Task::to_json`]).
+    pub fn task_json(&self, i: usize) -> String {
+        let choice = self.sweep.as_ref().map(cyclotron_core::sweep::SweepOutcome::choice);
+        self.tasks.get(i).map(|t| t.task.to_json(choice.as_ref())).unwrap_or_default()
+    }
+
     /// Whether every task is done.
     pub fn all_done(&self) -> bool {
         self.tasks.iter().all(|t| t.status == TaskStatus::Done)

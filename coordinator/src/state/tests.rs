@@ -413,12 +413,14 @@ fn a_sweep_runs_in_parallel_then_the_runs_with_its_choice_then_the_evaluation() 
         .iter()
         .any(|e| matches!(e, JobEvent::SweepConcluded { chosen, .. } if chosen == "batch_size=64")));
     for i in 18..21 {
-        let (Task::Run { sweep: Some(c), .. } | Task::Evaluate { sweep: Some(c), .. }) = &j.tasks[i].task
-        else {
-            panic!("task {i} did not get the sweep's choice: {:?}", j.tasks[i].task)
-        };
-        assert_eq!(c.candidate.batch_size, Some(64));
+        let sent: serde_json::Value = serde_json::from_str(&j.task_json(i)).unwrap();
+        assert_eq!(
+            sent["sweep"]["candidate"]["batch_size"], 64,
+            "task {i} did not get the sweep's choice: {sent}"
+        );
+        assert_eq!(sent["sweep"]["report"]["lrs"].as_array().map(Vec::len), Some(9), "{sent}");
     }
+    assert!(!j.task_json(0).contains("\"sweep\":{"), "a sweep point is not sent the outcome");
     // both runs at once; the evaluation waits for both
     sim.tick(t);
     let running = running_tasks(&sim.state, "s");

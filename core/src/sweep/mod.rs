@@ -247,6 +247,11 @@ impl SweepOutcome {
     pub fn chosen(&self) -> &CandidateOutcome {
         &self.candidates[self.chosen]
     }
+
+    /// What the training runs take from it.
+    pub fn choice(&self) -> SweepChoice {
+        SweepChoice { candidate: self.chosen().candidate.clone(), report: self.chosen().report.clone() }
+    }
 }
 
 /// Conclude a sweep from its tasks' reports, `(candidate index, report)`. The candidate with the
