@@ -41,7 +41,7 @@ pub fn run_sweep_point(
         Probe::Grid { lr, steps } => {
             let init = weights_sha256(&l)?;
             let (losses, stopped) = l.lr_probe(*lr, *steps, obs)?;
-            let point = GridPoint { init: Some(init), ..GridPoint::from_losses(*lr, losses, stopped) };
+            let point = GridPoint { init: Some(init), ..GridPoint::from_losses(*lr, &losses, stopped) };
             Ok(PointReport::Grid { point })
         }
     }

@@ -106,7 +106,7 @@ mod tests {
             .map(|offset| {
                 let pts: Vec<GridPoint> = points
                     .iter()
-                    .map(|&(lr, end)| GridPoint::from_losses(lr, vec![2.3, end + offset], false))
+                    .map(|&(lr, end)| GridPoint::from_losses(lr, &[2.3, end + offset], false))
                     .collect();
                 let report = merge_grid(&pts);
                 CandidateOutcome {

@@ -349,7 +349,7 @@ fn sweep_spec(extra: &str) -> Box<JobSpec> {
 fn grid_report(lr: f64, candidate: usize) -> serde_json::Value {
     let d = (lr / 0.1).log10();
     let end = 0.5 + 0.2 * d * d - 0.1 * candidate as f64;
-    let point = cyclotron_core::sweep::GridPoint::from_losses(lr, vec![2.3, (2.3 + end) / 2.0, end], false);
+    let point = cyclotron_core::sweep::GridPoint::from_losses(lr, &[2.3, (2.3 + end) / 2.0, end], false);
     serde_json::to_value(cyclotron_core::sweep::PointReport::Grid { point }).unwrap()
 }
 
@@ -477,7 +477,7 @@ fn a_sweep_whose_every_curve_diverged_fails_the_job_with_what_to_change() {
     for k in 0..3 {
         sim.tick(100 + k);
         let (i, _, g) = running_tasks(&sim.state, "d")[0].clone();
-        let point = cyclotron_core::sweep::GridPoint::from_losses(1.0, vec![2.3, f64::NAN], true);
+        let point = cyclotron_core::sweep::GridPoint::from_losses(1.0, &[2.3, f64::NAN], true);
         let result = serde_json::to_value(cyclotron_core::sweep::PointReport::Grid { point }).unwrap();
         assert_eq!(
             sim.apply(Command::TaskDone { job: "d".into(), task: i, generation: g, result }),
@@ -512,7 +512,7 @@ fn a_lost_sweep_point_runs_again_while_the_others_go_on() {
     assert!(again.iter().any(|(i, _, g)| *i == 0 && *g == 1), "{again:?}");
     assert!(again.iter().any(|(i, _, g)| *i == 1 && *g == 0), "{again:?}");
     // a late report from the lost generation changes nothing
-    let point = cyclotron_core::sweep::GridPoint::from_losses(0.1, vec![2.3, 1.0], false);
+    let point = cyclotron_core::sweep::GridPoint::from_losses(0.1, &[2.3, 1.0], false);
     let stale = Command::TaskDone {
         job: "p".into(),
         task: 0,

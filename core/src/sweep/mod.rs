@@ -129,9 +129,8 @@ pub fn points(f: &LrFindSpec) -> Vec<(usize, Candidate, Probe)> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GridPoint {
     pub lr: f64,
-    /// Training loss of every step, in order (fewer than asked when it diverged).
-    #[serde(with = "crate::serde_nan::vec")]
-    pub losses: Vec<f64>,
+    /// Steps it trained (fewer than asked when it diverged).
+    pub steps: usize,
     /// Mean loss of the last quarter of the steps (at least one): the point's value on the curve.
     #[serde(with = "crate::serde_nan")]
     pub loss: f64,
@@ -144,7 +143,7 @@ pub struct GridPoint {
 
 impl GridPoint {
     /// Summarise the losses of a point trained at `lr` (`stopped`: training stopped on divergence).
-    pub fn from_losses(lr: f64, losses: Vec<f64>, stopped: bool) -> GridPoint {
+    pub fn from_losses(lr: f64, losses: &[f64], stopped: bool) -> GridPoint {
         let tail = (losses.len() / 4).max(1).min(losses.len());
         let loss = if losses.is_empty() {
             f64::NAN
@@ -152,7 +151,8 @@ impl GridPoint {
             losses[losses.len() - tail..].iter().sum::<f64>() / tail as f64
         };
         let diverged = stopped || losses.first().is_some_and(|first| grid_diverged(*first, loss));
-        GridPoint { lr, losses, loss: if diverged { f64::NAN } else { loss }, diverged, init: None }
+        let steps = losses.len();
+        GridPoint { lr, steps, loss: if diverged { f64::NAN } else { loss }, diverged, init: None }
     }
 }
 
