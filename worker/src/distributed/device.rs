@@ -78,11 +78,7 @@ impl DeviceSync {
         y: &Tensor,
         lrs: &[f64],
     ) -> Result<f64> {
-        let loss = net.forward_t(x, true).cross_entropy_for_logits(y);
-        opt.zero_grad();
-        loss.backward();
-        let params: Vec<Tensor> =
-            net.parameters().into_iter().map(|(_, _, t)| t).filter(Tensor::requires_grad).collect();
+        let (loss, params) = super::backward(net, opt, x, y);
         let buckets = super::bucket_plan(params.iter().map(Tensor::numel), self.bucket_elems);
         let last = buckets.len() - 1;
         // kept alive until the stream is synchronised: NCCL works on them asynchronously

@@ -154,11 +154,7 @@ impl GradSync {
         if let Some(d) = &mut self.device {
             return d.train_step(net, opt, x, y, lrs);
         }
-        let loss = net.forward_t(x, true).cross_entropy_for_logits(y);
-        opt.zero_grad();
-        loss.backward();
-        let params: Vec<Tensor> =
-            net.parameters().into_iter().map(|(_, _, t)| t).filter(Tensor::requires_grad).collect();
+        let (loss, params) = backward(net, opt, x, y);
         let grads: Vec<Tensor> = params.iter().map(Tensor::grad).collect();
         let plan = bucket_plan(params.iter().map(Tensor::numel), self.bucket_elems);
         let mut queued: Vec<Slots> = Vec::with_capacity(plan.len());
@@ -251,6 +247,17 @@ impl crate::learner::Learner {
         let augment = self.augmenter.as_ref().filter(|_| self.augment_train);
         self.loader_with(&shard, false, epoch, batch, augment)
     }
+}
+
+/// The part of a data-parallel step before gradients are averaged: forward and backward on this
+/// rank's batch. Returns the loss and the trainable parameters (their gradients now set), in the
+/// order the bucket plan follows.
+fn backward(net: &Net, opt: &mut Optimizer, x: &Tensor, y: &Tensor) -> (Tensor, Vec<Tensor>) {
+    let loss = net.forward_t(x, true).cross_entropy_for_logits(y);
+    opt.zero_grad();
+    loss.backward();
+    let params = net.parameters().into_iter().map(|(_, _, t)| t).filter(Tensor::requires_grad).collect();
+    (loss, params)
 }
 
 #[cfg(test)]
