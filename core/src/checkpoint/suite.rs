@@ -41,6 +41,20 @@ fn blobs(tag: &str) -> Vec<Blob> {
     ]
 }
 
+/// Commit a periodic checkpoint of `run` at `step` holding [`blobs`]`(tag)`.
+async fn commit_checkpoint(store: &CheckpointStore, run: &RunLocation, step: u64, tag: &str) {
+    store
+        .commit(
+            &run.checkpoint_dir(step),
+            CheckpointKind::Checkpoint,
+            (step, 0, 0, None),
+            blobs(tag),
+            serde_json::Value::Null,
+        )
+        .await
+        .unwrap();
+}
+
 async fn suite(store: CheckpointStore) {
     let run = RunLocation::new("job", "run-1");
     assert!(store.latest(&run).await.unwrap().is_none());
@@ -151,16 +165,7 @@ async fn large_blobs_and_retention(store: &CheckpointStore) {
 async fn corrupted_newest_falls_back_once(store: &CheckpointStore) {
     let run = RunLocation::new("job", "corrupt");
     for step in [5u64, 6, 7] {
-        store
-            .commit(
-                &run.checkpoint_dir(step),
-                CheckpointKind::Checkpoint,
-                (step, 0, 0, None),
-                blobs(&step.to_string()),
-                serde_json::Value::Null,
-            )
-            .await
-            .unwrap();
+        commit_checkpoint(store, &run, step, &step.to_string()).await;
     }
     store
         .put_raw(&format!("{}/model.safetensors", run.checkpoint_dir(7)), Bytes::from("weights-X"))
@@ -261,17 +266,7 @@ fn retention_on_a_folder_leaves_no_empty_checkpoint_folders() {
     let run = RunLocation::new("job", "r");
     rt().block_on(async {
         for step in 1..=3u64 {
-            let d = run.checkpoint_dir(step);
-            store
-                .commit(
-                    &d,
-                    CheckpointKind::Checkpoint,
-                    (step, 0, 0, None),
-                    blobs("x"),
-                    serde_json::Value::Null,
-                )
-                .await
-                .unwrap();
+            commit_checkpoint(&store, &run, step, "x").await;
             store.apply_retention(&run, 1).await.unwrap();
         }
     });
@@ -287,30 +282,13 @@ fn retention_sweeps_blobs_of_checkpoints_never_committed() {
     let store = CheckpointStore::open_with("memory://", &fast_options()).unwrap();
     let run = RunLocation::new("job", "r");
     rt().block_on(async {
-        let commit = |step: u64| {
-            let store = store.clone();
-            let run = run.clone();
-            async move {
-                let d = run.checkpoint_dir(step);
-                store
-                    .commit(
-                        &d,
-                        CheckpointKind::Checkpoint,
-                        (step, 0, 0, None),
-                        blobs("x"),
-                        serde_json::Value::Null,
-                    )
-                    .await
-                    .unwrap();
-            }
-        };
-        commit(1).await;
+        commit_checkpoint(&store, &run, 1, "x").await;
         // a commit that failed after its first blob, and one still uploading past the newest
         let stray = format!("{}/model.safetensors", run.checkpoint_dir(2));
         store.put_raw(&stray, Bytes::from("half")).await.unwrap();
         let in_flight = format!("{}/model.safetensors", run.checkpoint_dir(9));
         store.put_raw(&in_flight, Bytes::from("soon")).await.unwrap();
-        commit(3).await;
+        commit_checkpoint(&store, &run, 3, "x").await;
         let deleted = store.apply_retention(&run, 5).await.unwrap();
         assert_eq!(deleted, vec![run.checkpoint_dir(2)]);
         assert!(store.read_raw(&stray).await.is_err());
