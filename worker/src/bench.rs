@@ -24,6 +24,16 @@ pub struct StepBench {
     pub step_ms_median: f64,
 }
 
+/// Channels and side of the random images a benchmark feeds `arch`: Fashion-MNIST's 1×28×28 for
+/// the small models, 3×32×32 for the torchvision ones.
+fn synthetic_input(arch: &str) -> (i64, i64) {
+    if arch == "small_resnet" || arch == "small_cnn" {
+        (1, 28)
+    } else {
+        (3, 32)
+    }
+}
+
 /// Time `steps` training steps (after `warmup`) of `arch` on random [B, C, S, S] inputs.
 pub fn step_throughput(
     arch: &str,
@@ -36,7 +46,7 @@ pub fn step_throughput(
 ) -> Result<StepBench> {
     tch::set_num_threads(threads);
     tch::manual_seed(0);
-    let (channels, side) = if arch == "small_resnet" { (1, 28) } else { (3, 32) };
+    let (channels, side) = synthetic_input(arch);
     let net = models::build(arch, width, channels, 10, device)?;
     let spec = OptimizerSpec { momentum: 0.9, weight_decay: 5e-4, ..Default::default() };
     let mut opt = Optimizer::new(&spec, net.parameters());
@@ -103,10 +113,10 @@ pub fn metrics_overhead(
     use crate::metrics::{synthetic, Metered, WorkerMetrics};
     tch::set_num_threads(threads);
     tch::manual_seed(0);
-    let (channels, side) = if arch == "small_resnet" || arch == "small_cnn" { (1, 28) } else { (3, 32) };
-    let train = synthetic(steps as usize * batch_size, channels, side, 1);
-    let valid = synthetic(batch_size, channels, side, 2);
-    let net = models::build(arch, width, channels as i64, 10, Device::Cpu)?;
+    let (channels, side) = synthetic_input(arch);
+    let train = synthetic(steps as usize * batch_size, channels as usize, side as usize, 1);
+    let valid = synthetic(batch_size, channels as usize, side as usize, 2);
+    let net = models::build(arch, width, channels, 10, Device::Cpu)?;
     let data = DataBundle {
         norm: crate::data::Normalize::from_stats(&train),
         train,
