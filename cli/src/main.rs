@@ -436,9 +436,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (metrics, _server) = metrics::serve(metrics_addr, &spec.name, rank)?;
             let opts = job::TrainOptions { resume, stop_after_epochs, group, metrics, lr_find };
             let mut bars = progress::Progress::new(cli.quiet);
-            // a sweep or several runs planned as tasks, unless this is one of those tasks
-            let in_order =
-                opts.lr_find.is_none() && task.seed.is_none() && cyclotron_worker::sweep::needs_tasks(&spec);
+            // a sweep or several runs: every task here in turn, unless the cluster runs this one alone
+            let in_order = !task.one_run && cyclotron_worker::sweep::needs_tasks(&spec);
             let train = |obs: &mut dyn cyclotron_worker::learner::Observer| {
                 if in_order {
                     cyclotron_worker::sweep::train_in_order(&spec, &run, &opts, obs)

@@ -22,6 +22,10 @@ pub struct TaskArgs {
     /// A sweep candidate's settings as JSON (`{"batch_size":64}`), applied to the spec.
     #[arg(long, hide = true)]
     pub candidate: Option<String>,
+    /// Train this one run only: the cluster runs the job's sweep and its other runs as tasks of
+    /// their own (without it, `train` runs all of a sweep/several-runs job in turn).
+    #[arg(long, hide = true)]
+    pub one_run: bool,
 }
 
 impl TaskArgs {

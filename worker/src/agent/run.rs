@@ -339,6 +339,7 @@ impl TaskOrder {
                     push("--metrics-addr", addr.clone());
                 }
                 args.push("--resume".into());
+                args.push("--one-run".into());
                 true
             }
             TaskOrder::Sweep { overrides, probe } => {
@@ -525,7 +526,7 @@ mod tests {
         .join(" ");
         let report = dir.path().join("lr_find.json");
         assert!(
-            args.contains(&format!("train j.toml --out o --run j-1-r1 --seed 43 --candidate {{\"weight_decay\":0.01}} --lr-find-report {} --resume", report.display())),
+            args.contains(&format!("train j.toml --out o --run j-1-r1 --seed 43 --candidate {{\"weight_decay\":0.01}} --lr-find-report {} --resume --one-run", report.display())),
             "{args}"
         );
         let written: serde_json::Value =
@@ -562,7 +563,7 @@ mod tests {
             &peers,
         ));
         let joined = args.join(" ");
-        assert!(joined.starts_with("--quiet --parent-watchdog-ms 4000 train /w/job.toml --out /w/out --run j-1 --resume --events-jsonl -"), "{joined}");
+        assert!(joined.starts_with("--quiet --parent-watchdog-ms 4000 train /w/job.toml --out /w/out --run j-1 --resume --one-run --events-jsonl -"), "{joined}");
         assert!(joined.contains("--rank 1 --world-size 2 --peers 127.0.0.1:5000,127.0.0.1:5001 --generation 2 --collective-timeout 30"), "{joined}");
         let alone =
             strings(child_args(&ctx(), &assignment(1), Path::new("j"), Path::new("o"), &[])).join(" ");

@@ -157,7 +157,10 @@ async fn an_assignment_runs_the_child_and_reports_progress_then_the_result() {
         assert!(f.progress[0].contains(r#""type":"epoch""#));
     }
     let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
-    assert!(args.contains("train ") && args.contains("--run j-1 --resume --events-jsonl -"), "{args}");
+    assert!(
+        args.contains("train ") && args.contains("--run j-1 --resume --one-run --events-jsonl -"),
+        "{args}"
+    );
     // the same assignment in later heartbeats does not start the run again
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(fake.0.lock().unwrap().results.len(), 1);
