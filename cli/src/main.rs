@@ -438,7 +438,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut bars = progress::Progress::new(cli.quiet);
             // a sweep or several runs: every task here in turn, unless the cluster runs this one alone
             let in_order = !task.one_run && cyclotron_worker::sweep::needs_tasks(&spec);
-            let train = |obs: &mut dyn cyclotron_worker::learner::Observer| {
+            let train = |obs: &mut dyn cyclotron_worker::event::Observer| {
                 if in_order {
                     cyclotron_worker::sweep::train_in_order(&spec, &run, &opts, obs)
                 } else {
@@ -526,7 +526,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut g =
                 group.spec()?.unwrap_or_else(|| cyclotron_worker::distributed::GroupSpec::new(0, 1, vec![]));
             g.backend = cyclotron_worker::distributed::Backend::from_env()?;
-            let r = cyclotron_worker::distributed::bench::ddp_throughput(
+            let r = cyclotron_worker::bench::ddp_throughput(
                 &g,
                 (&model, width),
                 batch_size,
@@ -546,7 +546,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::BenchHead { model, size, batch_size, threads, steps, json } => {
-            let r = cyclotron_worker::precompute::head_throughput(&model, size, batch_size, threads, steps)?;
+            let r = cyclotron_worker::bench::head_throughput(&model, size, batch_size, threads, steps)?;
             println!(
                 "cyclotron {model} {size}px batch {batch_size} threads {threads}: head training {:.1} samples/s full, {:.1} precomputed (cache filled at {:.1} samples/s)",
                 r.full_samples_per_s, r.cached_samples_per_s, r.precompute_samples_per_s

@@ -6,7 +6,7 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use cyclotron_worker::learner::{Event, Observer};
+use cyclotron_worker::event::{Event, Observer};
 use indicatif::{ProgressBar, ProgressStyle};
 
 pub struct Progress {

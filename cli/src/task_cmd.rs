@@ -8,7 +8,7 @@ use anyhow::Context;
 use cyclotron_core::spec::JobSpec;
 use cyclotron_core::sweep::{Candidate, Probe};
 use cyclotron_worker::agent::events::{Both, EventsJsonl};
-use cyclotron_worker::learner::Observer;
+use cyclotron_worker::event::Observer;
 
 use crate::{output, progress};
 

@@ -1,6 +1,8 @@
-//! Throughput of the engine's training step on synthetic data, for `make bench`: the same model,
-//! batch size, thread count and optimiser as the PyTorch peer (`bench/pytorch_step.py`); and the
-//! cost of Prometheus metrics on the learner's training loop ([`metrics_overhead`]).
+//! Throughput of the engine's training step on synthetic data, for `make bench`: the learner's own
+//! step (the one every training path takes) with the same model, batch size, thread count and
+//! optimiser as the PyTorch peer (`bench/pytorch_step.py`); the head-training speed-up of
+//! precompute ([`head_throughput`]); and the cost of Prometheus metrics on the learner's training
+//! loop ([`metrics_overhead`]).
 
 use std::time::Instant;
 
@@ -8,10 +10,13 @@ use cyclotron_core::spec::OptimizerSpec;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
+use crate::distributed::GroupSpec;
 use crate::error::Result;
-use crate::learner::train_step;
+use crate::event::{Event, Observer, Quiet};
+use crate::learner::Learner;
 use crate::models::{self, GROUPS};
-use crate::optim::Optimizer;
+use crate::task::image::{ImageClassification, ImageData};
+use crate::task::Batch;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StepBench {
@@ -34,7 +39,30 @@ fn synthetic_input(arch: &str) -> (i64, i64) {
     }
 }
 
-/// Time `steps` training steps (after `warmup`) of `arch` on random [B, C, S, S] inputs.
+/// A learner of image classification by `arch` on `train` (1 item of validation data), with the
+/// benchmarks' SGD (momentum 0.9, weight decay 5e-4), on `device`.
+pub(crate) fn bench_learner(
+    arch: &str,
+    width: i64,
+    classes: i64,
+    (train, batch_size): (crate::data::Dataset, usize),
+    device: Device,
+) -> Result<Learner> {
+    let net = models::build(arch, width, train.channels as i64, classes, device)?;
+    let valid = train.take(1);
+    let task = ImageClassification::new(net, ImageData::new(train, valid, batch_size, 2), 0, None);
+    let spec = OptimizerSpec { momentum: 0.9, weight_decay: 5e-4, ..Default::default() };
+    Ok(Learner::new(Box::new(task), &spec, 0))
+}
+
+/// A batch of `b` random `[c, side, side]` images with labels in `0..classes`, on `device`.
+pub(crate) fn random_batch(b: i64, (c, side): (i64, i64), classes: i64, device: Device) -> Batch {
+    let x = Tensor::randn([b, c, side, side], (Kind::Float, device));
+    Batch::of(x, Tensor::randint(classes, [b], (Kind::Int64, device)))
+}
+
+/// Time `steps` training steps (after `warmup`) of `arch` on random [B, C, S, S] inputs: the
+/// learner's step on the same batch every time.
 pub fn step_throughput(
     arch: &str,
     width: i64,
@@ -47,20 +75,18 @@ pub fn step_throughput(
     tch::set_num_threads(threads);
     tch::manual_seed(0);
     let (channels, side) = synthetic_input(arch);
-    let net = models::build(arch, width, channels, 10, device)?;
-    let spec = OptimizerSpec { momentum: 0.9, weight_decay: 5e-4, ..Default::default() };
-    let mut opt = Optimizer::new(&spec, net.parameters());
-    let x = Tensor::randn([batch_size, channels, side, side], (Kind::Float, device));
-    let y = Tensor::randint(10, [batch_size], (Kind::Int64, device));
+    let items = crate::metrics::synthetic(1, channels as usize, side as usize, 0);
+    let mut l = bench_learner(arch, width, 10, (items, 1), device)?;
+    let batch = random_batch(batch_size, (channels, side), 10, device);
     let lrs = [0.01; GROUPS];
     for _ in 0..warmup {
-        train_step(&net, &mut opt, &x, &y, &lrs);
+        l.step(&batch, &lrs)?;
     }
     let mut times = Vec::with_capacity(steps);
     let started = Instant::now();
     for _ in 0..steps {
         let t = Instant::now();
-        train_step(&net, &mut opt, &x, &y, &lrs);
+        l.step(&batch, &lrs)?;
         times.push(t.elapsed().as_secs_f64());
     }
     let total = started.elapsed().as_secs_f64();
@@ -73,6 +99,73 @@ pub fn step_throughput(
         device: format!("{device:?}").to_lowercase(),
         samples_per_s: (steps as f64 * batch_size as f64) / total,
         step_ms_median: 1000.0 * times[times.len() / 2],
+    })
+}
+
+/// Head-training throughput of `arch` at `side`×`side` inputs, for `make bench`: samples/s of a
+/// step through the frozen network (`full`) and of a step on cached body features (`cached`), and
+/// samples/s of the one-off body pass that fills the cache (`precompute`).
+#[derive(Debug, Clone, Serialize)]
+pub struct HeadBench {
+    pub model: String,
+    pub side: i64,
+    pub batch_size: i64,
+    pub threads: i32,
+    pub full_samples_per_s: f64,
+    pub cached_samples_per_s: f64,
+    pub precompute_samples_per_s: f64,
+}
+
+/// Time `steps` head-training steps both ways on random data (after one warm-up step each):
+/// the learner's step on the image task with the body frozen, then on its precompute task.
+pub fn head_throughput(
+    arch: &str,
+    side: i64,
+    batch_size: i64,
+    threads: i32,
+    steps: usize,
+) -> Result<HeadBench> {
+    tch::set_num_threads(threads);
+    tch::manual_seed(0);
+    let items = crate::metrics::synthetic(batch_size as usize, 3, side as usize, 0);
+    let mut l = bench_learner(arch, 32, 10, (items, batch_size as usize), Device::Cpu)?;
+    l.freeze_to(GROUPS - 1);
+    let lrs = [0.01; GROUPS];
+    let rate = |t: Instant| (steps as f64 * batch_size as f64) / t.elapsed().as_secs_f64();
+    let full_batch = random_batch(batch_size, (3, side), 10, Device::Cpu);
+    l.step(&full_batch, &lrs)?;
+    let t = Instant::now();
+    for _ in 0..steps {
+        l.step(&full_batch, &lrs)?;
+    }
+    let full = rate(t);
+    // the body pass that fills a cache, timed on the same batch
+    let t = Instant::now();
+    let head = l.task.precompute()?;
+    for _ in 1..steps {
+        drop(l.task.precompute()?);
+    }
+    let precompute = rate(t);
+    let features =
+        head.train_batches(0, crate::task::Shard::ALONE)?.next().map(|b| b.inputs[0].shallow_clone());
+    let Some(features) = features else {
+        return Err(crate::Error::Invalid { what: "bench".into(), message: "no cached batch".into() });
+    };
+    l.set_task(head);
+    let cached_batch = Batch::of(features, full_batch.target.shallow_clone());
+    l.step(&cached_batch, &lrs)?;
+    let t = Instant::now();
+    for _ in 0..steps {
+        l.step(&cached_batch, &lrs)?;
+    }
+    Ok(HeadBench {
+        model: arch.into(),
+        side,
+        batch_size,
+        threads,
+        full_samples_per_s: full,
+        cached_samples_per_s: rate(t),
+        precompute_samples_per_s: precompute,
     })
 }
 
@@ -109,7 +202,6 @@ pub fn metrics_overhead(
     steps: u64,
     rounds: usize,
 ) -> Result<MetricsOverhead> {
-    use crate::learner::{DataBundle, Learner, Quiet};
     use crate::metrics::{synthetic, Metered, WorkerMetrics};
     tch::set_num_threads(threads);
     tch::manual_seed(0);
@@ -117,15 +209,9 @@ pub fn metrics_overhead(
     let train = synthetic(steps as usize * batch_size, channels as usize, side as usize, 1);
     let valid = synthetic(batch_size, channels as usize, side as usize, 2);
     let net = models::build(arch, width, channels, 10, Device::Cpu)?;
-    let data = DataBundle {
-        norm: crate::data::Normalize::from_stats(&train),
-        train,
-        valid,
-        batch_size,
-        prefetch: 2,
-    };
+    let task = ImageClassification::new(net, ImageData::new(train, valid, batch_size, 2), 0, None);
     let spec = OptimizerSpec { momentum: 0.9, weight_decay: 5e-4, ..Default::default() };
-    let mut l = Learner::new(net, &spec, data, Device::Cpu, 0);
+    let mut l = Learner::new(Box::new(task), &spec, 0);
     let registry = WorkerMetrics::new();
     let metrics = registry.job("bench", 0);
     let sched = cyclotron_core::schedule::Constant { lr: 0.01, steps_per_epoch: steps, epochs: 1 };
@@ -159,7 +245,7 @@ pub fn metrics_overhead(
     let started = Instant::now();
     for i in 0..iters {
         let (waited, stepped) = (Instant::now(), Instant::now());
-        let e = crate::learner::Event::Step {
+        let e = Event::Step {
             stage: 0,
             step: u64::from(i),
             loss: 1.0 / f64::from(i + 1),
@@ -169,7 +255,7 @@ pub fn metrics_overhead(
             seconds: stepped.elapsed().as_secs_f64(),
             data_seconds: waited.elapsed().as_secs_f64(),
         };
-        crate::learner::Observer::on_event(&mut obs, std::hint::black_box(&e));
+        Observer::on_event(&mut obs, std::hint::black_box(&e));
     }
     let record_us_per_step = 1e6 * started.elapsed().as_secs_f64() / f64::from(iters);
     let median = |mut v: Vec<f64>| {
@@ -188,5 +274,60 @@ pub fn metrics_overhead(
         overhead: median(ratios),
         record_us_per_step,
         record_fraction_of_step: record_us_per_step / (1000.0 * step_ms_off),
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DdpBench {
+    pub model: String,
+    pub world_size: usize,
+    pub batch_per_rank: i64,
+    pub threads: i32,
+    pub steps: usize,
+    pub device: String,
+    /// "ring" or "nccl".
+    pub backend: String,
+    /// Samples per second over the whole group.
+    pub samples_per_s: f64,
+}
+
+/// Time `steps` data-parallel training steps (after `warmup`) of `arch` on random 28×28 inputs:
+/// the learner's own step in a group ([`crate::learner::Learner::step`]) with SGD as
+/// `bench/pytorch_ddp.py`.
+pub fn ddp_throughput(
+    group: &GroupSpec,
+    (arch, width): (&str, i64),
+    batch: i64,
+    threads: i32,
+    (steps, warmup): (usize, usize),
+    device: Device,
+) -> Result<DdpBench> {
+    tch::set_num_threads(threads);
+    tch::manual_seed(group.rank as i64);
+    let items = crate::metrics::synthetic(1, 1, 28, 0);
+    let mut l = bench_learner(arch, width, 10, (items, 1), device)?;
+    l.join(group.join(device)?)?;
+    let batch_xy = random_batch(batch, (1, 28), 10, device);
+    let lrs = [0.01; GROUPS];
+    for _ in 0..warmup {
+        l.step(&batch_xy, &lrs)?;
+    }
+    let mut barrier = [0.0];
+    l.grad_average().sum(&mut barrier)?;
+    let started = Instant::now();
+    for _ in 0..steps {
+        l.step(&batch_xy, &lrs)?;
+    }
+    let total = started.elapsed().as_secs_f64();
+    let world = group.world_size;
+    Ok(DdpBench {
+        model: arch.to_string(),
+        world_size: world,
+        batch_per_rank: batch,
+        threads,
+        steps,
+        device: format!("{device:?}").to_lowercase(),
+        backend: l.grad_average().backend().into(),
+        samples_per_s: (steps * world) as f64 * batch as f64 / total,
     })
 }

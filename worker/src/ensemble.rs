@@ -2,11 +2,8 @@
 //! Members are chosen on the validation split — the last M, or greedy forward selection
 //! (Caruana et al. 2004) by validation log-loss — and only then scored on the test split.
 
-use cyclotron_core::results::Metrics;
 use cyclotron_core::spec::Selection;
 use tch::Tensor;
-
-use crate::learner::metrics;
 
 /// Mean of probability tensors of the same shape.
 pub fn average(probs: &[&Tensor]) -> Tensor {
@@ -15,37 +12,35 @@ pub fn average(probs: &[&Tensor]) -> Tensor {
     stacked.mean_dim(0, false, tch::Kind::Float)
 }
 
-/// Pick at most `max` members among `valid_probs` (one tensor per snapshot, in order taken).
-pub fn select(selection: Selection, valid_probs: &[Tensor], labels: &Tensor, max: usize) -> Vec<usize> {
-    let n = valid_probs.len();
+/// Pick at most `max` members among `n` snapshots (in the order taken); `valid_loss(members)` is
+/// the validation loss of the ensemble of `members` (the task averages and scores).
+pub fn select(
+    selection: Selection,
+    n: usize,
+    max: usize,
+    valid_loss: &dyn Fn(&[usize]) -> f64,
+) -> Vec<usize> {
     if n == 0 || max == 0 {
         return vec![];
     }
     match selection {
         Selection::Last => (n.saturating_sub(max)..n).collect(),
-        Selection::Greedy => greedy(valid_probs, labels, max),
+        Selection::Greedy => greedy(n, max, valid_loss),
     }
 }
 
 /// Start from the best single snapshot; add the snapshot that lowers the ensemble's validation
-/// log-loss most; stop when none does or `max` is reached. Never worse than the best single one
+/// loss most; stop when none does or `max` is reached. Never worse than the best single one
 /// on the validation split.
-fn greedy(valid_probs: &[Tensor], labels: &Tensor, max: usize) -> Vec<usize> {
-    let score = |members: &[usize]| -> Metrics {
-        let ps: Vec<&Tensor> = members.iter().map(|&i| &valid_probs[i]).collect();
-        metrics(&average(&ps), labels)
-    };
+fn greedy(n: usize, max: usize, valid_loss: &dyn Fn(&[usize]) -> f64) -> Vec<usize> {
     let mut chosen: Vec<usize> = vec![];
     let mut best = f64::INFINITY;
     while chosen.len() < max {
         let mut pick = None;
-        for i in 0..valid_probs.len() {
-            if chosen.contains(&i) {
-                continue;
-            }
+        for i in (0..n).filter(|i| !chosen.contains(i)) {
             let mut trial = chosen.clone();
             trial.push(i);
-            let loss = score(&trial).loss;
+            let loss = valid_loss(&trial);
             if loss < best - 1e-9 {
                 best = loss;
                 pick = Some(i);
@@ -63,6 +58,13 @@ fn greedy(valid_probs: &[Tensor], labels: &Tensor, max: usize) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::task::classification_metrics as metrics;
+
+    /// `select` over probability tensors scored by their averaged validation log-loss.
+    fn pick(selection: Selection, ps: &[Tensor], y: &Tensor, max: usize) -> Vec<usize> {
+        let loss = |m: &[usize]| metrics(&average(&m.iter().map(|&i| &ps[i]).collect::<Vec<_>>()), y).loss;
+        select(selection, ps.len(), max, &loss)
+    }
 
     fn probs(rows: &[[f32; 2]]) -> Tensor {
         let flat: Vec<f32> = rows.iter().flatten().copied().collect();
@@ -80,8 +82,8 @@ mod tests {
     fn last_takes_the_tail() {
         let ps: Vec<Tensor> = (0..5).map(|_| probs(&[[1.0, 0.0]])).collect();
         let y = Tensor::from_slice(&[0i64]);
-        assert_eq!(select(Selection::Last, &ps, &y, 3), vec![2, 3, 4]);
-        assert_eq!(select(Selection::Last, &ps, &y, 9), vec![0, 1, 2, 3, 4]);
+        assert_eq!(pick(Selection::Last, &ps, &y, 3), vec![2, 3, 4]);
+        assert_eq!(pick(Selection::Last, &ps, &y, 9), vec![0, 1, 2, 3, 4]);
     }
 
     #[test]
@@ -92,7 +94,7 @@ mod tests {
         let b = probs(&[[0.4, 0.6], [0.6, 0.4], [0.9, 0.1], [0.1, 0.9]]);
         // c is confidently wrong everywhere
         let bad = probs(&[[0.05, 0.95], [0.95, 0.05], [0.05, 0.95], [0.95, 0.05]]);
-        let chosen = select(Selection::Greedy, &[a.shallow_clone(), bad, b.shallow_clone()], &y, 3);
+        let chosen = pick(Selection::Greedy, &[a.shallow_clone(), bad, b.shallow_clone()], &y, 3);
         assert_eq!(chosen, vec![0, 2]);
         let ens = metrics(&average(&[&a, &b]), &y);
         assert_eq!(ens.accuracy, 1.0);
@@ -103,7 +105,7 @@ mod tests {
         let y = Tensor::from_slice(&[0i64, 1, 1]);
         let good = probs(&[[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]]);
         let worse = probs(&[[0.6, 0.4], [0.5, 0.5], [0.6, 0.4]]);
-        let chosen = select(Selection::Greedy, &[worse, good.shallow_clone()], &y, 2);
+        let chosen = pick(Selection::Greedy, &[worse, good.shallow_clone()], &y, 2);
         assert_eq!(chosen, vec![1]);
     }
 }

@@ -10,11 +10,11 @@ use std::time::Instant;
 use cyclotron_core::checkpoint::RunLocation;
 use cyclotron_core::results::{RunSummary, TrainResults};
 use cyclotron_core::spec::JobSpec;
-use tch::Tensor;
 
 use crate::error::{Error, Result};
-use crate::job::{average_of, learner, load_data, open_store, score_snapshot, SnapshotAt, Taken};
-use crate::learner::{labels, Event, Observer};
+use crate::event::Observer;
+use crate::job::scoring::{average_of, ensemble, score_snapshot, SnapshotAt, Taken};
+use crate::job::{build_learner, open_store};
 use crate::tensor_io::{from_safetensors, load_into};
 
 /// Evaluate the runs `(run id, seed)` of `spec` (a run's results must be in the store: its
@@ -41,14 +41,7 @@ pub fn evaluate_runs(
         })?;
         reported.push(r);
     }
-    obs.on_event(&Event::Phase { what: "loading data", done: false });
-    let data = load_data(spec);
-    obs.on_event(&Event::Phase { what: "loading data", done: true });
-    let data = data?;
-    let l = learner(spec, &data)?;
-    let eval_ds = data.test.clone().unwrap_or_else(|| data.valid.clone());
-    let eval_split = if data.test.is_some() { "test" } else { "valid" };
-    let (valid_y, eval_y) = (labels(&data.valid), labels(&eval_ds));
+    let l = build_learner(spec, obs)?;
 
     let mut taken: Vec<Taken> = vec![];
     let mut summaries = vec![];
@@ -61,7 +54,7 @@ pub fn evaluate_runs(
                 let m = store.manifest(&dir).await?;
                 store.read_blob(&dir, &m, "model.safetensors").await
             })?;
-            load_into(&l.net.vs, &from_safetensors(&weights, &dir)?, &dir)?;
+            load_into(l.model().vs(), &from_safetensors(&weights, &dir)?, &dir)?;
             let at = SnapshotAt {
                 index: taken.len(),
                 stage: s.stage,
@@ -69,7 +62,7 @@ pub fn evaluate_runs(
                 epoch: s.epoch,
                 run: Some(run.clone()),
             };
-            let t = score_snapshot(&l, spec, &eval_ds, (&valid_y, &eval_y), at)?;
+            let t = score_snapshot(&l, spec.tta.as_ref(), at)?;
             tracing::info!(run = %run, snapshot = s.index, accuracy = t.result.accuracy, "snapshot evaluated");
             taken.push(t);
         }
@@ -82,25 +75,16 @@ pub fn evaluate_runs(
             train_seconds: r.train_seconds,
         });
     }
-    let (all_snapshots, ensemble) = if taken.is_empty() {
-        (None, None)
-    } else {
-        let all = average_of(&taken, (0..taken.len()).collect(), "all", &valid_y, &eval_y);
-        let chosen = (spec.ensemble.members > 0).then(|| {
-            let valid: Vec<Tensor> = taken.iter().map(|t| t.valid_probs.shallow_clone()).collect();
-            let members =
-                crate::ensemble::select(spec.ensemble.selection, &valid, &valid_y, spec.ensemble.members);
-            let selection = format!("{:?}", spec.ensemble.selection).to_lowercase();
-            average_of(&taken, members, &selection, &valid_y, &eval_y)
-        });
-        (Some(all), chosen)
-    };
+    let task = l.task.as_ref();
+    let all_snapshots =
+        (!taken.is_empty()).then(|| average_of(task, &taken, (0..taken.len()).collect(), "all"));
+    let ensemble = ensemble(task, &taken, &spec.ensemble);
     let Some(first) = reported.into_iter().next() else {
         return Err(Error::Invalid { what: "evaluate".into(), message: "no runs to evaluate".into() });
     };
     let results = TrainResults {
         job: spec.name.clone(),
-        eval_split: eval_split.into(),
+        eval_split: task.eval_split().into(),
         snapshots: taken.into_iter().map(|t| t.result).collect(),
         ensemble,
         final_model: first.final_model,

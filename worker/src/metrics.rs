@@ -22,7 +22,7 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use crate::learner::{Event, Observer};
+use crate::event::{Event, Observer};
 use crate::models::GROUP_NAMES;
 
 /// Step-time buckets, seconds: a small CPU model's millisecond to a large model's many seconds.

@@ -10,8 +10,8 @@ use cyclotron_core::spec::JobSpec;
 use cyclotron_core::sweep::{self, GridPoint, PointReport, Probe};
 
 use crate::error::{Error, Result};
-use crate::job::{join_group, learner, load_data, run_train_with, TrainOptions};
-use crate::learner::{Event, Observer};
+use crate::event::Observer;
+use crate::job::{build_learner, join_group, run_train_with, TrainOptions};
 use crate::models::GROUPS;
 
 /// Run `probe` on `spec` (a candidate's settings already applied); `opts.group` makes it one rank
@@ -22,15 +22,11 @@ pub fn run_sweep_point(
     opts: &TrainOptions,
     obs: &mut dyn Observer,
 ) -> Result<PointReport> {
-    obs.on_event(&Event::Phase { what: "loading data", done: false });
-    let data = load_data(spec);
-    obs.on_event(&Event::Phase { what: "loading data", done: true });
-    let data = data?;
-    let mut l = learner(spec, &data)?;
+    let mut l = build_learner(spec, obs)?;
     join_group(spec, &mut l, opts)?;
     if let Some(first) = spec.stages.first() {
         l.freeze_to(first.frozen_groups(GROUPS));
-        l.augment_train = l.augmenter.is_some() && first.augment.unwrap_or(true);
+        l.task.set_augment(first.augment.unwrap_or(true));
     }
     match probe {
         Probe::Range => {
@@ -49,7 +45,7 @@ pub fn run_sweep_point(
 
 /// sha256 of the learner's weights (every variable, by name), as the sweep compares them.
 fn weights_sha256(l: &crate::learner::Learner) -> Result<String> {
-    let bytes = crate::tensor_io::to_safetensors(&crate::tensor_io::clone_vars(&l.net.vs))?;
+    let bytes = crate::tensor_io::to_safetensors(&crate::tensor_io::clone_vars(l.model().vs()))?;
     Ok(cyclotron_core::checkpoint::sha256_hex(&bytes))
 }
 

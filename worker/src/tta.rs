@@ -5,21 +5,17 @@
 //!   = `(1 − β)·aug_mean + β·original`;
 //! - `beta = None` (fastai 0.7): the plain mean of the original and the `n` augmented views.
 //!
-//! View `k` draws its augmentation from the learner's seed with the reserved epoch
-//! [`TTA_EPOCH`]` + k`, so every snapshot sees the same views and a rerun repeats them.
+//! View `k` draws its augmentation from the task's seed with the reserved epoch
+//! [`crate::data::augment::TTA_EPOCH`]` + k`, so every snapshot sees the same views and a rerun
+//! repeats them.
 //! With `n = 0` the result is exactly the plain prediction.
 
-use std::sync::Arc;
-
 use cyclotron_core::spec::TtaSpec;
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
-use crate::data::{Augmenter, Dataset};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::learner::Learner;
-
-/// The augmentation "epoch" of TTA view 0; training epochs never come near it.
-pub const TTA_EPOCH: u64 = 1 << 62;
+use crate::task::Split;
 
 /// Combine the original view's probabilities with the augmented views' (see the module docs).
 pub fn combine(original: &Tensor, views: &[Tensor], beta: Option<f64>) -> Tensor {
@@ -40,91 +36,82 @@ pub fn combine(original: &Tensor, views: &[Tensor], beta: Option<f64>) -> Tensor
     }
 }
 
-/// Softmax probabilities of `l`'s model on `ds` under augmentation `aug` drawn as view `view`.
-fn predict_view(l: &Learner, ds: &Dataset, aug: &Arc<Augmenter>, view: u64) -> Result<Tensor> {
-    let _guard = tch::no_grad_guard();
-    let mut parts = vec![];
-    for batch in l.loader_with(ds, false, TTA_EPOCH + view, l.data.batch_size * 2, Some(aug)) {
-        if l.abort.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(Error::Cancelled);
-        }
-        let logits = l.net.forward_t(&batch.x.to_device(l.device), false);
-        parts.push(logits.softmax(-1, Kind::Float).to_device(Device::Cpu));
-    }
-    if parts.is_empty() {
-        return Err(Error::Invalid { what: "tta".into(), message: "the split is empty".into() });
-    }
-    Ok(Tensor::cat(&parts, 0))
-}
-
-/// TTA probabilities of `l`'s model on `ds`: [N, classes] on the CPU, in the view's order.
-/// `original` may pass the plain prediction when the caller has it already.
+/// TTA predictions of `l`'s model on `split` ([N, classes] on the CPU, in the split's order), or
+/// `None` when its task has no augmentation. `original` may pass the plain prediction when the
+/// caller has it already.
 pub fn predict(
     l: &Learner,
-    ds: &Dataset,
-    aug: &Arc<Augmenter>,
+    split: Split,
     spec: &TtaSpec,
     original: Option<Tensor>,
-) -> Result<Tensor> {
+) -> Result<Option<Tensor>> {
+    if !l.task.has_augmentation() {
+        return Ok(None);
+    }
+    let views = (0..spec.n as u64)
+        .map(|k| l.task.predict_augmented(split, k, &l.abort))
+        .collect::<Result<Vec<_>>>()?;
     let original = match original {
         Some(p) => p,
-        None => l.predict(ds)?,
+        None => l.predict(split)?,
     };
-    let views = (0..spec.n as u64).map(|k| predict_view(l, ds, aug, k)).collect::<Result<Vec<_>>>()?;
-    Ok(combine(&original, &views, spec.beta))
+    Ok(Some(combine(&original, &views, spec.beta)))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use cyclotron_core::spec::{OptimizerSpec, Transform};
+    use tch::{Device, Kind};
 
     use super::*;
-    use crate::data::Normalize;
-    use crate::learner::DataBundle;
+    use crate::data::{Augmenter, Dataset};
     use crate::models;
+    use crate::task::image::{ImageClassification, ImageData};
 
-    fn learner() -> Learner {
+    fn aug() -> Arc<Augmenter> {
+        Arc::new(Augmenter::new(vec![Transform::FlipH, Transform::CropPad { pad: 2 }]))
+    }
+
+    fn learner_with(augmenter: Option<Arc<Augmenter>>) -> Learner {
         tch::manual_seed(0);
         let mut rng = crate::data::SplitMix64::new(5);
         let images: Vec<u8> = (0..40 * 64).map(|_| rng.below(256) as u8).collect();
         let labels: Vec<i64> = (0..40).map(|i| i % 3).collect();
         let ds = Dataset::new(images, (1, 8, 8), labels, vec!["a".into(), "b".into(), "c".into()]);
         let net = models::build("small_resnet", 4, 1, 3, Device::Cpu).unwrap();
-        let data = DataBundle {
-            norm: Normalize::from_stats(&ds),
-            train: ds.clone(),
-            valid: ds,
-            batch_size: 8,
-            prefetch: 2,
-        };
-        Learner::new(net, &OptimizerSpec::default(), data, Device::Cpu, 1)
+        let task = ImageClassification::new(net, ImageData::new(ds.clone(), ds, 8, 2), 1, augmenter);
+        Learner::new(Box::new(task), &OptimizerSpec::default(), 1)
     }
 
-    fn aug() -> Arc<Augmenter> {
-        Arc::new(Augmenter::new(vec![Transform::FlipH, Transform::CropPad { pad: 2 }]))
+    fn learner() -> Learner {
+        learner_with(Some(aug()))
     }
 
     #[test]
     fn zero_views_is_the_plain_prediction() {
         let l = learner();
-        let plain = l.predict(&l.data.valid).unwrap();
+        let plain = l.predict(Split::Valid).unwrap();
         for beta in [None, Some(0.25)] {
-            let tta = predict(&l, &l.data.valid, &aug(), &TtaSpec { n: 0, beta }, None).unwrap();
+            let tta = predict(&l, Split::Valid, &TtaSpec { n: 0, beta }, None).unwrap().unwrap();
             assert!(tta.equal(&plain), "beta {beta:?}");
         }
+        let plain_task = learner_with(None);
+        assert!(predict(&plain_task, Split::Valid, &TtaSpec { n: 2, beta: None }, None).unwrap().is_none());
     }
 
     #[test]
     fn views_change_the_prediction_and_rows_stay_distributions() {
         let l = learner();
-        let plain = l.predict(&l.data.valid).unwrap();
+        let plain = l.predict(Split::Valid).unwrap();
         let spec = TtaSpec { n: 3, beta: Some(0.25) };
-        let tta = predict(&l, &l.data.valid, &aug(), &spec, None).unwrap();
+        let tta = predict(&l, Split::Valid, &spec, None).unwrap().unwrap();
         assert_eq!(tta.size(), plain.size());
         assert!(!tta.allclose(&plain, 1e-6, 1e-6, false), "augmented views made no difference");
         let sums = tta.sum_dim_intlist(-1, false, Kind::Float);
         assert!(sums.allclose(&Tensor::ones_like(&sums), 1e-5, 1e-5, false));
-        let again = predict(&l, &l.data.valid, &aug(), &spec, Some(plain)).unwrap();
+        let again = predict(&l, Split::Valid, &spec, Some(plain)).unwrap().unwrap();
         assert!(again.equal(&tta), "TTA is not deterministic");
     }
 

@@ -197,6 +197,10 @@ pub struct OptimizerSpec {
     pub betas: [f64; 2],
     #[serde(default = "default_eps")]
     pub eps: f64,
+    /// Clip gradients to this global L2 norm before each update (torch's `clip_grad_norm_`);
+    /// absent: no clipping.
+    #[serde(default)]
+    pub clip: Option<f64>,
 }
 
 fn default_momentum() -> f64 {
@@ -221,6 +225,7 @@ impl Default for OptimizerSpec {
             weight_decay: default_wd(),
             betas: default_betas(),
             eps: default_eps(),
+            clip: None,
         }
     }
 }

@@ -52,6 +52,11 @@ pub(super) fn problems(spec: &JobSpec) -> Vec<String> {
     if o.eps <= 0.0 {
         p.push(format!("optimizer.eps: must be > 0, got {}", o.eps));
     }
+    if let Some(c) = o.clip {
+        if !(c > 0.0 && c.is_finite()) {
+            p.push(format!("optimizer.clip: the largest gradient norm must be > 0, got {c}"));
+        }
+    }
     if let Some(f) = &spec.lr_find {
         lr_find(f.start, f.end, f.steps, &mut p);
         sweep(f, &mut p);

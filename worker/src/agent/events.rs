@@ -6,7 +6,7 @@ use std::io::Write;
 
 use cyclotron_core::events::TrainEvent;
 
-use crate::learner::{Event, Observer};
+use crate::event::{Event, Observer};
 use crate::Error;
 
 /// Writes one JSON object per line for every stage start, LR-range test, epoch, snapshot and

@@ -11,14 +11,13 @@ use std::time::Instant;
 use cyclotron_core::checkpoint::{Blob, CheckpointKind, CheckpointStore, RunLocation};
 use cyclotron_core::spec::OptimizerSpec;
 use serde::Serialize;
-use tch::{Device, Kind, Tensor};
+use tch::Device;
 
 use super::state::{hand_off, share_weights_and_optimiser};
 use super::uploader::{Pending, Uploader};
 use crate::error::Result;
-use crate::learner::train_step;
-use crate::models::{self, GROUPS};
-use crate::optim::Optimizer;
+use crate::learner::Learner;
+use crate::models::GROUPS;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckpointBench {
@@ -55,26 +54,26 @@ pub fn run(
 ) -> Result<CheckpointBench> {
     tch::set_num_threads(threads);
     tch::manual_seed(0);
-    let net = models::build(arch, 64, 3, 1000, Device::Cpu)?;
-    let mut opt = Optimizer::new(&OptimizerSpec::default(), net.parameters());
-    let x = Tensor::randn([batch_size, 3, side, side], (Kind::Float, Device::Cpu));
-    let y = Tensor::randint(1000, [batch_size], (Kind::Int64, Device::Cpu));
+    let items = crate::metrics::synthetic(1, 3, side as usize, 0);
+    let mut l = crate::bench::bench_learner(arch, 64, 1000, (items, 1), Device::Cpu)?;
+    l.opt = crate::optim::Optimizer::new(&OptimizerSpec::default(), l.model().parameters());
+    let batch = crate::bench::random_batch(batch_size, (3, side), 1000, Device::Cpu);
     let lrs = [0.01; GROUPS];
-    let timed_step = |opt: &mut Optimizer| {
+    let timed_step = |l: &mut Learner| -> Result<f64> {
         let t = Instant::now();
-        train_step(&net, opt, &x, &y, &lrs);
-        t.elapsed().as_secs_f64() * 1000.0
+        l.step(&batch, &lrs)?;
+        Ok(t.elapsed().as_secs_f64() * 1000.0)
     };
     for _ in 0..2 {
-        timed_step(&mut opt);
+        timed_step(&mut l)?;
     }
-    let quiet: Vec<f64> = (0..steps_between.max(3)).map(|_| timed_step(&mut opt)).collect();
+    let quiet: Vec<f64> = (0..steps_between.max(3)).map(|_| timed_step(&mut l)).collect::<Result<_>>()?;
     let run = RunLocation::new("bench", "checkpoint");
     let uploader = Uploader::start(store.clone(), 2)?;
     let (mut stalls, mut busy, mut bytes) = (vec![], vec![], 0usize);
     for i in 0..checkpoints {
         let t = Instant::now();
-        let (model, optim, _) = share_weights_and_optimiser(&net.vs, &opt);
+        let (model, optim, _) = share_weights_and_optimiser(l.model().vs(), &l.opt);
         let pending = Pending {
             dir: run.checkpoint_dir(i as u64 + 1),
             kind: CheckpointKind::Checkpoint,
@@ -84,12 +83,14 @@ pub fn run(
             state: serde_json::Value::Null,
             retention: Some((run.clone(), 1)),
         };
-        hand_off(&mut opt, pending, &uploader)?;
+        hand_off(&mut l.opt, pending, &uploader)?;
         let handed = t.elapsed().as_secs_f64() * 1000.0;
         // the next update waits for the copy thread if it has not finished: that wait is stall too
-        let waited = opt.reader_wait();
-        busy.extend((0..steps_between).map(|_| timed_step(&mut opt)));
-        stalls.push(handed + (opt.reader_wait() - waited).as_secs_f64() * 1000.0);
+        let waited = l.opt.reader_wait();
+        for _ in 0..steps_between {
+            busy.push(timed_step(&mut l)?);
+        }
+        stalls.push(handed + (l.opt.reader_wait() - waited).as_secs_f64() * 1000.0);
     }
     uploader.finish(std::time::Duration::from_secs(600))?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -124,7 +124,7 @@ pub fn capture(
     snapshots: &[SnapshotProbs],
     keep_last: usize,
 ) -> Pending {
-    let (model, optim, counts) = share_weights_and_optimiser(&l.net.vs, &l.opt);
+    let (model, optim, counts) = share_weights_and_optimiser(l.model().vs(), &l.opt);
     let mut ensemble = vec![];
     for (i, (valid, eval, tta)) in snapshots.iter().enumerate() {
         ensemble.push((format!("{i}.valid"), valid.shallow_clone()));
@@ -191,9 +191,9 @@ pub fn restore_latest(
         });
     }
     let model = from_safetensors(blob("model.safetensors")?, "model.safetensors")?;
-    load_into(&l.net.vs, &model, &format!("{}/model.safetensors", v.dir))?;
+    load_into(l.model().vs(), &model, &format!("{}/model.safetensors", v.dir))?;
     let optim = from_safetensors(blob("optim.safetensors")?, "optim.safetensors")?;
-    let device = l.device;
+    let device = l.device();
     let optim: Vec<(String, Tensor)> = optim.into_iter().map(|(n, t)| (n, t.to_device(device))).collect();
     l.opt.load_state(&optim, &state.opt_counts);
     l.global_step = state.global_step;

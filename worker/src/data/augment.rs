@@ -51,6 +51,10 @@ const FLIP_V: [f32; 4] = [1.0, 0.0, 0.0, -1.0];
 const ROT90: [f32; 4] = [0.0, -1.0, 1.0, 0.0];
 const ROT180: [f32; 4] = [-1.0, 0.0, 0.0, -1.0];
 
+/// The augmentation "epoch" of test-time augmentation view 0 (view `k` draws as epoch
+/// `TTA_EPOCH + k`); training epochs never come near it.
+pub const TTA_EPOCH: u64 = 1 << 62;
+
 /// The seed of one item's draws: a mix of the job seed, the epoch and the storage row.
 pub fn item_seed(seed: u64, epoch: u64, row: usize) -> u64 {
     let a = SplitMix64::new(seed).next_u64();

@@ -12,6 +12,7 @@ pub mod idx;
 pub mod image_folder;
 pub mod loader;
 pub mod sampler;
+pub mod sources;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -21,7 +22,7 @@ pub use augment::Augmenter;
 pub use idx::{load_fashion_mnist, FASHION_MNIST_CLASSES};
 pub use image_folder::{load_image_folder, FolderSplits};
 pub use loader::{Augmentation, Batch, Loader, LoaderConfig, Normalize};
-pub use sampler::{epoch_order, permutation, shard, SplitMix64};
+pub use sampler::{epoch_order, permutation, rank_positions, shard, SplitMix64};
 
 /// What can go wrong while loading data. Unreadable *images* inside an image folder are not
 /// errors (they are skipped and counted); these are the failures a user has to fix.
@@ -49,6 +50,10 @@ pub enum DataError {
     NoImages { path: PathBuf, skipped: usize },
     #[error("image size must be at least 1 pixel, got {size}")]
     BadImageSize { size: u32 },
+    #[error("data: the validation split of {path} is empty; raise data.valid_pct or add images to valid/")]
+    EmptyValidation { path: String },
+    #[error("data.source: {name} is not an image source")]
+    NotImages { name: String },
 }
 
 /// The data module's result type.

@@ -1,5 +1,6 @@
-//! Gradient averaging on the GPU: NCCL all-reduces buckets of CUDA tensors in place, so gradients
-//! never leave the device (the host path of [`super::GradSync`] copies them to the CPU ring).
+//! [`NcclBuckets`]: gradient averaging on the GPU. NCCL all-reduces buckets of CUDA tensors in
+//! place, so gradients never leave the device (the host path, [`super::HostRing`], copies them to
+//! the CPU ring).
 //!
 //! Per step: gradients are flattened into ~[`super::BUCKET_BYTES`] buckets on the device (one
 //! `cat` each); each bucket's all-reduce is enqueued on torch's stream right after its `cat`, and
@@ -10,44 +11,59 @@
 
 use tch::{Kind, Tensor};
 
+use super::comm::CommThread;
+use super::GradAverage;
 use crate::collective::nccl::Nccl;
 use crate::collective::{Collective, ReduceOp};
 use crate::error::Result;
-use crate::models::Net;
-use crate::optim::Optimizer;
 
 #[derive(Debug)]
-pub struct DeviceSync {
+pub struct NcclBuckets {
     nccl: Box<Nccl>,
+    /// The ring that handed out rank 0's `ncclUniqueId`: idle, kept open for the group's life.
+    _bootstrap: CommThread,
     bucket_elems: usize,
     /// All-reduce seconds and bytes (`--metrics-addr`): per step, from the first bucket's enqueue
     /// to the end of the synchronising wait (an upper bound, as on the host path).
     metrics: std::sync::OnceLock<crate::metrics::CommMetrics>,
 }
 
-impl DeviceSync {
-    pub fn new(nccl: Nccl, bucket_elems: usize) -> DeviceSync {
-        DeviceSync { nccl: Box::new(nccl), bucket_elems: bucket_elems.max(1), metrics: Default::default() }
+impl NcclBuckets {
+    pub fn new(nccl: Nccl, bootstrap: CommThread, bucket_elems: usize) -> NcclBuckets {
+        NcclBuckets {
+            nccl: Box::new(nccl),
+            _bootstrap: bootstrap,
+            bucket_elems: bucket_elems.max(1),
+            metrics: Default::default(),
+        }
     }
 
-    pub fn set_metrics(&self, m: crate::metrics::CommMetrics) {
-        let _ = self.metrics.set(m);
-    }
-
-    pub fn set_bucket_elems(&mut self, elems: usize) {
+    /// Smaller buckets (tests use this to exercise several buckets on a small model).
+    pub fn with_bucket_elems(mut self, elems: usize) -> NcclBuckets {
         self.bucket_elems = elems.max(1);
+        self
     }
+}
 
-    pub fn rank(&self) -> usize {
+impl GradAverage for NcclBuckets {
+    fn rank(&self) -> usize {
         self.nccl.rank()
     }
 
-    pub fn world_size(&self) -> usize {
+    fn world_size(&self) -> usize {
         self.nccl.world_size()
     }
 
+    fn backend(&self) -> &'static str {
+        "nccl"
+    }
+
+    fn set_metrics(&self, m: crate::metrics::CommMetrics) {
+        let _ = self.metrics.set(m);
+    }
+
     /// Rank 0's float variables into every rank's model, through one device buffer.
-    pub fn broadcast_model(&mut self, vars: &[Tensor]) -> Result<()> {
+    fn broadcast(&mut self, vars: &[Tensor]) -> Result<()> {
         if vars.is_empty() {
             return Ok(());
         }
@@ -65,20 +81,15 @@ impl DeviceSync {
     }
 
     /// Sums host values over the ranks (metrics).
-    pub fn sum(&mut self, values: &mut [f32]) -> Result<()> {
-        Ok(self.nccl.all_reduce(values, ReduceOp::Sum)?)
+    fn sum(&mut self, values: &mut [f64]) -> Result<()> {
+        let mut buf: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+        self.nccl.all_reduce(&mut buf, ReduceOp::Sum)?;
+        values.iter_mut().zip(&buf).for_each(|(v, &s)| *v = f64::from(s));
+        Ok(())
     }
 
-    /// Forward, backward, gradients averaged by NCCL bucket by bucket, one optimiser step.
-    pub fn train_step(
-        &mut self,
-        net: &Net,
-        opt: &mut Optimizer,
-        x: &Tensor,
-        y: &Tensor,
-        lrs: &[f64],
-    ) -> Result<f64> {
-        let (loss, params) = super::backward(net, opt, x, y);
+    /// Gradients averaged by NCCL bucket by bucket; one bounded wait at the end.
+    fn average(&mut self, params: &[Tensor], loss: &Tensor) -> Result<f64> {
         let buckets = super::bucket_plan(params.iter().map(Tensor::numel), self.bucket_elems);
         let last = buckets.len() - 1;
         // kept alive until the stream is synchronised: NCCL works on them asynchronously
@@ -120,9 +131,7 @@ impl DeviceSync {
             let elems: i64 = flats.iter().map(Tensor::numel).sum::<usize>() as i64;
             m.record(started.elapsed(), 4 * elems as u64);
         }
-        let tail = flats.last().expect("one bucket at least");
-        let mean_loss = tail.double_value(&[tail.numel() as i64 - 1]);
-        opt.step(lrs);
-        Ok(mean_loss)
+        let Some(tail) = flats.last() else { return Ok(f64::NAN) };
+        Ok(tail.double_value(&[tail.numel() as i64 - 1]))
     }
 }

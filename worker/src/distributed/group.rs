@@ -1,6 +1,6 @@
 //! Joining a data-parallel group in a static launch (torchrun's static mode): every process is
 //! told its rank, the world size and every rank's `host:port`, then builds the TCP ring (a world
-//! of one needs no network) and hands the learner a [`GradSync`].
+//! of one needs no network) and hands the learner its [`GradAverage`].
 //!
 //! Transport: on CUDA with the `nccl` feature, gradients are reduced by NCCL on the device (the
 //! ring only bootstraps it: rank 0's `ncclUniqueId` travels over one ring broadcast); otherwise
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tch::Device;
 
-use super::GradSync;
+use super::{GradAverage, HostRing, NcclBuckets, BUCKET_BYTES};
 use crate::collective::{Collective, Local, Ring, RingConfig, DEFAULT_TIMEOUT};
 use crate::error::{Error, Result};
 
@@ -91,7 +91,7 @@ impl GroupSpec {
 
     /// Connects to the group for a model on `device`: the ring (or [`Local`] for one rank), and
     /// NCCL on top of it when [`Backend`] and the device call for it.
-    pub fn join(&self, device: Device) -> Result<GradSync> {
+    pub fn join(&self, device: Device) -> Result<Box<dyn GradAverage>> {
         self.validate()?;
         let cuda = match device {
             Device::Cuda(d) => Some(d),
@@ -124,7 +124,7 @@ impl GroupSpec {
                 world = self.world_size,
                 "joined the data-parallel group (ring)"
             );
-            return GradSync::new(c, self.timeout);
+            return Ok(Box::new(HostRing::new(c, self.timeout)?));
         };
         let mut c = c;
         let mine = if self.rank == 0 { Some(crate::collective::nccl::Nccl::unique_id()?) } else { None };
@@ -137,7 +137,8 @@ impl GroupSpec {
             device = d,
             "joined the data-parallel group (nccl)"
         );
-        GradSync::with_nccl(c, nccl, self.timeout)
+        let bootstrap = super::CommThread::spawn(c, self.timeout)?;
+        Ok(Box::new(NcclBuckets::new(nccl, bootstrap, BUCKET_BYTES / 4)))
     }
 
     /// The host collective: the TCP ring for two or more ranks, [`Local`] for one.

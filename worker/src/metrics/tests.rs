@@ -6,7 +6,9 @@ use cyclotron_core::spec::OptimizerSpec;
 use tch::Device;
 
 use super::*;
-use crate::learner::{DataBundle, Learner, Quiet};
+use crate::event::Quiet;
+use crate::learner::Learner;
+use crate::task::image::{ImageClassification, ImageData};
 
 fn exposition(m: &WorkerMetrics) -> String {
     cyclotron_core::metrics::encode_text(m.registry()).unwrap()
@@ -83,14 +85,8 @@ fn a_real_fit_counts_every_step_and_sample() {
     let train = synthetic(96, 1, 12, 1);
     let valid = synthetic(16, 1, 12, 2);
     let net = crate::models::build("small_cnn", 4, 1, 10, Device::Cpu).unwrap();
-    let data = DataBundle {
-        norm: crate::data::Normalize::from_stats(&train),
-        train,
-        valid,
-        batch_size: 16,
-        prefetch: 2,
-    };
-    let mut l = Learner::new(net, &OptimizerSpec::default(), data, Device::Cpu, 3);
+    let task = ImageClassification::new(net, ImageData::new(train, valid, 16, 2), 3, None);
+    let mut l = Learner::new(Box::new(task), &OptimizerSpec::default(), 3);
     let m = WorkerMetrics::new();
     let (mut q1, mut q2) = (Quiet, Quiet);
     let mut metered = Metered::new(Some(m.job("toy", 0)), &mut q1);
@@ -127,7 +123,8 @@ fn two_ranks_record_the_bytes_and_time_of_their_all_reduces() {
     use std::net::TcpListener;
 
     use crate::collective::{Ring, RingConfig};
-    use crate::distributed::GradSync;
+    use crate::distributed::{GradAverage, HostRing};
+    use crate::task::Batch;
 
     let m = WorkerMetrics::new();
     let ls: Vec<TcpListener> = (0..2).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
@@ -140,18 +137,19 @@ fn two_ranks_record_the_bytes_and_time_of_their_all_reduces() {
             let comm = m.job("dp", rank).comm;
             std::thread::spawn(move || {
                 let ring = Ring::connect_with(l, cfg).unwrap();
-                let mut sync = GradSync::new(Box::new(ring), Duration::from_secs(20)).unwrap();
-                sync.set_metrics(comm);
-                let net = crate::models::build("small_cnn", 4, 1, 3, Device::Cpu).unwrap();
-                let mut opt = crate::optim::Optimizer::new(&OptimizerSpec::default(), net.parameters());
+                let grads = HostRing::new(Box::new(ring), Duration::from_secs(20)).unwrap();
+                grads.set_metrics(comm);
+                let items = synthetic(1, 1, 12, 0);
+                let mut l = crate::bench::bench_learner("small_cnn", 4, 3, (items, 1), Device::Cpu).unwrap();
                 // the broadcast is not an all-reduce: not counted
-                sync.broadcast_model(&net).unwrap();
+                l.join(Box::new(grads)).unwrap();
                 let x = tch::Tensor::randn([4, 1, 12, 12], (tch::Kind::Float, Device::Cpu));
                 let y = tch::Tensor::randint(3, [4], (tch::Kind::Int64, Device::Cpu));
+                let batch = Batch::of(x, y);
                 for _ in 0..2 {
-                    sync.train_step(&net, &mut opt, &x, &y, &[0.1; 3]).unwrap();
+                    l.step(&batch, &[0.1; 3]).unwrap();
                 }
-                net.parameters().iter().map(|(_, _, t)| t.numel() as u64).sum::<u64>()
+                l.model().parameters().iter().map(|(_, _, t)| t.numel() as u64).sum::<u64>()
             })
         })
         .collect();

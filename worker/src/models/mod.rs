@@ -4,6 +4,7 @@
 
 mod layers;
 pub mod pretrained;
+mod registry;
 pub mod resnet;
 mod small_cnn;
 mod small_resnet;
@@ -17,6 +18,7 @@ use layers::FrozenGroups;
 
 use crate::error::{Error, Result};
 
+pub use registry::{Built, ARCHS};
 pub use small_resnet::small_resnet;
 
 /// Number of layer groups every model has.
@@ -25,15 +27,53 @@ pub const GROUP_NAMES: [&str; GROUPS] = ["body_early", "body_late", "head"];
 
 type BoxedModule = Box<dyn nn::ModuleT + Send>;
 /// Maps a variable name to its layer group.
-type GroupFn = fn(&str) -> usize;
+pub type GroupFn = fn(&str) -> usize;
 
-/// A model: its variables, its forward pass, and the layer group of each variable.
+/// What the learner sees of any model, whatever its forward pass: its variables and the layer
+/// group of each (for the optimiser, discriminative learning rates, freezing, checkpoints and
+/// gradient averaging). Tasks own the forward pass.
+pub trait Model {
+    /// Every variable, buffers included.
+    fn vs(&self) -> &nn::VarStore;
+
+    /// Layer group of a variable, by name.
+    fn group_of(&self, name: &str) -> usize;
+
+    /// Make groups `< frozen` untrainable and the rest trainable.
+    fn freeze_to(&self, frozen: usize);
+
+    /// Variables sorted by name with their group: a stable order for optimisers and checkpoints.
+    fn named_groups(&self) -> Vec<(String, usize, Tensor)> {
+        let mut vars: Vec<_> = self.vs().variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars.into_iter().map(|(name, t)| (name.clone(), self.group_of(&name), t)).collect()
+    }
+
+    /// Trainable parameters (buffers such as BatchNorm running statistics left out), sorted by name.
+    fn parameters(&self) -> Vec<(String, usize, Tensor)> {
+        self.named_groups().into_iter().filter(|(n, _, _)| !is_buffer(n)).collect()
+    }
+
+    /// Number of trainable values.
+    fn num_parameters(&self) -> i64 {
+        self.vs().trainable_variables().iter().map(|t| t.numel() as i64).sum()
+    }
+}
+
+/// Sets `requires_grad` of `model`'s parameters: groups `< frozen` off, the rest on.
+pub fn set_trainable(model: &dyn Model, frozen: usize) {
+    for (_, g, t) in model.parameters() {
+        let _ = t.set_requires_grad(g >= frozen);
+    }
+}
+
+/// An image model: its variables, its forward pass, and the layer group of each variable.
 pub struct Net {
     pub vs: nn::VarStore,
-    /// The body (image → features) when `head` is set, else the whole model.
+    /// The body (image → features).
     module: BoxedModule,
     /// The head (features → logits), for precompute; see [`Net::forward_body`].
-    head: Option<BoxedModule>,
+    head: BoxedModule,
     /// Frozen layer groups, shared with the BatchNorms (which stay in eval mode when frozen).
     frozen: FrozenGroups,
     /// Input channels the model was built for; grey images are repeated to 3 channels when needed.
@@ -50,11 +90,7 @@ impl std::fmt::Debug for Net {
 
 impl Net {
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let ys = self.body_t(xs, train);
-        match &self.head {
-            Some(h) => h.forward_t(&ys, train),
-            None => ys,
-        }
+        self.head.forward_t(&self.body_t(xs, train), train)
     }
 
     fn body_t(&self, xs: &Tensor, train: bool) -> Tensor {
@@ -65,89 +101,49 @@ impl Net {
         self.module.forward_t(xs, train)
     }
 
-    /// Whether the model has a body/head split (every built-in model does).
-    pub fn has_split(&self) -> bool {
-        self.head.is_some()
-    }
-
     /// Features of the body, [N, D]; with the body frozen this is what precompute caches.
-    /// Panics on a model without a split ([`Net::has_split`]).
     pub fn forward_body(&self, xs: &Tensor, train: bool) -> Tensor {
-        assert!(self.has_split(), "{} has no body/head split", self.arch);
         self.body_t(xs, train)
     }
 
     /// Logits of the head on body features.
     pub fn forward_head(&self, features: &Tensor, train: bool) -> Tensor {
-        let head = self.head.as_ref().unwrap_or_else(|| panic!("{} has no body/head split", self.arch));
-        head.forward_t(features, train)
-    }
-
-    /// Layer group of a variable, by name.
-    pub fn group_of(&self, name: &str) -> usize {
-        (self.group_of)(name)
-    }
-
-    /// Variables sorted by name with their group: a stable order for optimisers and checkpoints.
-    pub fn named_groups(&self) -> Vec<(String, usize, Tensor)> {
-        let mut vars: Vec<_> = self.vs.variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        vars.into_iter().map(|(name, t)| (name.clone(), (self.group_of)(&name), t)).collect()
-    }
-
-    /// Trainable parameters (buffers such as BatchNorm running statistics left out), sorted by name.
-    pub fn parameters(&self) -> Vec<(String, usize, Tensor)> {
-        self.named_groups().into_iter().filter(|(n, _, _)| !is_buffer(n)).collect()
-    }
-
-    /// Make groups `< frozen` untrainable and the rest trainable.
-    /// BatchNorms of frozen groups stay in evaluation mode (running statistics kept).
-    pub fn freeze_to(&self, frozen: usize) {
-        self.frozen.store(frozen, Ordering::Relaxed);
-        for (_, g, t) in self.parameters() {
-            let _ = t.set_requires_grad(g >= frozen);
-        }
-    }
-
-    pub fn num_parameters(&self) -> i64 {
-        self.vs.trainable_variables().iter().map(|t| t.numel() as i64).sum()
+        self.head.forward_t(features, train)
     }
 }
 
-/// Build `arch` for `in_channels`-channel images and `num_classes` classes on `device`.
+impl Model for Net {
+    fn vs(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    fn group_of(&self, name: &str) -> usize {
+        (self.group_of)(name)
+    }
+
+    /// BatchNorms of frozen groups stay in evaluation mode (running statistics kept).
+    fn freeze_to(&self, frozen: usize) {
+        self.frozen.store(frozen, Ordering::Relaxed);
+        set_trainable(self, frozen);
+    }
+}
+
+/// Build `arch` (looked up in [`ARCHS`]) for `in_channels`-channel images and `num_classes`
+/// classes on `device`.
 pub fn build(arch: &str, width: i64, in_channels: i64, num_classes: i64, device: Device) -> Result<Net> {
-    let vs = nn::VarStore::new(device);
-    let root = vs.root();
-    let frozen = FrozenGroups::default();
-    let f = &frozen;
-    let (module, head, in_ch, group_of): (BoxedModule, BoxedModule, i64, GroupFn) = match arch {
-        "small_resnet" => {
-            let (body, head) = small_resnet(&root, in_channels, width, num_classes, f);
-            (Box::new(body), Box::new(head), in_channels, small_resnet::group_of)
-        }
-        "small_cnn" => {
-            let (body, head) = small_cnn::small_cnn(&root, in_channels, width, num_classes);
-            (Box::new(body), Box::new(head), in_channels, small_cnn::group_of)
-        }
-        "vgg16" | "vgg16_bn" => {
-            let bn = arch == "vgg16_bn";
-            let (body, head) = vgg::vgg16(&root, bn, num_classes, f);
-            (Box::new(body), Box::new(head), 3, if bn { vgg::group_of_bn } else { vgg::group_of })
-        }
-        other => match resnet::ResNetCfg::of(other) {
-            Some(cfg) => {
-                let (body, head) = resnet::resnet(&root, cfg, num_classes, f);
-                (Box::new(body), Box::new(head), 3, resnet::group_of)
-            }
-            None => return Err(Error::UnknownModel { arch: other.to_string() }),
-        },
+    let Some((_, builder)) = ARCHS.iter().find(|(name, _)| *name == arch) else {
+        return Err(Error::UnknownModel { arch: arch.to_string() });
     };
+    let vs = nn::VarStore::new(device);
+    let frozen = FrozenGroups::default();
+    let shape = registry::Shape { in_channels, width, num_classes };
+    let Built { body, head, in_channels: in_ch, group_of } = builder(&vs.root(), shape, &frozen);
     if in_channels != in_ch && in_channels != 1 {
         return Err(Error::Shape {
             message: format!("{arch} takes {in_ch}-channel images, the data has {in_channels} channels"),
         });
     }
-    Ok(Net { vs, module, head: Some(head), frozen, in_channels: in_ch, group_of, arch: arch.to_string() })
+    Ok(Net { vs, module: body, head, frozen, in_channels: in_ch, group_of, arch: arch.to_string() })
 }
 
 /// Variables that are state, not parameters: never trained, never given gradients.

@@ -10,7 +10,7 @@
 use cyclotron_core::checkpoint::{CheckpointStore, StoreOptions};
 use tch::Tensor;
 
-use super::Net;
+use super::{Model, Net};
 use crate::error::{Error, Result};
 use crate::tensor_io::{from_safetensors, load_into};
 

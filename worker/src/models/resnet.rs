@@ -21,15 +21,23 @@ pub struct ResNetCfg {
 }
 
 impl ResNetCfg {
+    pub const RESNET18: ResNetCfg = ResNetCfg::new([2, 2, 2, 2], false, 1, 64);
+    pub const RESNET34: ResNetCfg = ResNetCfg::new([3, 4, 6, 3], false, 1, 64);
+    pub const RESNET50: ResNetCfg = ResNetCfg::new([3, 4, 6, 3], true, 1, 64);
+    pub const RESNEXT50_32X4D: ResNetCfg = ResNetCfg::new([3, 4, 6, 3], true, 32, 4);
+
+    const fn new(blocks: [i64; 4], bottleneck: bool, groups: i64, width_per_group: i64) -> ResNetCfg {
+        ResNetCfg { blocks, bottleneck, groups, width_per_group }
+    }
+
     pub fn of(arch: &str) -> Option<ResNetCfg> {
-        let (blocks, bottleneck, groups, width_per_group) = match arch {
-            "resnet18" => ([2, 2, 2, 2], false, 1, 64),
-            "resnet34" => ([3, 4, 6, 3], false, 1, 64),
-            "resnet50" => ([3, 4, 6, 3], true, 1, 64),
-            "resnext50_32x4d" => ([3, 4, 6, 3], true, 32, 4),
+        Some(match arch {
+            "resnet18" => Self::RESNET18,
+            "resnet34" => Self::RESNET34,
+            "resnet50" => Self::RESNET50,
+            "resnext50_32x4d" => Self::RESNEXT50_32X4D,
             _ => return None,
-        };
-        Some(ResNetCfg { blocks, bottleneck, groups, width_per_group })
+        })
     }
 
     fn expansion(&self) -> i64 {

@@ -1,0 +1,148 @@
+//! Tasks: what differs between training one kind of model and another. The [`Learner`] owns the
+//! loop and everything every task shares (schedules, layer groups and discriminative learning
+//! rates, freezing, the optimiser, gradient averaging, the LR-range test, snapshots, checkpoints,
+//! ensembles); a [`Task`] owns only its data, its batches, its forward pass and loss, its
+//! predictions and metrics, and how its predictions are averaged.
+//!
+//! Implementations: [`image::ImageClassification`] and [`precomputed::HeadOnFeatures`] (the head
+//! of an image model trained on cached body activations). [`registry::build`] picks the task a
+//! job spec asks for.
+//!
+//! Contract: a task is driven by one thread. Batches are produced ahead of time (their iterator
+//! owns what it reads), so [`Task::loss`] may keep state between batches (a language model's
+//! hidden state); [`Task::start_sequence`] says that the batches that follow continue none
+//! before them. Predictions are CPU tensors whose first dimension is the split's items, in the
+//! split's order; [`Task::average`] of several models' predictions is the ensemble's.
+//!
+//! [`Learner`]: crate::learner::Learner
+
+pub mod image;
+pub mod precomputed;
+pub mod registry;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use cyclotron_core::results::Metrics;
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::models::Model;
+
+/// One training batch: the model's inputs (what they mean is the task's: images; tokens; the
+/// categorical and continuous columns) and the targets.
+#[derive(Debug)]
+pub struct Batch {
+    pub inputs: Vec<Tensor>,
+    pub target: Tensor,
+    /// Items the batch trains on (images, rows, tokens): the `samples` of progress and metrics.
+    pub items: u64,
+}
+
+impl Batch {
+    /// A batch of one input tensor `x` with targets `y`, one item per row of `y`.
+    pub fn of(x: Tensor, y: Tensor) -> Batch {
+        let items = y.size().first().map_or(0, |&n| n as u64);
+        Batch { inputs: vec![x], target: y, items }
+    }
+}
+
+/// The batches of one training epoch, produced ahead (owning what they read).
+pub type Batches = Box<dyn Iterator<Item = Batch>>;
+
+/// A split of a task's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Valid,
+    /// Where results are reported: the test split when the data has one, else the validation split.
+    Eval,
+}
+
+/// Which part of every epoch this process trains: rank `rank` of `world` data-parallel ranks.
+/// Step `k` of `world` ranks trains on exactly the items of step `k` of one process with a
+/// `world` times larger batch (the data-parallel oracle).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Shard {
+    pub const ALONE: Shard = Shard { rank: 0, world: 1 };
+}
+
+/// What a kind of training differs in; see the module docs for the contract.
+pub trait Task {
+    /// Variables and layer groups, for the learner.
+    fn model(&self) -> &dyn Model;
+
+    /// Optimiser steps in one epoch when `world` ranks each train a batch per step; an error
+    /// naming the setting to change when the training split gives not even one.
+    fn steps_per_epoch(&self, world: usize) -> Result<u64>;
+
+    /// This rank's training batches of epoch `epoch` (the epoch over the whole job: it seeds the
+    /// order), at most [`Task::steps_per_epoch`] of them.
+    fn train_batches(&self, epoch: u64, shard: Shard) -> Result<Batches>;
+
+    /// The batches that follow continue none before them (an epoch or an LR-range test starts).
+    fn start_sequence(&mut self) {}
+
+    /// Forward pass in training mode and the batch's mean loss, a scalar that `backward` can run
+    /// through.
+    fn loss(&mut self, batch: &Batch) -> Result<Tensor>;
+
+    /// Predictions on `split` in evaluation mode, on the CPU, checking `abort` between batches.
+    fn predict(&self, split: Split, abort: &AtomicBool) -> Result<Tensor>;
+
+    /// Whether the task has an augmentation pipeline (training batches, TTA views).
+    fn has_augmentation(&self) -> bool {
+        false
+    }
+
+    /// Predictions on `split` under test-time augmentation view `view` (drawn reproducibly).
+    fn predict_augmented(&self, _split: Split, _view: u64, _abort: &AtomicBool) -> Result<Tensor> {
+        Err(Error::Invalid {
+            what: "tta".into(),
+            message: "this task has no augmentation to draw views from".into(),
+        })
+    }
+
+    /// Whether training batches are augmented from now on (a stage's `augment`); tasks without
+    /// augmentation ignore it.
+    fn set_augment(&mut self, _on: bool) {}
+
+    /// The task's metrics of `predictions` on `split`.
+    fn metrics(&self, predictions: &Tensor, split: Split) -> Metrics;
+
+    /// The ensemble's predictions from its members'.
+    fn average(&self, predictions: &[&Tensor]) -> Tensor {
+        crate::ensemble::average(predictions)
+    }
+
+    /// The name of [`Split::Eval`] in results: `test` or `valid`.
+    fn eval_split(&self) -> &'static str;
+
+    /// The task that trains the head alone on cached body activations (a `precompute` stage).
+    fn precompute(&self) -> Result<Box<dyn Task>> {
+        Err(Error::Invalid {
+            what: "precompute".into(),
+            message: "this task has no frozen body whose activations could be cached".into(),
+        })
+    }
+}
+
+/// `Err(Cancelled)` once `abort` is set.
+pub fn check_abort(abort: &AtomicBool) -> Result<()> {
+    if abort.load(Ordering::Relaxed) {
+        return Err(Error::Cancelled);
+    }
+    Ok(())
+}
+
+/// Negative log-likelihood and accuracy of probabilities `probs` [N, C] against `labels` [N].
+pub fn classification_metrics(probs: &Tensor, labels: &Tensor) -> Metrics {
+    let loss = probs.clamp_min(1e-12).log().nll_loss(labels).double_value(&[]);
+    let accuracy =
+        probs.argmax(-1, false).eq_tensor(labels).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+    Metrics { loss, accuracy }
+}

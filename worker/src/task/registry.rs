@@ -1,0 +1,63 @@
+//! Which task a job spec asks for, and building it: the data loaded, the model built from the
+//! job's seed (so every process of a job starts from the same weights), pretrained weights
+//! loaded. A new task is its own file plus one arm here.
+
+use std::sync::Arc;
+
+use cyclotron_core::spec::{DataSource, JobSpec};
+
+use super::image::{ImageClassification, ImageData};
+use super::Task;
+use crate::data::sources::load_images;
+use crate::data::{Augmenter, Normalize};
+use crate::error::{Error, Result};
+use crate::event::{phase, Observer};
+use crate::models;
+use crate::runtime::{device, set_threads, store_options};
+
+/// The task of `spec`, its data loaded (inside a "loading data" phase of `obs`).
+pub fn build(spec: &JobSpec, obs: &mut dyn Observer) -> Result<Box<dyn Task>> {
+    match spec.data.source {
+        DataSource::FashionMnist | DataSource::ImageFolder => Ok(Box::new(image_classification(spec, obs)?)),
+    }
+}
+
+/// Image classification of `spec`'s images with `spec.model`.
+pub fn image_classification(spec: &JobSpec, obs: &mut dyn Observer) -> Result<ImageClassification> {
+    let splits = phase(obs, "loading data", || load_images(spec))?;
+    set_threads(spec);
+    tch::manual_seed(spec.seed as i64);
+    let device = device(spec)?;
+    let (mean, std) = splits.train.channel_stats();
+    let net = models::build(
+        &spec.model.arch,
+        spec.model.width,
+        splits.train.channels as i64,
+        splits.train.num_classes() as i64,
+        device,
+    )?;
+    if let Some(url) = &spec.model.pretrained {
+        let skipped = models::pretrained::load_pretrained(&net, url, &store_options(spec))?;
+        if !skipped.is_empty() {
+            tracing::info!(url = %url, skipped = ?skipped, "pretrained weights loaded; new head");
+        }
+    }
+    let data = ImageData {
+        train: splits.train,
+        valid: splits.valid,
+        test: splits.test,
+        norm: Normalize { mean, std },
+        batch_size: spec.data.batch_size,
+        prefetch: spec.data.prefetch,
+    };
+    Ok(ImageClassification::new(net, data, spec.seed, augmenter(spec)?))
+}
+
+/// The job's augmentation pipeline, `None` without `[data.augment]`.
+pub fn augmenter(spec: &JobSpec) -> Result<Option<Arc<Augmenter>>> {
+    let Some(a) = &spec.data.augment else { return Ok(None) };
+    let transforms = a
+        .resolve()
+        .map_err(|problems| Error::Invalid { what: "data.augment".into(), message: problems.join("; ") })?;
+    Ok(Some(Arc::new(Augmenter::new(transforms))))
+}
