@@ -4,6 +4,7 @@
 
 mod cluster_cmd;
 mod coordinator_cmd;
+mod error_text;
 mod metrics;
 mod output;
 mod plot;
@@ -305,7 +306,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text::error_chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -420,7 +421,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Err(e) => {
                     let e = cyclotron_worker::Error::Invalid {
                         what: job.display().to_string(),
-                        message: format!("{e:#}"),
+                        message: error_text::error_chain(&e),
                     };
                     events.iter_mut().for_each(|ev| ev.failed(&e));
                     return Err(e.into());

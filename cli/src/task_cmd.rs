@@ -82,7 +82,7 @@ pub fn sweep_point(
     let report = with_events(events_jsonl, quiet, |obs| {
         let spec = task.load(job).map_err(|e| cyclotron_worker::Error::Invalid {
             what: job.display().to_string(),
-            message: format!("{e:#}"),
+            message: crate::error_text::error_chain(&e),
         })?;
         cyclotron_worker::sweep::run_sweep_point(&spec, &probe, &opts, obs)
     })?;

@@ -25,6 +25,7 @@ mod validate;
 pub use augment::{AugmentSpec, Transform, TtaSpec, PRESETS};
 pub use checkpoint::CheckpointSpec;
 pub use stage::{GroupLrs, LrValue, ScheduleKind, StageSpec};
+pub use validate::{is_valid_name, sgdr_epochs, MAX_NAME_LEN, MAX_SPEC_BYTES};
 
 use std::path::Path;
 
@@ -364,6 +365,10 @@ impl JobSpec {
 
     /// Parse TOML text; `origin` names the source in errors (a file path or "<inline>").
     pub fn from_toml_str(text: &str, origin: &str) -> Result<JobSpec> {
+        if text.len() > MAX_SPEC_BYTES {
+            let message = format!("the spec is {} bytes; at most {MAX_SPEC_BYTES} are accepted", text.len());
+            return Err(Error::SpecParse { origin: origin.to_string(), message });
+        }
         toml::from_str(text)
             .map_err(|e| Error::SpecParse { origin: origin.to_string(), message: e.to_string() })
     }

@@ -1,17 +1,81 @@
 //! Every check of a job spec, in one place, each naming the field and what to do about it.
+//!
+//! A spec is untrusted input at the coordinator (anyone holding the cluster token submits one) and
+//! every number in it sizes something on a worker: a queue, a thread pool, a loop. So each such
+//! number has a limit checked here, before anything is allocated from it, with checked arithmetic
+//! where numbers multiply (sweep sizes, SGDR epochs), and validation itself never materialises what
+//! it counts (20,000 candidates per list must cost a multiplication, not a 10^12-element product).
 
 use super::{stage::GroupLrs, DataSource, JobSpec, LrValue, ScheduleKind, KNOWN_ARCHS, LAYER_GROUPS};
+
+/// Longest job spec accepted, in bytes of TOML text.
+pub const MAX_SPEC_BYTES: usize = 64 * 1024;
+/// Longest job name: it names folders (`<name>-<date>-<time>-t<task>-g<generation>` on workers).
+pub const MAX_NAME_LEN: usize = 64;
+/// Most libtorch threads a spec may ask for.
+pub const MAX_THREADS: usize = 256;
+/// Most batches the loading thread prepares ahead (`data.prefetch`).
+pub const MAX_PREFETCH: usize = 64;
+/// Most checkpoints waiting for upload (`checkpoint.max_pending`; each is a copy of the model).
+pub const MAX_PENDING_CHECKPOINTS: usize = 16;
+/// Most epochs of a stage, and of a whole job.
+pub const MAX_EPOCHS: u64 = 10_000;
+/// Most training stages of a job.
+pub const MAX_STAGES: usize = 64;
+/// Largest batch a spec may ask for.
+pub const MAX_BATCH_SIZE: usize = 16_384;
+/// Most steps of one LR-range test or grid point.
+pub const MAX_LR_FIND_STEPS: u32 = 100_000;
+/// Largest seed: the runs of a job take `seed + i`, which must not wrap.
+pub const MAX_SEED: u64 = 1 << 53;
+
+/// Whether `name` can name a job (and the folders named after it): 1 to [`MAX_NAME_LEN`] ASCII
+/// letters, digits, `-`, `_` and `.`, starting with a letter or a digit (so never `.`, `..`, a
+/// hidden folder or something read as a command-line flag).
+pub fn is_valid_name(name: &str) -> bool {
+    name.len() <= MAX_NAME_LEN
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
 
 /// All problems with `spec`; empty when it is valid.
 pub(super) fn problems(spec: &JobSpec) -> Vec<String> {
     let mut p = Vec::new();
-    if spec.name.is_empty()
-        || !spec.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
+    if !is_valid_name(&spec.name) {
+        let shown: String = spec.name.chars().take(MAX_NAME_LEN + 8).collect();
+        let more = if spec.name.chars().count() > shown.chars().count() { "…" } else { "" };
         p.push(format!(
-            "name: {:?} must be non-empty and use only letters, digits, '-', '_' and '.' (it names a folder)",
-            spec.name
+            "name: {shown:?}{more} ({} characters) must be 1 to {MAX_NAME_LEN} letters, digits, '-', '_' or '.', starting with a letter or digit (it names folders)",
+            spec.name.chars().count()
         ));
+    }
+    if spec.seed > MAX_SEED {
+        p.push(format!("seed: must be at most 2^53 = {MAX_SEED}, got {}", spec.seed));
+    }
+    if matches!(spec.runtime.threads, Some(t) if !(1..=MAX_THREADS).contains(&t)) {
+        p.push(format!(
+            "runtime.threads: must be between 1 and {MAX_THREADS} (leave it out to use every core), got {}",
+            spec.runtime.threads.unwrap_or(0)
+        ));
+    }
+    let c = &spec.checkpoint;
+    if c.max_pending > MAX_PENDING_CHECKPOINTS {
+        p.push(format!(
+            "checkpoint.max_pending: at most {MAX_PENDING_CHECKPOINTS} checkpoints may wait for upload (each is a copy of the model in memory), got {}",
+            c.max_pending
+        ));
+    }
+    if c.keep_last > 10_000 {
+        p.push(format!("checkpoint.keep_last: at most 10000, got {}", c.keep_last));
+    }
+    if c.multipart_threshold_mb > 5 * 1024 {
+        p.push(format!(
+            "checkpoint.multipart_threshold_mb: at most 5120 (S3 parts are at most 5 GiB), got {}",
+            c.multipart_threshold_mb
+        ));
+    }
+    if c.upload_deadline_s > 7 * 86_400 {
+        p.push(format!("checkpoint.upload_deadline_s: at most a week (604800), got {}", c.upload_deadline_s));
     }
     if !(spec.output.starts_with("file://")
         || spec.output.starts_with("memory://")
@@ -61,6 +125,9 @@ pub(super) fn problems(spec: &JobSpec) -> Vec<String> {
         lr_find(f.start, f.end, f.steps, &mut p);
         sweep(f, &mut p);
     }
+    if spec.ensemble.members > 1_000 {
+        p.push(format!("ensemble.members: at most 1000 snapshots, got {}", spec.ensemble.members));
+    }
     if spec.ensemble.runs == 0 || spec.ensemble.runs > crate::sweep::MAX_POINTS {
         p.push(format!(
             "ensemble.runs: independent runs must be between 1 and {}, got {}",
@@ -77,8 +144,8 @@ fn data(spec: &JobSpec, p: &mut Vec<String>) {
     if d.source == DataSource::ImageFolder && d.path.as_deref().unwrap_or("").is_empty() {
         p.push("data.path: required for source = \"image_folder\" (a folder with train/<class>/ and valid/<class>/)".into());
     }
-    if d.batch_size == 0 {
-        p.push("data.batch_size: must be ≥ 1, got 0".into());
+    if !(1..=MAX_BATCH_SIZE).contains(&d.batch_size) {
+        p.push(format!("data.batch_size: must be between 1 and {MAX_BATCH_SIZE}, got {}", d.batch_size));
     }
     if !(0.0..1.0).contains(&d.valid_pct) {
         p.push(format!("data.valid_pct: must be in [0, 1), got {}", d.valid_pct));
@@ -92,10 +159,12 @@ fn data(spec: &JobSpec, p: &mut Vec<String>) {
                 .into(),
         );
     }
-    if d.prefetch == 0 {
-        p.push("data.prefetch: must be ≥ 1".into());
+    if !(1..=MAX_PREFETCH).contains(&d.prefetch) {
+        p.push(format!("data.prefetch: must be between 1 and {MAX_PREFETCH} batches, got {}", d.prefetch));
     }
-    if let Some(c) = &d.classes {
+    if let Some(c) = d.classes.as_ref().filter(|c| c.len() > 10_000) {
+        p.push(format!("data.classes: at most 10000 classes, got {}", c.len()));
+    } else if let Some(c) = &d.classes {
         let mut sorted = c.clone();
         sorted.sort_unstable();
         sorted.dedup();
@@ -133,6 +202,9 @@ fn lr_find(start: f64, end: f64, steps: u32, p: &mut Vec<String>) {
     if steps < 5 {
         p.push(format!("lr_find.steps: need at least 5 steps for a curve, got {steps}"));
     }
+    if steps > MAX_LR_FIND_STEPS {
+        p.push(format!("lr_find.steps: at most {MAX_LR_FIND_STEPS}, got {steps}"));
+    }
 }
 
 fn sweep(f: &super::LrFindSpec, p: &mut Vec<String>) {
@@ -146,10 +218,32 @@ fn sweep(f: &super::LrFindSpec, p: &mut Vec<String>) {
     if f.grid > 0 && f.grid_steps == 0 {
         p.push("lr_find.grid_steps: each grid point must train at least 1 step, got 0".into());
     }
+    if f.grid_steps > MAX_LR_FIND_STEPS {
+        p.push(format!("lr_find.grid_steps: at most {MAX_LR_FIND_STEPS}, got {}", f.grid_steps));
+    }
     let Some(c) = &f.candidates else { return };
-    if c.batch_size.contains(&0) {
+    // the size first, computed without building the product (each list at most `max` long)
+    let lens = [c.arch.len(), c.batch_size.len(), c.weight_decay.len()];
+    let points = lens
+        .iter()
+        .chain(std::iter::once(&(f.grid as usize)))
+        .try_fold(1usize, |acc, &n| acc.checked_mul(n.max(1)));
+    match points {
+        Some(n) if n <= max => {}
+        Some(n) => p.push(format!(
+            "lr_find: the sweep has {n} tasks (candidate combinations × grid points); at most {max}: shorten the candidate lists or the grid"
+        )),
+        None => p.push(format!(
+            "lr_find: the sweep has more tasks than this machine can count (lists of {} archs, {} batch sizes and {} weight decays); at most {max}: shorten the candidate lists",
+            lens[0], lens[1], lens[2]
+        )),
+    }
+    if lens.iter().any(|&n| n > max) {
+        return; // do not check (and list) thousands of values one by one
+    }
+    if c.batch_size.iter().any(|&b| !(1..=MAX_BATCH_SIZE).contains(&b)) {
         p.push(format!(
-            "lr_find.candidates.batch_size: every batch size must be ≥ 1, got {:?}",
+            "lr_find.candidates.batch_size: every batch size must be between 1 and {MAX_BATCH_SIZE}, got {:?}",
             c.batch_size
         ));
     }
@@ -158,27 +252,46 @@ fn sweep(f: &super::LrFindSpec, p: &mut Vec<String>) {
     }
     for a in &c.arch {
         if !KNOWN_ARCHS.contains(&a.as_str()) {
+            let shown: String = a.chars().take(64).collect();
             p.push(format!(
-                "lr_find.candidates.arch: unknown model {a:?}; known models: {}",
+                "lr_find.candidates.arch: unknown model {shown:?}; known models: {}",
                 KNOWN_ARCHS.join(", ")
             ));
         }
     }
-    let points = crate::sweep::candidates(f).len() * (f.grid as usize).max(1);
-    if points > max {
-        p.push(format!(
-            "lr_find: the sweep has {points} tasks (candidate combinations × grid points); at most {max}: shorten the candidate lists or the grid"
-        ));
+}
+
+/// Epochs of an SGDR stage, Σ cycle_len·cycle_mult^i over `cycles` cycles, with checked
+/// arithmetic; `None` past [`MAX_EPOCHS`] (or on overflow). Bounded work: the sum grows by at
+/// least one per cycle, so the loop stops after at most `MAX_EPOCHS + 1` cycles.
+pub fn sgdr_epochs(cycles: u32, cycle_len: u32, cycle_mult: u32) -> Option<u64> {
+    if cycle_len == 0 || cycle_mult == 0 {
+        return Some(0);
     }
+    let mut total = 0u64;
+    let mut cycle = u64::from(cycle_len);
+    for _ in 0..cycles {
+        total = total.checked_add(cycle).filter(|t| *t <= MAX_EPOCHS)?;
+        cycle = cycle.checked_mul(u64::from(cycle_mult))?.min(MAX_EPOCHS + 1);
+    }
+    Some(total)
 }
 
 fn stages(spec: &JobSpec, p: &mut Vec<String>) {
     if spec.stages.is_empty() {
         p.push("stage: the job has no training stages; add at least one [[stage]] with lr and epochs (or cycles)".into());
     }
+    if spec.stages.len() > MAX_STAGES {
+        p.push(format!("stage: at most {MAX_STAGES} stages, got {}", spec.stages.len()));
+        return;
+    }
     let mut lr_found = spec.lr_find.is_some();
+    let mut job_epochs = Some(0u64);
     for (i, s) in spec.stages.iter().enumerate() {
         let at = format!("stage {}", i + 1);
+        if s.name.as_ref().is_some_and(|n| n.chars().count() > 128) {
+            p.push(format!("{at}: name is longer than 128 characters"));
+        }
         lr_found |= s.lr_find;
         match (s.lr, &s.group_lrs) {
             (Some(LrValue::Fixed(lr)), _) if !(lr > 0.0 && lr.is_finite()) => {
@@ -245,12 +358,14 @@ fn stages(spec: &JobSpec, p: &mut Vec<String>) {
             if s.cycle_mult == 0 {
                 p.push(format!("{at}: cycle_mult must be ≥ 1, got 0"));
             }
-            if s.total_epochs() > 10_000 {
+            let (cycles, len, mult) = (s.cycles.unwrap_or(1), s.cycle_len.unwrap_or(1), s.cycle_mult);
+            let epochs = sgdr_epochs(cycles, len, mult);
+            if epochs.is_none() {
                 p.push(format!(
-                    "{at}: {} epochs is more than 10000; lower cycles or cycle_mult",
-                    s.total_epochs()
+                    "{at}: {cycles} cycles of {len} epochs × {mult}^i add up to more than {MAX_EPOCHS} epochs; lower cycles, cycle_len or cycle_mult"
                 ));
             }
+            job_epochs = job_epochs.zip(epochs).map(|(a, b)| a + b);
         } else {
             if s.cycles.is_some() || s.cycle_len.is_some() || s.cycle_mult != 1 {
                 p.push(format!("{at}: cycles, cycle_len and cycle_mult only apply to schedule = \"sgdr\""));
@@ -258,9 +373,16 @@ fn stages(spec: &JobSpec, p: &mut Vec<String>) {
             match s.epochs {
                 None => p.push(format!("{at}: epochs is missing (or set cycles and cycle_len for SGDR)")),
                 Some(0) => p.push(format!("{at}: epochs must be ≥ 1, got 0")),
-                _ => {}
+                Some(e) if u64::from(e) > MAX_EPOCHS => {
+                    p.push(format!("{at}: epochs must be at most {MAX_EPOCHS}, got {e}"));
+                    job_epochs = None;
+                }
+                Some(e) => job_epochs = job_epochs.map(|t| t + u64::from(e)),
             }
         }
+    }
+    if let Some(total) = job_epochs.filter(|t| *t > MAX_EPOCHS) {
+        p.push(format!("stage: the stages add up to {total} epochs; a job trains at most {MAX_EPOCHS}"));
     }
 }
 
@@ -351,7 +473,7 @@ arch = "small_resnet"
             ),
             (
                 "[[stage]]\nlr = 0.1\nepochs = 1\n[lr_find.candidates]\nbatch_size = [64, 0]\n",
-                "lr_find.candidates.batch_size: every batch size must be ≥ 1",
+                "lr_find.candidates.batch_size: every batch size must be between 1 and 16384",
             ),
             (
                 "[[stage]]\nlr = 0.1\nepochs = 1\n[lr_find.candidates]\nweight_decay = [-1.0]\n",
@@ -371,6 +493,131 @@ arch = "small_resnet"
             let got = check(extra);
             assert!(got.iter().any(|m| m.starts_with(want)), "for {extra:?}: wanted {want:?}, got {got:?}");
         }
+    }
+
+    #[test]
+    fn numbers_that_size_queues_threads_and_loops_have_limits() {
+        let cases = [
+            (
+                "[[stage]]\nlr = 0.1\nepochs = 1\n[runtime]\nthreads = 0\n",
+                "runtime.threads: must be between 1 and 256",
+            ),
+            (
+                "[[stage]]\nlr = 0.1\nepochs = 1\n[runtime]\nthreads = 100000\n",
+                "runtime.threads: must be between 1 and 256",
+            ),
+            (
+                "[[stage]]\nlr = 0.1\nepochs = 1\n[checkpoint]\nmax_pending = 1000000000000000\n",
+                "checkpoint.max_pending: at most 16",
+            ),
+            ("[[stage]]\nlr = 0.1\nepochs = 1\n", ""),
+            (
+                "[[stage]]\nlr = 0.1\ncycles = 3\ncycle_len = 2147483648\ncycle_mult = 4294967295\n",
+                "stage 1: 3 cycles of 2147483648 epochs × 4294967295^i add up to more than 10000 epochs",
+            ),
+            (
+                "[[stage]]\nlr = 0.1\ncycles = 40\ncycle_len = 1\ncycle_mult = 4294967295\n",
+                "add up to more than 10000 epochs",
+            ),
+            ("[[stage]]\nlr = 0.1\nepochs = 4000000000\n", "stage 1: epochs must be at most 10000"),
+            (
+                "[[stage]]\nlr = 0.1\nepochs = 6000\n[[stage]]\nlr = 0.1\nepochs = 6000\n",
+                "stage: the stages add up to 12000 epochs",
+            ),
+            (
+                "[[stage]]\nlr = 0.1\nepochs = 1\n[lr_find]\nsteps = 4000000000\n",
+                "lr_find.steps: at most 100000",
+            ),
+        ];
+        for (extra, want) in cases {
+            let text = format!("{BASE}{extra}").replace("[data]\n", "[data]\nprefetch = 4\n");
+            let spec = JobSpec::from_toml_str(&text, "<t>").unwrap();
+            let got = match spec.validate() {
+                Ok(()) => vec![],
+                Err(Error::InvalidSpec { problems }) => problems,
+                Err(e) => panic!("{e}"),
+            };
+            if want.is_empty() {
+                assert!(got.is_empty(), "{got:?}");
+            } else {
+                assert!(got.iter().any(|m| m.contains(want)), "for {extra:?}: wanted {want:?}, got {got:?}");
+            }
+        }
+        let prefetch = JobSpec::from_toml_str(
+            &format!("{BASE}[[stage]]\nlr = 0.1\nepochs = 1\n")
+                .replace("[data]\n", "[data]\nprefetch = 1000000000000000\n"),
+            "<t>",
+        )
+        .unwrap();
+        assert!(prefetch
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("data.prefetch: must be between 1 and 64"));
+        let seed = JobSpec::from_toml_str(
+            &format!("{BASE}[[stage]]\nlr = 0.1\nepochs = 1\n")
+                .replace("name = \"t\"", "name = \"t\"\nseed = 9007199254740993"),
+            "<t>",
+        )
+        .unwrap();
+        assert!(seed.validate().unwrap_err().to_string().contains("seed: must be at most 2^53"));
+    }
+
+    #[test]
+    fn huge_candidate_lists_are_counted_not_built() {
+        let mut spec =
+            JobSpec::from_toml_str(&format!("{BASE}[lr_find]\n[[stage]]\nlr = 0.1\nepochs = 1\n"), "<t>")
+                .unwrap();
+        let f = spec.lr_find.as_mut().unwrap();
+        f.grid = 64;
+        f.candidates = Some(crate::spec::CandidatesSpec {
+            batch_size: vec![0; 20_000],
+            weight_decay: vec![-1.0; 20_000],
+            arch: vec!["nope".into(); 20_000],
+        });
+        // 20000³ × 64 = 5.12·10^14 combinations: the check multiplies, it never builds them
+        let problems = match spec.validate() {
+            Err(Error::InvalidSpec { problems }) => problems,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(problems.len(), 1, "one line, not one per value: {problems:?}");
+        assert!(problems[0].contains("the sweep has 512000000000000 tasks"), "{problems:?}");
+        // and lists long enough to overflow the count are named as such
+        let f = spec.lr_find.as_mut().unwrap();
+        f.candidates.as_mut().unwrap().arch = vec!["nope".into(); 1 << 20];
+        f.candidates.as_mut().unwrap().batch_size = vec![1; 1 << 20];
+        f.candidates.as_mut().unwrap().weight_decay = vec![0.0; 1 << 20];
+        let e = spec.validate().unwrap_err().to_string();
+        assert!(e.contains("more tasks than this machine can count"), "{e}");
+    }
+
+    #[test]
+    fn names_cannot_escape_their_folder_or_overflow_it() {
+        for bad in ["..", ".", ".hidden", "-flag", "a/b", "", &"x".repeat(240)] {
+            let spec = JobSpec::from_toml_str(
+                &format!("{BASE}[[stage]]\nlr = 0.1\nepochs = 1\n")
+                    .replace("name = \"t\"", &format!("name = {bad:?}")),
+                "<t>",
+            )
+            .unwrap();
+            let e = spec.validate().unwrap_err().to_string();
+            assert!(e.contains("name:") && e.contains("must be 1 to 64"), "{bad:?}: {e}");
+        }
+        assert!(super::is_valid_name("fashion-mnist_v1.2"));
+        assert!(super::is_valid_name(&"x".repeat(64)));
+        assert!(!super::is_valid_name(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn sgdr_epochs_are_summed_with_checked_arithmetic() {
+        use super::sgdr_epochs;
+        assert_eq!(sgdr_epochs(3, 1, 2), Some(7));
+        assert_eq!(sgdr_epochs(3, 2, 1), Some(6));
+        assert_eq!(sgdr_epochs(1, 10_000, 1), Some(10_000));
+        assert_eq!(sgdr_epochs(2, 10_000, 1), None);
+        assert_eq!(sgdr_epochs(u32::MAX, 1, 1), None, "stops as soon as the sum passes the limit");
+        assert_eq!(sgdr_epochs(3, 1 << 31, u32::MAX), None);
+        assert_eq!(sgdr_epochs(64, 1, u32::MAX), None);
     }
 
     #[test]
