@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cyclotron_core::results::TrainResults;
+use cyclotron_proto::auth::{Token, TOKEN_ENV};
+use cyclotron_proto::tls::{ClientSecurity, TlsFiles};
 use cyclotron_proto::v1 as pb;
 use cyclotron_proto::v1::job_service_client::JobServiceClient;
 use cyclotron_proto::v1::worker_service_client::WorkerServiceClient;
@@ -21,7 +23,8 @@ pub use local::{local, LocalArgs};
 
 use crate::{output, plot};
 
-/// Where the coordinators are (every replica, comma-separated; the leader is found from any).
+/// Where the coordinators are (every replica, comma-separated; the leader is found from any),
+/// and how to prove this client belongs to the cluster.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ClusterArgs {
     /// Coordinator address(es), host:port or http://host:port, comma-separated.
@@ -30,13 +33,39 @@ pub struct ClusterArgs {
     /// Deadline of each call, in seconds (failover between coordinators included).
     #[arg(long, default_value_t = 10.0)]
     pub timeout: f64,
+    /// File holding the cluster token (default: the CYCLOTRON_TOKEN environment variable; never
+    /// a flag value, which `ps` would show).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the coordinators' certificates: speak TLS to them.
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// This client's certificate (PEM), for coordinators that demand one (mutual TLS).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ClusterArgs {
+    /// The cluster token and TLS settings these flags (and the environment) give.
+    pub fn security(&self) -> anyhow::Result<ClientSecurity> {
+        let token = Token::load(self.token_file.as_deref(), TOKEN_ENV, "cluster token")?;
+        let files = TlsFiles {
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            ca: self.tls_ca.clone(),
+            client_ca: None,
+        };
+        Ok(ClientSecurity { token, tls: files.client()? })
+    }
+
     fn client(&self) -> anyhow::Result<Coordinators> {
         anyhow::ensure!(self.timeout > 0.0, "--timeout must be positive, got {}", self.timeout);
         let total = Duration::from_secs_f64(self.timeout);
-        Ok(Coordinators::new(&self.coordinator, Deadlines::new(total.min(Duration::from_secs(5)), total))?)
+        let deadlines = Deadlines::new(total.min(Duration::from_secs(5)), total);
+        Ok(Coordinators::with_security(&self.coordinator, deadlines, self.security()?)?)
     }
 }
 
@@ -72,6 +101,22 @@ pub struct WorkerArgs {
     /// Protocol version to announce (tests of the coordinator's refusal).
     #[arg(long, hide = true, default_value_t = cyclotron_proto::PROTOCOL_VERSION)]
     protocol_version: u32,
+    /// A folder job specs may read data and pretrained weights from (repeatable; default: the
+    /// working directory and /usr/share/datasets).
+    #[arg(long, value_name = "DIR")]
+    data_root: Vec<PathBuf>,
+    /// A folder job specs may write checkpoints and results to with `output = "file://…"`
+    /// (repeatable; default: the working directory).
+    #[arg(long, value_name = "DIR")]
+    output_root: Vec<PathBuf>,
+    /// An S3 endpoint a job spec may name as `checkpoint.s3_endpoint` (repeatable; default: none,
+    /// so specs use this worker's own AWS_ENDPOINT_URL or AWS).
+    #[arg(long, value_name = "URL")]
+    allow_s3_endpoint: Vec<String>,
+    /// Seconds without a training event and without CPU time after which a run is stuck: it is
+    /// stopped and restarted like a crash (keep it above --collective-timeout).
+    #[arg(long, default_value_t = cyclotron_worker::agent::DEFAULT_STALL_TIMEOUT.as_secs_f64())]
+    stall_timeout: f64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -162,6 +207,18 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     cfg.stop_grace = secs("stop-grace", args.stop_grace)?;
     cfg.rendezvous_timeout = secs("rendezvous-timeout", args.rendezvous_timeout)?;
     cfg.collective_timeout = secs("collective-timeout", args.collective_timeout)?;
+    cfg.stall_timeout = secs("stall-timeout", args.stall_timeout)?;
+    cfg.security = args.cluster.security()?;
+    let defaults = agent::sandbox::Sandbox::default();
+    cfg.sandbox = agent::sandbox::Sandbox {
+        data_roots: if args.data_root.is_empty() { defaults.data_roots } else { args.data_root.clone() },
+        output_roots: if args.output_root.is_empty() {
+            defaults.output_roots
+        } else {
+            args.output_root.clone()
+        },
+        s3_endpoints: args.allow_s3_endpoint.clone(),
+    };
     runtime()?.block_on(agent::run_agent(cfg, interrupted()))?;
     Ok(())
 }
@@ -231,9 +288,10 @@ pub async fn get_job(client: &Coordinators, job: &str) -> Result<pb::Job, Client
 async fn roles(client: &Coordinators) -> Vec<(String, &'static str)> {
     let mut out = vec![];
     for addr in client.addrs() {
-        let one = match Coordinators::new(
+        let one = match Coordinators::with_security(
             std::slice::from_ref(&addr),
             Deadlines::new(Duration::from_secs(2), Duration::from_secs(2)),
+            client.security().clone(),
         ) {
             Ok(c) => c,
             Err(_) => continue,
@@ -242,7 +300,7 @@ async fn roles(client: &Coordinators) -> Vec<(String, &'static str)> {
         let r = one
             .call_as(addr.clone(), |ch| async move {
                 WorkerServiceClient::new(ch)
-                    .heartbeat(pb::HeartbeatRequest { worker_id: String::new() })
+                    .heartbeat(pb::HeartbeatRequest { worker_id: String::new(), session: String::new() })
                     .await
             })
             .await;
@@ -253,7 +311,10 @@ async fn roles(client: &Coordinators) -> Vec<(String, &'static str)> {
             {
                 "follower"
             }
-            Err(ClientError::Unreachable { .. }) | Err(ClientError::BadAddress { .. }) => "unreachable",
+            Err(
+                ClientError::Unreachable { .. } | ClientError::BadAddress { .. } | ClientError::Tls { .. },
+            ) => "unreachable",
+            Err(ClientError::Rejected { code: Code::Unauthenticated, .. }) => "refused this client",
             // anything this coordinator answered itself (NOT_FOUND for no worker): it leads
             Ok(_) | Err(ClientError::Rejected { .. }) => "leader",
         };

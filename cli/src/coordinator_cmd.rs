@@ -16,12 +16,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use cyclotron_coordinator::server::{serve, CoordinatorConfig, DEFAULT_LEASE_MS};
+use cyclotron_coordinator::server::{serve, CoordinatorConfig, Security, DEFAULT_LEASE_MS};
+use cyclotron_proto::auth::{Token, PEER_TOKEN_ENV, TOKEN_ENV};
+use cyclotron_proto::tls::TlsFiles;
 
 #[derive(clap::Subcommand)]
 pub enum CoordinatorCmd {
     /// Run a coordinator replica (one by default; three with --peers tolerate one loss).
-    Coordinator(CoordinatorArgs),
+    Coordinator(Box<CoordinatorArgs>),
     /// Heartbeat load from simulated workers, 3-replica commit latency and leader failover
     /// time, printed as JSON (`make bench`).
     #[command(hide = true)]
@@ -48,6 +50,30 @@ pub struct CoordinatorArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (`HOST:PORT`, port 0 picks one), or `off`.
     #[arg(long, default_value = "off", value_parser = crate::metrics::parse)]
     metrics_addr: crate::metrics::MetricsAddr,
+    /// File holding the cluster token users and workers must present (default: the
+    /// CYCLOTRON_TOKEN environment variable). Without one, only a loopback --listen is allowed.
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// File holding the peer credential replicas present to each other (default: the
+    /// CYCLOTRON_PEER_TOKEN environment variable); needed with --peers and a cluster token.
+    #[arg(long, value_name = "PATH")]
+    peer_token_file: Option<PathBuf>,
+    /// Serve TLS with this certificate chain (PEM); also presented to peers for mutual TLS.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The CA (PEM) that signed the other replicas' certificates (needed with TLS and --peers).
+    #[arg(long, value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// Demand client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Also serve the gRPC health service alone, in plaintext, here (`HOST:PORT`): Kubernetes
+    /// probes cannot speak TLS. Ready (SERVING) only while a raft leader is known.
+    #[arg(long, value_name = "ADDR")]
+    health_listen: Option<SocketAddr>,
 }
 
 fn parse_peer(text: &str) -> Result<(u64, String), String> {
@@ -69,7 +95,7 @@ pub fn run(cmd: CoordinatorCmd) -> anyhow::Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     match cmd {
-        CoordinatorCmd::Coordinator(args) => runtime.block_on(coordinator(args)),
+        CoordinatorCmd::Coordinator(args) => runtime.block_on(coordinator(*args)),
         CoordinatorCmd::BenchCoordinator(args) => runtime.block_on(bench::run(args)),
     }
 }
@@ -82,6 +108,17 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     config.id = args.id;
     config.peers = args.peers;
     config.lease_ms = args.lease_ms;
+    config.health_listen = args.health_listen;
+    config.security = Security {
+        cluster_token: Token::load(args.token_file.as_deref(), TOKEN_ENV, "cluster token")?,
+        peer_token: Token::load(args.peer_token_file.as_deref(), PEER_TOKEN_ENV, "peer credential")?,
+        tls: TlsFiles {
+            cert: args.tls_cert,
+            key: args.tls_key,
+            ca: args.tls_ca,
+            client_ca: args.tls_client_ca,
+        },
+    };
     let metrics = cyclotron_coordinator::metrics::CoordinatorMetrics::new();
     let exposition = match args.metrics_addr.0 {
         Some(addr) => {

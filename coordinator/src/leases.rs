@@ -7,7 +7,8 @@
 //! fresh full lease ([`Leases::grant_all`]): a worker that died just before the election is found
 //! one lease later than it would have been, never earlier.
 //!
-//! Pure bookkeeping: the caller passes the leader's clock in; no I/O.
+//! Pure bookkeeping: the caller passes the leader's clock in; no I/O. The server passes its
+//! monotonic clock (never the wall clock, which NTP may step).
 
 use std::collections::HashMap;
 
@@ -89,6 +90,8 @@ mod tests {
                 protocol: cyclotron_proto::PROTOCOL_VERSION,
                 lease_ms: 1_000,
                 now_ms: 0,
+                session_hash: String::new(),
+                replaces: None,
             };
             s.apply(i as u64 + 1, &cmd);
         }

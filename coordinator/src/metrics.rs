@@ -22,7 +22,7 @@ pub const JOB_STATES: [&str; 5] = ["pending", "running", "succeeded", "failed", 
 /// Task kinds (one `run` task per job covers every stage).
 pub const TASK_KINDS: [&str; 3] = ["sweep", "run", "evaluate"];
 /// Task states.
-pub const TASK_STATES: [&str; 3] = ["waiting", "running", "done"];
+pub const TASK_STATES: [&str; 4] = ["waiting", "running", "done", "stopped"];
 
 /// Latency buckets of gRPC calls, seconds: 0.5 ms (a status read) to 30 s (a proposal in an election).
 const RPC_BUCKETS: &[f64] =
@@ -59,6 +59,7 @@ fn task_state(s: &TaskStatus) -> usize {
         TaskStatus::Waiting => 0,
         TaskStatus::Running { .. } => 1,
         TaskStatus::Done => 2,
+        TaskStatus::Stopped { .. } => 3,
     }
 }
 
@@ -233,6 +234,8 @@ mod tests {
                 protocol: cyclotron_proto::PROTOCOL_VERSION,
                 lease_ms: 10_000,
                 now_ms: 0,
+                session_hash: String::new(),
+                replaces: None,
             };
             apply(&mut s, cmd);
         }
@@ -282,8 +285,9 @@ mod tests {
             [1, 1, 0, 0, 1]
         );
         let t = |k: &str, st: &str| m.tasks.with_label_values(&[k, st]).get();
-        // one run task per job: a's runs, b's and c's wait
-        assert_eq!((t("run", "running"), t("run", "waiting"), t("run", "done")), (1, 2, 0));
+        // one run task per job: a's runs, b's waits, the cancelled job's is stopped
+        assert_eq!((t("run", "running"), t("run", "waiting"), t("run", "done")), (1, 1, 0));
+        assert_eq!(t("run", "stopped"), 1);
         assert_eq!(m.raft_term.get(), 3);
         assert_eq!(m.raft_is_leader.get(), 1);
         assert_eq!(m.raft_commit_index.get(), 10);

@@ -11,7 +11,10 @@ pub mod v1 {
     tonic::include_proto!("cyclotron.v1");
 }
 
+pub mod auth;
+pub mod limits;
 pub mod status;
+pub mod tls;
 
 pub use status::{leader_hint, ServiceError, LEADER_METADATA};
 
@@ -20,7 +23,9 @@ pub use cyclotron_core::ids::{JobId, Rank, RunId, Step};
 /// Version of the worker ↔ coordinator protocol; a worker speaking another one is refused.
 /// 2: `Assignment.task_json` has kinds `sweep` and `evaluate` besides `run` (a version-1 worker
 /// would run every task as a whole training run).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: every call after `Register` carries the session it returned, and the rendezvous hands out
+/// the ring secret (a version-2 worker would be refused call after call).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 #[cfg(test)]
 mod tests {

@@ -9,6 +9,9 @@
 //! | not the raft leader | `UNAVAILABLE` + metadata `cyclotron-leader: ADDR` | retry at ADDR (or the next coordinator) |
 //! | proposal or rendezvous past its deadline | `DEADLINE_EXCEEDED` | retry later |
 //! | replica stopped | `UNAVAILABLE` without a leader | retry at another coordinator |
+//! | missing or wrong cluster token / peer credential | `UNAUTHENTICATED` (see `auth.rs`) | fix the credential |
+//! | a worker id whose session is live, registered again | `ALREADY_EXISTS` | another `--id`, or wait for the lease |
+//! | a worker call without the worker's current session, or for a rank it does not hold | `PERMISSION_DENIED` | register again |
 
 use tonic::{Code, Status};
 
@@ -40,6 +43,14 @@ pub enum ServiceError {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A second process registering a worker id whose session is live.
+    #[error(
+        "worker id {worker} is taken: another process registered it and its lease runs for {remaining_ms} ms more; give this worker another --id, or stop the other one and retry once its lease has ended"
+    )]
+    WorkerIdTaken { worker: String, remaining_ms: u64 },
+    /// The caller is not who it claims to be (a wrong session), or not allowed this call.
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 fn hint_suffix(hint: &str) -> String {
@@ -61,6 +72,8 @@ impl ServiceError {
             ServiceError::NotLeader { .. } | ServiceError::Unavailable(_) => Code::Unavailable,
             ServiceError::Timeout(_) => Code::DeadlineExceeded,
             ServiceError::Internal(_) => Code::Internal,
+            ServiceError::WorkerIdTaken { .. } => Code::AlreadyExists,
+            ServiceError::PermissionDenied(_) => Code::PermissionDenied,
         }
     }
 }

@@ -128,6 +128,8 @@ fn coordinator_exposition() -> String {
             protocol: cyclotron_proto::PROTOCOL_VERSION,
             lease_ms: 10_000,
             now_ms: 0,
+            session_hash: String::new(),
+            replaces: None,
         });
     }
     for job in ["a", "b", "c"] {

@@ -8,6 +8,10 @@
 //! their training children, then SIGKILL past a deadline, then the coordinator), and each holds a
 //! pipe from this process on stdin (`--parent-watchdog-ms 0`), so they exit even if this one is
 //! killed with SIGKILL. Logs go to `OUT/logs/`.
+//!
+//! Credentials: the cluster gets its own random token, written to a file only this user can read
+//! in the temporary data folder and handed to every process with `--token-file` (never in argv),
+//! so other users of the machine cannot use the loopback port to submit jobs or pose as workers.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
@@ -19,6 +23,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use cyclotron_core::results::TrainResults;
 use cyclotron_core::spec::JobSpec;
+use cyclotron_proto::auth::Token;
+use cyclotron_proto::tls::ClientSecurity;
 use cyclotron_worker::agent::child::{kill_group, terminate_group};
 use cyclotron_worker::agent::{Coordinators, Deadlines};
 
@@ -75,7 +81,21 @@ struct LocalCluster {
     coordinator: Option<Proc>,
     workers: Vec<Proc>,
     addr: String,
+    /// The cluster's own token (its file lives in the data folder).
+    token: Token,
     _data_dir: tempfile::TempDir,
+}
+
+/// Write `token` to `path`, readable by this user only.
+fn write_secret(path: &Path, token: &Token) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(token.expose().as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 fn log_tail(path: &Path, n: usize) -> String {
@@ -113,13 +133,18 @@ impl LocalCluster {
     ) -> anyhow::Result<LocalCluster> {
         let data_dir =
             tempfile::Builder::new().prefix("cyclotron-local-").tempdir().context("temporary folder")?;
+        let token = Token::generate()?;
+        let token_file = data_dir.path().join("cluster-token");
+        write_secret(&token_file, &token)?;
         let log_path = logs.join("coordinator.log");
         let log = Arc::new(Mutex::new(
             std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?,
         ));
         let mut cmd = Command::new(exe);
         cmd.args(["--parent-watchdog-ms", "0", "coordinator", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir.path())
+            .arg(data_dir.path().join("raft"))
+            .arg("--token-file")
+            .arg(&token_file)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -162,22 +187,23 @@ impl LocalCluster {
                 );
             }
         };
-        let mut cluster =
-            LocalCluster { coordinator: Some(coordinator), workers: vec![], addr, _data_dir: data_dir };
+        let mut cluster = LocalCluster {
+            coordinator: Some(coordinator),
+            workers: vec![],
+            addr,
+            token,
+            _data_dir: data_dir,
+        };
         let grace = format!("{}", STOP_DEADLINE.as_secs_f64() / 2.0);
         for i in 0..workers {
             let log_path = logs.join(format!("worker-{i}.log"));
             let log = std::fs::File::create(&log_path)
                 .with_context(|| format!("creating {}", log_path.display()))?;
             let mut cmd = Command::new(exe);
-            cmd.args(["--parent-watchdog-ms", "0", "worker", "--coordinator", &cluster.addr]).args([
-                "--id",
-                &format!("local-{i}"),
-                "--data-addr",
-                "127.0.0.1:0",
-                "--stop-grace",
-                &grace,
-            ]);
+            cmd.args(["--parent-watchdog-ms", "0", "worker", "--coordinator", &cluster.addr])
+                .args(["--id", &format!("local-{i}"), "--data-addr", "127.0.0.1:0", "--stop-grace", &grace])
+                .arg("--token-file")
+                .arg(&token_file);
             if let Some(base) = metrics_base_port {
                 let port = u16::try_from(usize::from(base) + i).map_err(|_| {
                     anyhow::anyhow!("--metrics-base-port {base}: too high for {workers} workers")
@@ -270,10 +296,14 @@ pub fn local(args: LocalArgs, quiet: bool) -> anyhow::Result<()> {
         args.lease_ms,
         args.metrics_base_port,
     )?));
-    let addr = cluster.lock().unwrap_or_else(|e| e.into_inner()).addr.clone();
-    let client = Coordinators::new(
+    let (addr, token) = {
+        let c = cluster.lock().unwrap_or_else(|e| e.into_inner());
+        (c.addr.clone(), c.token.clone())
+    };
+    let client = Coordinators::with_security(
         std::slice::from_ref(&addr),
         Deadlines::new(Duration::from_secs(5), Duration::from_secs(30)),
+        ClientSecurity { token: Some(token), tls: None },
     )?;
     let mode = if args.json { Mode::Json } else { Mode::Human { quiet } };
     let rt = runtime()?;

@@ -93,6 +93,7 @@ async fn heartbeat_load(workers: usize, seconds: u64) -> anyhow::Result<serde_js
     }
     // register everyone (64 at a time), then heartbeat at 1 Hz with phases spread over the second
     let mut registering = tokio::task::JoinSet::new();
+    let mut sessions = vec![String::new(); workers];
     for (i, c) in clients.iter().enumerate() {
         let mut c = c.clone();
         registering.spawn(async move {
@@ -101,20 +102,24 @@ async fn heartbeat_load(workers: usize, seconds: u64) -> anyhow::Result<serde_js
                 data_addr: format!("127.0.0.1:{}", 20_000 + i),
                 protocol_version: cyclotron_proto::PROTOCOL_VERSION,
                 gpus: 0,
+                session: String::new(),
             };
-            c.register(req).await.map(|_| ())
+            c.register(req).await.map(|r| (i, r.into_inner().session))
         });
         if registering.len() >= 64 {
-            registering.join_next().await.transpose()?.transpose()?;
+            if let Some((i, s)) = registering.join_next().await.transpose()?.transpose()? {
+                sessions[i] = s;
+            }
         }
     }
     while let Some(r) = registering.join_next().await {
-        r??;
+        let (i, s) = r??;
+        sessions[i] = s;
     }
     let start = tokio::time::Instant::now();
     let end = start + Duration::from_secs(seconds);
     let mut beating = tokio::task::JoinSet::new();
-    for (i, c) in clients.into_iter().enumerate() {
+    for (i, (c, session)) in clients.into_iter().zip(sessions).enumerate() {
         let mut c = c;
         let phase = Duration::from_micros((i as u64 * 1_000_000) / workers as u64);
         beating.spawn(async move {
@@ -124,7 +129,8 @@ async fn heartbeat_load(workers: usize, seconds: u64) -> anyhow::Result<serde_js
             while next < end {
                 tokio::time::sleep_until(next).await;
                 let t = Instant::now();
-                match c.heartbeat(pb::HeartbeatRequest { worker_id: format!("sim-{i:04}") }).await {
+                let req = pb::HeartbeatRequest { worker_id: format!("sim-{i:04}"), session: session.clone() };
+                match c.heartbeat(req).await {
                     Ok(_) => latencies.push(t.elapsed().as_secs_f64() * 1e3),
                     Err(_) => errors += 1,
                 }
@@ -174,6 +180,8 @@ async fn three_replicas(commits: usize) -> anyhow::Result<(serde_json::Value, f6
         protocol: cyclotron_proto::PROTOCOL_VERSION,
         lease_ms: 3_600_000,
         now_ms: 0,
+        session_hash: String::new(),
+        replaces: None,
     };
     anyhow::ensure!(
         replica.propose(register, Duration::from_secs(5)).await? == Outcome::Applied,

@@ -122,7 +122,7 @@ impl Driver {
 
     /// Drive until shutdown (`Ok`) or a storage failure (`Err` with the reason; every pending
     /// proposal has then failed with `Stopped`).
-    pub fn run(mut self, inbox: Receiver<Input>) -> Result<(), String> {
+    pub fn run(mut self, inbox: &Receiver<Input>) -> Result<(), String> {
         let tick = self.cfg.tick;
         let mut next_tick = Instant::now() + tick;
         loop {

@@ -71,6 +71,8 @@ pub struct RaftNode {
     state: watch::Receiver<Arc<ClusterState>>,
     status: Arc<Mutex<ReplicaStatus>>,
     fatal: Fatal,
+    /// Becomes `Some(reason)` when the driver stops on its own (a storage failure).
+    died: watch::Receiver<Option<String>>,
     driver: Mutex<Option<(JoinHandle<()>, mpsc::Receiver<()>)>>,
 }
 
@@ -104,13 +106,17 @@ impl RaftNode {
         let id = config.id;
         let driver = Driver::new(config, storage, initial, transport, state_tx, status.clone())?;
         let fatal_slot = fatal.clone();
+        let (died_tx, died) = watch::channel(None);
         let handle = std::thread::Builder::new()
             .name(format!("raft-{id}"))
             .spawn(move || {
-                if let Err(reason) = driver.run(inbox_rx) {
+                // the inbox outlives the run: a proposal that finds it closed also finds the reason
+                if let Err(reason) = driver.run(&inbox_rx) {
                     tracing::error!(id, %reason, "raft driver stopped");
-                    *fatal_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+                    *fatal_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
+                    died_tx.send_replace(Some(reason));
                 }
+                drop(inbox_rx);
                 drop(done_tx);
             })
             .map_err(RaftError::Spawn)?;
@@ -120,8 +126,24 @@ impl RaftNode {
             state: state_rx,
             status,
             fatal,
+            died,
             driver: Mutex::new(Some((handle, done_rx))),
         })
+    }
+
+    /// Resolves with the reason once the driver stopped on its own (a storage failure such as a
+    /// failed fsync); never after a requested shutdown. A replica whose driver died must stop
+    /// serving: its state no longer advances, and a leader would answer from stale state.
+    pub async fn died(&self) -> String {
+        let mut died = self.died.clone();
+        let reason = match died.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            Err(_) => None,
+        };
+        match reason {
+            Some(r) => r,
+            None => std::future::pending().await,
+        }
     }
 
     pub fn id(&self) -> u64 {

@@ -2,7 +2,10 @@
 //!
 //! A record whose header or payload is cut short, or whose checksum does not match, ends the
 //! readable part of a file: [`read_records`] returns every record before it and the byte offset
-//! where the good prefix ends, so recovery can drop a torn tail instead of panicking.
+//! where the good prefix ends. [`classify_tail`] then tells a torn tail (a crash in the middle of
+//! the last append: drop it) from corruption (a bad record with intact records after it: the
+//! disk or someone changed committed data, and dropping everything after it would silently lose
+//! committed entries, so recovery refuses to start and names the file and offset).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -71,6 +74,70 @@ pub fn read_records(bytes: &[u8]) -> (Vec<Record<'_>>, u64) {
         pos = start + len;
     }
     (records, pos as u64)
+}
+
+/// What follows the intact prefix of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tail {
+    /// Nothing: the file ends with its last intact record.
+    Clean,
+    /// The last record was cut short or half-written: safe to drop (it was never acknowledged).
+    Torn,
+    /// A bad record at `offset` with an intact record after it.
+    Corrupt { offset: u64, reason: String },
+}
+
+/// Classify the bytes of `bytes` after its intact prefix `[..end]` (as [`read_records`] found it).
+/// A torn write can only damage the last record, so any intact record after the bad one (found
+/// by trying every later offset) means corruption.
+pub fn classify_tail(bytes: &[u8], end: u64) -> Tail {
+    let pos = end as usize;
+    if pos >= bytes.len() {
+        return Tail::Clean;
+    }
+    let rest = &bytes[pos..];
+    let declared = rest.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    // the bad record's own extent, when its header is whole and within the file
+    let own_end = match declared {
+        Some(len) if rest.len() >= HEADER_LEN && len <= MAX_PAYLOAD && HEADER_LEN + len <= rest.len() => {
+            Some(HEADER_LEN + len)
+        }
+        _ => None,
+    };
+    // an intact record starting anywhere after the bad one's header
+    let later = (1..rest.len()).find(|&at| intact_at(&rest[at..]));
+    match (later, own_end) {
+        (Some(at), _) => Tail::Corrupt {
+            offset: end,
+            reason: format!(
+                "the record at byte {end} fails its checksum (or length) but an intact record follows at byte {}",
+                end + at as u64
+            ),
+        },
+        // a whole record with a bad checksum and bytes after it that are not a record
+        (None, Some(n)) if n < rest.len() => Tail::Corrupt {
+            offset: end,
+            reason: format!(
+                "the record at byte {end} fails its checksum and {} more bytes follow it",
+                rest.len() - n
+            ),
+        },
+        _ => Tail::Torn,
+    }
+}
+
+/// Whether `bytes` begins with a whole record whose checksum matches.
+fn intact_at(bytes: &[u8]) -> bool {
+    if bytes.len() < HEADER_LEN {
+        return false;
+    }
+    let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    // an empty payload checks trivially (crc 0 over nothing): too weak to count as evidence
+    len > 0
+        && len <= MAX_PAYLOAD
+        && bytes.len() - HEADER_LEN >= len
+        && crc32(&bytes[HEADER_LEN..HEADER_LEN + len]) == crc
 }
 
 /// Replace `path` atomically with one record holding `payload`: write `path.tmp`, fsync it,
@@ -149,6 +216,41 @@ mod tests {
         let mut half = bytes.clone();
         half.extend_from_slice(&[7, 0, 0]);
         assert_eq!(read_records(&half).1, good);
+    }
+
+    #[test]
+    fn a_bad_record_before_the_last_is_corruption_and_a_torn_last_one_is_not() {
+        let mut bytes = Vec::new();
+        for p in [&b"first entry"[..], b"second entry", b"third entry"] {
+            encode(p, &mut bytes);
+        }
+        let first_len = (HEADER_LEN + 11) as u64;
+        // a flipped byte in the second record's payload: the third is intact after it
+        let mut flipped = bytes.clone();
+        flipped[first_len as usize + HEADER_LEN + 3] ^= 0x40;
+        let (records, end) = read_records(&flipped);
+        assert_eq!((records.len(), end), (1, first_len));
+        match classify_tail(&flipped, end) {
+            Tail::Corrupt { offset, reason } => {
+                assert_eq!(offset, first_len);
+                assert!(reason.contains("intact record follows"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // a flipped bit in the second record's length field: still found
+        let mut len_flip = bytes.clone();
+        len_flip[first_len as usize + 1] ^= 0x01;
+        let (_, end) = read_records(&len_flip);
+        assert!(matches!(classify_tail(&len_flip, end), Tail::Corrupt { .. }));
+        // the last record cut short, or its payload garbled: torn, safe to drop
+        let (_, end) = read_records(&bytes[..bytes.len() - 4]);
+        assert_eq!(classify_tail(&bytes[..bytes.len() - 4], end), Tail::Torn);
+        let mut last = bytes.clone();
+        let n = last.len();
+        last[n - 2] ^= 0xff;
+        let (_, end) = read_records(&last);
+        assert_eq!(classify_tail(&last, end), Tail::Torn);
+        assert_eq!(classify_tail(&bytes, bytes.len() as u64), Tail::Clean);
     }
 
     #[test]

@@ -11,10 +11,12 @@
 //! - `raft-snapshot`: one record holding the latest `eraftpb::Snapshot` (metadata and the
 //!   `ClusterState` bytes), replaced atomically.
 //!
-//! Recovery drops a torn or corrupt tail of `raft-log` (a crash mid-append: that append was
-//! never acknowledged), drops entries already covered by the snapshot, and drops the whole log
-//! when it does not continue the snapshot (a crash between installing a received snapshot and
-//! clearing the old log).
+//! Recovery drops a torn tail of `raft-log` (a crash mid-append damages only the last record,
+//! and that append was never acknowledged), drops entries already covered by the snapshot, and
+//! drops the whole log when it does not continue the snapshot (a crash between installing a
+//! received snapshot and clearing the old log). A bad record with intact records after it is
+//! corruption, not a torn write: recovery refuses to start, naming the file and the offset,
+//! instead of truncating committed entries away.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -104,6 +106,14 @@ impl DiskStorage {
             Err(e) => return Err(io_err(&log_path, "read")(e)),
         };
         let (records, good_len) = record::read_records(&bytes);
+        if let record::Tail::Corrupt { reason, .. } = record::classify_tail(&bytes, good_len) {
+            return Err(corrupt(
+                &log_path,
+                format!(
+                    "{reason}; this is not a torn last write, and truncating would lose committed entries"
+                ),
+            ));
+        }
         recovered.torn_bytes = bytes.len() as u64 - good_len;
         let mut entries = Vec::with_capacity(records.len());
         let mut offsets = Vec::with_capacity(records.len());

@@ -155,6 +155,24 @@ fn an_installed_snapshot_replaces_the_log_even_if_the_crash_left_the_old_log() {
 }
 
 #[test]
+fn a_flipped_byte_in_the_middle_of_the_log_refuses_to_start_naming_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut s, _) = DiskStorage::open(dir.path(), &[1]).unwrap();
+        s.append(&(1..=5).map(|i| entry(i, 1, &format!("committed job {i}"))).collect::<Vec<_>>()).unwrap();
+    }
+    let path = dir.path().join(LOG_FILE);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = DiskStorage::open(dir.path(), &[1]).err().expect("corruption must not open").to_string();
+    assert!(err.contains(&path.display().to_string()) && err.contains("at byte"), "{err}");
+    assert!(err.contains("not a torn last write"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing was truncated");
+}
+
+#[test]
 fn a_corrupt_state_file_is_an_error_that_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
     drop(DiskStorage::open(dir.path(), &[1]).unwrap());

@@ -23,6 +23,8 @@ fn register(worker: &str, now_ms: u64) -> Command {
         protocol: cyclotron_proto::PROTOCOL_VERSION,
         lease_ms: 10_000,
         now_ms,
+        session_hash: String::new(),
+        replaces: None,
     }
 }
 
@@ -209,6 +211,31 @@ fn config_errors_say_what_to_fix() {
     assert!(cfg.validate().is_ok());
     let err = RaftNode::start(RaftConfig { snapshot_every: 0, ..cfg }, MemNetwork::new(1)).err().unwrap();
     assert!(err.to_string().contains("snapshot_every must be ≥ 1"), "{err}");
+}
+
+#[test]
+fn a_disk_error_in_the_driver_stops_the_node_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = RaftConfig::new(1, vec![Peer { id: 1, addr: "a".into() }], dir.path().to_path_buf());
+    cfg.snapshot_every = 3;
+    let node = RaftNode::start(cfg, MemNetwork::new(1)).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || node.status().is_leader));
+    // the next compaction cannot write its snapshot (even root cannot open a folder as a file)
+    std::fs::create_dir(dir.path().join("raft-snapshot.tmp")).unwrap();
+    let mut stopped = None;
+    for i in 0..10 {
+        match block_on(node.propose(heartbeat(&format!("w{i}"), i), Duration::from_secs(5))) {
+            Err(ProposeError::Stopped(why)) => {
+                stopped = Some(why);
+                break;
+            }
+            _ => continue,
+        }
+    }
+    let why = stopped.expect("proposals fail once the driver died");
+    assert!(why.contains("raft-snapshot"), "{why}");
+    let died = block_on(async { tokio::time::timeout(Duration::from_secs(5), node.died()).await }).unwrap();
+    assert!(died.contains("raft-snapshot"), "{died}");
 }
 
 #[test]

@@ -19,10 +19,15 @@ pub(crate) fn job(id: &str, j: &JobState) -> pb::Job {
                     TaskStatus::Running { workers, generation } => (workers.clone(), *generation),
                     _ => (vec![], u64::from(t.restarts)),
                 };
+                // a job that ended in an older version left its unfinished tasks as they were
+                let status = match &t.status {
+                    TaskStatus::Waiting | TaskStatus::Running { .. } if j.status.is_terminal() => "stopped",
+                    s => s.name(),
+                };
                 pb::Task {
                     kind: t.task.kind().to_string(),
                     stage: 0,
-                    status: t.status.name().to_string(),
+                    status: status.to_string(),
                     workers,
                     generation,
                     restarts: t.restarts,

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 
 use cyclotron_core::spec::JobSpec;
+use cyclotron_proto::limits::{check_len, MAX_ID_LEN, MAX_TEXT};
 use cyclotron_proto::v1 as pb;
 use cyclotron_proto::ServiceError;
 use tokio_stream::wrappers::ReceiverStream;
@@ -74,6 +75,7 @@ impl Jobs {
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let req = request.into_inner();
+        check_len("request_id", &req.request_id, MAX_ID_LEN)?;
         let spec = parse_spec(&req.spec_toml)?;
         self.shared.require_leader()?;
         let workers_per_run = req.workers_per_run.max(1) as usize;
@@ -128,6 +130,7 @@ impl Jobs {
 
     async fn do_get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         let id = request.into_inner().job_id;
+        check_len("job_id", &id, MAX_ID_LEN)?;
         let state = self.shared.state();
         let j = state.jobs.get(&id).ok_or_else(|| unknown_job(&id))?;
         Ok(Response::new(events::job(&id, j)))
@@ -149,6 +152,8 @@ impl Jobs {
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let req = request.into_inner();
+        check_len("job_id", &req.job_id, MAX_ID_LEN)?;
+        check_len("reason", &req.reason, MAX_TEXT)?;
         self.shared.require_leader()?;
         {
             let state = self.shared.state();
@@ -174,6 +179,7 @@ impl Jobs {
         request: Request<pb::WatchJobRequest>,
     ) -> Result<Response<ReceiverStream<Result<pb::JobEvent, Status>>>, Status> {
         let req = request.into_inner();
+        check_len("job_id", &req.job_id, MAX_ID_LEN)?;
         let mut states = self.shared.replica.state();
         if !states.borrow().jobs.contains_key(&req.job_id) {
             return Err(unknown_job(&req.job_id).into());

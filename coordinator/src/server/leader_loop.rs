@@ -1,13 +1,14 @@
 //! The leader loop: on the raft leader only, every `schedule_every` (200 ms by default), ask the
 //! scheduler what to do and propose it. On becoming leader it first grants every live worker a
-//! fresh lease (renewals were the old leader's memory). Time is this leader's wall clock in ms,
-//! stamped into the commands.
+//! fresh lease (renewals were the old leader's memory). Leases run on this process's monotonic
+//! clock (`monotonic_ms`); the expiry command carries that reading (it is informational: `apply`
+//! does not use it).
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::{now_ms, Shared};
+use super::{monotonic_ms, Shared};
 use crate::scheduler::decide;
 use crate::state::Outcome;
 
@@ -25,7 +26,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             continue;
         }
         let round = std::time::Instant::now();
-        let now = now_ms();
+        let now = monotonic_ms();
         let state = shared.state();
         let cmds = {
             let mut leases = shared.leases();

@@ -13,10 +13,14 @@
 //! services themselves).
 
 mod events;
+mod health;
 mod job_service;
 pub mod leader_loop;
 mod raft_service;
 mod rendezvous;
+pub mod security;
+#[cfg(test)]
+mod security_tests;
 #[cfg(test)]
 mod tests;
 pub mod transport;
@@ -27,6 +31,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use cyclotron_proto::limits::{MAX_JOB_REQUEST, MAX_RAFT_MESSAGE, MAX_RESPONSE, MAX_WORKER_REQUEST};
 use cyclotron_proto::v1::job_service_server::JobServiceServer;
 use cyclotron_proto::v1::raft_service_server::RaftServiceServer;
 use cyclotron_proto::v1::worker_service_server::WorkerServiceServer;
@@ -34,11 +39,13 @@ use cyclotron_proto::ServiceError;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::leases::Leases;
 use crate::raft::{Peer, RaftConfig, RaftNode};
 use crate::replica::{ProposeError, Replica, ReplicaStatus};
 use crate::state::{ClusterState, Command, Outcome};
+pub use security::Security;
 
 /// Longest a shutdown waits for in-flight calls.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
@@ -73,6 +80,11 @@ pub struct CoordinatorConfig {
     pub schedule_every: Duration,
     /// Told about every RPC (metrics); none by default.
     pub observer: Option<Arc<dyn RpcObserver>>,
+    /// Credentials and TLS (see [`security`]); none by default: loopback only.
+    pub security: Security,
+    /// A second, plaintext address serving only the gRPC health service (Kubernetes probes
+    /// cannot speak TLS); none by default (the health service is on `listen` too).
+    pub health_listen: Option<SocketAddr>,
 }
 
 impl CoordinatorConfig {
@@ -87,6 +99,8 @@ impl CoordinatorConfig {
             propose_timeout: Duration::from_secs(5),
             schedule_every: Duration::from_millis(200),
             observer: None,
+            security: Security::default(),
+            health_listen: None,
         }
     }
 }
@@ -187,9 +201,17 @@ pub(crate) fn propose_error(e: ProposeError) -> ServiceError {
     }
 }
 
-/// The leader's wall clock in ms since the Unix epoch (stamped into commands).
+/// The leader's wall clock in ms since the Unix epoch (stamped into commands as a record).
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Milliseconds on this process's monotonic clock: what leases are measured on, so a wall clock
+/// stepped by NTP (or an operator) neither expires every worker at once nor keeps a dead one.
+pub(crate) fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    // offset by a lease's worth so that "0" never means "long ago" to the lease arithmetic
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 3_600_000
 }
 
 /// A running coordinator: its address, its replica, and the way to stop it.
@@ -199,6 +221,8 @@ pub struct CoordinatorHandle {
     stop: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     leader_loop: JoinHandle<()>,
+    /// Follows the raft leader into the health service; the plaintext health server, if any.
+    health: Vec<JoinHandle<()>>,
     /// The raft node [`serve`] started, stopped with the server.
     node: Option<Arc<RaftNode>>,
 }
@@ -237,6 +261,7 @@ impl CoordinatorHandle {
     pub async fn shutdown(self) -> Result<(), ServeError> {
         let _ = self.stop.send(true);
         self.leader_loop.abort();
+        self.health.iter().for_each(JoinHandle::abort);
         // long calls end on `stopping`; a client that never reads its stream cannot hold us up
         let mut server = self.server;
         let served = match tokio::time::timeout(SHUTDOWN_DEADLINE, &mut server).await {
@@ -256,11 +281,28 @@ impl CoordinatorHandle {
         served
     }
 
-    /// Wait until the server ends (after [`CoordinatorHandle::shutdown`] elsewhere or a failure).
+    /// Wait until the server ends (after [`CoordinatorHandle::shutdown`] elsewhere or a failure),
+    /// or the raft replica fails (a disk error in its driver): then an error, so the process
+    /// exits non-zero instead of serving stale state as a zombie leader.
     pub async fn stopped(&mut self) -> Result<(), ServeError> {
-        match (&mut self.server).await {
-            Ok(r) => r.map_err(ServeError::Serve),
-            Err(e) => Err(ServeError::Config(format!("server task failed: {e}"))),
+        let node = self.node.clone();
+        let died = async move {
+            match node {
+                Some(n) => n.died().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = &mut self.server => match r {
+                Ok(r) => r.map_err(ServeError::Serve),
+                Err(e) => Err(ServeError::Config(format!("server task failed: {e}"))),
+            },
+            reason = died => {
+                let _ = self.stop.send(true);
+                Err(ServeError::Raft(format!(
+                    "the raft replica stopped ({reason}); this coordinator stops serving rather than answer from stale state"
+                )))
+            }
         }
     }
 }
@@ -272,14 +314,32 @@ pub async fn serve_replica(
     config: CoordinatorConfig,
 ) -> Result<CoordinatorHandle, ServeError> {
     let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+    let tls = config.security.tls.server().map_err(|e| ServeError::Config(e.to_string()))?;
+    let (client_guard, peer_guard) = (config.security.client_guard(), config.security.peer_guard());
+    let health_listen = config.health_listen;
     let (stop, stop_rx) = watch::channel(false);
     let shared = Arc::new(Shared::new(replica, config, stop_rx.clone()));
     let mut server_stop = stop_rx.clone();
-    let router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(JobServiceServer::new(job_service::Jobs::new(shared.clone())))
-        .add_service(WorkerServiceServer::new(worker_service::Workers::new(shared.clone())))
-        .add_service(RaftServiceServer::new(raft_service::Peers::new(shared.clone())));
+    // every request is authenticated (interceptors: before its body is decoded) and size-limited
+    let jobs = JobServiceServer::new(job_service::Jobs::new(shared.clone()))
+        .max_decoding_message_size(MAX_JOB_REQUEST)
+        .max_encoding_message_size(MAX_RESPONSE);
+    let workers = WorkerServiceServer::new(worker_service::Workers::new(shared.clone()))
+        .max_decoding_message_size(MAX_WORKER_REQUEST)
+        .max_encoding_message_size(MAX_RESPONSE);
+    let peers = RaftServiceServer::new(raft_service::Peers::new(shared.clone()))
+        .max_decoding_message_size(MAX_RAFT_MESSAGE)
+        .max_encoding_message_size(MAX_RESPONSE);
+    let (reporter, health_service) = health::service().await;
+    let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).map_err(ServeError::Serve)?;
+    }
+    let router = builder
+        .add_service(health_service.clone())
+        .add_service(InterceptedService::new(jobs, client_guard.clone()))
+        .add_service(InterceptedService::new(workers, client_guard))
+        .add_service(InterceptedService::new(peers, peer_guard));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = tokio::spawn(async move {
         router
@@ -288,8 +348,12 @@ pub async fn serve_replica(
             })
             .await
     });
+    let mut health = vec![tokio::spawn(health::follow_leader(shared.clone(), reporter))];
+    if let Some(at) = health_listen {
+        health.push(health::serve_plain(at, health_service, stop_rx.clone()).await?);
+    }
     let leader_loop = tokio::spawn(leader_loop::run(shared.clone(), stop_rx));
-    Ok(CoordinatorHandle { addr, shared, stop, server, leader_loop, node: None })
+    Ok(CoordinatorHandle { addr, shared, stop, server, leader_loop, health, node: None })
 }
 
 /// Start one coordinator replica: bind `config.listen`, open (or recover) the raft node in
@@ -299,6 +363,7 @@ pub async fn serve_replica(
 /// With peers, this replica's own entry must be among them, and its address is what the others
 /// dial and what followers name as leader.
 pub async fn serve(config: CoordinatorConfig) -> Result<CoordinatorHandle, ServeError> {
+    let stance = config.security.check(config.listen, &config.peers)?;
     let listener = bind(&config).await?;
     let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: config.listen, source })?;
     let peers: Vec<(u64, String)> =
@@ -310,7 +375,13 @@ pub async fn serve(config: CoordinatorConfig) -> Result<CoordinatorHandle, Serve
             config.id
         )));
     }
-    let transport = Arc::new(transport::GrpcTransport::start(config.id, &peers));
+    if config.security.cluster_token.is_none() {
+        tracing::warn!("{stance}");
+    } else {
+        tracing::info!("{stance}");
+    }
+    let peer_client = config.security.peer_client()?;
+    let transport = Arc::new(transport::GrpcTransport::start(config.id, &peers, peer_client));
     let raft_peers = peers.iter().map(|(id, addr)| Peer { id: *id, addr: addr.clone() }).collect();
     let raft_config = RaftConfig::new(config.id, raft_peers, config.data_dir.clone());
     let node = tokio::task::spawn_blocking(move || RaftNode::start(raft_config, transport))

@@ -1,5 +1,9 @@
 //! `RaftService`: raft messages from peers go to the local replica (`Send`); a peer may hand the
 //! leader a command to propose (`Forward`; a follower answers `UNAVAILABLE` with the leader).
+//!
+//! Callers prove the peer credential (the interceptor in `security.rs`), and a message is handed
+//! to raft only if it is addressed to this replica and its sender is a configured member
+//! (`PERMISSION_DENIED` otherwise): raft itself trusts the `from` field of every message.
 
 use std::sync::Arc;
 
@@ -23,7 +27,23 @@ impl Peers {
 /// The handlers; the trait impl below times each call.
 impl Peers {
     async fn do_send(&self, request: Request<pb::RaftMessage>) -> Result<Response<pb::Ack>, Status> {
+        use protobuf::Message as _;
         let message = request.into_inner().message;
+        let decoded = raft::eraftpb::Message::parse_from_bytes(&message).map_err(|e| {
+            ServiceError::InvalidArgument(format!("malformed raft message ({} bytes): {e}", message.len()))
+        })?;
+        let config = &self.shared.config;
+        let member = |id: u64| id == config.id || config.peers.iter().any(|(p, _)| *p == id);
+        if !member(decoded.from) || decoded.to != config.id {
+            return Err(ServiceError::PermissionDenied(format!(
+                "raft message from {} to {}: this replica is {} and its members are {:?}; messages from non-members are refused",
+                decoded.from,
+                decoded.to,
+                config.id,
+                config.peers.iter().map(|(p, _)| *p).collect::<Vec<_>>()
+            ))
+            .into());
+        }
         self.shared.replica.step(&message).map_err(propose_error)?;
         Ok(Response::new(pb::Ack {}))
     }

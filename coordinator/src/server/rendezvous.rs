@@ -1,6 +1,7 @@
 //! Rendezvous of one run: the ranks of (job, task, generation) each publish their data-plane
 //! address (rank 0 also the NCCL unique id); every call returns the ordered list once all ranks
-//! of that generation published, or fails `DEADLINE_EXCEEDED` at its deadline (the server's
+//! of that generation published, with the generation's ring secret (fresh random bytes the ranks
+//! prove to each other before any tensor moves), or fails `DEADLINE_EXCEEDED` at its deadline (the server's
 //! `rendezvous_timeout`, or the client's gRPC deadline when shorter). A call for a generation
 //! that is not the task's current one fails `FAILED_PRECONDITION`, also while it waits (the group
 //! was torn down meanwhile). A rank may call again (a retry): its address is replaced, and once
@@ -14,6 +15,10 @@
 //! the others then wait until their deadline, report a transient failure, and the task restarts
 //! under a new generation — slower, but always correct. A replica that becomes leader starts with
 //! no rounds; one that stops leading fails its waiting calls with `UNAVAILABLE` and the leader.
+//!
+//! Only the group's members take part: a call must carry the session of the worker that holds
+//! `rank` in the task's group (`PERMISSION_DENIED` otherwise), so no one else can publish an
+//! address for a rank or learn the group's addresses and secret.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,6 +38,8 @@ type Answer = Option<Arc<pb::RendezvousResponse>>;
 struct Round {
     addrs: Vec<Option<String>>,
     nccl_unique_id: Vec<u8>,
+    /// This generation's ring secret, drawn when the round opens.
+    secret: Vec<u8>,
     done: watch::Sender<Answer>,
 }
 
@@ -50,11 +57,13 @@ impl Rendezvous {
         rank: usize,
         addr: String,
         nccl: Vec<u8>,
+        secret: &[u8; 32],
     ) -> watch::Receiver<Answer> {
         let mut rounds = self.rounds.lock().unwrap_or_else(|e| e.into_inner());
         let round = rounds.entry(key).or_insert_with(|| Round {
             addrs: vec![None; world],
             nccl_unique_id: vec![],
+            secret: secret.to_vec(),
             done: watch::channel(None).0,
         });
         if round.done.borrow().is_none() {
@@ -66,6 +75,7 @@ impl Rendezvous {
                 let answer = pb::RendezvousResponse {
                     data_addrs: round.addrs.iter().flatten().cloned().collect(),
                     nccl_unique_id: round.nccl_unique_id.clone(),
+                    ring_secret: round.secret.clone(),
                 };
                 round.done.send_replace(Some(Arc::new(answer)));
             }
@@ -105,10 +115,20 @@ fn current_world(
     task: usize,
     generation: u64,
 ) -> Result<usize, ServiceError> {
+    current_group(state, job, task, generation).map(|w| w.len())
+}
+
+/// The group (workers in rank order) if (job, task) runs `generation` now.
+fn current_group<'a>(
+    state: &'a ClusterState,
+    job: &str,
+    task: usize,
+    generation: u64,
+) -> Result<&'a [String], ServiceError> {
     let (j, t) = super::worker_service::job_task(state, job, task)?;
     match &t.status {
         TaskStatus::Running { workers, generation: g } if *g == generation && !j.status.is_terminal() => {
-            Ok(workers.len())
+            Ok(workers)
         }
         TaskStatus::Running { generation: g, .. } if !j.status.is_terminal() => {
             Err(ServiceError::FailedPrecondition(format!(
@@ -150,14 +170,37 @@ impl Shared {
         if req.data_addr.is_empty() {
             return Err(ServiceError::InvalidArgument("rendezvous: data_addr must not be empty".into()));
         }
-        let task = req.task as usize;
-        let world = current_world(&self.state(), &req.job_id, task, req.generation)?;
-        let rank = req.rank as usize;
-        if rank >= world {
+        use cyclotron_proto::limits::{check_len, MAX_ID_LEN};
+        check_len("data_addr", &req.data_addr, MAX_ID_LEN)?;
+        check_len("job_id", &req.job_id, MAX_ID_LEN)?;
+        if req.nccl_unique_id.len() > 1024 {
             return Err(ServiceError::InvalidArgument(format!(
-                "rendezvous: rank {rank} out of range, the group has {world} workers"
+                "rendezvous: nccl_unique_id is {} bytes; an NCCL unique id is 128",
+                req.nccl_unique_id.len()
             )));
         }
+        let task = req.task as usize;
+        let rank = req.rank as usize;
+        let world = {
+            let state = self.state();
+            super::worker_service::verify_session(&state, &req.worker_id, &req.session)?;
+            let group = current_group(&state, &req.job_id, task, req.generation)?;
+            if rank >= group.len() {
+                return Err(ServiceError::InvalidArgument(format!(
+                    "rendezvous: rank {rank} out of range, the group has {} workers",
+                    group.len()
+                )));
+            }
+            if group[rank] != req.worker_id {
+                return Err(ServiceError::PermissionDenied(format!(
+                    "rendezvous of job {} task {task} generation {}: rank {rank} is not worker {}'s",
+                    req.job_id, req.generation, req.worker_id
+                )));
+            }
+            group.len()
+        };
+        let secret =
+            cyclotron_proto::auth::random_bytes::<32>().map_err(|e| ServiceError::Internal(e.to_string()))?;
         // answer a little before the client gives up, so it sees our reason
         let wait = match client_deadline {
             Some(d) => d.saturating_sub(Duration::from_millis(50)).min(self.config.rendezvous_timeout),
@@ -172,6 +215,7 @@ impl Shared {
                 rank,
                 req.data_addr.clone(),
                 req.nccl_unique_id.clone(),
+                &secret,
             )
         };
         let mut answer = publish();
@@ -235,16 +279,17 @@ mod tests {
     fn a_round_completes_when_every_rank_published_and_keeps_rank_order() {
         let r = Rendezvous::default();
         let key: RoundKey = ("j".into(), 0, 1);
-        let rx1 = r.publish(key.clone(), 2, 1, "b:1".into(), vec![]);
+        let rx1 = r.publish(key.clone(), 2, 1, "b:1".into(), vec![], &[1; 32]);
         assert!(rx1.borrow().is_none());
         assert_eq!(r.missing(&key), vec![0]);
-        let rx0 = r.publish(key.clone(), 2, 0, "a:1".into(), vec![7]);
+        let rx0 = r.publish(key.clone(), 2, 0, "a:1".into(), vec![7], &[2; 32]);
         let answer = rx0.borrow().clone().unwrap();
         assert_eq!(answer.data_addrs, vec!["a:1", "b:1"]);
         assert_eq!(answer.nccl_unique_id, vec![7]);
+        assert_eq!(answer.ring_secret, vec![1; 32], "the secret drawn when the round opened");
         assert!(rx1.has_changed().unwrap());
         // a late retry gets the same answer
-        let again = r.publish(key, 2, 1, "c:9".into(), vec![]);
+        let again = r.publish(key, 2, 1, "c:9".into(), vec![], &[3; 32]);
         assert_eq!(again.borrow().as_ref().unwrap().data_addrs, vec!["a:1", "b:1"]);
         assert_eq!(r.len(), 1);
         r.forget_stale(&ClusterState::default());

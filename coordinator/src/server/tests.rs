@@ -31,7 +31,19 @@ struct Cluster {
     handle: CoordinatorHandle,
     jobs: JobServiceClient<Channel>,
     workers: WorkerServiceClient<Channel>,
+    /// Each registered worker's session secret.
+    sessions: Sessions,
     _dir: tempfile::TempDir,
+}
+
+type Sessions = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>;
+
+fn session(sessions: &Sessions, id: &str) -> String {
+    sessions.lock().unwrap().get(id).cloned().unwrap_or_default()
+}
+
+fn beat(sessions: &Sessions, id: &str) -> pb::HeartbeatRequest {
+    pb::HeartbeatRequest { worker_id: id.into(), session: session(sessions, id) }
 }
 
 fn config(listen: &str, dir: &std::path::Path, lease_ms: u64) -> CoordinatorConfig {
@@ -82,6 +94,7 @@ async fn start_observed(lease_ms: u64, observer: Option<std::sync::Arc<dyn RpcOb
         handle,
         jobs: JobServiceClient::new(channel.clone()),
         workers: WorkerServiceClient::new(channel),
+        sessions: Default::default(),
         _dir: dir,
     }
 }
@@ -118,20 +131,23 @@ async fn register(c: &mut Cluster, id: &str) {
         data_addr: format!("{id}:9000"),
         protocol_version: cyclotron_proto::PROTOCOL_VERSION,
         gpus: 0,
+        session: String::new(),
     };
-    c.workers.register(req).await.unwrap();
+    let session = c.workers.register(req).await.unwrap().into_inner().session;
+    assert_eq!(session.len(), 64, "a 256-bit session secret, hex");
+    c.sessions.lock().unwrap().insert(id.to_string(), session);
 }
 
 async fn heartbeat(c: &mut Cluster, id: &str) -> Result<Option<pb::Assignment>, tonic::Status> {
-    let req = pb::HeartbeatRequest { worker_id: id.into() };
+    let req = beat(&c.sessions, id);
     c.workers.heartbeat(req).await.map(|r| r.into_inner().assignment)
 }
 
 async fn assigned(c: &Cluster, id: &str) -> pb::Assignment {
     eventually(&format!("an assignment for {id}"), || {
         let mut w = c.workers.clone();
-        let id = id.to_string();
-        async move { w.heartbeat(pb::HeartbeatRequest { worker_id: id }).await.ok()?.into_inner().assignment }
+        let req = beat(&c.sessions, id);
+        async move { w.heartbeat(req).await.ok()?.into_inner().assignment }
     })
     .await
 }
@@ -140,7 +156,7 @@ async fn job(c: &mut Cluster, id: &str) -> pb::Job {
     c.jobs.get_job(pb::GetJobRequest { job_id: id.into() }).await.unwrap().into_inner()
 }
 
-fn rendezvous_req(a: &pb::Assignment, addr: &str) -> pb::RendezvousRequest {
+fn rendezvous_req(c: &Cluster, worker: &str, a: &pb::Assignment, addr: &str) -> pb::RendezvousRequest {
     pb::RendezvousRequest {
         job_id: a.job_id.clone(),
         task: a.task,
@@ -148,6 +164,8 @@ fn rendezvous_req(a: &pb::Assignment, addr: &str) -> pb::RendezvousRequest {
         rank: a.rank,
         data_addr: addr.into(),
         nccl_unique_id: if a.rank == 0 { vec![1, 2, 3] } else { vec![] },
+        worker_id: worker.into(),
+        session: session(&c.sessions, worker),
     }
 }
 
@@ -269,6 +287,7 @@ async fn bad_input_gets_the_right_code_and_names_the_problem() {
         data_addr: "x:1".into(),
         protocol_version: 99,
         gpus: 0,
+        session: String::new(),
     };
     let e = c.workers.register(old).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
@@ -283,6 +302,7 @@ async fn bad_input_gets_the_right_code_and_names_the_problem() {
         task: 0,
         generation: 0,
         progress_json: "{".into(),
+        session: session(&c.sessions, "w1"),
     };
     assert_eq!(c.workers.report_progress(progress).await.unwrap_err().code(), Code::InvalidArgument);
     // the observer saw each call with its code
@@ -319,16 +339,18 @@ async fn two_workers_rendezvous_report_progress_and_the_job_succeeds() {
     assert_eq!(task["kind"], "run");
     // rank 1 waits in rendezvous until rank 0 publishes
     let mut w2 = c.workers.clone();
-    let r2 = rendezvous_req(&a2, "10.0.0.2:5000");
+    let r2 = rendezvous_req(&c, "w2", &a2, "10.0.0.2:5000");
     let waiting = tokio::spawn(async move { w2.rendezvous(r2).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!waiting.is_finished(), "rank 1 must wait for rank 0");
-    let got1 = c.workers.rendezvous(rendezvous_req(&a1, "10.0.0.1:5000")).await.unwrap().into_inner();
+    let got1 =
+        c.workers.rendezvous(rendezvous_req(&c, "w1", &a1, "10.0.0.1:5000")).await.unwrap().into_inner();
     let got2 =
         tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap().unwrap().into_inner();
     assert_eq!(got1.data_addrs, vec!["10.0.0.1:5000", "10.0.0.2:5000"]);
     assert_eq!(got1, got2);
     assert_eq!(got2.nccl_unique_id, vec![1, 2, 3]);
+    assert_eq!(got2.ring_secret.len(), 32, "a fresh ring secret for the generation");
     let epoch = r#"{"type":"epoch","stage":0,"epoch":1,"step":100,"train_loss":0.5,"valid_loss":0.4,"valid_accuracy":0.8,"seconds":1.5}"#;
     let progress = pb::ProgressReport {
         worker_id: "w1".into(),
@@ -336,9 +358,11 @@ async fn two_workers_rendezvous_report_progress_and_the_job_succeeds() {
         task: 0,
         generation: 0,
         progress_json: epoch.into(),
+        session: session(&c.sessions, "w1"),
     };
     c.workers.report_progress(progress).await.unwrap();
     // rank 1's ok is acknowledged; rank 0's completes the task
+    let sessions = c.sessions.clone();
     let ok = |w: &str| pb::ResultReport {
         worker_id: w.into(),
         job_id: id.clone(),
@@ -348,6 +372,7 @@ async fn two_workers_rendezvous_report_progress_and_the_job_succeeds() {
         result_json: r#"{"valid_accuracy":0.8}"#.into(),
         error: String::new(),
         permanent: false,
+        session: session(&sessions, w),
     };
     c.workers.report_result(ok("w2")).await.unwrap();
     assert_eq!(job(&mut c, &id).await.status, "running");
@@ -386,10 +411,11 @@ async fn a_silent_worker_loses_its_lease_and_the_task_restarts_on_a_new_group() 
     // w1 and w3 keep heartbeating; w2 goes silent
     let keep_alive = {
         let workers = c.workers.clone();
+        let sessions = c.sessions.clone();
         tokio::spawn(async move {
             loop {
                 for w in ["w1", "w3"] {
-                    let _ = workers.clone().heartbeat(pb::HeartbeatRequest { worker_id: w.into() }).await;
+                    let _ = workers.clone().heartbeat(beat(&sessions, w)).await;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -397,13 +423,9 @@ async fn a_silent_worker_loses_its_lease_and_the_task_restarts_on_a_new_group() 
     };
     let a = eventually("generation 1", || {
         let mut w = c.workers.clone();
+        let req = beat(&c.sessions, "w3");
         async move {
-            let a = w
-                .heartbeat(pb::HeartbeatRequest { worker_id: "w3".into() })
-                .await
-                .ok()?
-                .into_inner()
-                .assignment?;
+            let a = w.heartbeat(req).await.ok()?.into_inner().assignment?;
             (a.generation == 1).then_some(a)
         }
     })
@@ -412,7 +434,7 @@ async fn a_silent_worker_loses_its_lease_and_the_task_restarts_on_a_new_group() 
     let again = heartbeat(&mut c, "w1").await.unwrap().unwrap();
     assert_eq!((again.generation, again.rank), (1, 0));
     // the old generation's calls are refused; the dead worker must register again
-    let stale = c.workers.rendezvous(rendezvous_req(&a1, "x:1")).await.unwrap_err();
+    let stale = c.workers.rendezvous(rendezvous_req(&c, "w1", &a1, "x:1")).await.unwrap_err();
     assert_eq!(stale.code(), Code::FailedPrecondition);
     assert!(stale.message().contains("generation 0 is over"), "{}", stale.message());
     let dead = heartbeat(&mut c, "w2").await.unwrap_err();
@@ -430,6 +452,7 @@ async fn a_silent_worker_loses_its_lease_and_the_task_restarts_on_a_new_group() 
         result_json: String::new(),
         error: "bad data: truncated file".into(),
         permanent,
+        session: session(&c.sessions, "w1"),
     };
     c.workers.report_result(fail(1, true)).await.unwrap();
     let j = job(&mut c, &id).await;
@@ -446,7 +469,7 @@ async fn a_rendezvous_times_out_naming_the_missing_ranks() {
     register(&mut c, "w2").await;
     let _ = submit(&mut c, 2).await;
     let a1 = assigned(&c, "w1").await;
-    let mut req = tonic::Request::new(rendezvous_req(&a1, "a:1"));
+    let mut req = tonic::Request::new(rendezvous_req(&c, "w1", &a1, "a:1"));
     req.set_timeout(Duration::from_millis(400));
     let e = c.workers.rendezvous(req).await.unwrap_err();
     assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");

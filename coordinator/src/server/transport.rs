@@ -1,16 +1,23 @@
 //! The raft transport over gRPC: one background task per peer drains a bounded queue of encoded
 //! raft messages into `RaftService.Send`. Sending never blocks the raft driver thread: a full
 //! queue drops the message (raft retransmits), a failed call drops it and reconnects with
-//! exponential backoff (50 ms → 1 s).
+//! exponential backoff (50 ms → 1 s). Every call carries the peer credential and, with TLS, goes
+//! over TLS verified against `--tls-ca` (presenting this replica's certificate for mutual TLS).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use cyclotron_proto::auth::AttachToken;
+use cyclotron_proto::limits::{MAX_RAFT_MESSAGE, MAX_RESPONSE};
+use cyclotron_proto::tls::ClientSecurity;
 use cyclotron_proto::v1 as pb;
 use pb::raft_service_client::RaftServiceClient;
 use protobuf::Message as _;
 use tokio::sync::mpsc;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+type PeerClient = RaftServiceClient<InterceptedService<Channel, AttachToken>>;
 
 /// Messages queued per peer before new ones are dropped.
 pub const QUEUE_DEPTH: usize = 4096;
@@ -24,14 +31,14 @@ pub struct GrpcTransport {
 
 impl GrpcTransport {
     /// Start one sender task per peer other than `self_id` on the current tokio runtime.
-    pub fn start(self_id: u64, peers: &[(u64, String)]) -> Self {
+    pub fn start(self_id: u64, peers: &[(u64, String)], security: ClientSecurity) -> Self {
         let mut senders = HashMap::new();
         for (id, addr) in peers {
             if *id == self_id {
                 continue;
             }
             let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-            tokio::spawn(peer_loop(*id, addr.clone(), rx));
+            tokio::spawn(peer_loop(*id, addr.clone(), rx, security.clone()));
             senders.insert(*id, tx);
         }
         GrpcTransport { peers: senders }
@@ -62,24 +69,30 @@ impl crate::raft::Transport for GrpcTransport {
     }
 }
 
-/// `host:port` or a URL with its scheme.
-async fn connect(addr: &str) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
-    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    let channel = Endpoint::from_shared(url)?
+/// `host:port` or a URL with its scheme (`https` when TLS is configured).
+async fn connect(addr: &str, security: &ClientSecurity) -> Result<PeerClient, tonic::transport::Error> {
+    let host = addr.split_once("://").map_or(addr, |(_, h)| h);
+    let url = format!("{}://{host}", security.scheme());
+    let mut endpoint = Endpoint::from_shared(url)?
         .connect_timeout(Duration::from_secs(1))
         .timeout(SEND_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
-    Ok(RaftServiceClient::new(channel))
+        .tcp_nodelay(true);
+    if let Some(tls) = &security.tls {
+        endpoint = endpoint.tls_config(tls.clone())?;
+    }
+    let channel = endpoint.connect().await?;
+    let auth = AttachToken::new(security.token.as_ref());
+    Ok(RaftServiceClient::with_interceptor(channel, auth)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE)
+        .max_decoding_message_size(MAX_RESPONSE))
 }
 
-async fn peer_loop(to: u64, addr: String, mut rx: mpsc::Receiver<Vec<u8>>) {
+async fn peer_loop(to: u64, addr: String, mut rx: mpsc::Receiver<Vec<u8>>, security: ClientSecurity) {
     let mut backoff = Duration::from_millis(50);
-    let mut client: Option<RaftServiceClient<Channel>> = None;
+    let mut client: Option<PeerClient> = None;
     while let Some(message) = rx.recv().await {
         if client.is_none() {
-            match connect(&addr).await {
+            match connect(&addr, &security).await {
                 Ok(c) => {
                     client = Some(c);
                     backoff = Duration::from_millis(50);
@@ -96,7 +109,12 @@ async fn peer_loop(to: u64, addr: String, mut rx: mpsc::Receiver<Vec<u8>>) {
         }
         let Some(c) = client.as_mut() else { continue };
         if let Err(e) = c.send(pb::RaftMessage { message }).await {
-            tracing::debug!(to, %addr, error = %e, "raft send failed; reconnecting");
+            if e.code() == tonic::Code::Unauthenticated {
+                // not a transient fault: say it loudly, once per reconnection
+                tracing::error!(to, %addr, "raft peer refused this replica: {}", e.message());
+            } else {
+                tracing::debug!(to, %addr, error = %e, "raft send failed; reconnecting");
+            }
             client = None;
         }
     }

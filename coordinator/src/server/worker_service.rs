@@ -3,10 +3,15 @@
 //!
 //! What a worker agent can rely on:
 //! - `Register` commits the worker as idle (a worker that re-registers while assigned loses that
-//!   run: its group restarts with a new generation) and grants `lease_ms`.
+//!   run: its group restarts with a new generation), grants `lease_ms` and returns a fresh session
+//!   secret; the log keeps only its SHA-256. One live session per worker id: a `Register` for an
+//!   id whose lease is live is refused (`ALREADY_EXISTS`) unless it carries that id's current
+//!   session (the same process registering again), so a second `worker --id w1` cannot take w1's
+//!   work. Every later call carries the session; one that does not match is `PERMISSION_DENIED`.
 //! - `Heartbeat` renews the lease in the leader's memory (nothing is committed) and returns the
 //!   current [`pb::Assignment`]: job, task, generation, rank (position in the task's worker list),
-//!   world size, the spec text and the task JSON. No assignment (`None`) means "run nothing": the
+//!   world size, the validated spec (serialised from the committed `JobSpec`, never the submitted
+//!   text) and the task JSON. No assignment (`None`) means "run nothing": the
 //!   agent stops its run when the assignment disappears or its (job, task, generation) changes.
 //!   `NOT_FOUND` means the coordinator does not know the worker alive (unknown, or declared dead
 //!   after its lease ran out): register again.
@@ -22,12 +27,63 @@
 
 use std::sync::Arc;
 
+use cyclotron_proto::auth::{digests_equal, hex_encode, random_bytes, sha256};
+use cyclotron_proto::limits::{
+    check_len, truncate, MAX_ID_LEN, MAX_PROGRESS_JSON, MAX_RESULT_JSON, MAX_TEXT,
+};
 use cyclotron_proto::v1 as pb;
 use cyclotron_proto::{ServiceError, PROTOCOL_VERSION};
 use tonic::{Request, Response, Status};
 
 use super::{now_ms, Shared};
 use crate::state::{ClusterState, Command, JobEvent, JobState, TaskRecord, TaskStatus, WorkerStatus};
+
+/// Hex SHA-256 of a session secret, as the log keeps it.
+fn session_hash(session: &str) -> String {
+    hex_encode(&sha256(session.as_bytes()))
+}
+
+/// A worker id: 1 to [`MAX_ID_LEN`] bytes of letters, digits, `-`, `_`, `.`, `:` (hostnames, pod
+/// names and `<host>-<pid>` fit).
+fn check_worker_id(id: &str) -> Result<(), ServiceError> {
+    check_len("worker_id", id, MAX_ID_LEN)?;
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')) {
+        return Err(ServiceError::InvalidArgument(format!(
+            "worker_id {:?} must be 1 to {MAX_ID_LEN} letters, digits, '-', '_', '.' or ':'",
+            id.chars().take(64).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+/// Check that `session` is worker `id`'s current one: NOT_FOUND for an unknown or dead worker
+/// (register again), PERMISSION_DENIED for another session.
+pub(crate) fn verify_session(state: &ClusterState, id: &str, session: &str) -> Result<(), ServiceError> {
+    let w = state.workers.get(id).ok_or_else(|| unknown_worker(id, false))?;
+    if w.status == WorkerStatus::Dead {
+        return Err(unknown_worker(id, true));
+    }
+    if w.session_hash.is_empty() {
+        return Ok(()); // registered before sessions existed
+    }
+    let mut want = [0u8; 32];
+    let ok = w.session_hash.len() == 64
+        && (0..32)
+            .all(|i| u8::from_str_radix(&w.session_hash[2 * i..2 * i + 2], 16).map(|b| want[i] = b).is_ok());
+    if ok && digests_equal(&sha256(session.as_bytes()), &want) {
+        return Ok(());
+    }
+    Err(ServiceError::PermissionDenied(format!(
+        "worker {id}: this call does not carry the worker's current session (another process registered this id, or the worker registered again since); register again"
+    )))
+}
+
+/// The spec text workers run: the committed, validated `JobSpec` serialised, never the text as
+/// submitted (a forwarded command could carry a text that differs from the spec it validated).
+pub(crate) fn run_spec_toml(j: &JobState) -> Result<String, ServiceError> {
+    toml::to_string(&j.spec)
+        .map_err(|e| ServiceError::Internal(format!("cannot serialise the job spec: {e}")))
+}
 
 pub(crate) struct Workers {
     shared: Arc<Shared>,
@@ -104,9 +160,9 @@ impl Workers {
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let req = request.into_inner();
-        if req.worker_id.is_empty() {
-            return Err(ServiceError::InvalidArgument("worker_id must not be empty".into()).into());
-        }
+        check_worker_id(&req.worker_id)?;
+        check_len("data_addr", &req.data_addr, MAX_ID_LEN)?;
+        check_len("session", &req.session, MAX_ID_LEN)?;
         if req.protocol_version != PROTOCOL_VERSION {
             return Err(ServiceError::ProtocolMismatch {
                 worker: req.worker_id,
@@ -117,46 +173,84 @@ impl Workers {
         }
         self.shared.require_leader()?;
         let lease_ms = self.shared.config.lease_ms;
-        let now = now_ms();
-        self.shared
-            .commit(Command::RegisterWorker {
-                worker: req.worker_id.clone(),
-                addr: req.data_addr,
-                protocol: req.protocol_version,
-                lease_ms,
-                now_ms: now,
-            })
-            .await?;
+        let (now, wall) = (super::monotonic_ms(), now_ms());
+        // one live session per id: the same process (it holds the session) may register again;
+        // another one waits for the lease to end (or for the worker to be declared dead)
+        let replaces = {
+            let state = self.shared.state();
+            match state.workers.get(&req.worker_id).filter(|w| w.status != WorkerStatus::Dead) {
+                None => String::new(),
+                Some(w) => {
+                    let own = !req.session.is_empty()
+                        && verify_session(&state, &req.worker_id, &req.session).is_ok();
+                    let until = self.shared.leases().expires_ms(&req.worker_id).unwrap_or(0);
+                    if !own && until >= now {
+                        return Err(ServiceError::WorkerIdTaken {
+                            worker: req.worker_id,
+                            remaining_ms: until - now,
+                        }
+                        .into());
+                    }
+                    w.session_hash.clone()
+                }
+            }
+        };
+        let session = hex_encode(&random_bytes::<32>().map_err(|e| ServiceError::Internal(e.to_string()))?);
+        let cmd = Command::RegisterWorker {
+            worker: req.worker_id.clone(),
+            addr: req.data_addr,
+            protocol: req.protocol_version,
+            lease_ms,
+            now_ms: wall,
+            session_hash: session_hash(&session),
+            replaces: Some(replaces),
+        };
+        match self.shared.propose(cmd).await? {
+            crate::state::Outcome::Applied => {}
+            crate::state::Outcome::Rejected { reason } if reason.contains("is taken") => {
+                let remaining_ms =
+                    self.shared.leases().expires_ms(&req.worker_id).map_or(0, |t| t.saturating_sub(now));
+                return Err(ServiceError::WorkerIdTaken { worker: req.worker_id, remaining_ms }.into());
+            }
+            crate::state::Outcome::Rejected { reason } => {
+                return Err(ServiceError::FailedPrecondition(reason).into())
+            }
+        }
         self.shared.leases().renew(&req.worker_id, now, lease_ms);
-        Ok(Response::new(pb::RegisterResponse { lease_ms }))
+        Ok(Response::new(pb::RegisterResponse { lease_ms, session }))
     }
 
     async fn do_heartbeat(
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let id = request.into_inner().worker_id;
+        let req = request.into_inner();
+        let id = req.worker_id;
+        check_len("worker_id", &id, MAX_ID_LEN)?;
         self.shared.require_leader()?;
         let state = self.shared.state();
-        let w = state.workers.get(&id).ok_or_else(|| unknown_worker(&id, false))?;
-        if w.status == WorkerStatus::Dead {
-            return Err(unknown_worker(&id, true).into());
-        }
-        self.shared.leases().renew(&id, now_ms(), w.lease_ms);
-        let assignment = state.assignment(&id).map(|(job, task, generation, rank, world_size)| {
-            let j = &state.jobs[job];
-            pb::Assignment {
-                job_id: job.to_string(),
-                task: task as u32,
-                generation,
-                rank: rank as u32,
-                world_size: world_size as u32,
-                spec_toml: j.spec_toml.clone(),
-                task_json: j.task_json(task),
-                resume_from: String::new(),
+        verify_session(&state, &id, &req.session)?;
+        let lease_ms = state.workers.get(&id).map_or(self.shared.config.lease_ms, |w| w.lease_ms);
+        self.shared.leases().renew(&id, super::monotonic_ms(), lease_ms);
+        let assignment = match state.assignment(&id) {
+            None => None,
+            Some((job, task, generation, rank, world_size)) => {
+                let Some(j) = state.jobs.get(job) else {
+                    return Err(ServiceError::Internal(format!("job {job} of an assignment is gone")).into());
+                };
+                Some(pb::Assignment {
+                    job_id: job.to_string(),
+                    task: task as u32,
+                    generation,
+                    rank: rank as u32,
+                    world_size: world_size as u32,
+                    spec_toml: run_spec_toml(j)?,
+                    task_json: j.task_json(task),
+                    resume_from: String::new(),
+                })
             }
-        });
-        Ok(Response::new(pb::HeartbeatResponse { lease_ms: w.lease_ms, assignment }))
+        };
+        Ok(Response::new(pb::HeartbeatResponse { lease_ms, assignment }))
     }
 
     async fn do_report_progress(
@@ -164,6 +258,8 @@ impl Workers {
         request: Request<pb::ProgressReport>,
     ) -> Result<Response<pb::Ack>, Status> {
         let req = request.into_inner();
+        check_len("job_id", &req.job_id, MAX_ID_LEN)?;
+        check_len("progress_json", &req.progress_json, MAX_PROGRESS_JSON)?;
         let event: JobEvent = serde_json::from_str(&req.progress_json)
             .map_err(|e| ServiceError::InvalidArgument(format!("progress_json is not a job event: {e}")))?;
         if !event.is_worker_event() {
@@ -174,7 +270,10 @@ impl Workers {
         }
         self.shared.require_leader()?;
         let task = req.task as usize;
-        check_member(&self.shared.state(), &req.worker_id, &req.job_id, task, req.generation)?;
+        let state = self.shared.state();
+        verify_session(&state, &req.worker_id, &req.session)?;
+        check_member(&state, &req.worker_id, &req.job_id, task, req.generation)?;
+        drop(state);
         self.shared
             .commit(Command::TaskProgress { job: req.job_id, task, generation: req.generation, event })
             .await?;
@@ -186,11 +285,14 @@ impl Workers {
         request: Request<pb::ResultReport>,
     ) -> Result<Response<pb::Ack>, Status> {
         let req = request.into_inner();
+        check_len("job_id", &req.job_id, MAX_ID_LEN)?;
+        check_len("result_json", &req.result_json, MAX_RESULT_JSON)?;
         self.shared.require_leader()?;
         let task = req.task as usize;
         let (job, generation) = (req.job_id.clone(), req.generation);
         let rank = {
             let state = self.shared.state();
+            verify_session(&state, &req.worker_id, &req.session)?;
             let done =
                 state.jobs.get(&job).and_then(|j| j.tasks.get(task)).map(|t| t.status == TaskStatus::Done);
             if req.ok && done == Some(true) {
@@ -206,7 +308,7 @@ impl Workers {
                 .map_err(|e| ServiceError::InvalidArgument(format!("result_json is not JSON: {e}")))?;
             Command::TaskDone { job, task, generation, result }
         } else {
-            let reason = format!("rank {rank} ({}): {}", req.worker_id, req.error);
+            let reason = format!("rank {rank} ({}): {}", req.worker_id, truncate(&req.error, MAX_TEXT));
             if req.permanent {
                 Command::TaskFailed { job, task, generation, reason }
             } else {

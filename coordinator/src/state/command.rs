@@ -36,6 +36,15 @@ pub enum Command {
         protocol: u32,
         lease_ms: u64,
         now_ms: u64,
+        /// Hex SHA-256 of the session secret the registration returned (the secret itself is
+        /// never logged or replicated); empty in entries written before sessions existed.
+        #[serde(default)]
+        session_hash: String,
+        /// Compare-and-set: applies only if the worker's current session hash is this one (empty:
+        /// unknown or dead), so two processes racing to register one id cannot both win.
+        /// `None`: no check (entries written before sessions existed).
+        #[serde(default)]
+        replaces: Option<String>,
     },
     /// A committed liveness ping: applied for a live registered worker, rejected otherwise, and
     /// changes nothing else. The server does not commit heartbeats (leases are leader memory,
@@ -154,12 +163,24 @@ pub(super) fn apply(s: &mut ClusterState, cmd: &Command) -> Outcome {
             release_job_workers(s, job);
             Outcome::Applied
         }
-        Command::RegisterWorker { worker, addr, protocol, lease_ms, now_ms } => {
+        Command::RegisterWorker { worker, addr, protocol, lease_ms, now_ms, session_hash, replaces } => {
             if *protocol != cyclotron_proto::PROTOCOL_VERSION {
                 return reject(format!(
                     "worker {worker} speaks protocol {protocol}, this coordinator speaks {}; run matching versions",
                     cyclotron_proto::PROTOCOL_VERSION
                 ));
+            }
+            if let Some(expected) = replaces {
+                let current = s
+                    .workers
+                    .get(worker)
+                    .filter(|w| w.status != WorkerStatus::Dead)
+                    .map_or("", |w| w.session_hash.as_str());
+                if current != expected {
+                    return reject(format!(
+                        "worker id {worker} is taken: another process registered it meanwhile"
+                    ));
+                }
             }
             // a worker that re-registers lost whatever it ran: break that run first
             if let Some(Some((job, task, generation))) = s.workers.get(worker).map(|w| w.task.clone()) {
@@ -173,6 +194,7 @@ pub(super) fn apply(s: &mut ClusterState, cmd: &Command) -> Outcome {
                     lease_ms: *lease_ms,
                     registered_ms: *now_ms,
                     task: None,
+                    session_hash: session_hash.clone(),
                 },
             );
             Outcome::Applied

@@ -60,6 +60,11 @@ pub enum TaskStatus {
         generation: u64,
     },
     Done,
+    /// The job ended (cancelled, or failed by another task) before this task finished: it will
+    /// not run again. `was` says whether it was `running` or `waiting` then.
+    Stopped {
+        was: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,6 +88,7 @@ impl TaskStatus {
             TaskStatus::Waiting => "waiting",
             TaskStatus::Running { .. } => "running",
             TaskStatus::Done => "done",
+            TaskStatus::Stopped { .. } => "stopped",
         }
     }
 }
@@ -159,11 +165,20 @@ impl JobState {
         self.tasks.iter().any(|t| matches!(t.status, TaskStatus::Running { .. }))
     }
 
-    /// Change the status; a terminal one appends the job's last event, [`JobEvent::Ended`].
+    /// Change the status; a terminal one appends the job's last event, [`JobEvent::Ended`], and
+    /// stops every task that is not done (a cancelled or failed job runs nothing more, and
+    /// `status` must not show its tasks as running or waiting).
     pub fn set_status(&mut self, status: JobStatus) {
         if status.is_terminal() && !self.status.is_terminal() {
             self.events
                 .push(JobEvent::Ended { status: status.name().into(), reason: status.reason().into() });
+        }
+        if status.is_terminal() {
+            for t in &mut self.tasks {
+                if matches!(t.status, TaskStatus::Waiting | TaskStatus::Running { .. }) {
+                    t.status = TaskStatus::Stopped { was: t.status.name().into() };
+                }
+            }
         }
         self.status = status;
     }

@@ -52,6 +52,8 @@ impl Sim {
             protocol: cyclotron_proto::PROTOCOL_VERSION,
             lease_ms: 10_000,
             now_ms,
+            session_hash: String::new(),
+            replaces: None,
         };
         assert_eq!(self.apply(cmd), Outcome::Applied);
         self.leases.renew(w, now_ms, 10_000);
@@ -186,6 +188,38 @@ fn a_dead_worker_restarts_the_run_on_the_remaining_workers() {
 }
 
 #[test]
+fn a_cancelled_or_failed_job_shows_no_task_running_or_waiting() {
+    let mut sim = Sim::new();
+    sim.register("w1", 0);
+    sim.submit("running", 1);
+    sim.submit("waiting", 1);
+    sim.tick(10);
+    assert_eq!(sim.running("running").0, 0);
+    for job in ["running", "waiting"] {
+        let was = sim.state.jobs[job].tasks[0].status.name();
+        assert_eq!(
+            sim.apply(Command::CancelJob { job: job.into(), reason: "user".into() }),
+            Outcome::Applied
+        );
+        assert_eq!(sim.state.jobs[job].tasks[0].status, TaskStatus::Stopped { was: was.into() }, "{job}");
+        assert_eq!(sim.state.jobs[job].tasks[0].status.name(), "stopped");
+    }
+    assert_eq!(sim.state.idle_workers(), vec!["w1"]);
+    // a sweep whose conclusion fails the job stops the runs that wait for it
+    let mut sim = Sim::new();
+    sim.register("w1", 0);
+    sim.submit_spec("s", sweep_spec("[lr_find]\n[ensemble]\nruns = 2\n"), 0);
+    sim.tick(10);
+    let (task, _, generation) = sim.running("s");
+    let bad = Command::TaskFailed { job: "s".into(), task, generation, reason: "bad data".into() };
+    assert_eq!(sim.apply(bad), Outcome::Applied);
+    let j = &sim.state.jobs["s"];
+    assert!(matches!(j.status, JobStatus::Failed { .. }));
+    assert!(j.tasks.iter().all(|t| t.status.name() == "stopped"), "{:?}", j.tasks);
+    assert!(sim.tick(20).is_empty(), "nothing of a failed job is started again");
+}
+
+#[test]
 fn the_job_fails_with_the_reason_after_max_restarts() {
     let mut sim = Sim::new();
     sim.register("w1", 0);
@@ -208,6 +242,7 @@ fn the_job_fails_with_the_reason_after_max_restarts() {
         matches!(sim.state.jobs["j"].events.last(), Some(JobEvent::Ended { status, .. }) if status == "failed")
     );
     assert_eq!(sim.state.idle_workers(), vec!["w1"]);
+    assert_eq!(sim.state.jobs["j"].tasks[0].status.name(), "stopped", "not left waiting");
 }
 
 #[test]
@@ -251,6 +286,8 @@ fn bad_input_is_rejected_without_changing_anything() {
                 protocol: 99,
                 lease_ms: 1,
                 now_ms: 0,
+                session_hash: String::new(),
+                replaces: None,
             },
             "speaks protocol 99",
         ),

@@ -33,4 +33,7 @@ pub struct WorkerRecord {
     pub registered_ms: u64,
     /// The task it runs: (job, task index, rendezvous generation).
     pub task: Option<(String, usize, u64)>,
+    /// Hex SHA-256 of its current session secret (empty: registered before sessions existed).
+    #[serde(default)]
+    pub session_hash: String,
 }

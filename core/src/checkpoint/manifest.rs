@@ -56,9 +56,65 @@ pub struct Manifest {
     pub created_unix_ms: u64,
 }
 
+/// Largest manifest read (a checkpoint lists a handful of blobs; its state is small).
+pub const MAX_MANIFEST_BYTES: usize = 16 << 20;
+/// Most blobs one checkpoint may list.
+pub const MAX_BLOBS: usize = 1024;
+
 impl Manifest {
     pub fn blob(&self, name: &str) -> Option<&BlobEntry> {
         self.blobs.iter().find(|b| b.name == name)
+    }
+
+    /// Parse and check a manifest's bytes (`key` names it in errors): at most
+    /// [`MAX_MANIFEST_BYTES`], then [`Manifest::check`].
+    pub fn parse(bytes: &[u8], key: &str) -> crate::Result<Manifest> {
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(crate::Error::Corrupt {
+                key: key.into(),
+                message: format!("the manifest is {} bytes; at most {MAX_MANIFEST_BYTES}", bytes.len()),
+            });
+        }
+        let m: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| crate::Error::Manifest { key: key.into(), source: e })?;
+        m.check().map_err(|message| crate::Error::Corrupt { key: key.into(), message })?;
+        Ok(m)
+    }
+
+    /// What a reader relies on: a known version, at most [`MAX_BLOBS`] blobs, each named by one
+    /// plain file name (no `/`, no `..`: a manifest names the objects a deletion removes) and a
+    /// sha256 of 64 hex digits, no name twice.
+    pub fn check(&self) -> Result<(), String> {
+        if self.version != MANIFEST_VERSION {
+            return Err(format!(
+                "manifest version {} (this cyclotron reads {MANIFEST_VERSION})",
+                self.version
+            ));
+        }
+        if self.blobs.len() > MAX_BLOBS {
+            return Err(format!("{} blobs listed; at most {MAX_BLOBS}", self.blobs.len()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for b in &self.blobs {
+            let plain = !b.name.is_empty()
+                && b.name.len() <= 255
+                && b.name != "."
+                && b.name != ".."
+                && !b.name.contains(['/', '\\', '\0']);
+            if !plain {
+                return Err(format!(
+                    "blob name {:?} is not a plain file name",
+                    b.name.chars().take(64).collect::<String>()
+                ));
+            }
+            if b.sha256.len() != 64 || !b.sha256.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return Err(format!("blob {}: sha256 is not 64 hex digits", b.name));
+            }
+            if !seen.insert(b.name.as_str()) {
+                return Err(format!("blob {} is listed twice", b.name));
+            }
+        }
+        Ok(())
     }
 }
 

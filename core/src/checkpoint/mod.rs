@@ -31,7 +31,9 @@ mod suite;
 pub mod test_server;
 mod transfer;
 
-pub use manifest::{sha256_hex, BlobEntry, CheckpointKind, Manifest, MANIFEST_FILE};
+pub use manifest::{
+    sha256_hex, BlobEntry, CheckpointKind, Manifest, MANIFEST_FILE, MAX_BLOBS, MAX_MANIFEST_BYTES,
+};
 pub use restore::Verified;
 pub use s3::S3Options;
 pub use store::{Blob, CheckpointStore, RunLocation, StoreOptions};

@@ -54,6 +54,17 @@ impl CheckpointStore {
 
     /// The newest periodic checkpoint of `run` that reads back whole; see the module docs.
     pub async fn latest_valid(&self, run: &RunLocation) -> Result<Option<Verified>> {
+        self.latest_valid_where(run, |_, _| Ok(())).await
+    }
+
+    /// [`Self::latest_valid`], also skipping a checkpoint whose blobs verify but that `accept`
+    /// refuses (its reason in `Err`), e.g. a training state that is missing or does not parse:
+    /// such a checkpoint falls back to the previous one like a bad blob does.
+    pub async fn latest_valid_where(
+        &self,
+        run: &RunLocation,
+        accept: impl Fn(&Manifest, &[(String, Bytes)]) -> std::result::Result<(), String>,
+    ) -> Result<Option<Verified>> {
         let mut dirs: Vec<String> = self
             .manifest_dirs(&run.prefix())
             .await?
@@ -74,6 +85,7 @@ impl CheckpointStore {
                     });
                 }
                 let blobs = self.read_verified(&dir, &manifest).await?;
+                accept(&manifest, &blobs).map_err(|message| Error::Corrupt { key: dir.clone(), message })?;
                 Ok((manifest, blobs))
             };
             match attempt.await {

@@ -279,11 +279,12 @@ impl CheckpointStore {
         self.store.list(Some(&p)).try_collect().await.map_err(self.err("list", prefix))
     }
 
-    /// The manifest of the checkpoint in `dir`.
+    /// The manifest of the checkpoint in `dir`, checked ([`Manifest::check`]): a manifest is read
+    /// from a store others can write, and names the objects a deletion removes.
     pub async fn manifest(&self, dir: &str) -> Result<Manifest> {
         let key = format!("{dir}/{MANIFEST_FILE}");
         let bytes = self.get(&key).await?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Manifest { key, source: e })
+        Manifest::parse(&bytes, &key)
     }
 
     /// The periodic checkpoint with the highest step of a run.
@@ -389,8 +390,15 @@ impl CheckpointStore {
         let objects = self.list_objects(&run.prefix()).await?;
         let mut committed = vec![];
         for dir in dirs_with_manifest(&objects) {
-            let m = self.manifest(&dir).await?;
-            committed.push(Committed { dir, kind: m.kind, step: m.step });
+            // an unreadable old manifest must not stop training: skip it (it is kept, and a
+            // resume skips it too, see `latest_valid`)
+            match self.manifest(&dir).await {
+                Ok(m) => committed.push(Committed { dir, kind: m.kind, step: m.step }),
+                Err(e @ (Error::Manifest { .. } | Error::Corrupt { .. })) => {
+                    tracing::warn!(dir = %dir, error = %e, "retention skips a checkpoint whose manifest is unreadable");
+                }
+                Err(e) => return Err(e),
+            }
         }
         let mut doomed = retention::to_delete(&committed, keep_last);
         for dir in &doomed {

@@ -116,6 +116,51 @@ async fn suite(store: CheckpointStore) {
 
     large_blobs_and_retention(&store).await;
     corrupted_newest_falls_back_once(&store).await;
+    unreadable_manifests_and_states_fall_back(&store).await;
+}
+
+/// An old manifest that does not parse does not stop retention (it is skipped and kept); a
+/// checkpoint whose training state is missing or unparseable falls back like a bad blob; a
+/// manifest naming a blob outside its folder is refused.
+async fn unreadable_manifests_and_states_fall_back(store: &CheckpointStore) {
+    let run = RunLocation::new("job", "unreadable");
+    for step in [1u64, 2, 3] {
+        commit_checkpoint(store, &run, step, &step.to_string()).await;
+    }
+    let garbled = format!("{}/MANIFEST.json", run.checkpoint_dir(1));
+    store.put_raw(&garbled, Bytes::from("{ not json")).await.unwrap();
+    commit_checkpoint(store, &run, 4, "4").await;
+    let deleted = store.apply_retention(&run, 2).await.unwrap();
+    assert_eq!(deleted, vec![run.checkpoint_dir(2)], "the unreadable one is skipped, the rest proceeds");
+    // step 4's state does not parse: the state check refuses it and step 3 is used
+    store.put_raw(&format!("{}/state.json", run.checkpoint_dir(4)), Bytes::from("{}")).await.unwrap();
+    let state_ok = |_: &Manifest, blobs: &[(String, Bytes)]| -> Result<(), String> {
+        let state = blobs.iter().find(|(n, _)| n == "state.json").ok_or("no state.json")?;
+        serde_json::from_slice::<serde_json::Value>(&state.1)
+            .ok()
+            .filter(|v| v.get("step").is_some())
+            .map(|_| ())
+            .ok_or_else(|| "state.json has no step".to_string())
+    };
+    // (every checkpoint here holds `{}`: none passes, and each is named)
+    let none = store.latest_valid_where(&run, state_ok).await.unwrap();
+    assert!(none.is_none());
+    let only_4 =
+        |m: &Manifest, _: &[(String, Bytes)]| if m.step == 4 { Err("bad state".to_string()) } else { Ok(()) };
+    let v = store.latest_valid_where(&run, only_4).await.unwrap().unwrap();
+    assert_eq!(v.manifest.step, 3);
+    assert!(
+        v.skipped.iter().any(|(d, why)| d == &run.checkpoint_dir(4) && why.contains("bad state")),
+        "{:?}",
+        v.skipped
+    );
+    // a manifest whose blob name climbs out of its folder is refused, not followed
+    let mut m = store.manifest(&run.checkpoint_dir(3)).await.unwrap();
+    m.blobs[0].name = "../../other/model.safetensors".into();
+    let evil = format!("{}/MANIFEST.json", run.checkpoint_dir(3));
+    store.put_raw(&evil, Bytes::from(serde_json::to_vec(&m).unwrap())).await.unwrap();
+    let e = store.manifest(&run.checkpoint_dir(3)).await.unwrap_err().to_string();
+    assert!(e.contains("is not a plain file name"), "{e}");
 }
 
 /// A blob above the multipart threshold round-trips; retention keeps the newest k and snapshots.

@@ -32,6 +32,8 @@ pub struct ChildSpec {
     pub ping_every: Option<Duration>,
     /// Prefix of forwarded stderr lines (`[job j-1 rank 0]`).
     pub log_prefix: String,
+    /// Extra environment variables (secrets go here, never in `args`, which `ps` shows).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running (or exited, not yet reaped) child.
@@ -48,6 +50,7 @@ impl Child {
     pub fn spawn(spec: &ChildSpec) -> Result<Child> {
         let mut cmd = tokio::process::Command::new(&spec.program);
         cmd.args(&spec.args)
+            .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -92,7 +95,7 @@ impl Child {
                 let mut lines = BufReader::new(err).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
                     eprintln!("{prefix} {line}");
-                    let mut t = tail.lock().expect("tail lock");
+                    let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
                     if t.len() == TAIL_LINES {
                         t.pop_front();
                     }
@@ -186,7 +189,7 @@ impl Child {
 
     /// The child's last stderr lines.
     pub fn stderr_tail(&self) -> Vec<String> {
-        self.tail.lock().expect("tail lock").iter().cloned().collect()
+        self.tail.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
     }
 }
 
@@ -243,6 +246,7 @@ mod tests {
             cwd: None,
             ping_every: ping,
             log_prefix: "[test]".into(),
+            env: vec![],
         }
     }
 

@@ -7,16 +7,27 @@
 //! its deadline moves on to the next address, with a short back-off after each full round.
 //! Any other status is the coordinator's answer and is returned as is. Every attempt has a
 //! deadline and every call a total deadline: nothing waits forever on a dead coordinator.
+//!
+//! Security: every call carries the cluster token (an interceptor on the channel handed to the
+//! caller's closure), and with TLS the coordinators are dialled at `https://` and verified
+//! against `--tls-ca`. A refusal for a missing or wrong credential (`UNAUTHENTICATED`), or a
+//! TLS failure, is returned at once with what to do: another coordinator would say the same.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cyclotron_proto::auth::AttachToken;
+use cyclotron_proto::tls::ClientSecurity;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 use super::error::ClientError;
+
+/// What a call's closure receives: a channel to the coordinator that adds the cluster token.
+pub type AuthChannel = InterceptedService<Channel, AttachToken>;
 
 /// Metadata key in which a follower names the leader's client address.
 pub const LEADER_METADATA: &str = "cyclotron-leader";
@@ -48,15 +59,22 @@ struct Inner {
     /// Index into `addrs` of the coordinator to try first.
     current: Mutex<usize>,
     channels: Mutex<HashMap<String, Channel>>,
+    security: ClientSecurity,
 }
 
 /// `host:port` or a URL → `http://host:port` (no path).
 pub fn normalise(addr: &str) -> Result<String, ClientError> {
+    normalise_with(addr, "http")
+}
+
+/// `host:port` or a URL → `<scheme>://host:port`: the scheme this client speaks wins over the
+/// one written (a redirect names a leader as `host:port`; TLS is the client's setting).
+fn normalise_with(addr: &str, scheme: &str) -> Result<String, ClientError> {
     let a = addr.trim().trim_end_matches('/');
     if a.is_empty() {
         return Err(ClientError::BadAddress { addr: addr.into(), message: "empty".into() });
     }
-    let url = if a.contains("://") { a.to_string() } else { format!("http://{a}") };
+    let url = format!("{scheme}://{}", a.split_once("://").map_or(a, |(_, rest)| rest));
     let rest = url.split_once("://").map_or("", |(_, r)| r);
     let port_ok = rest.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
     if !port_ok || rest.contains('/') {
@@ -69,11 +87,20 @@ pub fn normalise(addr: &str) -> Result<String, ClientError> {
 }
 
 impl Coordinators {
-    /// From `--coordinator` values: comma-separated lists of addresses.
+    /// From `--coordinator` values: comma-separated lists of addresses (no credentials).
     pub fn new(addrs: &[String], deadlines: Deadlines) -> Result<Self, ClientError> {
+        Self::with_security(addrs, deadlines, ClientSecurity::default())
+    }
+
+    /// [`Self::new`] with a cluster token and TLS settings.
+    pub fn with_security(
+        addrs: &[String],
+        deadlines: Deadlines,
+        security: ClientSecurity,
+    ) -> Result<Self, ClientError> {
         let mut list = vec![];
         for a in addrs.iter().flat_map(|a| a.split(',')).filter(|a| !a.trim().is_empty()) {
-            let url = normalise(a)?;
+            let url = normalise_with(a, security.scheme())?;
             if !list.contains(&url) {
                 list.push(url);
             }
@@ -89,9 +116,15 @@ impl Coordinators {
                 addrs: Mutex::new(list),
                 current: Mutex::new(0),
                 channels: Mutex::new(HashMap::new()),
+                security,
             }),
             deadlines,
         })
+    }
+
+    /// The credentials and TLS settings this client presents.
+    pub fn security(&self) -> &ClientSecurity {
+        &self.inner.security
     }
 
     /// The same coordinators with other deadlines (e.g. a rendezvous that waits for peers).
@@ -101,19 +134,19 @@ impl Coordinators {
 
     /// Addresses, for messages.
     pub fn addrs(&self) -> Vec<String> {
-        self.inner.addrs.lock().expect("addrs lock").clone()
+        lock(&self.inner.addrs).clone()
     }
 
     /// The coordinator tried first (the leader, as far as this client knows).
     pub fn current(&self) -> String {
-        let addrs = self.inner.addrs.lock().expect("addrs lock");
-        let i = *self.inner.current.lock().expect("current lock");
+        let addrs = lock(&self.inner.addrs);
+        let i = *lock(&self.inner.current);
         addrs[i % addrs.len()].clone()
     }
 
     fn advance_from(&self, addr: &str) {
-        let addrs = self.inner.addrs.lock().expect("addrs lock");
-        let mut cur = self.inner.current.lock().expect("current lock");
+        let addrs = lock(&self.inner.addrs);
+        let mut cur = lock(&self.inner.current);
         if addrs[*cur % addrs.len()] == addr {
             *cur = (*cur + 1) % addrs.len();
         }
@@ -121,8 +154,8 @@ impl Coordinators {
 
     /// Make `leader` the first to try (adding it when it is new).
     fn follow(&self, leader: &str) -> bool {
-        let Ok(url) = normalise(leader) else { return false };
-        let mut addrs = self.inner.addrs.lock().expect("addrs lock");
+        let Ok(url) = normalise_with(leader, self.inner.security.scheme()) else { return false };
+        let mut addrs = lock(&self.inner.addrs);
         let i = match addrs.iter().position(|a| *a == url) {
             Some(i) => i,
             None => {
@@ -130,42 +163,58 @@ impl Coordinators {
                 addrs.len() - 1
             }
         };
-        let mut cur = self.inner.current.lock().expect("current lock");
+        let mut cur = lock(&self.inner.current);
         let changed = *cur != i;
         *cur = i;
         changed
     }
 
     fn forget(&self, addr: &str) {
-        self.inner.channels.lock().expect("channels lock").remove(addr);
+        lock(&self.inner.channels).remove(addr);
     }
 
-    async fn channel(&self, addr: &str) -> Result<Channel, String> {
-        if let Some(c) = self.inner.channels.lock().expect("channels lock").get(addr) {
-            return Ok(c.clone());
+    async fn channel(&self, addr: &str) -> Result<AuthChannel, Attempt> {
+        let auth = AttachToken::new(self.inner.security.token.as_ref());
+        if let Some(c) = lock(&self.inner.channels).get(addr) {
+            return Ok(InterceptedService::new(c.clone(), auth));
         }
-        let endpoint = Endpoint::from_shared(addr.to_string())
-            .map_err(|e| e.to_string())?
+        let mut endpoint = Endpoint::from_shared(addr.to_string())
+            .map_err(|e| Attempt::Unreachable(e.to_string()))?
             .connect_timeout(self.deadlines.attempt)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
+        if let Some(tls) = &self.inner.security.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| Attempt::Tls(transport_message(&e)))?;
+        }
         let connected = tokio::time::timeout(self.deadlines.attempt, endpoint.connect()).await;
         let channel = match connected {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(transport_message(&e)),
-            Err(_) => return Err(format!("no connection within {:?}", self.deadlines.attempt)),
+            Ok(Err(e)) => {
+                let message = transport_message(&e);
+                return Err(if is_tls_failure(&message) {
+                    Attempt::Tls(message)
+                } else {
+                    Attempt::Unreachable(message)
+                });
+            }
+            Err(_) => {
+                return Err(Attempt::Unreachable(format!(
+                    "no connection within {:?}",
+                    self.deadlines.attempt
+                )))
+            }
         };
-        self.inner.channels.lock().expect("channels lock").insert(addr.to_string(), channel.clone());
-        Ok(channel)
+        lock(&self.inner.channels).insert(addr.to_string(), channel.clone());
+        Ok(InterceptedService::new(channel, auth))
     }
 
     /// Run `f` on the leader's channel, following redirects and failing over between
     /// coordinators, each attempt bounded by `deadlines.attempt` and the whole call by `deadlines.total`.
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClientError>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(AuthChannel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         self.call_as(self.current(), f).await.map(|(t, _)| t)
@@ -174,7 +223,7 @@ impl Coordinators {
     /// [`Self::call`], also returning the address that answered; `first` is tried first.
     pub async fn call_as<T, F, Fut>(&self, first: String, mut f: F) -> Result<(T, String), ClientError>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(AuthChannel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let started = Instant::now();
@@ -183,7 +232,7 @@ impl Coordinators {
         let mut addr = first;
         loop {
             let attempt = async {
-                let channel = self.channel(&addr).await.map_err(Attempt::Unreachable)?;
+                let channel = self.channel(&addr).await?;
                 match tokio::time::timeout(self.deadlines.attempt, f(channel)).await {
                     Err(_) => {
                         Err(Attempt::Unreachable(format!("no answer within {:?}", self.deadlines.attempt)))
@@ -194,9 +243,28 @@ impl Coordinators {
             };
             let failure = match attempt.await {
                 Ok(t) => return Ok((t, addr)),
+                Err(Attempt::Tls(e)) => {
+                    self.forget(&addr);
+                    return Err(ClientError::Tls {
+                        addr: host(&addr),
+                        message: e,
+                        tls: self.inner.security.tls.is_some(),
+                    });
+                }
                 Err(Attempt::Unreachable(e)) => {
                     self.forget(&addr);
                     format!("{}: {e}", host(&addr))
+                }
+                Err(Attempt::Status(s))
+                    if is_tls_failure(s.message())
+                        || (self.inner.security.tls.is_none() && is_h2_garbage(&s)) =>
+                {
+                    self.forget(&addr);
+                    return Err(ClientError::Tls {
+                        addr: host(&addr),
+                        message: s.message().into(),
+                        tls: self.inner.security.tls.is_some(),
+                    });
                 }
                 Err(Attempt::Status(s)) => match retry_kind(&s) {
                     Retry::No => {
@@ -223,12 +291,20 @@ impl Coordinators {
             if started.elapsed() >= self.deadlines.total {
                 let last_error = failure;
                 let addrs = self.addrs().iter().map(|a| host(a)).collect::<Vec<_>>().join(", ");
+                // a TLS server that refuses this client's certificate (or its lack of one) closes
+                // the connection after the handshake: say what to check with TLS on
+                let last_error = match &self.inner.security.tls {
+                    Some(_) => format!(
+                        "{last_error}; with TLS, check --tls-ca, and pass --tls-cert/--tls-key if the coordinator demands client certificates"
+                    ),
+                    None => last_error,
+                };
                 return Err(ClientError::Unreachable { addrs, last_error });
             }
             self.advance_from(&addr);
             addr = self.current();
             failures_in_round += 1;
-            let n = self.inner.addrs.lock().expect("addrs lock").len();
+            let n = lock(&self.inner.addrs).len();
             if failures_in_round >= n {
                 failures_in_round = 0;
                 let left = self.deadlines.total.saturating_sub(started.elapsed());
@@ -240,7 +316,32 @@ impl Coordinators {
 
 enum Attempt {
     Unreachable(String),
+    /// The TLS handshake failed (an unknown CA, a plaintext server, a certificate for another name).
+    Tls(String),
     Status(Status),
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A plaintext HTTP/2 client talking to a TLS server reads the server's TLS alert as a broken
+/// HTTP/2 frame.
+fn is_h2_garbage(s: &Status) -> bool {
+    let m = s.message().to_ascii_lowercase();
+    m.contains("h2 protocol error") || m.contains("http2 error") || m.contains("frame with invalid size")
+}
+
+/// Whether a connection error is a TLS one (rustls' messages), which no retry fixes.
+fn is_tls_failure(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("invalid peer certificate")
+        || m.contains("unknownissuer")
+        || m.contains("certificate")
+        || m.contains("invalidcontenttype")
+        || m.contains("corrupt message")
+        || m.contains("tls handshake")
+        || m.contains("received corrupt")
 }
 
 #[derive(Debug, PartialEq)]

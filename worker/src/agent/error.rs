@@ -16,6 +16,22 @@ pub enum ClientError {
     /// A `--coordinator` address that is not a URL or host:port.
     #[error("coordinator address {addr:?}: {message}")]
     BadAddress { addr: String, message: String },
+    /// The TLS connection to a coordinator failed, or (`tls` false) a plaintext client reached
+    /// a coordinator that speaks TLS.
+    #[error("{}", tls_failure(addr, message, *tls))]
+    Tls { addr: String, message: String, tls: bool },
+}
+
+fn tls_failure(addr: &str, message: &str, tls: bool) -> String {
+    if tls {
+        format!(
+            "TLS with the coordinator at {addr} failed ({message}); check that it serves TLS, that --tls-ca is the CA that signed its certificate, that the address is a name in that certificate, and, if it demands client certificates, pass --tls-cert and --tls-key"
+        )
+    } else {
+        format!(
+            "the coordinator at {addr} does not answer plaintext gRPC ({message}); if it serves TLS, pass --tls-ca with the CA that signed its certificate"
+        )
+    }
 }
 
 impl ClientError {

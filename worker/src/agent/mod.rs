@@ -2,7 +2,10 @@
 //! heartbeats, and runs what the heartbeat responses assign as a child `cyclotron train` process.
 //!
 //! Protocol, from the worker's side:
-//! - `Register` (protocol version, data-plane address) gives a lease; heartbeats go every lease/3
+//! - `Register` (protocol version, data-plane address) gives a lease and a session secret that
+//!   every later call carries (registering again, this agent sends it back to prove it is the
+//!   same worker); a refusal (another process holds this id, a missing or wrong cluster token,
+//!   another protocol version) ends the agent with the coordinator's message. Heartbeats go every lease/3
 //!   (every [`IDLE_POLL`] while idle, so a new assignment is picked up quickly),
 //!   each with a deadline, following the raft leader ([`client`]).
 //! - A heartbeat response carries the assignment: the same (job, task, generation) keeps the
@@ -21,12 +24,16 @@ pub mod error;
 pub mod events;
 mod report;
 pub mod run;
+pub mod sandbox;
+pub mod stall;
 pub mod watchdog;
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+
+use cyclotron_proto::tls::ClientSecurity;
 
 use cyclotron_proto::v1::worker_service_client::WorkerServiceClient;
 use cyclotron_proto::v1::{Assignment, HeartbeatRequest, HeartbeatResponse, RegisterRequest};
@@ -58,6 +65,13 @@ pub struct AgentConfig {
     pub stop_grace: Duration,
     pub rendezvous_timeout: Duration,
     pub collective_timeout: Duration,
+    /// The cluster token and TLS settings presented to the coordinators.
+    pub security: ClientSecurity,
+    /// Where a job spec may point this worker: data, outputs, S3 endpoints ([`sandbox`]).
+    pub sandbox: sandbox::Sandbox,
+    /// A run that reports no step and no event for this long is stuck: it is stopped and reported
+    /// as a transient failure (the coordinator restarts it like a crash).
+    pub stall_timeout: Duration,
 }
 
 impl AgentConfig {
@@ -75,8 +89,26 @@ impl AgentConfig {
             stop_grace: Duration::from_secs(10),
             rendezvous_timeout: Duration::from_secs(60),
             collective_timeout: Duration::from_secs(60),
+            security: ClientSecurity::default(),
+            sandbox: sandbox::Sandbox::default(),
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         }
     }
+}
+
+/// Default of [`AgentConfig::stall_timeout`]: longer than any epoch's silence should be (every
+/// training step and epoch reports), short enough that a stuck run is noticed within minutes.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Environment variable through which a training child receives its ring generation's secret
+/// (hex); the ring handshake proves it to the peers.
+pub use crate::collective::ring::RING_SECRET_ENV;
+
+/// This agent's current session secret (replaced when it registers again).
+pub type Session = Arc<RwLock<String>>;
+
+pub(crate) fn session_of(s: &Session) -> String {
+    s.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// This machine's name (the kernel's hostname), if it has one.
@@ -107,7 +139,12 @@ pub const IDLE_POLL: Duration = Duration::from_millis(300);
 /// refuses this worker (an error).
 pub async fn run_agent(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
     let (data_host, data_port) = split_addr(&cfg.data_addr)?;
-    let client = Coordinators::new(&cfg.coordinators, Deadlines::new(cfg.rpc_timeout, cfg.rpc_timeout * 3))?;
+    let client = Coordinators::with_security(
+        &cfg.coordinators,
+        Deadlines::new(cfg.rpc_timeout, cfg.rpc_timeout * 3),
+        cfg.security.clone(),
+    )?;
+    let session: Session = Arc::default();
     let tmp;
     let work_dir = match &cfg.work_dir {
         Some(d) => d.clone(),
@@ -121,12 +158,15 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> 
     };
     tokio::pin!(shutdown);
     let mut lease = tokio::select! {
-        r = register(&client, &cfg) => r?,
+        r = register(&client, &cfg, &session) => r?,
         _ = &mut shutdown => return Ok(()),
     };
     let ctx = Arc::new(RunContext {
         client: client.clone(),
         worker_id: cfg.worker_id.clone(),
+        session: session.clone(),
+        sandbox: cfg.sandbox.clone(),
+        stall_timeout: cfg.stall_timeout,
         binary: cfg.binary.clone(),
         work_dir,
         child_cwd: None,
@@ -161,7 +201,8 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> 
             _ = ended => {}
             _ = &mut shutdown => break,
         }
-        let hb = heartbeat(&client, &cfg.worker_id, lease);
+        let current = session_of(&session);
+        let hb = heartbeat(&client, &cfg.worker_id, &current, lease);
         let r = tokio::select! {
             r = hb => r,
             _ = &mut shutdown => break,
@@ -174,11 +215,16 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> 
                 }
                 runs.apply(resp.assignment.filter(|a| !a.job_id.is_empty()));
             }
-            Err(e) if matches!(e.code(), Some(Code::NotFound | Code::FailedPrecondition)) => {
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some(Code::NotFound | Code::FailedPrecondition | Code::PermissionDenied)
+                ) =>
+            {
                 tracing::warn!(worker = %cfg.worker_id, "the coordinator no longer counts this worker ({e}); registering again");
                 runs.apply(None);
                 lease = tokio::select! {
-                    r = register(&client, &cfg) => r?,
+                    r = register(&client, &cfg, &session) => r?,
                     _ = &mut shutdown => break,
                 };
                 last_ok = Instant::now();
@@ -245,13 +291,16 @@ fn split_addr(addr: &str) -> Result<(String, u16)> {
     Ok((host.to_string(), port))
 }
 
-/// Register until a coordinator answers; a refusal (e.g. another protocol version) is an error.
-async fn register(client: &Coordinators, cfg: &AgentConfig) -> Result<Duration> {
+/// Register until a coordinator answers; a refusal (another protocol version, an id another
+/// process holds, a missing or wrong cluster token) is an error. The session it returns is
+/// stored in `session` (and the previous one sent along, proving this is the same worker).
+async fn register(client: &Coordinators, cfg: &AgentConfig, session: &Session) -> Result<Duration> {
     let msg = RegisterRequest {
         worker_id: cfg.worker_id.clone(),
         data_addr: cfg.data_addr.clone(),
         protocol_version: cfg.protocol_version,
         gpus: cfg.gpus,
+        session: session_of(session),
     };
     let mut warned = false;
     loop {
@@ -264,6 +313,7 @@ async fn register(client: &Coordinators, cfg: &AgentConfig) -> Result<Duration> 
             .await;
         match r {
             Ok(resp) => {
+                *session.write().unwrap_or_else(|e| e.into_inner()) = resp.session;
                 let lease = Duration::from_millis(resp.lease_ms.max(300));
                 tracing::info!(worker = %cfg.worker_id, coordinator = %client::host(&client.current()), ?lease, "registered");
                 return Ok(lease);
@@ -273,6 +323,7 @@ async fn register(client: &Coordinators, cfg: &AgentConfig) -> Result<Duration> 
             {
                 return Err(AgentError::Refused { message });
             }
+            Err(e @ ClientError::Tls { .. }) => return Err(e.into()),
             Err(e) => {
                 if !warned {
                     tracing::warn!(worker = %cfg.worker_id, "cannot register yet, retrying: {e}");
@@ -287,12 +338,13 @@ async fn register(client: &Coordinators, cfg: &AgentConfig) -> Result<Duration> 
 async fn heartbeat(
     client: &Coordinators,
     worker: &str,
+    session: &str,
     lease: Duration,
 ) -> Result<HeartbeatResponse, ClientError> {
     // each attempt well inside the lease; all attempts within one lease
     let attempt = (lease / 3).clamp(Duration::from_millis(500), Duration::from_secs(5));
     let c = client.with_deadlines(Deadlines::new(attempt, lease));
-    let msg = HeartbeatRequest { worker_id: worker.to_string() };
+    let msg = HeartbeatRequest { worker_id: worker.to_string(), session: session.to_string() };
     c.call(|ch| {
         let req = request(msg.clone(), attempt);
         async move { WorkerServiceClient::new(ch).heartbeat(req).await }

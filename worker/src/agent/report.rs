@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use cyclotron_core::events::TrainEvent;
+use cyclotron_proto::limits::truncate;
 use cyclotron_proto::v1::worker_service_client::WorkerServiceClient;
 use cyclotron_proto::v1::{ProgressReport, ResultReport};
 use tokio::sync::mpsc;
@@ -28,7 +29,9 @@ pub(crate) enum Report {
 }
 
 pub(crate) fn failure(permanent: bool, message: String, exit: &str, tail: &[String]) -> Report {
-    let mut error = message;
+    // long lines of a child's stderr must not make the report too big to be accepted
+    let tail: Vec<String> = tail.iter().map(|l| truncate(l, 1024)).collect();
+    let mut error = truncate(&message, 16 << 10);
     if !exit.is_empty() && !error.contains(exit) {
         error = format!("{error} (training {exit})");
     }
@@ -67,6 +70,7 @@ pub fn progress_json(e: &TrainEvent) -> Option<String> {
 pub(crate) async fn reporter(
     client: Coordinators,
     worker: String,
+    session: super::Session,
     key: RunKey,
     mut rx: mpsc::UnboundedReceiver<Report>,
 ) {
@@ -84,6 +88,7 @@ pub(crate) async fn reporter(
                     task: key.task,
                     generation: key.generation,
                     progress_json,
+                    session: super::session_of(&session),
                 };
                 let sent = progress_client
                     .call(|ch| {
@@ -105,6 +110,7 @@ pub(crate) async fn reporter(
                     result_json,
                     error,
                     permanent,
+                    session: super::session_of(&session),
                 };
                 let sent = result_client
                     .call(|ch| {

@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cyclotron_core::events::TrainEvent;
+use cyclotron_core::spec::JobSpec;
 use cyclotron_core::sweep::SweepChoice;
 use cyclotron_proto::v1::worker_service_client::WorkerServiceClient;
-use cyclotron_proto::v1::{Assignment, RendezvousRequest};
+use cyclotron_proto::v1::{Assignment, RendezvousRequest, RendezvousResponse};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::Code;
@@ -51,6 +52,12 @@ impl std::fmt::Display for RunKey {
 pub struct RunContext {
     pub client: Coordinators,
     pub worker_id: String,
+    /// The agent's current session secret (every report and rendezvous carries it).
+    pub session: super::Session,
+    /// Where this worker lets a spec point it.
+    pub sandbox: super::sandbox::Sandbox,
+    /// No event and no CPU time for this long: the run is stuck.
+    pub stall_timeout: Duration,
     /// The `cyclotron` binary to start (`std::env::current_exe()`).
     pub binary: PathBuf,
     /// Runs' folders (spec, `--out`) go under it.
@@ -109,47 +116,69 @@ pub fn start(ctx: Arc<RunContext>, a: Assignment, prev: Option<JoinHandle<()>>) 
 
 async fn run(ctx: &RunContext, a: &Assignment, mut stop: watch::Receiver<bool>) -> Result<()> {
     let key = RunKey::of(a);
-    let dir = ctx.work_dir.join(format!("{}-t{}-g{}", sanitize(&a.job_id), a.task, a.generation));
-    let io = |what: String| move |e| AgentError::Io { what, source: e };
-    std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
-    let spec_path = dir.join("job.toml");
-    std::fs::write(&spec_path, &a.spec_toml).map_err(io(format!("writing {}", spec_path.display())))?;
-
     let (tx, rx) = mpsc::unbounded_channel();
-    let reporter = tokio::spawn(reporter(ctx.client.clone(), ctx.worker_id.clone(), key.clone(), rx));
+    let reporter = tokio::spawn(reporter(
+        ctx.client.clone(),
+        ctx.worker_id.clone(),
+        ctx.session.clone(),
+        key.clone(),
+        rx,
+    ));
+    // whatever goes wrong from here on is reported (a task is never left "running"); a stop
+    // (the assignment withdrawn) abandons what is queued
+    let finish = |tx: mpsc::UnboundedSender<Report>, report: Option<Report>| async move {
+        match report {
+            Some(r) => {
+                let _ = tx.send(r);
+                drop(tx);
+                let _ = tokio::time::timeout(Duration::from_secs(130), reporter).await;
+            }
+            None => reporter.abort(),
+        }
+    };
+    let prepared = match prepare(ctx, a) {
+        Ok(p) => p,
+        Err((permanent, message)) => {
+            tracing::warn!(run = %key, permanent, "cannot start the run: {message}");
+            finish(
+                tx,
+                Some(failure(permanent, format!("the worker cannot start this run: {message}"), "", &[])),
+            )
+            .await;
+            return Ok(());
+        }
+    };
+    let Prepared { dir, spec_path } = prepared;
 
-    // rendezvous: publish this rank's ring address, learn everyone's
-    let peers = if a.world_size > 1 {
+    // rendezvous: publish this rank's ring address, learn everyone's and this generation's secret
+    let (peers, ring_secret) = if a.world_size > 1 {
         let data_addr = data_addr(&ctx.data_host, ctx.data_port)?;
         tracing::info!(run = %key, rank = a.rank, %data_addr, "rendezvous");
         let rdv = rendezvous(ctx, a, data_addr.clone());
-        let addrs = tokio::select! {
+        let answer = tokio::select! {
             r = rdv => r,
-            _ = stop.changed() => { reporter.abort(); return Ok(()); }
+            _ = stop.changed() => { finish(tx, None).await; return Ok(()); }
         };
-        match addrs {
-            Ok(addrs) => addrs,
+        match answer {
+            Ok(answer) => (answer.data_addrs, answer.ring_secret),
             Err(e) => {
                 // a stale generation is answered by the next heartbeat; anything else restarts the group
-                let stale =
-                    matches!(e.code(), Some(Code::FailedPrecondition | Code::NotFound | Code::Aborted));
+                let stale = matches!(
+                    e.code(),
+                    Some(Code::FailedPrecondition | Code::NotFound | Code::Aborted | Code::PermissionDenied)
+                );
                 tracing::warn!(run = %key, "rendezvous failed: {e}");
-                if !stale {
-                    let _ = tx.send(failure(false, format!("rendezvous failed: {e}"), "", &[]));
-                }
-                drop(tx);
-                let _ = tokio::time::timeout(Duration::from_secs(30), reporter).await;
+                let report = (!stale).then(|| failure(false, format!("rendezvous failed: {e}"), "", &[]));
+                finish(tx, report).await;
                 return Ok(());
             }
         }
     } else {
-        vec![]
+        (vec![], vec![])
     };
     if a.world_size > 1 && peers.len() != a.world_size as usize {
         let msg = format!("rendezvous returned {} addresses for a group of {}", peers.len(), a.world_size);
-        let _ = tx.send(failure(false, msg, "", &[]));
-        drop(tx);
-        let _ = tokio::time::timeout(Duration::from_secs(30), reporter).await;
+        finish(tx, Some(failure(false, msg, "", &[]))).await;
         return Ok(());
     }
 
@@ -162,29 +191,42 @@ async fn run(ctx: &RunContext, a: &Assignment, mut stop: watch::Receiver<bool>) 
         Ok(args) => args,
         Err(e) => {
             // a task this worker cannot read will not read better elsewhere
-            let _ = tx.send(failure(true, e.to_string(), "", &[]));
-            drop(tx);
-            let _ = tokio::time::timeout(Duration::from_secs(30), reporter).await;
+            finish(tx, Some(failure(true, e.to_string(), "", &[]))).await;
             return Ok(());
         }
     };
+    let mut env = vec![];
+    if !ring_secret.is_empty() {
+        // the environment, not argv: `ps` shows every user the command line
+        env.push((super::RING_SECRET_ENV.to_string(), cyclotron_proto::auth::hex_encode(&ring_secret)));
+    }
     let spec = ChildSpec {
         program: ctx.binary.clone(),
         args,
         cwd: ctx.child_cwd.clone(),
         ping_every: Some(ctx.child_watchdog / 4),
         log_prefix: format!("[{} rank {}]", a.job_id, a.rank),
+        env,
     };
-    let mut child = Child::spawn(&spec)?;
+    let mut child = match Child::spawn(&spec) {
+        Ok(c) => c,
+        Err(e) => {
+            finish(tx, Some(failure(false, format!("the worker cannot start training: {e}"), "", &[]))).await;
+            return Ok(());
+        }
+    };
     tracing::info!(run = %key, rank = a.rank, world = a.world_size, pid = child.pid(), "training started");
     let mut failed: Option<(bool, String)> = None;
     let mut stdout_open = true;
+    let mut progress = super::stall::Progress::new(child.pid(), ctx.stall_timeout);
+    let mut check = tokio::time::interval(progress.check_every());
     // the events first (stdout closes when the child exits), then the exit status
     while stdout_open {
         tokio::select! {
             e = child.next_event() => match e {
                 Some(TrainEvent::Failed { permanent, message }) => failed = Some((permanent, message)),
                 Some(e) => {
+                    progress.event();
                     log_event(&key, &e);
                     // every rank sees the same epochs; rank 0 speaks for the group
                     if a.rank == 0 {
@@ -193,10 +235,19 @@ async fn run(ctx: &RunContext, a: &Assignment, mut stop: watch::Receiver<bool>) 
                 }
                 None => stdout_open = false,
             },
+            _ = check.tick() => {
+                if let Some(why) = progress.stuck() {
+                    tracing::warn!(run = %key, "training is stuck ({why}); stopping it");
+                    let s = child.stop(ctx.stop_grace).await?;
+                    let report = failure(false, format!("training stuck: {why}"), &describe_exit(&s), &child.stderr_tail());
+                    finish(tx, Some(report)).await;
+                    return Ok(());
+                }
+            }
             _ = stop.changed() => {
                 let s = child.stop(ctx.stop_grace).await?;
                 tracing::info!(run = %key, "stopped the training child ({})", describe_exit(&s));
-                reporter.abort();
+                finish(tx, None).await;
                 return Ok(());
             }
         }
@@ -206,7 +257,7 @@ async fn run(ctx: &RunContext, a: &Assignment, mut stop: watch::Receiver<bool>) 
         _ = stop.changed() => {
             let s = child.stop(ctx.stop_grace).await?;
             tracing::info!(run = %key, "stopped the training child ({})", describe_exit(&s));
-            reporter.abort();
+            finish(tx, None).await;
             return Ok(());
         }
     };
@@ -233,14 +284,43 @@ async fn run(ctx: &RunContext, a: &Assignment, mut stop: watch::Receiver<bool>) 
         failure(permanent, message, &exit, &child.stderr_tail())
     };
     tracing::info!(run = %key, "training {exit}");
-    let _ = tx.send(report);
-    drop(tx);
     // reports are retried until acknowledged or their deadline; a stop abandons them
     tokio::select! {
-        _ = reporter => {}
+        _ = finish(tx, Some(report)) => {}
         _ = stop.changed() => {}
     }
     Ok(())
+}
+
+struct Prepared {
+    dir: PathBuf,
+    spec_path: PathBuf,
+}
+
+/// The run's folder and spec file, after checking the spec against this worker's sandbox.
+/// `Err((permanent, why))`: a spec the worker refuses fails for good; a folder it cannot write
+/// (a full disk) is transient.
+fn prepare(ctx: &RunContext, a: &Assignment) -> std::result::Result<Prepared, (bool, String)> {
+    let spec = JobSpec::from_toml_str(&a.spec_toml, "the assigned spec")
+        .and_then(|s| s.validate().map(|()| s))
+        .map_err(|e| (true, e.to_string()))?;
+    let cwd = match &ctx.child_cwd {
+        Some(d) => d.clone(),
+        None => std::env::current_dir().map_err(|e| (false, format!("no working directory: {e}")))?,
+    };
+    let refused = ctx.sandbox.problems(&spec, &cwd);
+    if !refused.is_empty() {
+        return Err((
+            true,
+            format!("the spec reaches outside this worker's sandbox: {}", refused.join("; ")),
+        ));
+    }
+    let dir = ctx.work_dir.join(format!("{}-t{}-g{}", sanitize(&a.job_id), a.task, a.generation));
+    std::fs::create_dir_all(&dir).map_err(|e| (false, format!("creating {}: {e}", dir.display())))?;
+    let spec_path = dir.join("job.toml");
+    std::fs::write(&spec_path, &a.spec_toml)
+        .map_err(|e| (false, format!("writing {}: {e}", spec_path.display())))?;
+    Ok(Prepared { dir, spec_path })
 }
 
 /// Rank 0's `results.json`; other ranks have none.
@@ -393,7 +473,7 @@ async fn rendezvous(
     ctx: &RunContext,
     a: &Assignment,
     data_addr: String,
-) -> std::result::Result<Vec<String>, super::ClientError> {
+) -> std::result::Result<RendezvousResponse, super::ClientError> {
     let client = ctx.client.with_deadlines(Deadlines::new(
         ctx.rendezvous_timeout,
         ctx.rendezvous_timeout + Duration::from_secs(10),
@@ -405,6 +485,8 @@ async fn rendezvous(
         rank: a.rank,
         data_addr,
         nccl_unique_id: vec![],
+        worker_id: ctx.worker_id.clone(),
+        session: super::session_of(&ctx.session),
     };
     let timeout = ctx.rendezvous_timeout;
     let r = client
@@ -413,7 +495,7 @@ async fn rendezvous(
             async move { WorkerServiceClient::new(ch).rendezvous(req).await }
         })
         .await?;
-    Ok(r.data_addrs)
+    Ok(r)
 }
 
 fn log_event(key: &RunKey, e: &TrainEvent) {
@@ -453,6 +535,9 @@ mod tests {
             )
             .unwrap(),
             worker_id: "w".into(),
+            session: Default::default(),
+            sandbox: Default::default(),
+            stall_timeout: Duration::from_secs(600),
             binary: "/bin/true".into(),
             work_dir: "/tmp".into(),
             child_cwd: None,

@@ -36,7 +36,7 @@ impl WorkerService for FakeCoordinator {
             return Err(Status::failed_precondition("worker speaks protocol 1; this coordinator speaks 2"));
         }
         f.registrations += 1;
-        Ok(Response::new(RegisterResponse { lease_ms: 900 }))
+        Ok(Response::new(RegisterResponse { lease_ms: 900, session: "s".repeat(64) }))
     }
     async fn heartbeat(&self, _: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
         let mut f = self.0.lock().unwrap();
@@ -99,14 +99,21 @@ mkdir -p "$out" && echo '{{"job":"fake"}}' > "$out/results.json"
     path
 }
 
-fn assignment(spec: &str, generation: u64) -> Assignment {
+/// A valid spec named `name` (the fake child hangs when the spec holds "hang").
+fn spec(name: &str) -> String {
+    format!(
+        "name = \"{name}\"\n[data]\nsource = \"fashion_mnist\"\n[model]\narch = \"small_cnn\"\n[[stage]]\nlr = 0.1\nepochs = 1\n"
+    )
+}
+
+fn assignment(name: &str, generation: u64) -> Assignment {
     Assignment {
         job_id: "j-1".into(),
         task: 0,
         generation,
         rank: 0,
         world_size: 1,
-        spec_toml: spec.into(),
+        spec_toml: spec(name),
         task_json: String::new(),
         resume_from: String::new(),
     }
@@ -137,7 +144,7 @@ fn config(addr: &str, dir: &Path) -> AgentConfig {
 async fn an_assignment_runs_the_child_and_reports_progress_then_the_result() {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeCoordinator::default();
-    fake.0.lock().unwrap().assignment = Some(assignment("name = \"ok\"", 0));
+    fake.0.lock().unwrap().assignment = Some(assignment("ok", 0));
     let addr = serve(fake.clone()).await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(run_agent(config(&addr, dir.path()), async {
@@ -172,7 +179,7 @@ async fn an_assignment_runs_the_child_and_reports_progress_then_the_result() {
 async fn a_withdrawn_assignment_kills_the_child_and_a_forgotten_worker_registers_again() {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeCoordinator::default();
-    fake.0.lock().unwrap().assignment = Some(assignment("hang = true", 0));
+    fake.0.lock().unwrap().assignment = Some(assignment("hang", 0));
     let addr = serve(fake.clone()).await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent = tokio::spawn(run_agent(config(&addr, dir.path()), async {
@@ -193,7 +200,7 @@ async fn a_withdrawn_assignment_kills_the_child_and_a_forgotten_worker_registers
 
     // a new generation starts a new child; NOT_FOUND to a heartbeat stops it and re-registers
     std::fs::remove_file(&pid_file).unwrap();
-    fake.0.lock().unwrap().assignment = Some(assignment("hang = true", 1));
+    fake.0.lock().unwrap().assignment = Some(assignment("hang", 1));
     until("the new child", Duration::from_secs(20), || pid_file.exists()).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let pid2: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
@@ -208,13 +215,77 @@ async fn a_withdrawn_assignment_kills_the_child_and_a_forgotten_worker_registers
 
     // shutdown with a run in progress stops the child too
     std::fs::remove_file(&pid_file).unwrap();
-    fake.0.lock().unwrap().assignment = Some(assignment("hang = true", 2));
+    fake.0.lock().unwrap().assignment = Some(assignment("hang", 2));
     until("the third child", Duration::from_secs(20), || pid_file.exists()).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let pid3: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), agent).await.unwrap().unwrap().unwrap();
     until("the third child to be stopped", Duration::from_secs(5), || !alive(pid3)).await;
+}
+
+/// Run the agent against `fake` with `cfg` until it reported one result, and return it.
+async fn first_result(fake: &FakeCoordinator, cfg: AgentConfig) -> ResultReport {
+    let addr = serve(fake.clone()).await;
+    let mut cfg = cfg;
+    cfg.coordinators = vec![addr];
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(run_agent(cfg, async {
+        let _ = stopped.await;
+    }));
+    let f = fake.0.clone();
+    until("a result", Duration::from_secs(30), || !f.lock().unwrap().results.is_empty()).await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), agent).await.unwrap().unwrap().unwrap();
+    let r = fake.0.lock().unwrap().results[0].clone();
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_reaching_outside_the_sandbox_fails_for_good_and_starts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeCoordinator::default();
+    let mut a = assignment("ok", 0);
+    a.spec_toml =
+        a.spec_toml.replace("[data]\n", "output = \"file:///etc/cyclotron\"\n[data]\npath = \"/root\"\n");
+    fake.0.lock().unwrap().assignment = Some(a);
+    let r = first_result(&fake, config("", dir.path())).await;
+    assert!(!r.ok && r.permanent, "{r:?}");
+    assert!(
+        r.error.contains("output \"/etc/cyclotron\"") && r.error.contains("--output-root"),
+        "{}",
+        r.error
+    );
+    assert!(r.error.contains("data.path \"/root\"") && r.error.contains("--data-root"), "{}", r.error);
+    assert!(!dir.path().join("pid").exists(), "the child never started");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_folder_cannot_be_made_is_reported_failed_not_left_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeCoordinator::default();
+    fake.0.lock().unwrap().assignment = Some(assignment("ok", 0));
+    let mut cfg = config("", dir.path());
+    let blocker = dir.path().join("not-a-folder");
+    std::fs::write(&blocker, "x").unwrap();
+    cfg.work_dir = Some(blocker);
+    let r = first_result(&fake, cfg).await;
+    assert!(!r.ok && !r.permanent, "{r:?}");
+    assert!(r.error.contains("the worker cannot start this run: creating"), "{}", r.error);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_child_is_stopped_and_reported_as_a_transient_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeCoordinator::default();
+    fake.0.lock().unwrap().assignment = Some(assignment("hang", 0));
+    let mut cfg = config("", dir.path());
+    cfg.stall_timeout = Duration::from_millis(1500);
+    let r = first_result(&fake, cfg).await;
+    assert!(!r.ok && !r.permanent, "restarted like a crash: {r:?}");
+    assert!(r.error.contains("training stuck: no event and no CPU time for 1.5s"), "{}", r.error);
+    let pid: u32 = std::fs::read_to_string(dir.path().join("pid")).unwrap().trim().parse().unwrap();
+    assert!(!alive(pid), "the stuck child was stopped");
 }
 
 #[tokio::test]
@@ -244,7 +315,9 @@ async fn an_unreachable_coordinator_is_named_with_what_to_do() {
     let started = Instant::now();
     let r = c
         .call(|ch| async move {
-            WorkerServiceClient::new(ch).heartbeat(HeartbeatRequest { worker_id: "w".into() }).await
+            WorkerServiceClient::new(ch)
+                .heartbeat(HeartbeatRequest { worker_id: "w".into(), session: String::new() })
+                .await
         })
         .await;
     assert!(started.elapsed() < Duration::from_secs(5), "the call outlived its deadline");
@@ -300,6 +373,7 @@ async fn a_follower_redirects_to_the_leader() {
         data_addr: "127.0.0.1:0".into(),
         protocol_version: cyclotron_proto::PROTOCOL_VERSION,
         gpus: 0,
+        session: String::new(),
     };
     let (_, answered) = c
         .call_as(c.current(), |ch| {

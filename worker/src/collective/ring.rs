@@ -6,14 +6,17 @@
 //! # Connection protocol
 //! Rank `r` of `n` listens on `peers[r]`, connects to rank `(r+1) % n` (retrying until the
 //! deadline: the peer may not listen yet) and accepts one connection from rank `(r-1) % n`:
-//! 1. connect to next, send `HELLO = [magic u32, version u32, rank u32, world u32, generation u64]`
-//!    (little-endian, 24 bytes);
+//! 1. connect to next, send `HELLO = [magic u32, version u32, rank u32, world u32, generation u64,
+//!    nonce 16 B]` (little-endian, 40 bytes);
 //! 2. accept from prev, read its HELLO, check that its rank is `r-1`, its world size and
-//!    generation equal ours, and answer with our own HELLO;
-//! 3. read next's answer and check it the same way.
+//!    generation equal ours, and answer with our own HELLO and an HMAC of both under the
+//!    generation's ring secret;
+//! 3. read next's answer, check it the same way and its HMAC, and send our own HMAC;
+//! 4. read prev's HMAC.
 //!
 //! Nobody waits for an answer before accepting, so no order of start-up deadlocks. A rank from an
-//! older generation (a group being restarted) is refused with [`CollectiveError::Handshake`].
+//! older generation (a group being restarted), or a process without the generation's secret, is
+//! refused ([`CollectiveError::Handshake`]) before any tensor moves; see `ring/handshake.rs`.
 //!
 //! # Call protocol
 //! Every call sends a 24-byte header `[op u32, 0 u32, seq u64, len u64]` before its data, and
@@ -21,7 +24,6 @@
 //! number or the length fail with [`CollectiveError::SizeMismatch`] instead of reducing garbage.
 //! Data is raw little-endian `f32`. Deadlines are socket timeouts set from the time left.
 
-use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,11 +34,13 @@ use super::{Collective, CollectiveError, ReduceOp, Result, DEFAULT_TIMEOUT};
 mod handshake;
 mod link;
 
-use handshake::{accept_until, check_hello, connect_until, hello, resolve, tune};
+use handshake::{accept_answered, accept_verified, confirm, connect_until, offer, resolve, tune};
+pub use handshake::{secret_from_env, RING_SECRET_ENV};
 use link::{Layout, Sender};
 
 const MAGIC: u32 = 0x4359_5243; // "CYRC"
-const VERSION: u32 = 1;
+/// 2: the HELLO carries a nonce and both sides prove the ring secret (HMAC).
+const VERSION: u32 = 2;
 /// Socket send and receive buffers asked of the kernel (capped by `net.core.{r,w}mem_max`).
 const SOCKET_BUFFER: usize = 4 << 20;
 
@@ -51,11 +55,21 @@ pub struct RingConfig {
     pub generation: u64,
     /// Deadline of connection set-up and of every call.
     pub timeout: Duration,
+    /// The generation's ring secret from the rendezvous, which peers prove to each other before
+    /// any tensor moves; `None`: an unauthenticated ring (static launches by hand, tests).
+    pub secret: Option<Vec<u8>>,
 }
 
 impl RingConfig {
     pub fn new(rank: usize, peers: Vec<String>) -> RingConfig {
-        RingConfig { rank, world_size: peers.len(), peers, generation: 0, timeout: DEFAULT_TIMEOUT }
+        RingConfig {
+            rank,
+            world_size: peers.len(),
+            peers,
+            generation: 0,
+            timeout: DEFAULT_TIMEOUT,
+            secret: None,
+        }
     }
 }
 
@@ -125,13 +139,11 @@ impl Ring {
         let mut next = connect_until(&cfg, next_rank, deadline)?;
         tune(&next)?;
         next.set_read_timeout(Some(cfg.timeout)).map_err(io("socket timeout"))?;
-        next.write_all(&hello(rank, world, cfg.generation)).map_err(io("sending hello"))?;
-        let mut prev = accept_until(&listener, &cfg, deadline)?;
-        tune(&prev)?;
-        prev.set_read_timeout(Some(cfg.timeout)).map_err(io("socket timeout"))?;
-        check_hello(&mut prev, &cfg, prev_rank, &format!("rank {prev_rank}"))?;
-        prev.write_all(&hello(rank, world, cfg.generation)).map_err(io("answering hello"))?;
-        check_hello(&mut next, &cfg, next_rank, &cfg.peers[next_rank])?;
+        let ours = offer(&mut next, &cfg)?;
+        let mut refused = vec![];
+        let answered = accept_answered(&listener, &cfg, prev_rank, deadline, &mut refused)?;
+        confirm(&mut next, &cfg, next_rank, &ours)?;
+        let prev = accept_verified(&listener, &cfg, prev_rank, deadline, answered, &mut refused)?;
         ring.kill = vec![next.try_clone().map_err(io("clone"))?, prev.try_clone().map_err(io("clone"))?];
         ring.next = Some(Sender::spawn(next, rank, next_rank, cfg.timeout).map_err(io("sender thread"))?);
         ring.prev = Some(prev);

@@ -35,6 +35,7 @@ fn connect(group: &GroupSpec) -> Result<Box<dyn Collective>> {
         peers: group.peers.clone(),
         generation: group.generation,
         timeout: group.timeout,
+        secret: crate::collective::ring::secret_from_env()?,
     };
     Ok(Box::new(Ring::connect(cfg)?))
 }

@@ -152,6 +152,8 @@ impl GroupSpec {
                 peers: self.peers.clone(),
                 generation: self.generation,
                 timeout: self.timeout,
+                // the agent passes the rendezvous' secret in the environment, never in argv
+                secret: crate::collective::ring::secret_from_env()?,
             };
             Box::new(Ring::connect(cfg)?)
         })
