@@ -37,7 +37,7 @@ width = 4
 steps = 10
 [[stage]]
 lr = 0.05
-epochs = 100000
+epochs = 10000
 [runtime]
 threads = 1
 device = "cpu"
