@@ -111,8 +111,30 @@ fn interrupted_and_resumed_run_matches_the_uninterrupted_one() {
     assert_eq!(epochs(&whole), epochs(&resumed));
 }
 
+/// `--resume` of a run that never committed a checkpoint trains from the start, says so, and
+/// gives the losses of a run started without `--resume`.
 #[test]
-fn resume_without_a_checkpoint_starts_over_and_corrupt_newest_falls_back() {
+fn resume_without_a_checkpoint_starts_over() {
+    if !fashion_mnist_present() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let spec = SPEC.replace("cycles = 2", "cycles = 1");
+    std::fs::write(work.path().join("job.toml"), spec).unwrap();
+    let said = train(work.path(), "resumed", "never-run", &["--resume"]);
+    assert!(said.contains("no checkpoint to resume from; starting at the beginning"), "{said}");
+    assert!(!said.contains("resumed from"), "{said}");
+    train(work.path(), "fresh", "fresh", &[]);
+    let losses =
+        |out: &str| read_json(&work.path().join(out).join("results.json"))["history"]["losses"].clone();
+    assert_eq!(losses("resumed").as_array().map(Vec::len), Some(10 + 10), "every step of both stages");
+    assert_eq!(losses("resumed"), losses("fresh"));
+}
+
+/// A corrupt newest checkpoint is skipped with one warning naming it, and the run resumes from the
+/// one before (keep_last = 3 keeps it).
+#[test]
+fn a_corrupt_newest_checkpoint_falls_back_to_the_one_before() {
     if !fashion_mnist_present() {
         return;
     }
@@ -132,4 +154,124 @@ fn resume_without_a_checkpoint_starts_over_and_corrupt_newest_falls_back() {
     assert!(said.contains("resumed") && said.contains("ckpt-0000000010"), "{said}");
     let results = read_json(&work.path().join("b/results.json"));
     assert_eq!(results["history"]["losses"].as_array().unwrap().len(), 10 + 10);
+}
+
+/// One stage of 4 epochs of 40 steps: long enough to be killed in the middle of an epoch.
+const LONG: &str = r#"
+name = "killed"
+seed = 13
+output = "file://./store"
+
+[data]
+source = "fashion_mnist"
+batch_size = 32
+limit_train = 1280
+limit_eval = 128
+
+[model]
+arch = "small_resnet"
+width = 8
+
+[[stage]]
+lr = 0.02
+epochs = 4
+
+[runtime]
+threads = 1
+device = "cpu"
+
+[checkpoint]
+every_epochs = 1
+keep_last = 1
+"#;
+
+const STEPS_PER_EPOCH: u64 = 40;
+
+/// `cyclotron_steps_total` of the run serving metrics on `port` (None while nothing answers).
+fn steps_done(port: u16) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let line = text.lines().find(|l| l.starts_with("cyclotron_steps_total{"))?;
+    line.rsplit(' ').next()?.parse::<f64>().ok().map(|v| v as u64)
+}
+
+/// The steps of the run's committed checkpoints (those with a MANIFEST).
+fn committed(run_dir: &Path) -> Vec<u64> {
+    let mut steps: Vec<u64> = std::fs::read_dir(run_dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| run_dir.join(n).join("MANIFEST.json").exists())
+        .filter_map(|n| n.strip_prefix("ckpt-")?.parse().ok())
+        .collect();
+    steps.sort_unstable();
+    steps
+}
+
+/// SIGKILL in the middle of an epoch (no clean stop, steps after the last checkpoint lost), then
+/// `--resume`: the run continues from the last committed checkpoint, and every step's loss from
+/// there on is the uninterrupted run's.
+#[test]
+fn killed_mid_epoch_resumes_from_the_last_checkpoint_exactly() {
+    if !fashion_mnist_present() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("job.toml"), LONG).unwrap();
+    let run_dir = work.path().join("store/killed/split");
+    let port = cyclotron_tests::free_ports(1)[0];
+    let addr = format!("127.0.0.1:{port}");
+    let log = work.path().join("split.log");
+    let tag = cyclotron_tests::new_tag();
+    let args = ["--quiet", "train", "job.toml", "--out", "part", "--run", "split", "--metrics-addr", &addr];
+    let mut victim = cyclotron_tests::spawn_logged(&args, work.path(), &log, &tag);
+    // kill once an epoch's checkpoint is committed and the next epoch is a quarter to half done
+    // (at least 20 steps before the next checkpoint)
+    let mut killed_at = None;
+    cyclotron_tests::wait_until(
+        "a checkpoint and the middle of the next epoch",
+        Duration::from_secs(240),
+        || {
+            let Some(done) = steps_done(port) else { return false };
+            let (epoch, into) = (done / STEPS_PER_EPOCH, done % STEPS_PER_EPOCH);
+            let mid = (STEPS_PER_EPOCH / 4..STEPS_PER_EPOCH / 2).contains(&into);
+            if (1..4).contains(&epoch) && mid && committed(&run_dir).contains(&(epoch * STEPS_PER_EPOCH)) {
+                cyclotron_tests::signal(victim.pid(), "KILL");
+                killed_at = Some(done);
+                return true;
+            }
+            assert!(
+                victim.exited().is_none(),
+                "the run ended before it could be killed:\n{}",
+                cyclotron_tests::read(&log)
+            );
+            false
+        },
+        || cyclotron_tests::read(&log),
+    );
+    assert_eq!(victim.wait(Duration::from_secs(30), "the killed run"), None, "killed by a signal");
+    let killed_at = killed_at.unwrap();
+    let last = *committed(&run_dir).last().expect("a committed checkpoint");
+    assert!(
+        last < killed_at && killed_at < last + STEPS_PER_EPOCH,
+        "killed at step {killed_at}, last checkpoint {last}"
+    );
+    assert!(!work.path().join("part/results.json").exists(), "a killed run writes no results");
+
+    let said = train(work.path(), "resumed", "split", &["--resume"]);
+    assert!(said.contains(&format!("ckpt-{last:010}")), "resumed from the last checkpoint:\n{said}");
+    train(work.path(), "whole", "whole", &[]);
+    let losses = |out: &str| -> Vec<f64> {
+        let v = read_json(&work.path().join(out).join("results.json"));
+        v["history"]["losses"].as_array().unwrap().iter().map(|l| l.as_f64().unwrap()).collect()
+    };
+    let (whole, resumed) = (losses("whole"), losses("resumed"));
+    assert_eq!(whole.len() as u64, 4 * STEPS_PER_EPOCH);
+    let from = last as usize;
+    assert_eq!(resumed[from..], whole[from..], "per-step losses from the last checkpoint (step {last}) on");
+    assert_eq!(resumed, whole, "and the history before it, restored from the checkpoint");
 }

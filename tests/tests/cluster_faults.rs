@@ -208,12 +208,33 @@ fn a_worker_killed_during_the_lr_sweep_loses_only_its_point() {
     v.proc.wait(Duration::from_secs(10), "the killed worker");
 
     let (events, results) = c.finishes(&job);
-    let restarted: Vec<&serde_json::Value> =
-        events.iter().filter(|e| e["type"] == "task_restarted").collect();
-    assert!(
-        restarted.iter().any(|e| e["task"].as_u64().is_some_and(|t| t < 3)),
-        "no sweep point restarted: {events:?}"
-    );
+    let task = |e: &serde_json::Value| e["task"].as_u64().unwrap_or(u64::MAX);
+    let restarted: Vec<u64> =
+        events.iter().filter(|e| e["type"] == "task_restarted" && task(e) < 3).map(task).collect();
+    assert_eq!(restarted.len(), 1, "exactly one sweep point restarted: {events:?}");
+    let lost = restarted[0];
+    // the lost point is the one the killed worker was training: its last sweep start before the restart
+    let at = events.iter().position(|e| e["type"] == "task_restarted" && task(e) == lost).unwrap();
+    let on_victim = |e: &&serde_json::Value| e["workers"] == serde_json::json!([id]);
+    let victims: Vec<u64> = events[..at]
+        .iter()
+        .filter(|e| e["type"] == "task_started" && task(e) < 3)
+        .filter(on_victim)
+        .map(task)
+        .collect();
+    assert_eq!(victims.last(), Some(&lost), "{id} was training point {lost} when killed: {events:?}");
+    // every other point ran once (generation 0); the lost one twice, the second time elsewhere
+    for t in 0..3 {
+        let starts: Vec<&serde_json::Value> =
+            events.iter().filter(|e| e["type"] == "task_started" && task(e) == t).collect();
+        let generations: Vec<u64> = starts.iter().map(|e| e["generation"].as_u64().unwrap()).collect();
+        if t == lost {
+            assert_eq!(generations, vec![0, 1], "point {t}: {events:?}");
+            assert!(!on_victim(&starts[1]), "point {t} restarted on the killed worker: {events:?}");
+        } else {
+            assert_eq!(generations, vec![0], "point {t} ran again though its worker lived: {events:?}");
+        }
+    }
     let concluded = events.iter().filter(|e| e["type"] == "sweep_concluded").count();
     assert_eq!(concluded, 1, "the sweep concluded once: {events:?}");
     assert_eq!(results["sweep"]["candidates"][0]["report"]["lrs"].as_array().map(Vec::len), Some(3));

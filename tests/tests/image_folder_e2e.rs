@@ -59,7 +59,12 @@ members = 2
     let warnings: Vec<&str> =
         ran.stderr.lines().filter(|l| l.contains("WARN") && l.contains("skipped")).collect();
     assert_eq!(warnings.len(), 1, "exactly one warning for the skipped files:\n{}", ran.stderr);
-    assert!(warnings[0].contains('3'), "the warning counts the 3 bad files: {}", warnings[0]);
+    // it counts the 3 bad files of data/train and names each (a warning names up to 3)
+    let w = warnings[0];
+    assert!(w.contains("skipped 3 files in data/train"), "the warning counts the 3 bad files: {w}");
+    for bad in ["notes.png", "README", "empty.jpg"] {
+        assert!(w.contains(&format!("data/train/red/{bad} (")), "the warning names {bad}: {w}");
+    }
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/results.json")).unwrap()).unwrap();
     assert_eq!(results["eval_split"], "valid");

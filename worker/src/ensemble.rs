@@ -108,4 +108,54 @@ mod tests {
         let chosen = pick(Selection::Greedy, &[worse, good.shallow_clone()], &y, 2);
         assert_eq!(chosen, vec![1]);
     }
+
+    /// Validation log-loss of the average of `members`.
+    fn loss(ps: &[Tensor], y: &Tensor, members: &[usize]) -> f64 {
+        let chosen: Vec<&Tensor> = members.iter().map(|&i| &ps[i]).collect();
+        metrics(&average(&chosen), y).loss
+    }
+
+    /// The guarantees of greedy selection on many random ensembles (members of different quality,
+    /// some near-copies of others): never worse on validation than the best single member, at
+    /// most `max` distinct members, and no member left out would have lowered the loss (the stop
+    /// rule) unless `max` was reached. For `max = 1`, exactly the best single member.
+    #[test]
+    fn greedy_guarantees_hold_on_random_ensembles() {
+        tch::manual_seed(7);
+        let (items, classes) = (24i64, 4i64);
+        for trial in 0..300 {
+            let n = 1 + trial % 6;
+            let max = 1 + (trial / 6) % 4;
+            let y = Tensor::randint(classes, [items], (tch::Kind::Int64, tch::Device::Cpu));
+            let truth = y.one_hot(classes).to_kind(tch::Kind::Float);
+            let ps: Vec<Tensor> = (0..n)
+                .map(|i| {
+                    // skill from 0 (noise) to 3 (mostly right), sharper or flatter at random
+                    let skill = 3.0 * (i as f64) / 5.0;
+                    let logits = Tensor::randn([items, classes], (tch::Kind::Float, tch::Device::Cpu))
+                        + &truth * skill;
+                    (logits * (0.5 + (trial % 3) as f64)).softmax(-1, tch::Kind::Float)
+                })
+                .collect();
+            let chosen = select(Selection::Greedy, &ps, &y, max);
+            let what = format!("trial {trial}: {n} members, max {max}, chose {chosen:?}");
+            assert!(!chosen.is_empty() && chosen.len() <= max, "{what}");
+            assert!(chosen.windows(2).all(|w| w[0] < w[1]), "sorted and distinct: {what}");
+            let got = loss(&ps, &y, &chosen);
+            let singles: Vec<f64> = (0..n).map(|i| loss(&ps, &y, &[i])).collect();
+            let best_single = singles.iter().copied().fold(f64::INFINITY, f64::min);
+            assert!(got <= best_single + 1e-9, "{what}: {got} > best single {best_single}");
+            if max == 1 {
+                assert_eq!(singles[chosen[0]], best_single, "{what}");
+            }
+            if chosen.len() < max {
+                for extra in (0..n).filter(|i| !chosen.contains(i)) {
+                    let mut more = chosen.clone();
+                    more.push(extra);
+                    let with = loss(&ps, &y, &more);
+                    assert!(with >= got - 1e-9, "{what}: adding {extra} lowers the loss to {with} < {got}");
+                }
+            }
+        }
+    }
 }
