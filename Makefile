@@ -34,7 +34,8 @@ unit: setup
 
 test: lint unit
 
-bench: build
+## every benchmark against its peer (see scripts/bench.sh; on a quiet machine: the figures are ratios)
+bench: setup
 	@scripts/bench.sh
 
 clean:

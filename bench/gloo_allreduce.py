@@ -4,7 +4,8 @@ all-reduce on loopback, one process per rank, same sizes and iteration counts.
     python bench/gloo_allreduce.py --world-size 2 --sizes-mb 1,4,16,64 --iters 10 --json OUT.json
 
 busbw = algbw * 2(n-1)/n with algbw = bytes / median seconds (NCCL-tests' definition).
-Writes a list of {"mb", "world_size", "iters", "seconds", "algbw_gb_s", "busbw_gb_s"} to --json.
+Writes a list of {"mb", "world_size", "iters", "seconds" (median), "worst_seconds", "algbw_gb_s",
+"busbw_gb_s"} to --json.
 """
 
 import argparse
@@ -45,6 +46,7 @@ def worker(rank, args, port, out):
         seconds = statistics.median(times)
         algbw = length * 4 / seconds / 1e9
         rows.append({"mb": mb, "world_size": n, "iters": args.iters, "seconds": seconds,
+                     "worst_seconds": max(times),
                      "algbw_gb_s": algbw, "busbw_gb_s": algbw * 2 * (n - 1) / n})
     if rank == 0:
         with open(out, "w") as f:

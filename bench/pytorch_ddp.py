@@ -7,6 +7,7 @@ model, batch per rank, threads per rank and optimiser, one process per rank on l
 DDP runs with bucket_cap_mb=25 (as Cyclotron's buckets) and broadcast_buffers=False: Cyclotron
 keeps BatchNorm statistics per replica, so both do the same work. The model is the twin in
 bench/pytorch_step.py. samples/s counts every rank's samples. Writes {"samples_per_s", ...}.
+--malloc-tuning gives every rank the glibc settings Cyclotron applies to itself.
 """
 
 import argparse
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pytorch_step import build  # noqa: E402
+from pytorch_step import build, tune_malloc  # noqa: E402
 
 
 def free_port():
@@ -33,6 +34,8 @@ def free_port():
 
 
 def worker(rank, args, port):
+    if args.malloc_tuning and not tune_malloc():
+        raise SystemExit("--malloc-tuning: glibc refused the mallopt settings")
     torch.set_num_threads(args.threads)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=args.world_size)
@@ -61,7 +64,7 @@ def worker(rank, args, port):
         result = {"model": args.model, "world_size": args.world_size, "batch_per_rank": args.batch_size,
                   "threads": args.threads, "steps": args.steps,
                   "samples_per_s": args.steps * args.world_size * args.batch_size / total,
-                  "torch": torch.__version__}
+                  "torch": torch.__version__, "malloc_tuning": args.malloc_tuning}
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
         print(f"pytorch ddp {args.model} x{args.world_size} batch {args.batch_size}/rank: "
@@ -79,6 +82,7 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--json", default=os.devnull)
+    ap.add_argument("--malloc-tuning", action="store_true", help="Cyclotron's mallopt settings in every rank")
     args = ap.parse_args()
     mp.spawn(worker, args=(args, free_port()), nprocs=args.world_size, join=True)
 

@@ -5,12 +5,15 @@
 
 Trains with SGD(lr=0.01, momentum=0.9, weight_decay=5e-4) and cross-entropy on one fixed random
 batch with random labels for 10 classes: [B,1,28,28] for small_resnet, [B,3,32,32] for resnet18.
+--malloc-tuning applies the glibc settings Cyclotron applies at start (worker/src/allocator.rs);
+--fused uses torch's fused SGD kernel (one pass over each tensor) instead of the default for-loop.
 Writes {"samples_per_s", "step_ms_median", "torch", "threads", ...} to --json and prints one line.
 Module names match Cyclotron's variable names (worker/src/models/small_resnet.rs; resnet18 uses
 torchvision's layout, as tch::vision::resnet does), so checkpoints could be exchanged.
 """
 
 import argparse
+import ctypes
 import json
 import statistics
 import time
@@ -88,6 +91,17 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+# glibc mallopt parameters (malloc.h), as worker/src/allocator.rs sets them
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+
+
+def tune_malloc():
+    """Cyclotron's allocator tuning: large blocks stay on the heap (no mmap), trim only above
+    1 GiB. Returns whether glibc accepted both settings."""
+    libc = ctypes.CDLL("libc.so.6")
+    return libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
+
+
 def build(model, width):
     """(module, input shape without the batch dimension)"""
     if model == "small_resnet":
@@ -111,7 +125,11 @@ def main():
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="on cuda each step reads the loss (loss.item()), as Cyclotron's learner does")
     ap.add_argument("--json", help="write the result here")
+    ap.add_argument("--malloc-tuning", action="store_true", help="apply Cyclotron's mallopt settings first")
+    ap.add_argument("--fused", action="store_true", help="SGD(fused=True)")
     args = ap.parse_args()
+    if args.malloc_tuning and not tune_malloc():
+        raise SystemExit("--malloc-tuning: glibc refused the mallopt settings")
     if args.steps < 1 or args.batch_size < 1 or args.threads < 1 or args.warmup < 0:
         raise SystemExit("--steps, --batch-size and --threads must be >= 1, --warmup >= 0")
 
@@ -123,7 +141,8 @@ def main():
     net, shape = build(args.model, args.width)
     net = net.to(dev)
     net.train()
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4,
+                          fused=True if args.fused else None)
     x = torch.randn(args.batch_size, *shape, device=dev)
     y = torch.randint(0, 10, (args.batch_size,), device=dev)
 
@@ -150,7 +169,8 @@ def main():
               "batch_size": args.batch_size, "steps": args.steps,
               "samples_per_s": args.steps * args.batch_size / sum(times),
               "step_ms_median": 1000 * statistics.median(times),
-              "torch": torch.__version__, "threads": args.threads, "device": args.device}
+              "torch": torch.__version__, "threads": args.threads, "device": args.device,
+              "malloc_tuning": args.malloc_tuning, "fused": args.fused}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -141,6 +141,9 @@ enum Cmd {
         checkpoints: usize,
         #[arg(long, default_value_t = 3)]
         steps_between: usize,
+        /// Rounds of restore vs raw get (which goes first alternates).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -557,22 +560,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::BenchCheckpoint { model, batch_size, side, threads, checkpoints, steps_between, json } => {
+        Cmd::BenchCheckpoint {
+            model,
+            batch_size,
+            side,
+            threads,
+            checkpoints,
+            steps_between,
+            rounds,
+            json,
+        } => {
             let dir = tempfile::tempdir().context("temporary folder")?;
+            let options = cyclotron_core::checkpoint::StoreOptions::default();
             #[cfg(feature = "s3-bench")]
             let (_server, store) = {
                 use cyclotron_core::checkpoint::{test_server::S3TestServer, CheckpointStore, StoreOptions};
                 let server = S3TestServer::start(dir.path(), &["bench"], "bench-key", "bench-secret")?;
                 let options =
-                    StoreOptions { s3: server.options("bench-key", "bench-secret"), ..Default::default() };
+                    StoreOptions { s3: server.options("bench-key", "bench-secret"), ..options.clone() };
                 let store = CheckpointStore::open_with("s3://bench/ckpt", &options)?;
                 (server, store)
             };
             #[cfg(not(feature = "s3-bench"))]
-            let store = cyclotron_core::checkpoint::CheckpointStore::open(&format!(
-                "file://{}",
-                dir.path().display()
-            ))?;
+            let store = cyclotron_core::checkpoint::CheckpointStore::open_with(
+                &format!("file://{}", dir.path().display()),
+                &options,
+            )?;
             let r = cyclotron_worker::checkpoint::bench::run(
                 &store,
                 &model,
@@ -581,6 +594,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 threads,
                 checkpoints,
                 steps_between,
+                (rounds, options.blob_concurrency),
             )?;
             println!("{}", serde_json::to_string_pretty(&r)?);
             if let Some(path) = json {

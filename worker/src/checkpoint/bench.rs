@@ -24,24 +24,26 @@ pub struct CheckpointBench {
     pub model: String,
     pub store: String,
     pub checkpoint_mb: f64,
-    pub step_ms_median: f64,
-    /// Median step while uploads run in the background.
-    pub step_ms_uploading: f64,
-    pub stall_ms_median: f64,
-    pub stall_fraction_of_step: f64,
-    /// Verified restore: list, manifest, every blob fetched and checked against its sha256.
-    pub restore_mb_s: f64,
-    pub raw_get_mb_s: f64,
-    pub restore_ratio: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    /// Blobs fetched at once, by restore and by the raw gets alike.
+    pub concurrency: usize,
+    /// Steps without checkpoints (ms).
+    pub step_ms: Vec<f64>,
+    /// Steps while uploads run in the background (ms).
+    pub step_ms_uploading: Vec<f64>,
+    /// Training stall of each checkpoint (ms).
+    pub stall_ms: Vec<f64>,
+    /// Verified restores per round: list, manifest, every blob fetched and checked against its
+    /// sha256 (MB/s).
+    pub restore_mb_s: Vec<f64>,
+    /// Raw gets of the same blobs per round, as many at once as restore fetches (MB/s).
+    pub raw_get_mb_s: Vec<f64>,
+    /// restore / raw get, per round.
+    pub restore_ratio: Vec<f64>,
 }
 
 /// Train `arch` (1000 classes, `side`² inputs) and checkpoint it `checkpoints` times, every
-/// `steps_between` steps, to `store`; then time restores against raw gets.
+/// `steps_between` steps, to `store`; then `rounds` rounds of a verified restore and raw gets of
+/// the same blobs with the same `concurrency`, which goes first alternating round by round.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     store: &CheckpointStore,
@@ -51,6 +53,7 @@ pub fn run(
     threads: i32,
     checkpoints: usize,
     steps_between: usize,
+    (rounds, concurrency): (usize, usize),
 ) -> Result<CheckpointBench> {
     tch::set_num_threads(threads);
     tch::manual_seed(0);
@@ -67,10 +70,10 @@ pub fn run(
     for _ in 0..2 {
         timed_step(&mut l)?;
     }
-    let quiet: Vec<f64> = (0..steps_between.max(3)).map(|_| timed_step(&mut l)).collect::<Result<_>>()?;
+    let quiet: Vec<f64> = (0..steps_between.max(5)).map(|_| timed_step(&mut l)).collect::<Result<_>>()?;
     let run = RunLocation::new("bench", "checkpoint");
     let uploader = Uploader::start(store.clone(), 2)?;
-    let (mut stalls, mut busy, mut bytes) = (vec![], vec![], 0usize);
+    let (mut stalls, mut busy) = (vec![], vec![]);
     for i in 0..checkpoints {
         let t = Instant::now();
         let (model, optim, _) = share_weights_and_optimiser(l.model().vs(), &l.opt);
@@ -98,31 +101,64 @@ pub fn run(
         .enable_all()
         .build()
         .map_err(|e| crate::error::Error::Io { what: "tokio runtime".into(), source: e })?;
-    // alternate raw and verified reads, best of three each, so neither gets the warm cache alone
-    let (mut raw_best, mut restore_best) = (f64::MAX, f64::MAX);
-    for _ in 0..3 {
+    let (mut restore_s, mut raw_s, mut bytes) = (vec![], vec![], 0usize);
+    let restore = || -> Result<(f64, Vec<String>, usize)> {
         let t = Instant::now();
-        let v = rt.block_on(store.latest_valid(&run))?.expect("the checkpoint just committed");
-        restore_best = restore_best.min(t.elapsed().as_secs_f64());
-        bytes = v.blobs.iter().map(|(_, b)| b.len()).sum();
+        let v = rt.block_on(store.latest_valid(&run))?.ok_or_else(|| crate::error::Error::Checkpoint {
+            key: run.prefix(),
+            message: "the checkpoint just committed is not there".into(),
+        })?;
+        let keys = v.blobs.iter().map(|(name, _)| format!("{}/{name}", v.dir)).collect();
+        Ok((t.elapsed().as_secs_f64(), keys, v.blobs.iter().map(|(_, b)| b.len()).sum()))
+    };
+    let (_, keys, _) = restore()?;
+    let raw = |keys: &[String]| -> Result<f64> {
         let t = Instant::now();
-        for (name, _) in &v.blobs {
-            rt.block_on(store.read_raw(&format!("{}/{name}", v.dir)))?;
+        rt.block_on(raw_gets(store, keys, concurrency))?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    for round in 0..rounds.max(1) {
+        if round % 2 == 0 {
+            let (s, _, n) = restore()?;
+            restore_s.push(s);
+            bytes = n;
+            raw_s.push(raw(&keys)?);
+        } else {
+            raw_s.push(raw(&keys)?);
+            let (s, _, n) = restore()?;
+            restore_s.push(s);
+            bytes = n;
         }
-        raw_best = raw_best.min(t.elapsed().as_secs_f64());
     }
     let mb = bytes as f64 / 1e6;
-    let (step, stall) = (median(quiet), median(stalls));
     Ok(CheckpointBench {
         model: arch.into(),
         store: store.url().into(),
         checkpoint_mb: mb,
-        step_ms_median: step,
-        step_ms_uploading: median(busy),
-        stall_ms_median: stall,
-        stall_fraction_of_step: stall / step,
-        restore_mb_s: mb / restore_best,
-        raw_get_mb_s: mb / raw_best,
-        restore_ratio: raw_best / restore_best,
+        concurrency,
+        step_ms: quiet,
+        step_ms_uploading: busy,
+        stall_ms: stalls,
+        restore_mb_s: restore_s.iter().map(|s| mb / s).collect(),
+        raw_get_mb_s: raw_s.iter().map(|s| mb / s).collect(),
+        restore_ratio: raw_s.iter().zip(&restore_s).map(|(raw, restore)| raw / restore).collect(),
     })
+}
+
+/// Fetch `keys` unverified, `concurrency` at a time (as restore fetches a checkpoint's blobs).
+async fn raw_gets(store: &CheckpointStore, keys: &[String], concurrency: usize) -> Result<()> {
+    for window in keys.chunks(concurrency.max(1)) {
+        let mut set = tokio::task::JoinSet::new();
+        for key in window {
+            let (store, key) = (store.clone(), key.clone());
+            set.spawn(async move { store.read_raw(&key).await.map(|b| b.len()) });
+        }
+        while let Some(done) = set.join_next().await {
+            done.map_err(|e| crate::error::Error::Checkpoint {
+                key: "raw get".into(),
+                message: e.to_string(),
+            })??;
+        }
+    }
+    Ok(())
 }

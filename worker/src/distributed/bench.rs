@@ -20,6 +20,8 @@ pub struct AllReduceRow {
     pub iters: usize,
     /// Median seconds per all-reduce.
     pub seconds: f64,
+    /// The slowest all-reduce's seconds.
+    pub worst_seconds: f64,
     pub algbw_gb_s: f64,
     pub busbw_gb_s: f64,
 }
@@ -60,9 +62,18 @@ pub fn allreduce_bandwidth(group: &GroupSpec, sizes_mb: &[usize], iters: usize) 
         }
         times.sort_by(f64::total_cmp);
         let seconds = times[times.len() / 2];
+        let worst_seconds = times[times.len() - 1];
         let algbw = (len * 4) as f64 / seconds / 1e9;
         let busbw = algbw * 2.0 * (n as f64 - 1.0) / n as f64;
-        rows.push(AllReduceRow { mb, world_size: n, iters, seconds, algbw_gb_s: algbw, busbw_gb_s: busbw });
+        rows.push(AllReduceRow {
+            mb,
+            world_size: n,
+            iters,
+            seconds,
+            worst_seconds,
+            algbw_gb_s: algbw,
+            busbw_gb_s: busbw,
+        });
     }
     Ok(rows)
 }

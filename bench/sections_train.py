@@ -1,0 +1,134 @@
+"""make bench sections that train: the single-process step against PyTorch eager (with and
+without the allocator tuning on each side), the metrics overhead, head training with precompute,
+and data-parallel training against PyTorch DDP."""
+
+import os
+
+import harness as h
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STEP_CONFIGS = [("small_resnet", 32, 128), ("small_resnet", 16, 256), ("resnet18", 0, 64)]
+UNTUNED = {"CYCLOTRON_MALLOC_TUNING": "0"}
+
+
+def step(r, report):
+    """Samples/s of the training step, five variants per round: Cyclotron (allocator tuning on,
+    its default, and off), PyTorch eager with glibc's defaults, with the same mallopt settings as
+    Cyclotron, and with those plus its fused SGD (PyTorch at its fastest on this CPU)."""
+    steps = os.environ.get("BENCH_STEPS", "40")
+    report("== single-process training step: Cyclotron vs PyTorch eager (same model, batch, threads, libtorch, SGD) ==")
+    report("samples/s, median / worst of the rounds; ratios are paired per round")
+    out = {"configs": []}
+    for model, width, batch in STEP_CONFIGS:
+        common = ["--model", model, "--width", str(width), "--batch-size", str(batch),
+                  "--threads", str(r.threads), "--steps", steps]
+        ours = [r.bin, "bench-step"] + common
+        theirs = [r.py, os.path.join(HERE, "pytorch_step.py")] + common
+        variants = [
+            ("cyclotron", ours, None),
+            ("cyclotron_untuned", ours, UNTUNED),
+            ("pytorch", theirs, None),
+            ("pytorch_tuned", theirs + ["--malloc-tuning"], None),
+            ("pytorch_tuned_fused", theirs + ["--malloc-tuning", "--fused"], None),
+        ]
+        got = {name: [] for name, _, _ in variants}
+        for i in range(r.rounds):
+            for name, argv, env in h.rotated(variants, i):
+                got[name].append(r.run_json(f"step-{model}-{batch}-{name}", argv, env=env)["samples_per_s"])
+        ratio = lambda a, b: [x / y for x, y in zip(got[a], got[b])]  # noqa: E731
+        ratios = {
+            "same_settings": ratio("cyclotron", "pytorch_tuned"),
+            "as_before": ratio("cyclotron", "pytorch"),
+            "both_untuned": ratio("cyclotron_untuned", "pytorch"),
+            "vs_fused": ratio("cyclotron", "pytorch_tuned_fused"),
+        }
+        report()
+        report(f"{model} batch {batch}" + (f" width {width}" if model == "small_resnet" else "") + f", {r.threads} threads")
+        h_rows = [[name, h.mw(v)] for name, v in got.items()]
+        r_rows = [
+            ["ratio, both tuned (same allocator settings)", h.mw(ratios["same_settings"], 3)],
+            ["ratio, Cyclotron tuned vs PyTorch defaults (the old table)", h.mw(ratios["as_before"], 3)],
+            ["ratio, both on glibc defaults", h.mw(ratios["both_untuned"], 3)],
+            ["ratio vs PyTorch tuned + fused SGD", h.mw(ratios["vs_fused"], 3)],
+        ]
+        report.table(["variant", "samples/s"], h_rows + r_rows)
+        out["configs"].append({"model": model, "width": width, "batch": batch, "threads": r.threads,
+                               "samples_per_s": got, "ratios": ratios})
+    report("target: ratio >= 1.0 (small ResNets >= 1.2) with both sides on the same settings")
+    return out
+
+
+def metrics(r, report):
+    """The learner's step with vs without Prometheus metrics; each process alternates 6 pairs of
+    epochs itself and reports their median, and the processes are the rounds."""
+    report("== metrics overhead: the learner's training step with vs without Prometheus metrics ==")
+    runs = []
+    for i in range(r.rounds):
+        runs.append(r.run_json("metrics", [r.bin, "bench-metrics", "--model", "small_resnet", "--width", "16",
+                                           "--batch-size", "64", "--threads", str(r.threads),
+                                           "--steps", os.environ.get("BENCH_METRICS_STEPS", "30"),
+                                           "--rounds", os.environ.get("BENCH_METRICS_ROUNDS", "6")]))
+    col = lambda k, s=1: [x[k] * s for x in runs]  # noqa: E731
+    report.table(["measure", "median / worst", "target"], [
+        ["step without metrics (ms)", h.mw(col("step_ms_off"), 2, False), ""],
+        ["step with metrics (ms)", h.mw(col("step_ms_on"), 2, False), ""],
+        ["with / without - 1 (%)", h.mw(col("overhead", 100), 2, False), "< 1%"],
+        ["recording alone (us per step)", h.mw(col("record_us_per_step"), 3, False), ""],
+        ["recording alone / step (%)", h.mw(col("record_fraction_of_step", 100), 4, False), "< 1%"],
+    ])
+    return {"runs": runs}
+
+
+def head(r, report):
+    """Head training with a frozen body, full forward pass vs precomputed features."""
+    report("== head training with a frozen body: full forward pass vs precompute (resnet34, 64x64 inputs) ==")
+    runs = [r.run_json("head", [r.bin, "bench-head", "--model", "resnet34", "--size", "64", "--batch-size", "64",
+                                "--threads", str(r.threads), "--steps", os.environ.get("BENCH_HEAD_STEPS", "10")])
+            for _ in range(r.rounds)]
+    col = lambda k: [x[k] for x in runs]  # noqa: E731
+    report.table(["samples/s", "median / worst"], [
+        ["full forward pass", h.mw(col("full_samples_per_s"))],
+        ["precomputed features", h.mw(col("cached_samples_per_s"))],
+        ["filling the cache", h.mw(col("precompute_samples_per_s"))],
+    ])
+    return {"runs": runs}
+
+
+def ddp(r, report):
+    """Data-parallel small_resnet, one process per rank, 1 thread each: Cyclotron's ring against
+    PyTorch DDP on Gloo, both with the same allocator settings; 1 and 2 processes of each."""
+    batch = os.environ.get("BENCH_DDP_BATCH", "64")
+    args = ["--model", "small_resnet", "--width", "16", "--batch-size", batch, "--threads", "1",
+            "--steps", os.environ.get("BENCH_DDP_STEPS", "30")]
+    report(f"== data-parallel training, small_resnet w16, batch {batch}/rank, 1 thread/rank: "
+           "Cyclotron vs PyTorch DDP (Gloo), both with the same allocator settings ==")
+    torch = [r.py, os.path.join(HERE, "pytorch_ddp.py"), "--malloc-tuning"] + args
+    variants = [
+        ("cyclotron_1", lambda: r.run_json("ddp-c1", [r.bin, "bench-ddp"] + args)),
+        ("cyclotron_2", lambda: r.pair("ddp-c2", ["bench-ddp"] + args)),
+        ("pytorch_1", lambda: r.run_json("ddp-p1", torch + ["--world-size", "1"])),
+        ("pytorch_2", lambda: r.run_json("ddp-p2", torch + ["--world-size", "2"])),
+    ]
+    got = {name: [] for name, _ in variants}
+    for i in range(r.rounds):
+        for name, go in h.rotated(variants, i):
+            got[name].append(go()["samples_per_s"])
+    pair = lambda a, b: [x / y for x, y in zip(got[a], got[b])]  # noqa: E731
+    derived = {
+        "ratio_1": pair("cyclotron_1", "pytorch_1"),
+        "ratio_2": pair("cyclotron_2", "pytorch_2"),
+        "cyclotron_scaling": pair("cyclotron_2", "cyclotron_1"),
+        "pytorch_scaling": pair("pytorch_2", "pytorch_1"),
+    }
+    report.table(["measure", "median / worst"], [
+        ["cyclotron 1 process (samples/s)", h.mw(got["cyclotron_1"])],
+        ["cyclotron 2 processes (samples/s)", h.mw(got["cyclotron_2"])],
+        ["pytorch ddp 1 process (samples/s)", h.mw(got["pytorch_1"])],
+        ["pytorch ddp 2 processes (samples/s)", h.mw(got["pytorch_2"])],
+        ["2 processes: cyclotron / ddp", h.mw(derived["ratio_2"], 2)],
+        ["1 process: cyclotron / pytorch", h.mw(derived["ratio_1"], 2)],
+        ["scaling 2 vs 1: cyclotron", h.mw(derived["cyclotron_scaling"], 2)],
+        ["scaling 2 vs 1: pytorch ddp", h.mw(derived["pytorch_scaling"], 2)],
+    ])
+    report("target: cyclotron 2 processes >= 1.8x one and >= 1.3x DDP")
+    return {"samples_per_s": got, **derived}
