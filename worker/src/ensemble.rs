@@ -137,7 +137,7 @@ mod tests {
                     (logits * (0.5 + (trial % 3) as f64)).softmax(-1, tch::Kind::Float)
                 })
                 .collect();
-            let chosen = select(Selection::Greedy, &ps, &y, max);
+            let chosen = pick(Selection::Greedy, &ps, &y, max);
             let what = format!("trial {trial}: {n} members, max {max}, chose {chosen:?}");
             assert!(!chosen.is_empty() && chosen.len() <= max, "{what}");
             assert!(chosen.windows(2).all(|w| w[0] < w[1]), "sorted and distinct: {what}");

@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::reference::Reference;
 use super::{GradLayout, Optimizer};
-use crate::models::{self, Net};
+use crate::models::{self, Model, Net};
 
 fn param(values: &[f32]) -> Tensor {
     Tensor::from_slice(values).set_requires_grad(true)
