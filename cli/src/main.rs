@@ -166,11 +166,37 @@ enum Cmd {
         steps: usize,
         #[arg(long, default_value_t = 5)]
         warmup: usize,
-        /// Write the result as JSON here.
-        #[arg(long)]
         /// cpu or cuda (a GPU step syncs once per step to read the loss, as the peer does)
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Write the result as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Time the language model's training step (tokens/s; bench/pytorch_lm.py is the peer).
+    #[command(hide = true)]
+    BenchLm {
+        #[arg(long, default_value_t = 8000)]
+        vocab: i64,
+        #[arg(long, default_value_t = 200)]
+        emb: i64,
+        #[arg(long, default_value_t = 400)]
+        hidden: i64,
+        #[arg(long, default_value_t = 2)]
+        layers: i64,
+        #[arg(long, default_value_t = 32)]
+        batch: i64,
+        #[arg(long, default_value_t = 70)]
+        bptt: i64,
+        #[arg(long, default_value_t = 2)]
+        threads: i32,
+        #[arg(long, default_value_t = 30)]
+        steps: usize,
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Write the result as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -484,6 +510,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &model, width, batch_size, threads, steps, warmup, device,
             )?;
             println!("cyclotron {model} batch {batch_size} threads {threads}: {:.1} samples/s (median step {:.2} ms)", r.samples_per_s, r.step_ms_median);
+            if let Some(path) = json {
+                output::write_json(&path, &r)?;
+            }
+            Ok(())
+        }
+        Cmd::BenchLm { vocab, emb, hidden, layers, batch, bptt, threads, steps, warmup, device, json } => {
+            let device = parse_device(&device)?;
+            let r = cyclotron_worker::bench::lm_throughput(
+                (vocab, emb, hidden, layers),
+                batch,
+                bptt,
+                threads,
+                steps,
+                warmup,
+                device,
+            )?;
+            println!(
+                "cyclotron lstm lm emb {emb} hidden {hidden} vocab {vocab} batch {batch} bptt {bptt} threads {threads}: {:.0} tokens/s (median step {:.1} ms)",
+                r.tokens_per_s, r.step_ms_median
+            );
             if let Some(path) = json {
                 output::write_json(&path, &r)?;
             }

@@ -69,8 +69,27 @@ fn print_tta(r: &TrainResults) {
     }
 }
 
+/// A task's headline metric for a table cell: accuracy in percent, perplexity, or RMSPE.
+pub fn metric_cell(m: &cyclotron_core::results::Metrics) -> String {
+    match m.headline() {
+        ("accuracy", a) => format!("{:.2}%", 100.0 * a),
+        ("perplexity", p) => format!("{p:.2}"),
+        (_, v) => format!("{v:.4}"),
+    }
+}
+
+/// The column titles of a task's headline metric: on the evaluation split and on validation.
+fn metric_titles(m: &cyclotron_core::results::Metrics) -> (&'static str, &'static str) {
+    match m.headline().0 {
+        "accuracy" => ("accuracy", "valid acc"),
+        "perplexity" => ("perplexity", "valid ppl"),
+        _ => ("rmspe", "valid rmspe"),
+    }
+}
+
 pub fn print_results(r: &TrainResults, store: &str, job: &str, run: &str) {
     let split = &r.eval_split;
+    let (metric, valid_metric) = metric_titles(&r.final_model);
     println!();
     if let Some(sweep) = &r.sweep {
         for c in &sweep.candidates {
@@ -88,7 +107,7 @@ pub fn print_results(r: &TrainResults, store: &str, job: &str, run: &str) {
     }
     println!(
         "{:<12} {:>5} {:>5} {:>5} {:>10} {:>10} {:>12}",
-        "model", "stage", "cycle", "epoch", "loss", "accuracy", "valid acc"
+        "model", "stage", "cycle", "epoch", "loss", metric, valid_metric
     );
     for s in &r.snapshots {
         let name = match s.run.as_ref().and_then(|run| r.runs.iter().position(|x| &x.run == run)) {
@@ -99,14 +118,14 @@ pub fn print_results(r: &TrainResults, store: &str, job: &str, run: &str) {
             None => format!("snapshot {}", s.index),
         };
         println!(
-            "{:<12} {:>5} {:>5} {:>5} {:>10.4} {:>9.2}% {:>11.2}%",
+            "{:<12} {:>5} {:>5} {:>5} {:>10.4} {:>10} {:>12}",
             name,
             s.stage + 1,
             s.cycle,
             s.epoch,
             s.loss,
-            100.0 * s.accuracy,
-            100.0 * s.valid.accuracy
+            metric_cell(&s.metrics()),
+            metric_cell(&s.valid)
         );
     }
     if r.ensemble.is_none() {
@@ -115,50 +134,50 @@ pub fn print_results(r: &TrainResults, store: &str, job: &str, run: &str) {
     if let Some(e) = &r.ensemble {
         let members: Vec<String> = e.members.iter().map(|m| m.to_string()).collect();
         println!(
-            "{:<12} {:>17} {:>10.4} {:>9.2}% {:>11.2}%",
+            "{:<12} {:>17} {:>10.4} {:>10} {:>12}",
             "ensemble",
             format!("[{}] {}", members.join(","), e.selection),
             e.loss,
-            100.0 * e.accuracy,
-            100.0 * e.valid.accuracy
+            metric_cell(&e.metrics()),
+            metric_cell(&e.valid)
         );
     }
     if let Some(a) = &r.all_snapshots {
         println!(
-            "{:<12} {:>17} {:>10.4} {:>9.2}% {:>11.2}%",
+            "{:<12} {:>17} {:>10.4} {:>10} {:>12}",
             "all averaged",
             format!("{} snapshots", a.members.len()),
             a.loss,
-            100.0 * a.accuracy,
-            100.0 * a.valid.accuracy
+            metric_cell(&a.metrics()),
+            metric_cell(&a.valid)
         );
     }
     for (ri, run) in r.runs.iter().enumerate() {
         if let Some(e) = &run.ensemble {
             println!(
-                "{:<12} {:>17} {:>10.4} {:>9.2}% {:>11.2}%",
+                "{:<12} {:>17} {:>10.4} {:>10} {:>12}",
                 format!("run {ri} ens."),
                 format!("seed {}", run.seed),
                 e.loss,
-                100.0 * e.accuracy,
-                100.0 * e.valid.accuracy
+                metric_cell(&e.metrics()),
+                metric_cell(&e.valid)
             );
         }
     }
     println!(
-        "{:<12} {:>17} {:>10.4} {:>9.2}%",
+        "{:<12} {:>17} {:>10.4} {:>10}",
         if r.runs.is_empty() { "final" } else { "final run 0" },
         "",
         r.final_model.loss,
-        100.0 * r.final_model.accuracy
+        metric_cell(&r.final_model)
     );
     print_tta(r);
     println!();
     if r.runs.is_empty() {
-        println!("loss and accuracy on the {split} split; {:.0}s of training; snapshots in {store}/{job}/{run}/snapshots/", r.train_seconds);
+        println!("loss and {metric} on the {split} split; {:.0}s of training; snapshots in {store}/{job}/{run}/snapshots/", r.train_seconds);
     } else {
         println!(
-            "loss and accuracy on the {split} split; {} independent runs, {:.0}s of training in all; snapshots in {store}/{job}/<run>/snapshots/ (runs {})",
+            "loss and {metric} on the {split} split; {} independent runs, {:.0}s of training in all; snapshots in {store}/{job}/<run>/snapshots/ (runs {})",
             r.runs.len(),
             r.train_seconds,
             r.runs.iter().map(|x| x.run.as_str()).collect::<Vec<_>>().join(", ")

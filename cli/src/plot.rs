@@ -13,6 +13,7 @@ mod lr_find;
 mod style;
 mod sweep;
 mod training;
+mod validation;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ pub use ensemble::ensemble_png;
 pub use lr_find::lr_find_png;
 pub use sweep::sweep_png;
 pub use training::training_png;
+pub use validation::validation_png;
 
 /// The input of a plot holds nothing drawable; the message says what was missing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +70,7 @@ pub fn plot_run_dir(dir: &Path) -> Result<Vec<PathBuf>> {
     if results_json.is_file() {
         let results: TrainResults = read_json(&results_json)?;
         out.attempt(dir.join("training.png"), |p| training_png(&results.history, p))?;
+        out.attempt(dir.join("validation.png"), |p| validation_png(&results, p))?;
         out.attempt(dir.join("ensemble.png"), |p| ensemble_png(&results, p))?;
         if let Some(sweep) = &results.sweep {
             out.attempt(dir.join("sweep.png"), |p| sweep_png(sweep, p))?;
@@ -169,7 +172,7 @@ mod tests {
     }
 
     fn results(with_history: bool) -> TrainResults {
-        let m = Metrics { loss: 0.3, accuracy: 0.9 };
+        let m = Metrics::classification(0.3, 0.9);
         let snapshot = |index: usize, accuracy: f64| SnapshotResult {
             index,
             stage: 1,
@@ -177,6 +180,8 @@ mod tests {
             epoch: index as u32 + 1,
             loss: 0.3,
             accuracy,
+            perplexity: None,
+            rmspe: None,
             valid: m,
             tta: None,
             run: None,
@@ -200,6 +205,8 @@ mod tests {
                 selection: "last".into(),
                 loss: 0.25,
                 accuracy: 0.924,
+                perplexity: None,
+                rmspe: None,
                 valid: m,
                 tta: None,
             }),

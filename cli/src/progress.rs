@@ -97,12 +97,13 @@ impl Observer for Progress {
             Event::EpochEnd { record: r } => {
                 self.finish();
                 self.line(format!(
-                    "stage {} epoch {}: train loss {:.4}  valid loss {:.4}  valid accuracy {:.2}%  ({:.1}s)",
+                    "stage {} epoch {}: train loss {:.4}  valid loss {:.4}  valid {} {}  ({:.1}s)",
                     r.stage + 1,
                     r.epoch,
                     r.train_loss,
                     r.valid.loss,
-                    100.0 * r.valid.accuracy,
+                    r.valid.headline().0,
+                    crate::output::metric_cell(&r.valid),
                     r.seconds
                 ));
             }
@@ -110,9 +111,11 @@ impl Observer for Progress {
                 "resumed from checkpoint {checkpoint}: stage {} after epoch {epoch}, step {step}",
                 stage + 1
             )),
-            Event::Snapshot { index, accuracy, .. } => {
-                self.line(format!("snapshot {index} taken (accuracy {:.2}%)", 100.0 * accuracy))
-            }
+            Event::Snapshot { index, metrics, .. } => self.line(format!(
+                "snapshot {index} taken ({} {})",
+                metrics.headline().0,
+                crate::output::metric_cell(metrics)
+            )),
             Event::StageStart { .. } => {}
         }
     }

@@ -28,14 +28,27 @@ pub enum TrainEvent {
         stage: usize,
         epoch: u32,
         step: u64,
+        #[serde(with = "crate::serde_nan")]
         train_loss: f64,
+        #[serde(with = "crate::serde_nan")]
         valid_loss: f64,
+        /// NaN (`null`) for tasks without classes (a language model).
+        #[serde(with = "crate::serde_nan")]
         valid_accuracy: f64,
         seconds: f64,
     },
     /// A snapshot was handed to the checkpoint uploader (`url`: its folder, the store URL joined
     /// with the key; committed once `url/MANIFEST.json` exists).
-    Snapshot { index: usize, stage: usize, cycle: u32, epoch: u32, accuracy: f64, url: String },
+    Snapshot {
+        index: usize,
+        stage: usize,
+        cycle: u32,
+        epoch: u32,
+        /// NaN (`null`) for tasks without classes.
+        #[serde(with = "crate::serde_nan")]
+        accuracy: f64,
+        url: String,
+    },
     /// The run continued from a committed checkpoint instead of starting over.
     Resumed { stage: usize, epoch: u32, step: u64, checkpoint: String },
     /// The run failed; `permanent` when a restart cannot help (invalid spec or data, divergence).

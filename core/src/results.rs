@@ -5,11 +5,55 @@ use serde::{Deserialize, Serialize};
 
 use crate::lr_range::LrFindReport;
 
-/// Loss and accuracy of a model on one split.
+/// A model's scores on one split: its loss, and the task's own metric — accuracy for a
+/// classifier, perplexity for a language model, RMSPE for a regression.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     pub loss: f64,
+    /// Share of items whose most probable class is the right one (0-1); NaN, and absent from
+    /// JSON, for tasks without classes.
+    #[serde(default = "nan", skip_serializing_if = "is_nan")]
     pub accuracy: f64,
+    /// `exp(loss)`, the perplexity of a language model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<f64>,
+    /// Root mean square percentage error of a regression, on the target's own scale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rmspe: Option<f64>,
+}
+
+fn nan() -> f64 {
+    f64::NAN
+}
+
+fn is_nan(v: &f64) -> bool {
+    v.is_nan()
+}
+
+impl Metrics {
+    /// A classifier's log-loss and accuracy.
+    pub fn classification(loss: f64, accuracy: f64) -> Metrics {
+        Metrics { loss, accuracy, perplexity: None, rmspe: None }
+    }
+
+    /// A language model's mean negative log-likelihood per token, and its perplexity.
+    pub fn language_model(loss: f64) -> Metrics {
+        Metrics { loss, accuracy: f64::NAN, perplexity: Some(loss.exp()), rmspe: None }
+    }
+
+    /// A regression's loss and RMSPE.
+    pub fn regression(loss: f64, rmspe: f64) -> Metrics {
+        Metrics { loss, accuracy: f64::NAN, perplexity: None, rmspe: Some(rmspe) }
+    }
+
+    /// The task's own metric, named: `("accuracy", a)`, `("perplexity", p)` or `("rmspe", r)`.
+    pub fn headline(&self) -> (&'static str, f64) {
+        match (self.perplexity, self.rmspe) {
+            (Some(p), _) => ("perplexity", p),
+            (_, Some(r)) => ("rmspe", r),
+            _ => ("accuracy", self.accuracy),
+        }
+    }
 }
 
 /// One evaluated snapshot (a cycle end). `loss`/`accuracy` are on the evaluation split (the test
@@ -24,7 +68,14 @@ pub struct SnapshotResult {
     /// Epochs completed within its stage when it was taken.
     pub epoch: u32,
     pub loss: f64,
+    /// Accuracy on the evaluation split (NaN, absent from JSON, for tasks without classes).
+    #[serde(default = "nan", skip_serializing_if = "is_nan")]
     pub accuracy: f64,
+    /// Perplexity (language models) or RMSPE (regressions) on the evaluation split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rmspe: Option<f64>,
     pub valid: Metrics,
     /// With test-time augmentation, on the evaluation split (absent when the job has no `[tta]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -32,6 +83,20 @@ pub struct SnapshotResult {
     /// The independent run it belongs to, when the job trains several (`ensemble.runs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
+}
+
+impl SnapshotResult {
+    /// Its scores on the evaluation split.
+    pub fn metrics(&self) -> Metrics {
+        Metrics { loss: self.loss, accuracy: self.accuracy, perplexity: self.perplexity, rmspe: self.rmspe }
+    }
+}
+
+impl EnsembleResult {
+    /// Its scores on the evaluation split.
+    pub fn metrics(&self) -> Metrics {
+        Metrics { loss: self.loss, accuracy: self.accuracy, perplexity: self.perplexity, rmspe: self.rmspe }
+    }
 }
 
 /// One of several independent runs of a job (`ensemble.runs`), as the evaluation saw it.
@@ -58,7 +123,12 @@ pub struct EnsembleResult {
     /// How members were chosen: `last` or `greedy`.
     pub selection: String,
     pub loss: f64,
+    #[serde(default = "nan", skip_serializing_if = "is_nan")]
     pub accuracy: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rmspe: Option<f64>,
     pub valid: Metrics,
     /// Average of the members' TTA probabilities, on the evaluation split (absent without `[tta]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -133,10 +203,22 @@ mod tests {
         assert_eq!(s.tta, None);
         let back = serde_json::to_string(&s).unwrap();
         assert!(!back.contains("tta"), "{back}");
-        let with = SnapshotResult { tta: Some(Metrics { loss: 0.2, accuracy: 0.95 }), ..s };
+        let with = SnapshotResult { tta: Some(Metrics::classification(0.2, 0.95)), ..s };
         let again: SnapshotResult = serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
         assert_eq!(again, with);
         let old = r#"{"members":[1],"selection":"last","loss":0.3,"accuracy":0.9,"valid":{"loss":0.3,"accuracy":0.9}}"#;
         assert_eq!(serde_json::from_str::<EnsembleResult>(old).unwrap().tta, None);
+    }
+
+    #[test]
+    fn a_language_model_reports_perplexity_and_no_accuracy() {
+        let m = Metrics::language_model(2f64.ln() * 3.0);
+        assert!((m.perplexity.unwrap() - 8.0).abs() < 1e-9);
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(!json.contains("accuracy") && json.contains("perplexity"), "{json}");
+        let back: Metrics = serde_json::from_str(&json).unwrap();
+        assert!(back.accuracy.is_nan() && back.perplexity == m.perplexity);
+        assert_eq!(m.headline().0, "perplexity");
+        assert_eq!(Metrics::classification(0.3, 0.9).headline(), ("accuracy", 0.9));
     }
 }

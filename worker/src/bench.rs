@@ -331,3 +331,98 @@ pub fn ddp_throughput(
         samples_per_s: (steps * world) as f64 * batch as f64 / total,
     })
 }
+
+/// Throughput of the language model's training step, for `make bench`: the same model as
+/// `bench/pytorch_lm.py` (embedding, `layers` LSTMs, tied decoder, the default dropouts), AdamW with
+/// gradient clipping at 0.25, the hidden state carried and detached between windows of `bptt`
+/// tokens of a random stream: the learner's own step on the language-model task.
+#[derive(Debug, Clone, Serialize)]
+pub struct LmBench {
+    #[serde(rename = "impl")]
+    pub impl_: String,
+    pub device: String,
+    pub threads: i32,
+    pub batch: i64,
+    pub bptt: i64,
+    pub vocab: i64,
+    pub emb: i64,
+    pub hidden: i64,
+    pub layers: i64,
+    pub steps: usize,
+    pub tokens_per_s: f64,
+    pub step_ms_median: f64,
+}
+
+/// Time `steps` language-model steps after `warmup` (see [`LmBench`]).
+#[allow(clippy::too_many_arguments)]
+pub fn lm_throughput(
+    (vocab, emb, hidden, layers): (i64, i64, i64, i64),
+    batch: i64,
+    bptt: i64,
+    threads: i32,
+    steps: usize,
+    warmup: usize,
+    device: Device,
+) -> Result<LmBench> {
+    use crate::models::lstm::{LanguageModelNet, LstmConfig};
+    use crate::task::language_model::{LanguageModel, LmData};
+    tch::set_num_threads(threads);
+    tch::manual_seed(0);
+    let cfg = LstmConfig {
+        vocab,
+        emb,
+        hidden,
+        layers,
+        embed_dropout: 0.05,
+        input_dropout: 0.2,
+        hidden_dropout: 0.15,
+        output_dropout: 0.25,
+    };
+    let net = LanguageModelNet::new(tch::nn::VarStore::new(device), cfg);
+    let tokenizer = crate::data::text::train_tokenizer(&["a b c".to_string()], 16, 1)?;
+    let data = LmData {
+        train: std::rc::Rc::new(vec![0; 64]),
+        valid: std::rc::Rc::new(vec![0; 64]),
+        batch_size: 1,
+        bptt: 8,
+    };
+    let task = LanguageModel::new(net, data, tokenizer, 0);
+    let spec = OptimizerSpec {
+        kind: cyclotron_core::spec::OptimizerKind::Adamw,
+        weight_decay: 0.01,
+        clip: Some(0.25),
+        ..Default::default()
+    };
+    let mut l = Learner::new(Box::new(task), &spec, 0);
+    let stream = Tensor::randint(vocab, [bptt * (steps + warmup) as i64 + 1, batch], (Kind::Int64, device));
+    let lrs = [1e-3; GROUPS];
+    let mut times = Vec::with_capacity(steps);
+    for i in 0..(warmup + steps) as i64 {
+        let t = Instant::now();
+        let window = Batch {
+            inputs: vec![stream.narrow(0, i * bptt, bptt)],
+            target: stream.narrow(0, i * bptt + 1, bptt),
+            items: (bptt * batch) as u64,
+        };
+        l.step(&window, &lrs)?;
+        if i >= warmup as i64 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let total: f64 = times.iter().sum();
+    times.sort_by(f64::total_cmp);
+    Ok(LmBench {
+        impl_: "cyclotron".into(),
+        device: format!("{device:?}").to_lowercase(),
+        threads,
+        batch,
+        bptt,
+        vocab,
+        emb,
+        hidden,
+        layers,
+        steps,
+        tokens_per_s: (steps as i64 * bptt * batch) as f64 / total,
+        step_ms_median: 1000.0 * times[times.len() / 2],
+    })
+}

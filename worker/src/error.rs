@@ -7,6 +7,8 @@ pub enum Error {
     #[error(transparent)]
     Data(#[from] DataError),
     #[error(transparent)]
+    Text(#[from] crate::data::text::TextError),
+    #[error(transparent)]
     Core(#[from] cyclotron_core::Error),
     #[error(transparent)]
     Collective(#[from] crate::collective::CollectiveError),

@@ -3,7 +3,7 @@
 //! step history for plots). It sits below the learner so that those consumers never import it.
 
 use cyclotron_core::lr_range::LrFindReport;
-use cyclotron_core::results::EpochRecord;
+use cyclotron_core::results::{EpochRecord, Metrics};
 
 /// What the learner tells its observer (progress bars, logs, metrics and the coordinator).
 #[derive(Debug, Clone)]
@@ -67,7 +67,8 @@ pub enum Event {
         stage: usize,
         cycle: u32,
         epoch: u32,
-        accuracy: f64,
+        /// Its scores on the evaluation split.
+        metrics: Metrics,
         url: String,
     },
 }

@@ -1,6 +1,7 @@
-//! `ensemble.png`: a bar per snapshot and one for the ensemble, each the accuracy on the
-//! evaluation split (`results.eval_split`), with its value written above it. Ensemble members are
-//! drawn darker than the snapshots left out.
+//! `ensemble.png`: a bar per snapshot and one for the ensemble, each the task's own metric on the
+//! evaluation split (`results.eval_split`: accuracy in percent, a language model's perplexity, a
+//! regression's RMSPE), with its value written above it. Ensemble members are drawn darker than
+//! the snapshots left out.
 
 use std::path::Path;
 
@@ -54,7 +55,10 @@ pub fn ensemble_png(results: &TrainResults, path: &Path) -> Result<()> {
         // a discrete i32 range includes its end: `0..n - 1` holds the n bars
         .build_cartesian_2d((0..n - 1).into_segmented(), y_lo..y_hi)?;
     let labels: Vec<&str> = bars.iter().map(|b| b.label.as_str()).collect();
-    let y_desc = format!("accuracy on the {} split (%)", results.eval_split);
+    let y_desc = match metric_name(results) {
+        "accuracy" => format!("accuracy on the {} split (%)", results.eval_split),
+        name => format!("{name} on the {} split (lower is better)", results.eval_split),
+    };
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -121,6 +125,11 @@ pub fn ensemble_png(results: &TrainResults, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The task's headline metric of the run (`accuracy`, `perplexity`, `rmspe`).
+fn metric_name(results: &TrainResults) -> &'static str {
+    results.final_model.headline().0
+}
+
 fn bars(results: &TrainResults) -> Vec<Bar> {
     let members = results.ensemble.as_ref().map_or(&[][..], |e| &e.members[..]);
     let mut bars: Vec<Bar> = results
@@ -128,15 +137,19 @@ fn bars(results: &TrainResults) -> Vec<Bar> {
         .iter()
         .map(|s| Bar {
             label: format!("snapshot {}", s.index),
-            accuracy: s.accuracy,
+            accuracy: s.metrics().headline().1,
             colour: if members.contains(&s.index) { style::BLUE_T } else { style::LIGHT_BLUE },
         })
         .collect();
     if let Some(e) = &results.ensemble {
-        bars.push(Bar { label: "ensemble".into(), accuracy: e.accuracy, colour: style::ORANGE });
+        bars.push(Bar {
+            label: "ensemble".into(),
+            accuracy: e.metrics().headline().1,
+            colour: style::ORANGE,
+        });
     }
     let fractions = bars.iter().all(|b| b.accuracy.is_nan() || b.accuracy <= 1.0);
-    if fractions {
+    if fractions && metric_name(results) == "accuracy" {
         bars.iter_mut().for_each(|b| b.accuracy *= 100.0);
     }
     bars
@@ -160,7 +173,7 @@ mod tests {
     use super::*;
 
     fn results(accuracies: &[f64], ensemble: Option<f64>) -> TrainResults {
-        let m = Metrics { loss: 0.3, accuracy: 0.9 };
+        let m = Metrics::classification(0.3, 0.9);
         let snapshots = (0..accuracies.len())
             .map(|i| SnapshotResult {
                 index: i,
@@ -169,6 +182,8 @@ mod tests {
                 epoch: 1 << i,
                 loss: 0.3,
                 accuracy: accuracies[i],
+                perplexity: None,
+                rmspe: None,
                 valid: m,
                 tta: None,
                 run: None,
@@ -184,6 +199,8 @@ mod tests {
                 selection: "greedy".into(),
                 loss: 0.2,
                 accuracy,
+                perplexity: None,
+                rmspe: None,
                 valid: m,
                 tta: None,
             }),

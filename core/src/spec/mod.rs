@@ -20,11 +20,15 @@
 mod augment;
 mod checkpoint;
 mod stage;
+mod task;
+mod text;
 mod validate;
 
 pub use augment::{AugmentSpec, Transform, TtaSpec, PRESETS};
 pub use checkpoint::CheckpointSpec;
 pub use stage::{GroupLrs, LrValue, ScheduleKind, StageSpec};
+pub use task::{TaskKind, TEXT_ARCHS};
+pub use text::{LstmSpec, TextSpec};
 pub use validate::{is_valid_name, sgdr_epochs, MAX_NAME_LEN, MAX_SPEC_BYTES};
 
 use std::path::Path;
@@ -34,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::lr_range::SuggestionKind;
 
-/// Model architectures a worker can build.
+/// Image model architectures a worker can build (text ones: [`TEXT_ARCHS`]).
 pub const KNOWN_ARCHS: &[&str] = &[
     "small_resnet",
     "resnet18",
@@ -97,6 +101,13 @@ pub enum DataSource {
     FashionMnist,
     /// `PATH/train/<class>/*`, `PATH/valid/<class>/*` (and optional `PATH/test/<class>/*`).
     ImageFolder,
+    /// Plain text for a language model: every non-empty line of every `.txt` file under `PATH`
+    /// is a document (default: the data folder of `make setup`, with the State of the Union
+    /// addresses, Moby-Dick and the Rotten Tomatoes training snippets and plots).
+    TextCorpus,
+    /// Labelled texts for a classifier: `PATH/train.csv` (and `valid.csv`, `test.csv`), or one CSV
+    /// file split by `valid_pct` and `test_pct` (default: `make setup`'s Rotten Tomatoes split).
+    TextCsv,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,6 +141,12 @@ pub struct DataSpec {
     /// Keep only these classes (by index), relabelled 0..k in this order, e.g. `[5, 6, 7, 8, 9]`.
     #[serde(default)]
     pub classes: Option<Vec<usize>>,
+    /// Share of the data held out as the test split, for a source of one file (`text_csv`).
+    #[serde(default)]
+    pub test_pct: Option<f64>,
+    /// Text settings: tokenizer, truncated-BPTT window, CSV columns (`[data.text]`).
+    #[serde(default)]
+    pub text: Option<TextSpec>,
     /// Seed of the validation split carved from the training data (default: the job's seed).
     /// Independent runs (`ensemble.runs`) change the job's seed but keep this split, so that
     /// ensemble members are chosen on images no run trained on.
@@ -147,12 +164,32 @@ fn default_prefetch() -> usize {
     4
 }
 
+/// Where `make setup` puts the text and tabular data sets: `$CYCLOTRON_DATA`, else
+/// `~/.cache/cyclotron/data`.
+pub fn data_dir() -> String {
+    match std::env::var("CYCLOTRON_DATA") {
+        Ok(d) if !d.is_empty() => d,
+        _ => expand_home("~/.cache/cyclotron/data"),
+    }
+}
+
+/// `path` with a leading `~/` replaced by `$HOME/`.
+pub fn expand_home(path: &str) -> String {
+    match (path.strip_prefix("~/"), std::env::var("HOME")) {
+        (Some(rest), Ok(home)) if !home.is_empty() => format!("{}/{rest}", home.trim_end_matches('/')),
+        _ => path.to_string(),
+    }
+}
+
 impl DataSpec {
+    /// The data's path: `path` (a leading `~/` is the home folder), else the source's default.
     pub fn resolved_path(&self) -> String {
         match (&self.path, self.source) {
-            (Some(p), _) => p.clone(),
+            (Some(p), _) => expand_home(p),
             (None, DataSource::FashionMnist) => FASHION_MNIST_DIR.into(),
             (None, DataSource::ImageFolder) => String::new(),
+            (None, DataSource::TextCorpus) => data_dir(),
+            (None, DataSource::TextCsv) => format!("{}/rt", data_dir()),
         }
     }
 }
@@ -169,6 +206,13 @@ pub struct ModelSpec {
     /// `model.safetensors`) at `file://PATH` or a plain path; a head of another size is skipped.
     #[serde(default)]
     pub pretrained: Option<String>,
+    /// The recurrent text model's settings (`arch = "awd_lstm"`).
+    #[serde(default)]
+    pub lstm: Option<LstmSpec>,
+    /// A text classifier's encoder and tokenizer: a language model's snapshot folder
+    /// (`file://runs/text-lm/lm/snapshots/cycle-2`) or finished run (its best snapshot), or `s3://`.
+    #[serde(default)]
+    pub encoder: Option<String>,
 }
 
 fn default_width() -> i64 {

@@ -93,11 +93,13 @@ pub(super) fn problems(spec: &JobSpec) -> Vec<String> {
     }
     p.extend(spec.checkpoint.problems());
     data(spec, &mut p);
-    if !KNOWN_ARCHS.contains(&spec.model.arch.as_str()) {
+    p.extend(super::task::problems(spec));
+    let archs = spec.data.source.task().archs();
+    if !archs.contains(&spec.model.arch.as_str()) {
         p.push(format!(
             "model.arch: unknown model {:?}; known models: {}",
             spec.model.arch,
-            KNOWN_ARCHS.join(", ")
+            archs.join(", ")
         ));
     }
     if spec.model.width < 1 || spec.model.width > 1024 {

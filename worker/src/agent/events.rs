@@ -74,12 +74,12 @@ pub fn to_train_event(e: &Event, stage: &mut usize) -> Option<TrainEvent> {
             valid_accuracy: r.valid.accuracy,
             seconds: r.seconds,
         },
-        Event::Snapshot { index, stage, cycle, epoch, accuracy, url } => TrainEvent::Snapshot {
+        Event::Snapshot { index, stage, cycle, epoch, metrics, url } => TrainEvent::Snapshot {
             index: *index,
             stage: *stage,
             cycle: *cycle,
             epoch: *epoch,
-            accuracy: *accuracy,
+            accuracy: metrics.accuracy,
             url: url.clone(),
         },
         Event::Resumed { stage, epoch, step, checkpoint } => {
@@ -117,6 +117,7 @@ pub fn is_permanent(e: &Error) -> bool {
     use cyclotron_core::Error as Core;
     match e {
         Error::Data(_)
+        | Error::Text(_)
         | Error::UnknownModel { .. }
         | Error::Shape { .. }
         | Error::Invalid { .. }
@@ -181,7 +182,7 @@ mod tests {
                 epoch: 1,
                 step: 10,
                 train_loss: 1.5,
-                valid: Metrics { loss: 1.2, accuracy: 0.6 },
+                valid: Metrics::classification(1.2, 0.6),
                 seconds: 0.5,
             },
         });

@@ -11,6 +11,7 @@
 //! resume uses, the CLI's `--resume` today and the coordinator's restart path later.
 
 pub mod bench;
+pub mod snapshot;
 pub mod state;
 pub mod uploader;
 

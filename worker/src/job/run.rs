@@ -229,7 +229,7 @@ impl<'a> JobRun<'a> {
                     stage: s.stage,
                     cycle: s.cycle,
                     epoch: s.epoch,
-                    accuracy: s.accuracy,
+                    metrics: s.metrics(),
                     url,
                 });
             }
@@ -289,7 +289,10 @@ impl<'a> JobRun<'a> {
             kind: CheckpointKind::Snapshot,
             position: (self.l.global_step, si, p.epoch, Some(p.cycle)),
             tensors: vec![("model.safetensors".into(), checkpoint::share_weights(self.l.model().vs()))],
-            raw: vec![Blob { name: "state.json".into(), data: state.to_string().into_bytes().into() }],
+            raw: std::iter::once(("state.json".to_string(), state.to_string().into_bytes()))
+                .chain(self.l.task.artifacts()?)
+                .map(|(name, data)| Blob { name, data: data.into() })
+                .collect(),
             state,
             retention: None,
         };

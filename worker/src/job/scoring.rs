@@ -47,6 +47,8 @@ pub(crate) fn score_snapshot(l: &Learner, tta: Option<&TtaSpec>, at: SnapshotAt)
             epoch: at.epoch,
             loss: m.loss,
             accuracy: m.accuracy,
+            perplexity: m.perplexity,
+            rmspe: m.rmspe,
             valid: l.task.metrics(&valid_probs, Split::Valid),
             tta: eval_tta.as_ref().map(|p| l.task.metrics(p, Split::Eval)),
             run: at.run,
@@ -81,6 +83,8 @@ pub(crate) fn average_of(
         selection: selection.into(),
         loss: eval.loss,
         accuracy: eval.accuracy,
+        perplexity: eval.perplexity,
+        rmspe: eval.rmspe,
         valid,
         tta,
     }

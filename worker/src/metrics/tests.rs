@@ -40,7 +40,7 @@ fn events_land_in_labelled_series() {
     j.record(&step(1.5));
     j.record(&Event::LrFindStart { steps: 100 });
     j.record(&Event::LrFindStep { i: 41, lr: 0.01, loss: 1.0 });
-    let valid = Metrics { loss: 0.7, accuracy: 0.75 };
+    let valid = Metrics::classification(0.7, 0.75);
     let record = EpochRecord { stage: 0, epoch: 1, step: 2, train_loss: 2.0, valid, seconds: 1.0 };
     j.record(&Event::EpochEnd { record });
     j.comm.record(Duration::from_millis(250), 4096);

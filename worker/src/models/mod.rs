@@ -3,6 +3,7 @@
 //! name prefix, so the split also works for weights loaded from elsewhere.
 
 mod layers;
+pub mod lstm;
 pub mod pretrained;
 mod registry;
 pub mod resnet;

@@ -4,9 +4,10 @@
 //! ensembles); a [`Task`] owns only its data, its batches, its forward pass and loss, its
 //! predictions and metrics, and how its predictions are averaged.
 //!
-//! Implementations: [`image::ImageClassification`] and [`precomputed::HeadOnFeatures`] (the head
-//! of an image model trained on cached body activations). [`registry::build`] picks the task a
-//! job spec asks for.
+//! Implementations: [`image::ImageClassification`], [`precomputed::HeadOnFeatures`] (the head
+//! of an image model trained on cached body activations), [`language_model::LanguageModel`]
+//! (truncated BPTT) and [`text_classifier::TextClassifier`] (on a language model's encoder).
+//! [`registry::build`] picks the task a job spec asks for.
 //!
 //! Contract: a task is driven by one thread. Batches are produced ahead of time (their iterator
 //! owns what it reads), so [`Task::loss`] may keep state between batches (a language model's
@@ -17,8 +18,10 @@
 //! [`Learner`]: crate::learner::Learner
 
 pub mod image;
+pub mod language_model;
 pub mod precomputed;
 pub mod registry;
+pub mod text_classifier;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -122,6 +125,12 @@ pub trait Task {
     /// The name of [`Split::Eval`] in results: `test` or `valid`.
     fn eval_split(&self) -> &'static str;
 
+    /// Files a snapshot of this task keeps beside its weights, so the model can be used without
+    /// the job (a text model's `tokenizer.json`).
+    fn artifacts(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        Ok(vec![])
+    }
+
     /// The task that trains the head alone on cached body activations (a `precompute` stage).
     fn precompute(&self) -> Result<Box<dyn Task>> {
         Err(Error::Invalid {
@@ -144,5 +153,5 @@ pub fn classification_metrics(probs: &Tensor, labels: &Tensor) -> Metrics {
     let loss = probs.clamp_min(1e-12).log().nll_loss(labels).double_value(&[]);
     let accuracy =
         probs.argmax(-1, false).eq_tensor(labels).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
-    Metrics { loss, accuracy }
+    Metrics::classification(loss, accuracy)
 }

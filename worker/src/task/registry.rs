@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use cyclotron_core::spec::{DataSource, JobSpec};
+use cyclotron_core::spec::{JobSpec, TaskKind};
 
 use super::image::{ImageClassification, ImageData};
 use super::Task;
@@ -17,8 +17,10 @@ use crate::runtime::{device, set_threads, store_options};
 
 /// The task of `spec`, its data loaded (inside a "loading data" phase of `obs`).
 pub fn build(spec: &JobSpec, obs: &mut dyn Observer) -> Result<Box<dyn Task>> {
-    match spec.data.source {
-        DataSource::FashionMnist | DataSource::ImageFolder => Ok(Box::new(image_classification(spec, obs)?)),
+    match spec.data.source.task() {
+        TaskKind::ImageClassification => Ok(Box::new(image_classification(spec, obs)?)),
+        TaskKind::LanguageModel => Ok(Box::new(super::language_model::build(spec, obs)?)),
+        TaskKind::TextClassification => Ok(Box::new(super::text_classifier::build(spec, obs)?)),
     }
 }
 
