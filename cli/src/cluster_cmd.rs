@@ -101,8 +101,9 @@ pub struct WorkerArgs {
     /// Protocol version to announce (tests of the coordinator's refusal).
     #[arg(long, hide = true, default_value_t = cyclotron_proto::PROTOCOL_VERSION)]
     protocol_version: u32,
-    /// A folder job specs may read data and pretrained weights from (repeatable; default: the
-    /// working directory and /usr/share/datasets).
+    /// A folder job specs may read data, pretrained weights and encoders from (repeatable;
+    /// default: the working directory, /usr/share/datasets and the data cache $CYCLOTRON_DATA or
+    /// ~/.cache/cyclotron/data).
     #[arg(long, value_name = "DIR")]
     data_root: Vec<PathBuf>,
     /// A folder job specs may write checkpoints and results to with `output = "file://…"`

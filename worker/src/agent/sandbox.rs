@@ -5,8 +5,8 @@
 //! | spec field | must be |
 //! |---|---|
 //! | `output = "file://P"` or a plain path | under an `--output-root` (default: the worker's working directory) |
-//! | `data.path` (and Fashion-MNIST's default folder) | under a `--data-root` (default: the working directory and `/usr/share/datasets`) |
-//! | `model.pretrained` as `file://P` or a path | under a `--data-root` |
+//! | `data.path` (and Fashion-MNIST's default folder) | under a `--data-root` (default: the working directory, `/usr/share/datasets` and the data cache `$CYCLOTRON_DATA`, `~/.cache/cyclotron/data`) |
+//! | `model.pretrained`, `model.encoder` as `file://P` or a path | under a `--data-root` |
 //! | `checkpoint.s3_endpoint` (for `s3://` outputs and weights) | one of `--allow-s3-endpoint` (none by default; without one, the worker's own `AWS_ENDPOINT_URL` or AWS applies) |
 //!
 //! Paths are resolved the way the training child sees them (relative to its working directory),
@@ -34,7 +34,11 @@ impl Default for Sandbox {
     /// The working directory for outputs; it and [`SYSTEM_DATASETS`] for data; no S3 endpoint.
     fn default() -> Self {
         Sandbox {
-            data_roots: vec![PathBuf::from("."), PathBuf::from(SYSTEM_DATASETS)],
+            data_roots: vec![
+                PathBuf::from("."),
+                PathBuf::from(SYSTEM_DATASETS),
+                PathBuf::from(cyclotron_core::spec::data_dir()),
+            ],
             output_roots: vec![PathBuf::from(".")],
             s3_endpoints: vec![],
         }
@@ -54,6 +58,9 @@ impl Sandbox {
         }
         if let Some(path) = spec.model.pretrained.as_deref().and_then(local_path) {
             self.confine("model.pretrained", path, &self.data_roots, "--data-root", cwd, &mut p);
+        }
+        if let Some(path) = spec.model.encoder.as_deref().and_then(local_path) {
+            self.confine("model.encoder", path, &self.data_roots, "--data-root", cwd, &mut p);
         }
         if let Some(endpoint) = &spec.checkpoint.s3_endpoint {
             let e = endpoint.trim_end_matches('/');
@@ -165,6 +172,23 @@ mod tests {
         assert!(sb
             .problems(&spec("path = \"/usr/share/datasets/fashion-mnist\"\n", "file://./s"), cwd)
             .is_empty());
+    }
+
+    #[test]
+    fn an_encoder_is_confined_like_pretrained_weights_and_the_data_cache_is_a_default_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let sb = Sandbox::default();
+        let mut s = spec("", "file://./s");
+        s.model.encoder = Some("file:///etc/lm".into());
+        let p = sb.problems(&s, dir.path());
+        assert!(
+            p.len() == 1 && p[0].starts_with("model.encoder \"/etc/lm\"") && p[0].contains("--data-root"),
+            "{p:?}"
+        );
+        s.model.encoder = Some("file://./runs/lm/r1".into());
+        assert!(sb.problems(&s, dir.path()).is_empty());
+        let cached = format!("{}/rt", cyclotron_core::spec::data_dir());
+        assert!(sb.problems(&spec(&format!("path = \"{cached}\"\n"), "file://./s"), dir.path()).is_empty());
     }
 
     #[test]
