@@ -1,7 +1,7 @@
 //! The CPU backend: ring all-reduce over TCP (reduce-scatter, then all-gather), as Baidu's and
-//! Gloo's rings do it, with each rank's buffer split into `n` chunks and each chunk into segments
-//! that are pipelined: a sender thread per connection writes segment `j` while the calling thread
-//! receives and reduces segment `j` from the other side.
+//! Gloo's rings do it, with each rank's buffer split into `n` chunks. In each ring step the calling
+//! thread alone writes the chunk it sends and reads the chunk it receives on non-blocking sockets,
+//! reducing received bytes as they arrive (see [`link`]).
 //!
 //! # Connection protocol
 //! Rank `r` of `n` listens on `peers[r]`, connects to rank `(r+1) % n` (retrying until the
@@ -22,7 +22,7 @@
 //! Every call sends a 24-byte header `[op u32, 0 u32, seq u64, len u64]` before its data, and
 //! checks the header from prev against its own: ranks that disagree on the operation, the call
 //! number or the length fail with [`CollectiveError::SizeMismatch`] instead of reducing garbage.
-//! Data is raw little-endian `f32`. Deadlines are socket timeouts set from the time left.
+//! Data is raw little-endian `f32`. Deadlines are `poll(2)` timeouts set from the time left.
 
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,7 +36,7 @@ mod link;
 
 use handshake::{accept_answered, accept_verified, confirm, connect_until, offer, resolve, tune};
 pub use handshake::{secret_from_env, RING_SECRET_ENV};
-use link::{Layout, Sender};
+use link::{Layout, Recv};
 
 const MAGIC: u32 = 0x4359_5243; // "CYRC"
 /// 2: the HELLO carries a nonce and both sides prove the ring secret (HMAC).
@@ -78,8 +78,8 @@ pub struct Ring {
     rank: usize,
     world: usize,
     timeout: Duration,
-    /// Write side to rank+1, owned by its sender thread (None for a world of one).
-    next: Option<Sender>,
+    /// Write side to rank+1 (None for a world of one).
+    next: Option<TcpStream>,
     /// Read side from rank-1.
     prev: Option<TcpStream>,
     /// Clones of both streams, to shut them down from `abort`.
@@ -88,7 +88,7 @@ pub struct Ring {
     /// Set by the first error: the ring is then unusable.
     broken: bool,
     seq: u64,
-    /// Receive buffer of one segment.
+    /// What received bytes are reduced through.
     scratch: Vec<f32>,
 }
 
@@ -145,7 +145,10 @@ impl Ring {
         confirm(&mut next, &cfg, next_rank, &ours)?;
         let prev = accept_verified(&listener, &cfg, prev_rank, deadline, answered, &mut refused)?;
         ring.kill = vec![next.try_clone().map_err(io("clone"))?, prev.try_clone().map_err(io("clone"))?];
-        ring.next = Some(Sender::spawn(next, rank, next_rank, cfg.timeout).map_err(io("sender thread"))?);
+        // from here on deadlines are the data plane's poll timeouts
+        next.set_nonblocking(true).map_err(io("non-blocking socket"))?;
+        prev.set_nonblocking(true).map_err(io("non-blocking socket"))?;
+        ring.next = Some(next);
         ring.prev = Some(prev);
         Ok(ring)
     }
@@ -199,7 +202,7 @@ impl Ring {
             scratch: &mut self.scratch,
             aborted: &aborted,
         };
-        let result = io.header(code, seq, len).and_then(|()| body(&mut io)).and_then(|()| io.flush());
+        let result = io.header(code, seq, len).and_then(|()| body(&mut io));
         if result.is_err() {
             // break the connections too, so every peer fails at once instead of at its deadline
             self.broken = true;
@@ -228,13 +231,13 @@ impl Collective for Ring {
             for s in 0..world - 1 {
                 let send = (rank + world - s) % world;
                 let recv = (rank + 2 * world - s - 1) % world;
-                io.exchange(buf, &layout, send, recv, true)?;
+                io.transfer(buf, Some(layout.chunk(send)), layout.chunk(recv), Recv::Reduce)?;
             }
             // all-gather: chunk (r+1) is complete here; pass complete chunks around
             for s in 0..world - 1 {
                 let send = (rank + 1 + world - s) % world;
                 let recv = (rank + world - s) % world;
-                io.exchange(buf, &layout, send, recv, false)?;
+                io.transfer(buf, Some(layout.chunk(send)), layout.chunk(recv), Recv::Copy)?;
             }
             Ok(())
         })?;
@@ -254,12 +257,14 @@ impl Collective for Ring {
         let (rank, world) = (self.rank, self.world);
         self.call("broadcast", 2 + root as u32, buf.len(), |io| {
             // a pipeline root → root+1 → … → root-1: each rank forwards what it receives
-            let whole = Layout::new(buf.len(), 1);
+            let all = 0..buf.len();
             let last = (root + world - 1) % world;
             if rank == root {
-                io.send_chunk(buf, &whole, 0)
+                io.transfer(buf, Some(all), 0..0, Recv::None)
+            } else if rank == last {
+                io.transfer(buf, None, all, Recv::Copy)
             } else {
-                io.receive_forward(buf, &whole, rank != last)
+                io.transfer(buf, Some(all.clone()), all, Recv::Forward)
             }
         })
     }
@@ -278,10 +283,6 @@ impl Collective for Ring {
 
     fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
-        // the sender thread's socket shares its options with this clone
-        if let Some(next) = self.kill.first() {
-            let _ = next.set_write_timeout(Some(timeout));
-        }
     }
 }
 
@@ -318,6 +319,28 @@ mod tests {
     }
 
     crate::collective_suite!(ring_passes_the_shared_suite, make);
+
+    /// Chunks far larger than the socket buffers: every rank's sends block on a receiver that is
+    /// itself sending, which a ring that wrote before reading would deadlock on.
+    #[test]
+    fn buffers_larger_than_the_socket_buffers_move_both_ways_without_deadlock() {
+        for n in [2, 3] {
+            let len = (16 << 20) / 4 + 3;
+            let results = crate::collective::suite::on_threads(make(n), move |rank, c| {
+                let mut buf: Vec<f32> = (0..len).map(|i| ((rank + 1) * (i % 101)) as f32).collect();
+                c.all_reduce(&mut buf, ReduceOp::Sum).map_err(|e| e.to_string())?;
+                let tri = (n * (n + 1) / 2) as f32;
+                let bad = buf.iter().enumerate().position(|(i, v)| *v != tri * (i % 101) as f32);
+                let mut b: Vec<f32> = (0..len).map(|i| if rank == 1 { i as f32 } else { -1.0 }).collect();
+                c.broadcast(&mut b, 1).map_err(|e| e.to_string())?;
+                let bad_b = b.iter().enumerate().position(|(i, v)| *v != i as f32);
+                Ok::<_, String>((bad, bad_b))
+            });
+            for (rank, r) in results.into_iter().enumerate() {
+                assert_eq!(r, Ok((None, None)), "world {n}, rank {rank}: first wrong element");
+            }
+        }
+    }
 
     #[test]
     fn a_different_generation_is_refused() {

@@ -12,7 +12,7 @@ use super::{Collective, CollectiveError, ReduceOp};
 pub type Make = fn(usize) -> Vec<Box<dyn Collective>>;
 
 /// Buffer lengths: empty, shorter than the world, not divisible by it, and longer than a
-/// pipelined segment of the ring (64 Ki elements) with a ragged end.
+/// scratch buffer that the ring reduces through (64 Ki elements) with a ragged end.
 pub const LENGTHS: [usize; 7] = [0, 1, 2, 7, 1001, 64 * 1024 + 5, 3 * 64 * 1024 + 2];
 
 fn value(rank: usize, i: usize) -> f32 {
