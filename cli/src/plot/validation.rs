@@ -54,7 +54,9 @@ pub fn validation_png(results: &TrainResults, path: &Path) -> Result<()> {
         .configure_mesh()
         .x_desc("epoch (over the whole job)")
         .y_desc(format!("validation {name}{unit}"))
-        .x_label_formatter(&|v| format!("{v:.0}"))
+        .x_labels(epochs.len().clamp(2, 20) * 2)
+        // whole epochs only
+        .x_label_formatter(&|v| if (v - v.round()).abs() < 1e-6 { format!("{v:.0}") } else { String::new() })
         .y_label_formatter(&|v| style::fmt_fixed(*v, y_hi - y_lo))
         .label_style(style::label_style())
         .axis_desc_style(style::axis_desc_style())
@@ -77,14 +79,16 @@ pub fn validation_png(results: &TrainResults, path: &Path) -> Result<()> {
         }
     }
     chart
-        .draw_secondary_series(LineSeries::new(train.iter().copied(), style::GREY.stroke_width(2)))?
-        .label("training loss (right axis)")
-        .legend(style::legend_line(style::GREY.stroke_width(2)));
-    chart
         .draw_series(LineSeries::new(metric.iter().copied(), style::BLUE_T.stroke_width(3)))?
         .label(format!("validation {name}"))
         .legend(style::legend_line(style::BLUE_T.stroke_width(3)));
     chart.draw_series(metric.iter().map(|&p| Circle::new(p, 3, style::BLUE_T.filled())))?;
+    // the training loss on top (its own axis: the two lines may coincide on the canvas)
+    chart
+        .draw_secondary_series(LineSeries::new(train.iter().copied(), style::GREY.stroke_width(2)))?
+        .label("training loss (right axis)")
+        .legend(style::legend_line(style::GREY.stroke_width(2)));
+    chart.draw_secondary_series(train.iter().map(|&p| Circle::new(p, 4, style::GREY.filled())))?;
     let snapped: Vec<(f64, f64)> = results
         .snapshots
         .iter()
