@@ -457,10 +457,17 @@ pub fn cancel(args: CancelArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What `cyclotron train` writes into `--out` besides the table: `results.json`, the first
-/// LR-range test as `lr_find.json`, and the plots (a plot that cannot be drawn is a warning).
-pub fn write_run_dir(out: &Path, results: &TrainResults) -> anyhow::Result<()> {
+/// What `cyclotron train` writes into `--out` besides the table: `results.json`, `run.json` (where
+/// the run's snapshots are in the store `store`, for `cyclotron predict OUT`), the first LR-range
+/// test as `lr_find.json`, and the plots (a plot that cannot be drawn is a warning).
+pub fn write_run_dir(out: &Path, results: &TrainResults, store: &str, run: &str) -> anyhow::Result<()> {
     output::write_json(&out.join("results.json"), results)?;
+    let run_ref = cyclotron_worker::predict::RunRef {
+        store: output::absolute_store(store),
+        job: results.job.clone(),
+        run: run.to_string(),
+    };
+    output::write_json(&out.join(cyclotron_worker::predict::RUN_REF), &run_ref)?;
     if let Some((_, first)) = results.lr_finds.first() {
         output::write_json(&out.join("lr_find.json"), first)?;
     }

@@ -8,6 +8,7 @@ mod error_text;
 mod metrics;
 mod output;
 mod plot;
+mod predict_cmd;
 mod progress;
 mod task_cmd;
 
@@ -113,6 +114,9 @@ enum Cmd {
         #[arg(long)]
         events_jsonl: Option<String>,
     },
+    /// Apply a finished run's model to new images: its ensemble (with test-time augmentation when
+    /// the job used it) or one snapshot; prints each input's most probable classes.
+    Predict(predict_cmd::PredictArgs),
     /// Run a worker: register with the coordinators and train what they assign.
     Worker(cluster_cmd::WorkerArgs),
     /// Submit a job spec to the cluster; prints the job id.
@@ -494,10 +498,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("rank done; rank 0 writes the results");
                 return Ok(());
             }
-            cluster_cmd::write_run_dir(&out, &results)?;
+            cluster_cmd::write_run_dir(&out, &results, &spec.output, &run)?;
             output::print_results(&results, &spec.output, &spec.name, &run);
             Ok(())
         }
+        Cmd::Predict(args) => predict_cmd::predict(args),
         Cmd::Worker(args) => cluster_cmd::worker(args),
         Cmd::Submit(args) => cluster_cmd::submit(args),
         Cmd::Status(args) => cluster_cmd::status(args),

@@ -28,6 +28,27 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> anyhow::Result
     Ok(())
 }
 
+/// A store URL made independent of the current folder: a relative `file://` or plain path is
+/// joined to it; anything else is returned as it is.
+pub fn absolute_store(store: &str) -> String {
+    let (scheme, path) = match store.split_once("://") {
+        Some(("file", p)) => ("file://", p),
+        Some(_) => return store.to_string(),
+        None => ("", store),
+    };
+    let p = Path::new(path);
+    if p.is_absolute() {
+        return store.to_string();
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => {
+            let joined = cwd.join(p.strip_prefix("./").unwrap_or(p));
+            format!("{scheme}{}", joined.display())
+        }
+        Err(_) => store.to_string(),
+    }
+}
+
 pub fn default_run_id() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     format!("run-{secs}")

@@ -115,7 +115,7 @@ pub fn evaluate_runs(
     let results = with_events(events_jsonl, quiet, |obs| {
         cyclotron_worker::evaluate::evaluate_runs(&spec, run, &runs, obs)
     })?;
-    crate::cluster_cmd::write_run_dir(out, &results)?;
+    crate::cluster_cmd::write_run_dir(out, &results, &spec.output, run)?;
     output::print_results(&results, &spec.output, &spec.name, run);
     Ok(())
 }

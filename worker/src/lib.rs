@@ -27,6 +27,7 @@ pub mod learner;
 pub mod metrics;
 pub mod models;
 pub mod optim;
+pub mod predict;
 pub mod runtime;
 pub mod sweep;
 pub mod task;

@@ -342,7 +342,7 @@ pub fn local(args: LocalArgs, quiet: bool) -> anyhow::Result<()> {
     cluster.lock().unwrap_or_else(|e| e.into_inner()).stop();
     drop(rt);
     let (job, results) = outcome?;
-    write_run_dir(&out, &results)?;
+    write_run_dir(&out, &results, &spec.output, &job)?;
     output::print_results(&results, &spec.output, &spec.name, &job);
     Ok(())
 }

@@ -42,14 +42,38 @@ pub struct IdxArray {
 pub fn read_idx(path: &Path, ndims: u8) -> Result<IdxArray> {
     let io_err = |source| DataError::Io { path: path.to_path_buf(), source };
     let raw = std::fs::read(path).map_err(io_err)?;
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity(raw.len() * 4);
-        GzDecoder::new(raw.as_slice()).read_to_end(&mut out).map_err(io_err)?;
-        out
-    } else {
-        raw
-    };
+    let bytes = if raw.starts_with(&[0x1f, 0x8b]) { gunzip_idx(path, &raw, ndims)? } else { raw };
     parse_idx(path, &bytes, ndims)
+}
+
+/// The most data one idx file may promise (4 GiB: 5 million 28×28 images, far above any data
+/// set of this format); a larger header is refused before anything is allocated.
+pub const MAX_IDX_BYTES: u64 = 4 << 30;
+
+/// Gunzips an idx file: the header first, then at most the bytes the header promises, so a
+/// small file that inflates to gigabytes (a gzip bomb) costs no more memory than its header
+/// admits, and a header promising more than [`MAX_IDX_BYTES`] is refused.
+fn gunzip_idx(path: &Path, raw: &[u8], ndims: u8) -> Result<Vec<u8>> {
+    let io_err = |source| DataError::Io { path: path.to_path_buf(), source };
+    let header_len = 4 + 4 * u64::from(ndims);
+    let mut decoder = GzDecoder::new(raw);
+    let mut out = Vec::with_capacity(header_len as usize);
+    (&mut decoder).take(header_len).read_to_end(&mut out).map_err(io_err)?;
+    if out.len() as u64 == header_len {
+        let dims = out[4..].chunks(4).map(|w| u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]])));
+        let data_len = dims.fold(1u64, |acc, d| acc.saturating_mul(d));
+        if data_len > MAX_IDX_BYTES {
+            return Err(DataError::IdxTooLarge {
+                path: path.to_path_buf(),
+                promised: data_len,
+                max: MAX_IDX_BYTES,
+            });
+        }
+        out.reserve(data_len as usize);
+        decoder.take(data_len).read_to_end(&mut out).map_err(io_err)?;
+    }
+    // a short header or short data is reported by parse_idx as truncated
+    Ok(out)
 }
 
 /// Parses the bytes of an idx file; `path` only names it in errors.
@@ -226,6 +250,26 @@ mod tests {
         std::fs::write(&gz, [0x1f, 0x8b, 8, 0, 1, 2]).expect("write");
         let msg = read_idx(&gz, 1).expect_err("corrupt gzip").to_string();
         assert!(msg.starts_with(&format!("cannot read {}", gz.display())), "{msg}");
+    }
+
+    #[test]
+    fn gzip_inflates_only_what_the_header_promises() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // 64 MiB of zeros behind a header promising 4 bytes: a 64 KiB file that would inflate to
+        // 64 MiB is read as its 4 promised bytes (the rest is never inflated).
+        let path = dir.path().join("bomb.gz");
+        let mut bytes = idx_bytes(&[2, 2], &[9; 4]);
+        bytes.resize(bytes.len() + (64 << 20), 0);
+        write(&path, &bytes, true);
+        assert!(std::fs::metadata(&path).unwrap().len() < 1 << 20);
+        let arr = read_idx(&path, 2).expect("read");
+        assert_eq!(arr, IdxArray { dims: vec![2, 2], data: vec![9; 4] });
+        assert!(arr.data.capacity() < 1 << 20, "allocated {} bytes", arr.data.capacity());
+        // a header promising 8 GiB is refused before anything is allocated
+        let path = dir.path().join("huge.gz");
+        write(&path, &idx_bytes(&[65_536, 65_536, 2], &[0; 16]), true);
+        let msg = read_idx(&path, 3).expect_err("8 GiB").to_string();
+        assert!(msg.contains("promises 8589934592 bytes") && msg.contains("corrupt"), "{msg}");
     }
 
     #[test]

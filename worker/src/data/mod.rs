@@ -37,6 +37,8 @@ pub enum DataError {
     IdxMagic { path: PathBuf, found: u32, expected: u32 },
     #[error("{path}: idx file truncated: header promises {expected} bytes, found {found}")]
     IdxTruncated { path: PathBuf, expected: u64, found: u64 },
+    #[error("{path}: the idx header promises {promised} bytes of data, more than the {max} one idx file may hold; the file is corrupt or not an idx file")]
+    IdxTooLarge { path: PathBuf, promised: u64, max: u64 },
     #[error("{images} holds {n_images} images but {labels} holds {n_labels} labels")]
     IdxCountMismatch { images: PathBuf, n_images: usize, labels: PathBuf, n_labels: usize },
     #[error("{path}: label {label} of item {index} is outside 0..{classes}")]

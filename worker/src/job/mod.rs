@@ -16,7 +16,7 @@ use crate::learner::Learner;
 use crate::models::GROUPS;
 use crate::runtime::store_options;
 
-pub use run::{JobRun, Position, StageEnd};
+pub use run::{JobRun, Position, StageEnd, JOB_SPEC};
 
 /// How `run_train_with` starts and stops (the CLI's `--resume` and hidden `--stop-after-epochs`).
 #[derive(Debug, Clone, Default)]

@@ -26,6 +26,9 @@ use crate::metrics::Metered;
 use crate::models::GROUPS;
 use crate::task::{Split, Task};
 
+/// The name of the job spec a snapshot keeps beside its weights (JSON).
+pub const JOB_SPEC: &str = "job.json";
+
 /// Records the step history for plots, then passes events on (to the metrics, then the caller).
 struct Recorder<'o> {
     inner: Metered<'o>,
@@ -280,6 +283,9 @@ impl<'a> JobRun<'a> {
             return Ok(());
         }
         let index = self.taken.len();
+        // the validated spec the snapshot was trained with, so it can be used without the job file
+        let job = serde_json::to_vec_pretty(self.spec)
+            .map_err(|e| Error::Invalid { what: JOB_SPEC.into(), message: e.to_string() })?;
         let state = serde_json::json!({
             "stage": si, "cycle": p.cycle, "epoch": p.epoch, "step": self.l.global_step,
             "seed": self.l.seed, "epochs_done": self.l.epochs_done, "arch": self.spec.model.arch,
@@ -289,7 +295,8 @@ impl<'a> JobRun<'a> {
             kind: CheckpointKind::Snapshot,
             position: (self.l.global_step, si, p.epoch, Some(p.cycle)),
             tensors: vec![("model.safetensors".into(), checkpoint::share_weights(self.l.model().vs()))],
-            raw: std::iter::once(("state.json".to_string(), state.to_string().into_bytes()))
+            raw: [("state.json".to_string(), state.to_string().into_bytes()), (JOB_SPEC.to_string(), job)]
+                .into_iter()
                 .chain(self.l.task.artifacts()?)
                 .map(|(name, data)| Blob { name, data: data.into() })
                 .collect(),

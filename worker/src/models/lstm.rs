@@ -185,19 +185,26 @@ impl LanguageModelNet {
     }
 }
 
-impl Model for LanguageModelNet {
-    fn vs(&self) -> &nn::VarStore {
-        &self.vs
-    }
+/// Both nets hold their variables in `vs` and share [`group_of`]: one `impl Model` for each.
+macro_rules! lstm_model {
+    ($($net:ty),*) => {$(
+        impl Model for $net {
+            fn vs(&self) -> &nn::VarStore {
+                &self.vs
+            }
 
-    fn group_of(&self, name: &str) -> usize {
-        group_of(name)
-    }
+            fn group_of(&self, name: &str) -> usize {
+                group_of(name)
+            }
 
-    fn freeze_to(&self, frozen: usize) {
-        super::set_trainable(self, frozen);
-    }
+            fn freeze_to(&self, frozen: usize) {
+                super::set_trainable(self, frozen);
+            }
+        }
+    )*};
 }
+
+lstm_model!(LanguageModelNet, ClassifierNet);
 
 /// A classifier on the encoder: concat pooling of the last layer's outputs over each sequence's
 /// real tokens (the last one, the maximum and the mean: `3·emb` features), then dropout, a
@@ -254,19 +261,5 @@ impl ClassifierNet {
         let pooled = Tensor::cat(&[last, max, mean], 1);
         let h = self.hidden.forward(&pooled.dropout(self.head_dropout, train)).relu();
         self.out.forward(&h.dropout(self.head_dropout, train))
-    }
-}
-
-impl Model for ClassifierNet {
-    fn vs(&self) -> &nn::VarStore {
-        &self.vs
-    }
-
-    fn group_of(&self, name: &str) -> usize {
-        group_of(name)
-    }
-
-    fn freeze_to(&self, frozen: usize) {
-        super::set_trainable(self, frozen);
     }
 }

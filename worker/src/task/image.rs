@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use cyclotron_core::results::Metrics;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::{check_abort, classification_metrics, Batch, Batches, Shard, Split, Task};
@@ -40,6 +41,37 @@ impl ImageData {
             Split::Train => &self.train,
             Split::Valid => &self.valid,
             Split::Eval => self.test.as_ref().unwrap_or(&self.valid),
+        }
+    }
+}
+
+/// The name of an image classifier's [`ImageCard`] in its snapshots.
+pub const IMAGE_CARD: &str = "image.json";
+
+/// What a snapshot of an image classifier keeps beside its weights so that `cyclotron predict`
+/// can use it without the job's data: the input shape, the class names, and the normalisation
+/// fitted on the training split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageCard {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub classes: Vec<String>,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl ImageCard {
+    /// The card of a model trained on `data`.
+    pub fn of(data: &ImageData) -> ImageCard {
+        let t = &data.train;
+        ImageCard {
+            channels: t.channels,
+            height: t.height,
+            width: t.width,
+            classes: t.classes.clone(),
+            mean: data.norm.mean.clone(),
+            std: data.norm.std.clone(),
         }
     }
 }
@@ -138,18 +170,13 @@ impl Task for ImageClassification {
     }
 
     fn steps_per_epoch(&self, world: usize) -> Result<u64> {
-        let n = self.data.train.len() / (self.data.batch_size * world.max(1));
-        if n == 0 {
-            return Err(Error::Invalid {
-                what: "data.batch_size".into(),
-                message: format!(
-                    "{} is larger than the training split ({} items); lower batch_size or raise limit_train",
-                    self.data.batch_size,
-                    self.data.train.len()
-                ),
-            });
-        }
-        Ok(n as u64)
+        super::full_batches(
+            self.data.train.len(),
+            self.data.batch_size,
+            world,
+            "items",
+            " or raise limit_train",
+        )
     }
 
     fn train_batches(&self, epoch: u64, shard: Shard) -> Result<Batches> {
@@ -202,6 +229,12 @@ impl Task for ImageClassification {
         } else {
             "valid"
         }
+    }
+
+    fn artifacts(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let card = serde_json::to_vec_pretty(&ImageCard::of(&self.data))
+            .map_err(|e| Error::Invalid { what: IMAGE_CARD.into(), message: e.to_string() })?;
+        Ok(vec![(IMAGE_CARD.into(), card)])
     }
 
     fn precompute(&self) -> Result<Box<dyn Task>> {

@@ -148,6 +148,22 @@ pub fn check_abort(abort: &AtomicBool) -> Result<()> {
     Ok(())
 }
 
+/// Optimiser steps in an epoch of `items` training items when `world` ranks each take a batch of
+/// `batch` per step: the full batches only. Not even one is an error naming `data.batch_size`;
+/// `unit` names the items (`items`, `examples`) and `advice` says what else may change.
+pub fn full_batches(items: usize, batch: usize, world: usize, unit: &str, advice: &str) -> Result<u64> {
+    let n = items / (batch * world.max(1));
+    if n == 0 {
+        return Err(Error::Invalid {
+            what: "data.batch_size".into(),
+            message: format!(
+                "{batch} is larger than the training split ({items} {unit}); lower batch_size{advice}"
+            ),
+        });
+    }
+    Ok(n as u64)
+}
+
 /// Negative log-likelihood and accuracy of probabilities `probs` [N, C] against `labels` [N].
 pub fn classification_metrics(probs: &Tensor, labels: &Tensor) -> Metrics {
     let loss = probs.clamp_min(1e-12).log().nll_loss(labels).double_value(&[]);

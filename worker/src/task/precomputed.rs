@@ -113,6 +113,11 @@ impl Task for HeadOnFeatures {
         self.image.eval_split()
     }
 
+    /// The whole image model's: a snapshot of a head stage is the whole model.
+    fn artifacts(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        self.image.artifacts()
+    }
+
     /// Already on the cache: the same cache, shared.
     fn precompute(&self) -> Result<Box<dyn Task>> {
         Ok(Box::new(HeadOnFeatures {

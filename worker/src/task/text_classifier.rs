@@ -128,18 +128,7 @@ impl Task for TextClassifier {
     }
 
     fn steps_per_epoch(&self, world: usize) -> Result<u64> {
-        let n = self.data.train.len() / (self.data.batch_size * world.max(1));
-        if n == 0 {
-            return Err(Error::Invalid {
-                what: "data.batch_size".into(),
-                message: format!(
-                    "{} is larger than the training split ({} examples); lower batch_size",
-                    self.data.batch_size,
-                    self.data.train.len()
-                ),
-            });
-        }
-        Ok(n as u64)
+        super::full_batches(self.data.train.len(), self.data.batch_size, world, "examples", "")
     }
 
     fn train_batches(&self, epoch: u64, shard: Shard) -> Result<Batches> {
