@@ -206,7 +206,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rgb = dir.path().join("rgb.png");
         RgbImage::from_pixel(4, 4, Rgb([200, 10, 10])).save(&rgb).unwrap();
-        let msg = load_inputs(&[rgb.clone()], &card(1, 4), false).unwrap_err().to_string();
+        let msg = load_inputs(std::slice::from_ref(&rgb), &card(1, 4), false).unwrap_err().to_string();
         assert!(
             msg.contains("is a colour 4×4 image; the model takes 1-channel (grayscale) 4×4 images"),
             "{msg}"
@@ -214,7 +214,7 @@ mod tests {
         assert!(msg.contains("--resize"), "{msg}");
         let big = dir.path().join("big.png");
         GrayImage::from_pixel(9, 7, Luma([3])).save(&big).unwrap();
-        let msg = load_inputs(&[big.clone()], &card(1, 4), false).unwrap_err().to_string();
+        let msg = load_inputs(std::slice::from_ref(&big), &card(1, 4), false).unwrap_err().to_string();
         assert!(msg.contains("is a grayscale 9×7 image; the model takes 1-channel (grayscale) 4×4"), "{msg}");
         let idx = dir.path().join("other-idx3-ubyte");
         idx3(&idx, 2, 5, 5);
@@ -251,7 +251,7 @@ mod tests {
         let msg = load_inputs(&[junk], &card(1, 4), false).unwrap_err().to_string();
         assert!(msg.contains("cannot decode it as an image"), "{msg}");
         let missing = dir.path().join("missing.png");
-        let msg = load_inputs(&[missing.clone()], &card(1, 4), false).unwrap_err().to_string();
+        let msg = load_inputs(std::slice::from_ref(&missing), &card(1, 4), false).unwrap_err().to_string();
         assert!(msg.contains(&missing.display().to_string()), "{msg}");
         let labels = dir.path().join("labels-idx1-ubyte");
         std::fs::write(&labels, [0, 0, 8, 1, 0, 0, 0, 1, 4]).unwrap();
