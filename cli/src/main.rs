@@ -152,7 +152,16 @@ enum Cmd {
         json: Option<PathBuf>,
     },
     /// Regenerate the plots of a run folder from its JSON files.
-    Plot { run_dir: PathBuf },
+    Plot {
+        run_dir: PathBuf,
+        /// A tabular snapshot folder (`runs/<job>/<run>/snapshots/cycle-<i>`): also draw the PCA of
+        /// a categorical column's learned embedding as RUN_DIR/embeddings.png.
+        #[arg(long)]
+        embeddings: Option<PathBuf>,
+        /// The column of `--embeddings` (default: the first with at least three levels).
+        #[arg(long)]
+        column: Option<String>,
+    },
     /// Parse and validate a job spec without running it.
     Check { job: PathBuf },
     /// Time the engine's training step on synthetic data (what `make bench` compares to PyTorch).
@@ -653,9 +662,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Plot { run_dir } => {
+        Cmd::Plot { run_dir, embeddings, column } => {
             for path in plot::plot_run_dir(&run_dir)? {
                 println!("{}", path.display());
+            }
+            if let Some(snapshot) = embeddings {
+                let png = run_dir.join("embeddings.png");
+                plot::embeddings_png(&snapshot, column.as_deref(), &png)?;
+                println!("{}", png.display());
             }
             Ok(())
         }

@@ -8,6 +8,7 @@
 //! nothing that can be drawn (no points, only NaN), so [`plot_run_dir`] can skip that plot and
 //! draw the others.
 
+mod embeddings;
 mod ensemble;
 mod lr_find;
 mod style;
@@ -23,6 +24,7 @@ use cyclotron_core::lr_range::LrFindReport;
 use cyclotron_core::results::TrainResults;
 use serde::de::DeserializeOwned;
 
+pub use embeddings::embeddings_png;
 pub use ensemble::ensemble_png;
 pub use lr_find::lr_find_png;
 pub use sweep::sweep_png;

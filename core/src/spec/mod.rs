@@ -20,6 +20,7 @@
 mod augment;
 mod checkpoint;
 mod stage;
+mod tabular;
 mod task;
 mod text;
 mod validate;
@@ -27,7 +28,8 @@ mod validate;
 pub use augment::{AugmentSpec, Transform, TtaSpec, PRESETS};
 pub use checkpoint::CheckpointSpec;
 pub use stage::{GroupLrs, LrValue, ScheduleKind, StageSpec};
-pub use task::{TaskKind, TEXT_ARCHS};
+pub use tabular::{TabularModelSpec, TabularSpec, TargetKind, DATE_PARTS};
+pub use task::{TaskKind, TABULAR_ARCHS, TEXT_ARCHS};
 pub use text::{LstmSpec, TextSpec};
 pub use validate::{is_valid_name, sgdr_epochs, MAX_NAME_LEN, MAX_SPEC_BYTES};
 
@@ -108,6 +110,9 @@ pub enum DataSource {
     /// Labelled texts for a classifier: `PATH/train.csv` (and `valid.csv`, `test.csv`), or one CSV
     /// file split by `valid_pct` and `test_pct` (default: `make setup`'s Rotten Tomatoes split).
     TextCsv,
+    /// One CSV file of rows for entity embeddings; the columns' roles and the split are in
+    /// `[data.tabular]`.
+    TabularCsv,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,6 +152,9 @@ pub struct DataSpec {
     /// Text settings: tokenizer, truncated-BPTT window, CSV columns (`[data.text]`).
     #[serde(default)]
     pub text: Option<TextSpec>,
+    /// Tabular settings: the columns' roles, the target, the split (`[data.tabular]`).
+    #[serde(default)]
+    pub tabular: Option<TabularSpec>,
     /// Seed of the validation split carved from the training data (default: the job's seed).
     /// Independent runs (`ensemble.runs`) change the job's seed but keep this split, so that
     /// ensemble members are chosen on images no run trained on.
@@ -190,6 +198,7 @@ impl DataSpec {
             (None, DataSource::ImageFolder) => String::new(),
             (None, DataSource::TextCorpus) => data_dir(),
             (None, DataSource::TextCsv) => format!("{}/rt", data_dir()),
+            (None, DataSource::TabularCsv) => String::new(),
         }
     }
 }
@@ -213,6 +222,9 @@ pub struct ModelSpec {
     /// (`file://runs/text-lm/lm/snapshots/cycle-2`) or finished run (its best snapshot), or `s3://`.
     #[serde(default)]
     pub encoder: Option<String>,
+    /// The entity-embedding model's settings (`arch = "entity_embeddings"`).
+    #[serde(default)]
+    pub tabular: Option<TabularModelSpec>,
 }
 
 fn default_width() -> i64 {

@@ -11,10 +11,14 @@ pub enum TaskKind {
     LanguageModel,
     /// A classifier of texts on a recurrent encoder.
     TextClassification,
+    /// Rows of a table: entity embeddings of categorical columns and an MLP.
+    Tabular,
 }
 
 /// Recurrent text models.
 pub const TEXT_ARCHS: &[&str] = &["awd_lstm"];
+/// Tabular models.
+pub const TABULAR_ARCHS: &[&str] = &["entity_embeddings"];
 
 impl TaskKind {
     /// The architectures this kind of task can train.
@@ -22,6 +26,7 @@ impl TaskKind {
         match self {
             TaskKind::ImageClassification => super::KNOWN_ARCHS,
             TaskKind::LanguageModel | TaskKind::TextClassification => TEXT_ARCHS,
+            TaskKind::Tabular => TABULAR_ARCHS,
         }
     }
 
@@ -30,6 +35,7 @@ impl TaskKind {
             TaskKind::ImageClassification => "image classification",
             TaskKind::LanguageModel => "language model",
             TaskKind::TextClassification => "text classification",
+            TaskKind::Tabular => "tabular model",
         }
     }
 
@@ -45,6 +51,7 @@ impl DataSource {
             DataSource::FashionMnist | DataSource::ImageFolder => TaskKind::ImageClassification,
             DataSource::TextCorpus => TaskKind::LanguageModel,
             DataSource::TextCsv => TaskKind::TextClassification,
+            DataSource::TabularCsv => TaskKind::Tabular,
         }
     }
 }
@@ -69,7 +76,8 @@ pub(super) fn problems(spec: &JobSpec) -> Vec<String> {
             ));
         }
     }
-    if kind.is_text() {
+    p.extend(tabular_problems(spec, kind, &not_for));
+    if kind.is_text() || kind == TaskKind::Tabular {
         if spec.data.augment.is_some() {
             p.push(not_for("data.augment", "remove it"));
         }
@@ -77,18 +85,22 @@ pub(super) fn problems(spec: &JobSpec) -> Vec<String> {
             p.push(not_for("tta", "remove it"));
         }
         if spec.data.classes.is_some() {
-            p.push(not_for("data.classes", "use data.text.labels"));
+            let use_instead = if kind.is_text() { "use data.text.labels" } else { "use data.tabular.classes" };
+            p.push(not_for("data.classes", use_instead));
         }
         if spec.model.pretrained.is_some() {
-            p.push(not_for(
-                "model.pretrained",
-                "a text classifier starts from a language model with model.encoder",
-            ));
+            let why = if kind.is_text() {
+                "a text classifier starts from a language model with model.encoder"
+            } else {
+                "remove it"
+            };
+            p.push(not_for("model.pretrained", why));
         }
         if spec.stages.iter().any(|s| s.precompute) {
             p.push(not_for("precompute", "train the head with freeze = true instead"));
         }
-    } else {
+    }
+    if !kind.is_text() {
         if spec.data.text.is_some() {
             p.push(not_for("data.text", "remove it"));
         }
@@ -104,8 +116,34 @@ pub(super) fn problems(spec: &JobSpec) -> Vec<String> {
             p.push(format!("model.encoder: {url:?}: unsupported scheme; use file://PATH, a plain path or s3://bucket/prefix"));
         }
     }
-    if spec.data.test_pct.is_some() && spec.data.source != DataSource::TextCsv {
+    let own_test = !matches!(spec.data.source, DataSource::TextCsv | DataSource::TabularCsv);
+    if spec.data.test_pct.is_some() && own_test {
         p.push(not_for("data.test_pct", "the source has its own test split"));
+    }
+    p
+}
+
+/// The problems of a tabular job's sections, and of those sections in another kind of job.
+fn tabular_problems(spec: &JobSpec, kind: TaskKind, not_for: &dyn Fn(&str, &str) -> String) -> Vec<String> {
+    let mut p = vec![];
+    if kind != TaskKind::Tabular {
+        if spec.data.tabular.is_some() {
+            p.push(not_for("data.tabular", "remove it"));
+        }
+        if spec.model.tabular.is_some() {
+            p.push(not_for("model.tabular", "remove it"));
+        }
+        return p;
+    }
+    if spec.data.path.as_deref().unwrap_or("").is_empty() {
+        p.push("data.path: required for source = \"tabular_csv\" (the CSV file)".into());
+    }
+    match &spec.data.tabular {
+        None => p.push(
+            "data.tabular: required for source = \"tabular_csv\": give target and the categorical / continuous / dates columns"
+                .into(),
+        ),
+        Some(t) => p.extend(t.problems(spec.model.tabular.as_ref(), spec.data.test_pct)),
     }
     p
 }

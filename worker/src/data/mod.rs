@@ -13,6 +13,7 @@ pub mod image_folder;
 pub mod loader;
 pub mod sampler;
 pub mod sources;
+pub mod tabular;
 pub mod text;
 
 use std::fmt;

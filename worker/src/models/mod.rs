@@ -9,6 +9,7 @@ mod registry;
 pub mod resnet;
 mod small_cnn;
 mod small_resnet;
+pub mod tabular;
 pub mod vgg;
 
 use std::sync::atomic::Ordering;

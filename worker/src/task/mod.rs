@@ -21,6 +21,7 @@ pub mod image;
 pub mod language_model;
 pub mod precomputed;
 pub mod registry;
+pub mod tabular;
 pub mod text_classifier;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -21,6 +21,7 @@ pub fn build(spec: &JobSpec, obs: &mut dyn Observer) -> Result<Box<dyn Task>> {
         TaskKind::ImageClassification => Ok(Box::new(image_classification(spec, obs)?)),
         TaskKind::LanguageModel => Ok(Box::new(super::language_model::build(spec, obs)?)),
         TaskKind::TextClassification => Ok(Box::new(super::text_classifier::build(spec, obs)?)),
+        TaskKind::Tabular => Ok(Box::new(super::tabular::build(spec, obs)?)),
     }
 }
 
