@@ -60,6 +60,10 @@ pub struct TabularSpec {
     /// categorical `<column>_na` flag.
     #[serde(default)]
     pub continuous: Vec<String>,
+    /// Continuous columns taken as `ln(1 + x)` before the rest (heavy-tailed counts such as
+    /// listings; values must be > -1).
+    #[serde(default)]
+    pub log_continuous: Vec<String>,
     /// Date columns (`YYYY-MM-DD`, optionally followed by a time, or `YYYY/MM/DD`), each expanded
     /// into the categorical parts of [`DATE_PARTS`].
     #[serde(default)]
@@ -180,6 +184,11 @@ impl TabularSpec {
                 }
             }
         }
+        for c in &self.log_continuous {
+            if !self.continuous.contains(c) {
+                p.push(format!("{at}.log_continuous: {c:?} is not in continuous; list it there too"));
+            }
+        }
         match self.kind {
             TargetKind::Regression => {
                 if self.threshold.is_some() || self.classes.is_some() {
@@ -287,6 +296,7 @@ mod tests {
             kind: TargetKind::Regression,
             categorical: vec!["city".into(), "month".into()],
             continuous: vec!["listings".into()],
+            log_continuous: vec!["listings".into()],
             dates: vec![],
             threshold: None,
             classes: None,
@@ -306,6 +316,7 @@ mod tests {
     fn problems_name_the_setting_and_what_to_do() {
         let mut s = spec();
         s.continuous.push("city".into());
+        s.log_continuous.push("rain".into());
         s.time_column = None;
         s.threshold = Some(0.0);
         let m = TabularModelSpec {
@@ -321,6 +332,7 @@ mod tests {
             "data.tabular.continuous: column \"city\" is already the categorical list's",
             "data.tabular.valid_from / test_from: split by time needs time_column",
             "data.tabular.threshold / classes: only for kind = \"classification\"",
+            "data.tabular.log_continuous: \"rain\" is not in continuous",
             "model.tabular.dropout: one value per hidden layer: layers has 1, dropout 2",
             "model.tabular.emb_sizes: \"town\" is not a categorical column",
             "model.tabular.emb_sizes.month: must be in 1..=1024, got 0",

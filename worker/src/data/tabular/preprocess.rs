@@ -61,6 +61,9 @@ impl Categorical {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Continuous {
     pub name: String,
+    /// Taken as `ln(1 + x)` before the median, mean and standard deviation.
+    #[serde(default)]
+    pub log: bool,
     pub median: f64,
     pub mean: f64,
     pub std: f64,
@@ -124,6 +127,19 @@ pub fn drop_missing_target(table: &RawTable, spec: &TabularSpec) -> Result<(RawT
         table.column(&spec.target)?.iter().enumerate().filter(|(_, v)| !is_missing(v)).map(|(r, _)| r).collect();
     let dropped = table.len() - keep.len();
     Ok((table.select(&keep), dropped))
+}
+
+/// The value of a continuous column: `ln(1 + x)` when `log` (an error naming the row when
+/// `x <= -1`).
+fn feature(table: &RawTable, row: usize, column: &str, v: &str, log: bool) -> Result<f64> {
+    let x = number(table, row, column, v)?;
+    if !log {
+        return Ok(x);
+    }
+    if x <= -1.0 {
+        return Err(table.invalid(row, column, format!("{x} is not > -1, so ln(1 + x) is undefined (data.tabular.log_continuous)")));
+    }
+    Ok(x.ln_1p())
 }
 
 fn number(table: &RawTable, row: usize, column: &str, v: &str) -> Result<f64> {
@@ -199,10 +215,11 @@ impl Preprocessing {
         let mut continuous = vec![];
         for name in &spec.continuous {
             let raw = train.column(name)?;
+            let log = spec.log_continuous.contains(name);
             let mut present = vec![];
             for (r, v) in raw.iter().enumerate() {
                 if !is_missing(v) {
-                    present.push(number(train, r, name, v)?);
+                    present.push(feature(train, r, name, v, log)?);
                 }
             }
             let n_missing = raw.len() - present.len();
@@ -213,7 +230,7 @@ impl Preprocessing {
                 + (med - mean).powi(2) * n_missing as f64)
                 / n;
             let std = if var.sqrt() > 1e-12 { var.sqrt() } else { 1.0 };
-            continuous.push(Continuous { name: name.clone(), median: med, mean, std });
+            continuous.push(Continuous { name: name.clone(), log, median: med, mean, std });
             if n_missing > 0 {
                 categorical.push(Categorical {
                     name: format!("{name}_na"),
@@ -284,7 +301,7 @@ impl Preprocessing {
         let mut conts = vec![0f32; rows * n_cont];
         for (c, cont) in self.continuous.iter().enumerate() {
             for (r, v) in table.column(&cont.name)?.iter().enumerate() {
-                let x = if is_missing(v) { cont.median } else { number(table, r, &cont.name, v)? };
+                let x = if is_missing(v) { cont.median } else { feature(table, r, &cont.name, v, cont.log)? };
                 conts[r * n_cont + c] = ((x - cont.mean) / cont.std) as f32;
             }
         }
@@ -419,6 +436,22 @@ mod tests {
         assert_eq!(flags, [1, 2, 1, 1, 1, 2], "false = 1, true = 2");
         // a missing categorical value is index 0 too
         assert_eq!(t.cats[3 * t.n_cat], 0);
+    }
+
+    #[test]
+    fn a_log_column_is_transformed_before_its_statistics() {
+        let t = RawTable::from_columns("l.csv", vec![("n", vec!["0", "NA", "99", "9"]), ("y", vec!["1", "2", "3", "4"])]);
+        let mut s = spec(r#"{"target": "y", "continuous": ["n"], "log_continuous": ["n"]}"#);
+        let p = Preprocessing::fit(&t, &s).unwrap();
+        let n = &p.continuous[0];
+        assert!(n.log && (n.median - 10f64.ln()).abs() < 1e-12, "{n:?}");
+        let x = p.transform(&t, "train").unwrap().conts[2];
+        assert!((f64::from(x) - (100f64.ln() - n.mean) / n.std).abs() < 1e-5);
+        s.log_continuous.clear();
+        assert!(!Preprocessing::fit(&t, &s).unwrap().continuous[0].log);
+        let bad = RawTable::from_columns("l.csv", vec![("n", vec!["-2"]), ("y", vec!["1"])]);
+        let e = p.transform(&bad, "test").unwrap_err().to_string();
+        assert!(e.contains("line 2, column \"n\": -2 is not > -1"), "{e}");
     }
 
     #[test]
