@@ -48,7 +48,11 @@ fn write_sales(dir: &Path) {
         }
         for (k, (store, base)) in all.iter().enumerate() {
             let sales = base * day_effect * season * (1.0 + noise());
-            let t = if (i as usize + k) % 9 == 0 { "NA".to_string() } else { format!("{temperature:.1}") };
+            let t = if (i as usize + k).is_multiple_of(9) {
+                "NA".to_string()
+            } else {
+                format!("{temperature:.1}")
+            };
             csv.push_str(&format!("{store},{date},{t},{sales:.1}\n"));
         }
     }
@@ -61,7 +65,8 @@ fn spec(extra_data: &str, stages: &str) -> String {
     )
 }
 
-const SGDR: &str = "[lr_find]\nstart = 1e-5\nend = 1.0\nsteps = 30\n[[stage]]\nlr = 1e-2\ncycles = 2\ncycle_len = 4\n";
+const SGDR: &str =
+    "[lr_find]\nstart = 1e-5\nend = 1.0\nsteps = 30\n[[stage]]\nlr = 1e-2\ncycles = 2\ncycle_len = 4\n";
 
 fn read_json(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -80,7 +85,8 @@ fn entity_embeddings_learn_daily_sales_and_keep_their_preprocessing() {
     let work = tempfile::tempdir().unwrap();
     write_sales(work.path());
     std::fs::write(work.path().join("tab.toml"), spec("", SGDR)).unwrap();
-    let ran = run(&["train", "tab.toml", "--out", "out", "--run", "r1"], work.path(), Duration::from_secs(600));
+    let ran =
+        run(&["train", "tab.toml", "--out", "out", "--run", "r1"], work.path(), Duration::from_secs(600));
     assert_eq!(ran.code, Some(0), "stdout:\n{}\nstderr:\n{}", ran.stdout, ran.stderr);
     let r = read_json(&work.path().join("out/results.json"));
     assert_eq!(r["eval_split"], "test");
@@ -140,12 +146,20 @@ fn bad_tabular_inputs_are_named() {
     write_sales(work.path());
     let train = |name: &str, toml: String| {
         std::fs::write(work.path().join(format!("{name}.toml")), toml).unwrap();
-        run(&["train", &format!("{name}.toml"), "--out", &format!("{name}-out")], work.path(), Duration::from_secs(300))
+        run(
+            &["train", &format!("{name}.toml"), "--out", &format!("{name}-out")],
+            work.path(),
+            Duration::from_secs(300),
+        )
     };
     // a column the CSV lacks
     let ran = train("m", spec("", SGDR).replace("continuous = [\"temperature\"]", "continuous = [\"rain\"]"));
     assert_ne!(ran.code, Some(0));
-    assert!(ran.stderr.contains("no column \"rain\"") && ran.stderr.contains("\"temperature\""), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("no column \"rain\"") && ran.stderr.contains("\"temperature\""),
+        "{}",
+        ran.stderr
+    );
     // a target with a non-number
     let text = std::fs::read_to_string(work.path().join("sales.csv")).unwrap();
     let mut lines: Vec<String> = text.lines().map(String::from).collect();
@@ -168,7 +182,11 @@ fn bad_tabular_inputs_are_named() {
     let ran = run(&["check", "x.toml"], work.path(), Duration::from_secs(60));
     assert_ne!(ran.code, Some(0));
     assert!(ran.stderr.contains("data.augment: not for a tabular model"), "{}", ran.stderr);
-    assert!(ran.stderr.contains("column \"temperature\" is already the categorical list's"), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("column \"temperature\" is already the categorical list's"),
+        "{}",
+        ran.stderr
+    );
 }
 
 #[test]

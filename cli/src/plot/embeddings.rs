@@ -18,26 +18,29 @@ use super::NoData;
 
 pub const EMBEDDINGS_SIZE: (u32, u32) = (1000, 800);
 
+/// A level and its coordinates on the first two principal components.
+type Point = (String, f64, f64);
+
 /// The levels of `column` (or, without one, of the first categorical column with at least three
 /// levels) and their 2-D PCA coordinates, from the snapshot folder `snapshot`.
-pub fn embedding_pca(snapshot: &Path, column: Option<&str>) -> Result<(String, Vec<(String, f64, f64)>)> {
+pub fn embedding_pca(snapshot: &Path, column: Option<&str>) -> Result<(String, Vec<Point>)> {
     let json = snapshot.join("tabular.json");
     let text = std::fs::read_to_string(&json)
         .with_context(|| format!("reading {} (a tabular snapshot folder has one)", json.display()))?;
     let prep = Preprocessing::from_json(&text)?;
     let names: Vec<&str> = prep.categorical.iter().map(|c| c.name.as_str()).collect();
     let at = match column {
-        Some(c) => names
-            .iter()
-            .position(|n| *n == c)
-            .with_context(|| format!("{c:?} is not a categorical column of the snapshot; its columns: {names:?}"))?,
+        Some(c) => names.iter().position(|n| *n == c).with_context(|| {
+            format!("{c:?} is not a categorical column of the snapshot; its columns: {names:?}")
+        })?,
         None => match prep.categorical.iter().position(|c| c.levels.len() >= 3) {
             Some(i) => i,
             None => return Err(NoData("no categorical column has three levels".into()).into()),
         },
     };
     let weights = snapshot.join("model.safetensors");
-    let tensors = Tensor::read_safetensors(&weights).with_context(|| format!("reading {}", weights.display()))?;
+    let tensors =
+        Tensor::read_safetensors(&weights).with_context(|| format!("reading {}", weights.display()))?;
     let name = format!("embeds.{at}.weight");
     let Some((_, w)) = tensors.iter().find(|(n, _)| *n == name) else {
         bail!("{} has no {name}: not an entity-embedding model's snapshot", weights.display());
@@ -62,7 +65,7 @@ pub fn embeddings_png(snapshot: &Path, column: Option<&str>, path: &Path) -> Res
     if points.len() < 2 {
         return Err(NoData(format!("{name} has {} level(s)", points.len())).into());
     }
-    let span = |f: &dyn Fn(&(String, f64, f64)) -> f64| {
+    let span = |f: &dyn Fn(&Point) -> f64| {
         let lo = points.iter().map(f).fold(f64::INFINITY, f64::min);
         let hi = points.iter().map(f).fold(f64::NEG_INFINITY, f64::max);
         let pad = ((hi - lo) * 0.12).max(1e-6);
@@ -72,7 +75,8 @@ pub fn embeddings_png(snapshot: &Path, column: Option<&str>, path: &Path) -> Res
     style::ensure_font()?;
     let root = BitMapBackend::new(path, EMBEDDINGS_SIZE).into_drawing_area();
     root.fill(&WHITE)?;
-    let caption = format!("Learned embedding of {name} ({} levels), first two principal components", points.len());
+    let caption =
+        format!("Learned embedding of {name} ({} levels), first two principal components", points.len());
     let mut chart = ChartBuilder::on(&root)
         .caption(caption, style::caption_style())
         .margin(20)

@@ -167,9 +167,7 @@ impl TabularSpec {
             }
         }
         if lists.iter().all(|(_, l)| l.is_empty()) {
-            p.push(format!(
-                "{at}: no feature columns; list some in categorical, continuous or dates"
-            ));
+            p.push(format!("{at}: no feature columns; list some in categorical, continuous or dates"));
         }
         // each column in one role at most
         let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
@@ -199,7 +197,9 @@ impl TabularSpec {
             }
             TargetKind::Classification => {
                 if self.threshold.is_some() && self.classes.is_some() {
-                    p.push(format!("{at}.classes: a threshold makes the classes (\"<= t\", \"> t\"); remove classes"));
+                    p.push(format!(
+                        "{at}.classes: a threshold makes the classes (\"<= t\", \"> t\"); remove classes"
+                    ));
                 }
                 if self.threshold.is_some_and(|t| !t.is_finite()) {
                     p.push(format!("{at}.threshold: must be a finite number"));
@@ -235,7 +235,10 @@ impl TabularModelSpec {
         let mut p = vec![];
         let at = "model.tabular";
         if self.layers.is_empty() || self.layers.len() > MAX_TABULAR_LAYERS {
-            p.push(format!("{at}.layers: between 1 and {MAX_TABULAR_LAYERS} hidden layers, got {}", self.layers.len()));
+            p.push(format!(
+                "{at}.layers: between 1 and {MAX_TABULAR_LAYERS} hidden layers, got {}",
+                self.layers.len()
+            ));
         }
         if let Some(w) = self.layers.iter().find(|w| !(1..=16_384).contains(*w)) {
             p.push(format!("{at}.layers: each width must be in 1..=16384, got {w}"));
@@ -247,8 +250,11 @@ impl TabularModelSpec {
                 self.dropout.len()
             ));
         }
-        for (name, v) in
-            self.dropout.iter().map(|v| ("dropout", *v)).chain(std::iter::once(("emb_dropout", self.emb_dropout)))
+        for (name, v) in self
+            .dropout
+            .iter()
+            .map(|v| ("dropout", *v))
+            .chain(std::iter::once(("emb_dropout", self.emb_dropout)))
         {
             if !(0.0..1.0).contains(&v) {
                 p.push(format!("{at}.{name}: must be in [0, 1), got {v}"));

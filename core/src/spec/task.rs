@@ -85,7 +85,8 @@ pub(super) fn problems(spec: &JobSpec) -> Vec<String> {
             p.push(not_for("tta", "remove it"));
         }
         if spec.data.classes.is_some() {
-            let use_instead = if kind.is_text() { "use data.text.labels" } else { "use data.tabular.classes" };
+            let use_instead =
+                if kind.is_text() { "use data.text.labels" } else { "use data.tabular.classes" };
             p.push(not_for("data.classes", use_instead));
         }
         if spec.model.pretrained.is_some() {

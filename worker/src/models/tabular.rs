@@ -86,7 +86,8 @@ impl TabularNet {
                 )
             })
             .collect();
-        let bn_cont = (cfg.n_cont > 0).then(|| nn::batch_norm1d(root.sub("bn_cont"), cfg.n_cont, Default::default()));
+        let bn_cont =
+            (cfg.n_cont > 0).then(|| nn::batch_norm1d(root.sub("bn_cont"), cfg.n_cont, Default::default()));
         let mut width = cfg.embeddings.iter().map(|e| e.1).sum::<i64>() + cfg.n_cont;
         let mut layers = vec![];
         for (i, &(w, dropout)) in cfg.layers.iter().enumerate() {

@@ -164,7 +164,8 @@ impl Task for TabularTask {
 
     fn loss(&mut self, batch: &Batch) -> Result<Tensor> {
         let device = self.device();
-        let out = self.net.forward(&batch.inputs[0].to_device(device), &batch.inputs[1].to_device(device), true);
+        let out =
+            self.net.forward(&batch.inputs[0].to_device(device), &batch.inputs[1].to_device(device), true);
         let y = batch.target.to_device(device);
         Ok(match (self.is_regression(), self.log_target()) {
             (true, true) => out.mse_loss(&y.log(), tch::Reduction::Mean),
@@ -265,7 +266,9 @@ pub fn build(
         let train = prep.transform(&train_raw, "training")?;
         let valid = prep.transform(&raw.select(&limit(rows.valid, spec.data.limit_eval)), "validation")?;
         let test = match rows.test {
-            Some(r) if !r.is_empty() => Some(prep.transform(&raw.select(&limit(r, spec.data.limit_eval)), "test")?),
+            Some(r) if !r.is_empty() => {
+                Some(prep.transform(&raw.select(&limit(r, spec.data.limit_eval)), "test")?)
+            }
             Some(_) => {
                 return Err(Error::Invalid {
                     what: "data.tabular.test_from".into(),
@@ -295,7 +298,12 @@ pub fn build(
     let embeddings = prep
         .categorical
         .iter()
-        .map(|c| (c.cardinality(), m.emb_sizes.get(&c.name).copied().unwrap_or_else(|| default_emb_size(c.cardinality()))))
+        .map(|c| {
+            (
+                c.cardinality(),
+                m.emb_sizes.get(&c.name).copied().unwrap_or_else(|| default_emb_size(c.cardinality())),
+            )
+        })
         .collect();
     let log = matches!(prep.target_map, TargetMap::Values { log: true });
     let y_range = m.y_range.map(|[lo, hi]| if log { (lo.ln(), hi.ln()) } else { (lo, hi) });
@@ -344,8 +352,10 @@ mod tests {
         fn refs(v: &[String]) -> Vec<&str> {
             v.iter().map(String::as_str).collect()
         }
-        let raw = RawTable::from_columns("t.csv", vec![("city", refs(&city)), ("x", refs(&x)), ("y", refs(&y))]);
-        let spec = serde_json::from_str(r#"{"target": "y", "categorical": ["city"], "continuous": ["x"]}"#).unwrap();
+        let raw =
+            RawTable::from_columns("t.csv", vec![("city", refs(&city)), ("x", refs(&x)), ("y", refs(&y))]);
+        let spec =
+            serde_json::from_str(r#"{"target": "y", "categorical": ["city"], "continuous": ["x"]}"#).unwrap();
         let prep = Preprocessing::fit(&raw, &spec).unwrap();
         let table = Rc::new(prep.transform(&raw, "training").unwrap());
         tch::manual_seed(2);
@@ -359,7 +369,8 @@ mod tests {
         };
         let net = TabularNet::new(tch::nn::VarStore::new(Device::Cpu), cfg);
         net.set_output_bias((20f64).ln());
-        let data = TabularData { train: Rc::clone(&table), valid: Rc::clone(&table), test: None, batch_size: 16 };
+        let data =
+            TabularData { train: Rc::clone(&table), valid: Rc::clone(&table), test: None, batch_size: 16 };
         TabularTask::new(net, data, prep, 1)
     }
 
@@ -370,7 +381,11 @@ mod tests {
         let m = regression_metrics(&p, &y, false);
         // ((100-110)/100)² = 0.01, ((200-180)/200)² = 0.01 → sqrt(0.01) = 0.1
         assert!((m.rmspe.unwrap() - 0.1).abs() < 1e-9, "{m:?}");
-        let m = regression_metrics(&Tensor::from_slice(&[100f32, 200.0]), &Tensor::from_slice(&[100f32, 200.0]), true);
+        let m = regression_metrics(
+            &Tensor::from_slice(&[100f32, 200.0]),
+            &Tensor::from_slice(&[100f32, 200.0]),
+            true,
+        );
         assert_eq!((m.loss, m.rmspe), (0.0, Some(0.0)));
         assert_eq!(m.headline().0, "rmspe");
     }

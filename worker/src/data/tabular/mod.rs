@@ -170,7 +170,11 @@ pub fn read_csv_from(reader: impl std::io::Read, path: &str, wanted: &[String]) 
             if field.len() > MAX_FIELD_BYTES {
                 return Err(Error::Invalid {
                     what: path.to_string(),
-                    message: format!("line {line}, column {:?}: a field of {} bytes, over the limit of {MAX_FIELD_BYTES}", wanted[c], field.len()),
+                    message: format!(
+                        "line {line}, column {:?}: a field of {} bytes, over the limit of {MAX_FIELD_BYTES}",
+                        wanted[c],
+                        field.len()
+                    ),
                 });
             }
             columns[c].push(String::from_utf8_lossy(field).trim().to_string());
@@ -283,7 +287,10 @@ mod tests {
     #[test]
     fn a_missing_column_and_a_ragged_row_are_named() {
         let e = read("a,b\n1,2\n", &["a", "sales"]).unwrap_err().to_string();
-        assert!(e.contains("t.csv") && e.contains("no column \"sales\"") && e.contains("[\"a\", \"b\"]"), "{e}");
+        assert!(
+            e.contains("t.csv") && e.contains("no column \"sales\"") && e.contains("[\"a\", \"b\"]"),
+            "{e}"
+        );
         let e = read("a,b\n1,2\n3\n4,5\n", &["a"]).unwrap_err().to_string();
         assert!(e.contains("line 3: 1 fields, but the header has 2"), "{e}");
     }
@@ -302,7 +309,8 @@ mod tests {
 
     #[test]
     fn rows_split_by_time_numbers_or_dates() {
-        let t = RawTable::from_columns("t.csv", vec![("t", vec!["2013.5", "2014", "2012", "2013", "2015.9"])]);
+        let t =
+            RawTable::from_columns("t.csv", vec![("t", vec!["2013.5", "2014", "2012", "2013", "2015.9"])]);
         let (s, d) = spec(Some(("2013", "2014")));
         let rows = split_rows(&t, &s, &d, 1).unwrap();
         assert_eq!(rows, SplitRows { train: vec![2], valid: vec![0, 3], test: Some(vec![1, 4]) });

@@ -53,7 +53,9 @@ impl Categorical {
 
     /// Index of `value`: 0 when missing or unseen.
     pub fn index(&self, value: Option<&str>) -> i64 {
-        value.and_then(|v| self.levels.binary_search_by(|l| l.as_str().cmp(v)).ok()).map_or(0, |i| i as i64 + 1)
+        value
+            .and_then(|v| self.levels.binary_search_by(|l| l.as_str().cmp(v)).ok())
+            .map_or(0, |i| i as i64 + 1)
     }
 }
 
@@ -123,8 +125,13 @@ impl Table {
 
 /// The rows of `table` that have a target value, and how many were dropped.
 pub fn drop_missing_target(table: &RawTable, spec: &TabularSpec) -> Result<(RawTable, usize)> {
-    let keep: Vec<usize> =
-        table.column(&spec.target)?.iter().enumerate().filter(|(_, v)| !is_missing(v)).map(|(r, _)| r).collect();
+    let keep: Vec<usize> = table
+        .column(&spec.target)?
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| !is_missing(v))
+        .map(|(r, _)| r)
+        .collect();
     let dropped = table.len() - keep.len();
     Ok((table.select(&keep), dropped))
 }
@@ -137,7 +144,11 @@ fn feature(table: &RawTable, row: usize, column: &str, v: &str, log: bool) -> Re
         return Ok(x);
     }
     if x <= -1.0 {
-        return Err(table.invalid(row, column, format!("{x} is not > -1, so ln(1 + x) is undefined (data.tabular.log_continuous)")));
+        return Err(table.invalid(
+            row,
+            column,
+            format!("{x} is not > -1, so ln(1 + x) is undefined (data.tabular.log_continuous)"),
+        ));
     }
     Ok(x.ln_1p())
 }
@@ -198,7 +209,11 @@ impl Preprocessing {
         let mut categorical = vec![];
         for name in &spec.categorical {
             let values = train.column(name)?.iter().filter(|v| !is_missing(v)).cloned();
-            categorical.push(Categorical { name: name.clone(), source: Source::Column, levels: levels(name, values)? });
+            categorical.push(Categorical {
+                name: name.clone(),
+                source: Source::Column,
+                levels: levels(name, values)?,
+            });
         }
         for date in &spec.dates {
             let parts: Vec<[String; 6]> = dates(train, date)?.iter().flatten().map(|d| d.parts()).collect();
@@ -250,7 +265,9 @@ impl Preprocessing {
                 if classes.len() < 2 {
                     return Err(Error::Invalid {
                         what: format!("data.tabular.target ({})", spec.target),
-                        message: format!("the training split has only the classes {classes:?}; a classifier needs two"),
+                        message: format!(
+                            "the training split has only the classes {classes:?}; a classifier needs two"
+                        ),
                     });
                 }
                 TargetMap::Classes { classes, threshold: spec.threshold }
@@ -440,7 +457,10 @@ mod tests {
 
     #[test]
     fn a_log_column_is_transformed_before_its_statistics() {
-        let t = RawTable::from_columns("l.csv", vec![("n", vec!["0", "NA", "99", "9"]), ("y", vec!["1", "2", "3", "4"])]);
+        let t = RawTable::from_columns(
+            "l.csv",
+            vec![("n", vec!["0", "NA", "99", "9"]), ("y", vec!["1", "2", "3", "4"])],
+        );
         let mut s = spec(r#"{"target": "y", "continuous": ["n"], "log_continuous": ["n"]}"#);
         let p = Preprocessing::fit(&t, &s).unwrap();
         let n = &p.continuous[0];
@@ -461,7 +481,16 @@ mod tests {
         let names: Vec<&str> = p.categorical.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(
             names,
-            ["city", "date_year", "date_month", "date_week", "date_dayofweek", "date_day", "date_is_month_end", "listings_na"]
+            [
+                "city",
+                "date_year",
+                "date_month",
+                "date_week",
+                "date_dayofweek",
+                "date_day",
+                "date_is_month_end",
+                "listings_na"
+            ]
         );
         let t = p.transform(&all, "train").unwrap();
         let level = |r: usize, c: usize| {
@@ -484,14 +513,24 @@ mod tests {
         let bad = houses().select(&[0, 1, 2]);
         let t = RawTable::from_columns(
             "b.csv",
-            vec![("city", vec!["a", "b"]), ("listings", vec!["1", "many"]), ("date", vec!["", ""]), ("sales", vec!["1", "2"])],
+            vec![
+                ("city", vec!["a", "b"]),
+                ("listings", vec!["1", "many"]),
+                ("date", vec!["", ""]),
+                ("sales", vec!["1", "2"]),
+            ],
         );
         let e = Preprocessing::fit(&t, &regression()).unwrap_err().to_string();
         assert!(e.contains("b.csv: line 3, column \"listings\": \"many\" is not a number"), "{e}");
         let p = Preprocessing::fit(&bad, &regression()).unwrap();
         let t = RawTable::from_columns(
             "b.csv",
-            vec![("city", vec!["a"]), ("listings", vec!["1"]), ("date", vec!["2015-02-30"]), ("sales", vec!["1"])],
+            vec![
+                ("city", vec!["a"]),
+                ("listings", vec!["1"]),
+                ("date", vec!["2015-02-30"]),
+                ("sales", vec!["1"]),
+            ],
         );
         let e = p.transform(&t, "test").unwrap_err().to_string();
         assert!(e.contains("column \"date\": \"2015-02-30\" is not a date"), "{e}");
@@ -511,8 +550,12 @@ mod tests {
 
     #[test]
     fn rows_without_a_target_are_dropped_and_counted() {
-        let t = RawTable::from_columns("t.csv", vec![("y", vec!["1", "NA", "", "4"]), ("x", vec!["a", "b", "c", "d"])]);
-        let (kept, dropped) = drop_missing_target(&t, &spec(r#"{"target": "y", "categorical": ["x"]}"#)).unwrap();
+        let t = RawTable::from_columns(
+            "t.csv",
+            vec![("y", vec!["1", "NA", "", "4"]), ("x", vec!["a", "b", "c", "d"])],
+        );
+        let (kept, dropped) =
+            drop_missing_target(&t, &spec(r#"{"target": "y", "categorical": ["x"]}"#)).unwrap();
         assert_eq!(dropped, 2);
         assert_eq!(kept.column("x").unwrap(), ["a", "d"]);
         assert_eq!(kept.lines, [2, 5]);
@@ -520,8 +563,13 @@ mod tests {
 
     #[test]
     fn classes_from_a_threshold_or_the_labels() {
-        let t = RawTable::from_columns("s.csv", vec![("profit", vec!["-3.5", "0", "12"]), ("mode", vec!["a", "b", "a"])]);
-        let s = spec(r#"{"target": "profit", "kind": "classification", "threshold": 0.0, "categorical": ["mode"]}"#);
+        let t = RawTable::from_columns(
+            "s.csv",
+            vec![("profit", vec!["-3.5", "0", "12"]), ("mode", vec!["a", "b", "a"])],
+        );
+        let s = spec(
+            r#"{"target": "profit", "kind": "classification", "threshold": 0.0, "categorical": ["mode"]}"#,
+        );
         let p = Preprocessing::fit(&t, &s).unwrap();
         assert_eq!(p.outputs(), 2);
         assert_eq!(p.transform(&t, "train").unwrap().targets, Targets::Classes(vec![0, 0, 1]));
