@@ -178,7 +178,8 @@ fn bad_tabular_inputs_are_named() {
     // a spec with a column in two roles and image settings is refused before anything runs
     let mixed = spec("", SGDR)
         .replace("categorical = [\"store\"]", "categorical = [\"store\", \"temperature\"]")
-        .replace("[optimizer]", "[data.augment]\npreset = \"side_on\"\n[optimizer]");
+        .replace("[optimizer]", "[data.augment]\npreset = \"side_on\"\n[optimizer]")
+        .replace("batch_size = 64", "batch_size = 1");
     std::fs::write(work.path().join("x.toml"), mixed).unwrap();
     let ran = run(&["check", "x.toml"], work.path(), Duration::from_secs(60));
     assert_ne!(ran.code, Some(0));

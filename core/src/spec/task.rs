@@ -139,6 +139,12 @@ fn tabular_problems(spec: &JobSpec, kind: TaskKind, not_for: &dyn Fn(&str, &str)
     if spec.data.path.as_deref().unwrap_or("").is_empty() {
         p.push("data.path: required for source = \"tabular_csv\" (the CSV file)".into());
     }
+    if spec.data.batch_size < 2 {
+        p.push(format!(
+            "data.batch_size: a tabular model needs at least 2 rows per batch (its BatchNorm layers), got {}",
+            spec.data.batch_size
+        ));
+    }
     match &spec.data.tabular {
         None => p.push(
             "data.tabular: required for source = \"tabular_csv\": give target and the categorical / continuous / dates columns"

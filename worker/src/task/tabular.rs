@@ -21,6 +21,10 @@ use crate::error::{Error, Result};
 use crate::models::tabular::{default_emb_size, TabularConfig, TabularNet};
 use crate::models::Model;
 
+/// Most values a tabular model's weights may hold (a quarter of a billion floats, 1 GiB): the
+/// levels of the training split size its embeddings, so a CSV must not be able to ask for more.
+pub const MAX_MODEL_VALUES: i64 = 1 << 28;
+
 /// The splits of a tabular job, preprocessed.
 pub struct TabularData {
     pub train: Rc<Table>,
@@ -295,7 +299,7 @@ pub fn build(
     crate::runtime::set_threads(spec);
     tch::manual_seed(spec.seed as i64);
     let device = crate::runtime::device(spec)?;
-    let embeddings = prep
+    let embeddings: Vec<(i64, i64)> = prep
         .categorical
         .iter()
         .map(|c| {
@@ -305,6 +309,24 @@ pub fn build(
             )
         })
         .collect();
+    // the embeddings and the MLP's weight matrices, counted with checked arithmetic
+    let mut width =
+        embeddings.iter().try_fold(prep.continuous.len() as i64, |acc, &(_, w)| acc.checked_add(w));
+    let mut total = embeddings.iter().try_fold(0i64, |acc, &(rows, w)| acc.checked_add(rows.checked_mul(w)?));
+    for &next in m.layers.iter().chain(std::iter::once(&prep.outputs())) {
+        total = total.zip(width).and_then(|(t, w)| t.checked_add(w.checked_mul(next)?));
+        width = Some(next);
+    }
+    if total.is_none_or(|t| t > MAX_MODEL_VALUES) {
+        return Err(Error::Invalid {
+            what: "model.tabular".into(),
+            message: format!(
+                "the model would hold more than {MAX_MODEL_VALUES} values ({} embeddings of the training levels, layers {:?}); use fewer levels, smaller emb_sizes or narrower layers",
+                embeddings.len(),
+                m.layers
+            ),
+        });
+    }
     let log = matches!(prep.target_map, TargetMap::Values { log: true });
     let y_range = m.y_range.map(|[lo, hi]| if log { (lo.ln(), hi.ln()) } else { (lo, hi) });
     let cfg = TabularConfig {
@@ -418,6 +440,32 @@ mod tests {
         assert_eq!(files[0].0, "tabular.json");
         let back = Preprocessing::from_json(std::str::from_utf8(&files[0].1).unwrap()).unwrap();
         assert_eq!(back.categorical[0].levels, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_job_builds_from_a_csv_and_a_model_too_large_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut csv = String::from("when,shop,y\n");
+        for i in 0..40 {
+            csv.push_str(&format!("{},{},{}\n", 2000 + i / 10, ["a", "b"][i % 2], 1 + i));
+        }
+        csv.push_str("2003,c,NA\n");
+        let path = dir.path().join("t.csv");
+        std::fs::write(&path, csv).unwrap();
+        let toml = |layers: &str| {
+            format!(
+                "name = \"t\"\n[data]\nsource = \"tabular_csv\"\npath = {path:?}\nbatch_size = 4\n[data.tabular]\ntarget = \"y\"\ncategorical = [\"shop\"]\ntime_column = \"when\"\nvalid_from = \"2002\"\ntest_from = \"2003\"\n[model]\narch = \"entity_embeddings\"\n[model.tabular]\nlayers = {layers}\ndropout = [0.0, 0.0]\n[[stage]]\nlr = 0.01\nepochs = 1\n"
+            )
+        };
+        let spec = cyclotron_core::spec::JobSpec::from_toml_str(&toml("[8, 4]"), "t").unwrap();
+        spec.validate().unwrap();
+        let t = build(&spec, &mut crate::event::Quiet).unwrap();
+        assert_eq!((t.data.train.len(), t.data.valid.len(), t.eval_split()), (20, 10, "test"));
+        assert_eq!(t.data.test.as_ref().unwrap().len(), 10, "the row without a target is dropped");
+        assert_eq!(t.net().config().embeddings, vec![(3, 2)], "shops a, b and index 0");
+        let big = cyclotron_core::spec::JobSpec::from_toml_str(&toml("[16384, 16384]"), "t").unwrap();
+        let e = build(&big, &mut crate::event::Quiet).err().expect("too large").to_string();
+        assert!(e.contains("model.tabular: the model would hold more than"), "{e}");
     }
 
     #[test]
