@@ -117,6 +117,11 @@ pub struct TabularModelSpec {
     /// (on the log scale with `log_target`).
     #[serde(default)]
     pub y_range: Option<[f64; 2]>,
+    /// Feed each categorical column to the MLP as a one-hot vector instead of an embedding (the
+    /// comparison Guo & Berkhahn make; `emb_sizes` and `emb_dropout` are then unused, and layer
+    /// group 0 is empty).
+    #[serde(default)]
+    pub one_hot: bool,
 }
 
 fn default_layers() -> Vec<i64> {
@@ -137,6 +142,7 @@ impl Default for TabularModelSpec {
             emb_dropout: default_emb_dropout(),
             emb_sizes: BTreeMap::new(),
             y_range: None,
+            one_hot: false,
         }
     }
 }

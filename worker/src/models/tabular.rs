@@ -28,6 +28,8 @@ pub struct TabularConfig {
     pub outputs: i64,
     /// A regression's output range (on the scale the model predicts).
     pub y_range: Option<(f64, f64)>,
+    /// Categorical columns as one-hot vectors (`embeddings[i].0` wide) instead of embeddings.
+    pub one_hot: bool,
 }
 
 /// fastai's rule for an embedding's width: `min(50, (rows + 1) / 2)`, rows counting index 0.
@@ -74,8 +76,8 @@ impl TabularNet {
     /// A model of `cfg` in `vs`, initialised from torch's generator (seed it first).
     pub fn new(vs: nn::VarStore, cfg: TabularConfig) -> TabularNet {
         let root = vs.root();
-        let embeds = cfg
-            .embeddings
+        let embedded = if cfg.one_hot { &[][..] } else { &cfg.embeddings[..] };
+        let embeds = embedded
             .iter()
             .enumerate()
             .map(|(i, &(rows, width))| {
@@ -88,7 +90,8 @@ impl TabularNet {
             .collect();
         let bn_cont =
             (cfg.n_cont > 0).then(|| nn::batch_norm1d(root.sub("bn_cont"), cfg.n_cont, Default::default()));
-        let mut width = cfg.embeddings.iter().map(|e| e.1).sum::<i64>() + cfg.n_cont;
+        let mut width =
+            cfg.embeddings.iter().map(|e| if cfg.one_hot { e.0 } else { e.1 }).sum::<i64>() + cfg.n_cont;
         let mut layers = vec![];
         for (i, &(w, dropout)) in cfg.layers.iter().enumerate() {
             let p = root.sub("layers").sub(i.to_string());
@@ -146,6 +149,16 @@ impl TabularNet {
                 .collect();
             parts.push(Tensor::cat(&embedded, 1).dropout(self.cfg.emb_dropout, train));
         }
+        if self.cfg.one_hot && !self.cfg.embeddings.is_empty() {
+            let hot: Vec<Tensor> = self
+                .cfg
+                .embeddings
+                .iter()
+                .enumerate()
+                .map(|(i, &(rows, _))| cats.select(1, i as i64).one_hot(rows).to_kind(conts.kind()))
+                .collect();
+            parts.push(Tensor::cat(&hot, 1));
+        }
         if let Some(bn) = &self.bn_cont {
             parts.push(self.bn(bn, 1, conts, train));
         }
@@ -197,6 +210,7 @@ mod tests {
             emb_dropout: 0.05,
             outputs,
             y_range,
+            one_hot: false,
         };
         TabularNet::new(nn::VarStore::new(Device::Cpu), cfg)
     }
@@ -235,6 +249,19 @@ mod tests {
         // weights are small at init: the prediction is near the bias
         let y = m.forward(&Tensor::zeros([3, 2], (Kind::Int64, Device::Cpu)), &z, false);
         assert!((y.mean(Kind::Float).double_value(&[]) - 5.5).abs() < 1.0, "{y}");
+    }
+
+    #[test]
+    fn one_hot_columns_replace_the_embeddings() {
+        tch::manual_seed(1);
+        let cfg = TabularConfig { one_hot: true, ..net(None, 1).config().clone() };
+        let n = TabularNet::new(nn::VarStore::new(Device::Cpu), cfg);
+        assert!(n.embedding(0).is_none());
+        let first =
+            n.named_groups().into_iter().find(|(name, _, _)| name == "layers.0.linear.weight").unwrap();
+        assert_eq!(first.2.size(), vec![8, 5 + 13 + 2], "one input per level of each column");
+        let (c, x) = inputs();
+        assert_eq!(n.forward(&c, &x, true).size(), vec![3]);
     }
 
     #[test]

@@ -310,9 +310,13 @@ pub fn build(
         })
         .collect();
     // the embeddings and the MLP's weight matrices, counted with checked arithmetic
+    let input = |&(rows, w): &(i64, i64)| if m.one_hot { rows } else { w };
     let mut width =
-        embeddings.iter().try_fold(prep.continuous.len() as i64, |acc, &(_, w)| acc.checked_add(w));
-    let mut total = embeddings.iter().try_fold(0i64, |acc, &(rows, w)| acc.checked_add(rows.checked_mul(w)?));
+        embeddings.iter().try_fold(prep.continuous.len() as i64, |acc, e| acc.checked_add(input(e)));
+    let mut total = embeddings
+        .iter()
+        .filter(|_| !m.one_hot)
+        .try_fold(0i64, |acc, &(rows, w)| acc.checked_add(rows.checked_mul(w)?));
     for &next in m.layers.iter().chain(std::iter::once(&prep.outputs())) {
         total = total.zip(width).and_then(|(t, w)| t.checked_add(w.checked_mul(next)?));
         width = Some(next);
@@ -336,6 +340,7 @@ pub fn build(
         emb_dropout: m.emb_dropout,
         outputs: prep.outputs(),
         y_range,
+        one_hot: m.one_hot,
     };
     let net = TabularNet::new(tch::nn::VarStore::new(device), cfg);
     if let Targets::Values(ys) = &train.targets {
@@ -388,6 +393,7 @@ mod tests {
             emb_dropout: 0.0,
             outputs: 1,
             y_range: None,
+            one_hot: false,
         };
         let net = TabularNet::new(tch::nn::VarStore::new(Device::Cpu), cfg);
         net.set_output_bias((20f64).ln());
