@@ -6,7 +6,8 @@
 //!
 //! Implementations: [`image::ImageClassification`], [`precomputed::HeadOnFeatures`] (the head
 //! of an image model trained on cached body activations), [`language_model::LanguageModel`]
-//! (truncated BPTT) and [`text_classifier::TextClassifier`] (on a language model's encoder).
+//! (truncated BPTT), [`text_classifier::TextClassifier`] (on a language model's encoder) and
+//! [`tabular::TabularTask`] (entity embeddings of a CSV's categorical columns and an MLP).
 //! [`registry::build`] picks the task a job spec asks for.
 //!
 //! Contract: a task is driven by one thread. Batches are produced ahead of time (their iterator
