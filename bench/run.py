@@ -25,6 +25,7 @@ SECTIONS = {
     "metrics": sections_train.metrics,
     "head": sections_train.head,
     "lm": sections_train.lm,
+    "tabular": sections_train.tabular,
     "allreduce": sections_system.allreduce,
     "ddp": sections_train.ddp,
     "checkpoint": sections_system.checkpoint,

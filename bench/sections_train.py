@@ -2,6 +2,7 @@
 without the allocator tuning on each side), the metrics overhead, head training with precompute,
 and data-parallel training against PyTorch DDP."""
 
+import json
 import os
 
 import harness as h
@@ -168,3 +169,43 @@ def lm(r, report):
     ])
     report("target: ratio >= 1.0")
     return dict(LM_CONFIG, threads=r.threads, tokens_per_s=got, ratios=ratios)
+
+
+def tabular(r, report):
+    """Rows/s of tabular training (entity embeddings, examples/tabular_sales.toml: its data, model,
+    batch and AdamW): whole epochs of Cyclotron's learner vs PyTorch eager training the same model on
+    as many rows (bench/pytorch_tabular.py), same threads, both with and without the allocator
+    settings, alternating. Cyclotron's result JSON of the round is the peer's model description."""
+    job = os.environ.get("BENCH_TABULAR_JOB", os.path.join(os.path.dirname(HERE), "examples", "tabular_sales.toml"))
+    epochs = os.environ.get("BENCH_TABULAR_EPOCHS", "5")
+    common = ["--threads", str(r.threads), "--epochs", epochs, "--warmup", "1"]
+    report("== tabular training: Cyclotron vs PyTorch eager (same entity-embedding model, rows, batch, threads, AdamW) ==")
+    config_path = r.json_path("tabular-config")
+    r.run([r.bin, "bench-tabular", job, "--epochs", "1", "--warmup", "0", "--threads", str(r.threads),
+           "--json", config_path])
+    with open(config_path) as f:
+        config = json.load(f)
+    peer = [r.py, os.path.join(HERE, "pytorch_tabular.py"), "--config", config_path] + common
+    variants = [
+        ("cyclotron", [r.bin, "bench-tabular", job] + common, None),
+        ("pytorch_tuned", peer + ["--malloc-tuning"], None),
+        ("pytorch", peer, None),
+    ]
+    got = {name: [] for name, _, _ in variants}
+    for i in range(r.rounds):
+        for name, argv, env in h.rotated(variants, i):
+            got[name].append(r.run_json(f"tabular-{name}", argv, env=env)["rows_per_s_median"])
+    ratios = {
+        "same_settings": [a / b for a, b in zip(got["cyclotron"], got["pytorch_tuned"])],
+        "vs_defaults": [a / b for a, b in zip(got["cyclotron"], got["pytorch"])],
+    }
+    m = config["model"]
+    report(f"{config['rows']} rows/epoch, batch {config['batch_size']}, embeddings {m['embeddings']}, "
+           f"{m['n_cont']} continuous, layers {m['layers']}, {r.threads} threads; rows/s (median epoch of "
+           f"{epochs}), median / worst of the rounds")
+    report.table(["variant", "rows/s"], [[n, h.mw(v, 0)] for n, v in got.items()] + [
+        ["ratio, both tuned (same allocator settings)", h.mw(ratios["same_settings"], 3)],
+        ["ratio vs PyTorch defaults", h.mw(ratios["vs_defaults"], 3)],
+    ])
+    report("target: ratio >= 1.0 (issue 13)")
+    return {"job": job, "config": config, "threads": r.threads, "rows_per_s": got, "ratios": ratios}

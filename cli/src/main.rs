@@ -9,6 +9,7 @@ mod metrics;
 mod output;
 mod plot;
 mod predict_cmd;
+mod predict_rows;
 mod progress;
 mod task_cmd;
 
@@ -209,6 +210,25 @@ enum Cmd {
         warmup: usize,
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Write the result as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Time a tabular job's training epochs (rows/s; bench/pytorch_tabular.py is the peer).
+    #[command(hide = true)]
+    BenchTabular {
+        #[arg(default_value = "examples/tabular_sales.toml")]
+        job: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        threads: i32,
+        /// Timed epochs.
+        #[arg(long, default_value_t = 5)]
+        epochs: usize,
+        /// Untimed epochs first.
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        #[arg(long, default_value_t = 3e-3)]
+        lr: f64,
         /// Write the result as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -524,6 +544,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &model, width, batch_size, threads, steps, warmup, device,
             )?;
             println!("cyclotron {model} batch {batch_size} threads {threads}: {:.1} samples/s (median step {:.2} ms)", r.samples_per_s, r.step_ms_median);
+            if let Some(path) = json {
+                output::write_json(&path, &r)?;
+            }
+            Ok(())
+        }
+        Cmd::BenchTabular { job, threads, epochs, warmup, lr, json } => {
+            if epochs == 0 || threads < 1 {
+                anyhow::bail!("bench-tabular: --epochs and --threads must be at least 1");
+            }
+            let spec = JobSpec::load(&job)?;
+            let r = cyclotron_worker::bench::tabular_throughput(&spec, threads, epochs, warmup, lr)?;
+            println!(
+                "cyclotron tabular {} rows batch {} threads {threads}: {:.0} rows/s median, {:.0} worst (of {epochs} epochs)",
+                r.rows, r.batch_size, r.rows_per_s_median, r.rows_per_s_worst
+            );
             if let Some(path) = json {
                 output::write_json(&path, &r)?;
             }

@@ -1,12 +1,13 @@
 //! `cyclotron predict RUN INPUT…`: a finished run's ensemble (with TTA when the job used it) or one
-//! of its snapshots applied to image files, folders of images or idx files; the top classes of
-//! each input with their probabilities, as a table, JSON or CSV.
+//! of its snapshots applied to image files, folders of images or idx files (the top classes of
+//! each input with their probabilities), or to the rows of CSV files for a tabular run
+//! ([`crate::predict_rows`]); as a table, JSON or CSV.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use cyclotron_core::checkpoint::{S3Options, StoreOptions};
-use cyclotron_worker::predict::{load_inputs, Members, Predictor};
+use cyclotron_worker::predict::{load_inputs, open, Members, Opened, Predictor};
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
@@ -16,7 +17,8 @@ pub struct PredictArgs {
     /// (`runs/JOB/RUN`, `file://…`, `s3://bucket/prefix/JOB/RUN`), or one snapshot's folder
     /// (`…/snapshots/cycle-N`).
     pub run: String,
-    /// Image files (PNG, JPEG), folders of them, or idx files of images (MNIST's format).
+    /// Image files (PNG, JPEG), folders of them, or idx files of images (MNIST's format); for a
+    /// tabular run, CSV files with (at least) the columns it was trained on.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
     /// Classes printed per input, most probable first.
@@ -50,27 +52,27 @@ pub struct PredictArgs {
 }
 
 #[derive(Serialize)]
-struct Ranked {
-    class: String,
-    index: usize,
-    probability: f64,
+pub(crate) struct Ranked {
+    pub(crate) class: String,
+    pub(crate) index: usize,
+    pub(crate) probability: f64,
 }
 
 #[derive(Serialize)]
-struct Prediction {
-    input: String,
-    top: Vec<Ranked>,
+pub(crate) struct Prediction {
+    pub(crate) input: String,
+    pub(crate) top: Vec<Ranked>,
 }
 
 #[derive(Serialize)]
-struct Report {
-    members: Vec<String>,
-    tta: bool,
+pub(crate) struct Report {
+    pub(crate) members: Vec<String>,
+    pub(crate) tta: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    accuracy: Option<f64>,
+    pub(crate) accuracy: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    loss: Option<f64>,
-    predictions: Vec<Prediction>,
+    pub(crate) loss: Option<f64>,
+    pub(crate) predictions: Vec<Prediction>,
 }
 
 pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
@@ -84,7 +86,13 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     let members = args.snapshot.map_or(Members::Ensemble, Members::Snapshot);
-    let predictor = Predictor::open(&args.run, &options, members)?;
+    match open(&args.run, &options, members)? {
+        Opened::Image(predictor) => predict_images(&args, &predictor),
+        Opened::Tabular(predictor) => crate::predict_rows::predict_rows(&args, &predictor),
+    }
+}
+
+fn predict_images(args: &PredictArgs, predictor: &Predictor) -> anyhow::Result<()> {
     let inputs = load_inputs(&args.inputs, &predictor.card, args.resize || predictor.resizes())?;
     let tta = predictor.has_tta() && !args.no_tta;
     let probs = predictor.predict(&inputs.data, tta)?;
@@ -158,7 +166,7 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
 }
 
 /// A CSV field, quoted when it holds a comma, a quote or a line break.
-fn csv_field(s: &str) -> String {
+pub(crate) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -166,7 +174,7 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-fn print_table(r: &Report) {
+pub(crate) fn print_table(r: &Report) {
     let how = if r.tta { ", with test-time augmentation" } else { "" };
     match r.members.as_slice() {
         [one] => println!("snapshot {one}{how}"),

@@ -1,7 +1,8 @@
 //! Tabular end to end, as a user runs it: `cyclotron train` of an entity-embedding regression on a
 //! small generated table of daily store sales (a date column split by time and expanded into
 //! parts, a store seen only in the test months, missing temperatures), which must beat the
-//! trivial baseline and save its preprocessing with each snapshot; a classification on the same
+//! trivial baseline and save its preprocessing with each snapshot, and whose `predict` of the test
+//! rows repeats the run's evaluation; a classification on the same
 //! table; and the bad inputs the tabular path must name.
 
 use std::path::Path;
@@ -124,6 +125,43 @@ fn entity_embeddings_learn_daily_sales_and_keep_their_preprocessing() {
     assert!(cats.iter().any(|c| c["name"] == "temperature_na"), "a flag for the missing temperatures");
     let temp = &prep["continuous"][0];
     assert!(temp["mean"].as_f64().unwrap() > 10.0 && temp["std"].as_f64().unwrap() > 1.0, "{temp}");
+
+    // `predict` of the test months' rows repeats the run's evaluation: the same preprocessing
+    // (from the snapshots), the same ensemble, the same RMSPE
+    let all = std::fs::read_to_string(work.path().join("sales.csv")).unwrap();
+    let mut lines = all.lines();
+    let header = lines.next().unwrap();
+    let test: Vec<&str> = lines.filter(|l| l.split(',').nth(1).unwrap() >= "2022-10-01").collect();
+    std::fs::write(work.path().join("test.csv"), format!("{header}\n{}\n", test.join("\n"))).unwrap();
+    let pred = run(&["predict", "out", "test.csv", "--json"], work.path(), Duration::from_secs(120));
+    assert_eq!(pred.code, Some(0), "stdout:\n{}\nstderr:\n{}", pred.stdout, pred.stderr);
+    let p: serde_json::Value = serde_json::from_str(&pred.stdout).unwrap();
+    assert_eq!(p["members"].as_array().unwrap().len(), 2, "{}", p["members"]);
+    assert_eq!(p["predictions"].as_array().unwrap().len(), test.len());
+    assert_eq!(p["unseen_levels"], 92, "the airport's days");
+    let (ours, theirs) = (p["rmspe"].as_f64().unwrap(), r["ensemble"]["rmspe"].as_f64().unwrap());
+    assert!((ours - theirs).abs() < 1e-5, "predict RMSPE {ours} vs the run's {theirs}");
+    // without the target column: predictions only, the same values; as CSV
+    let features: Vec<String> = std::iter::once(header)
+        .chain(test.iter().copied())
+        .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+        .collect();
+    std::fs::write(work.path().join("new.csv"), features.join("\n") + "\n").unwrap();
+    let csv = run(&["predict", "out", "new.csv", "--csv"], work.path(), Duration::from_secs(120));
+    assert_eq!(csv.code, Some(0), "stdout:\n{}\nstderr:\n{}", csv.stdout, csv.stderr);
+    let mut rows = csv.stdout.lines();
+    assert_eq!(rows.next(), Some("input,sales"));
+    let first: f64 = rows.next().unwrap().rsplit_once(',').unwrap().1.parse().unwrap();
+    let want = p["predictions"][0]["value"].as_f64().unwrap();
+    assert!((first - want).abs() < 1e-6 * want.abs().max(1.0), "{first} vs {want}");
+    // a file without a column the model needs, and an image flag, are refused by name
+    std::fs::write(work.path().join("bad.csv"), "store,sales\nnorth,10\n").unwrap();
+    let bad = run(&["predict", "out", "bad.csv"], work.path(), Duration::from_secs(120));
+    assert_ne!(bad.code, Some(0));
+    assert!(bad.stderr.contains("\"date\"") && bad.stderr.contains("bad.csv"), "{}", bad.stderr);
+    let flag = run(&["predict", "out", "test.csv", "--resize"], work.path(), Duration::from_secs(120));
+    assert_ne!(flag.code, Some(0));
+    assert!(flag.stderr.contains("--resize applies to image runs"), "{}", flag.stderr);
 }
 
 #[test]

@@ -426,3 +426,79 @@ pub fn lm_throughput(
         step_ms_median: 1000.0 * times[times.len() / 2],
     })
 }
+
+/// Training throughput of a tabular job (entity embeddings), for `make bench`: the job's own data,
+/// model, batch size and optimiser, the learner's step on every batch of whole epochs (batches
+/// assembled from the table in the timed loop, as in training), at a constant learning rate. `bench/pytorch_tabular.py`
+/// is the peer: it reads this result's `model` and trains the same model on as many rows.
+#[derive(Debug, Clone, Serialize)]
+pub struct TabularBench {
+    #[serde(rename = "impl")]
+    pub impl_: String,
+    pub threads: i32,
+    pub batch_size: usize,
+    /// Training rows (an epoch).
+    pub rows: usize,
+    pub epochs: usize,
+    /// What the peer needs to build the same model: embeddings `[rows, width]`, continuous
+    /// columns, hidden layers `[width, dropout]`, embedding dropout, outputs, y_range, one_hot,
+    /// and the optimiser (kind, weight decay, betas, eps, lr).
+    pub model: serde_json::Value,
+    /// Rows per second of each timed epoch, median and worst (slowest).
+    pub rows_per_s_median: f64,
+    pub rows_per_s_worst: f64,
+    pub epoch_rows_per_s: Vec<f64>,
+}
+
+/// Time `epochs` training epochs of `spec` (a tabular job) after `warmup` untimed ones.
+pub fn tabular_throughput(
+    spec: &cyclotron_core::spec::JobSpec,
+    threads: i32,
+    epochs: usize,
+    warmup: usize,
+    lr: f64,
+) -> Result<TabularBench> {
+    use crate::task::{Shard, Task};
+    let task = crate::task::tabular::build(spec, &mut Quiet)?;
+    tch::set_num_threads(threads);
+    let cfg = task.net().config().clone();
+    let rows = task.steps_per_epoch(1)? as usize * spec.data.batch_size;
+    // Each epoch's batch iterator owns the table and is lazy: batches are assembled in the timed loop.
+    let per_epoch: Vec<crate::task::Batches> =
+        (0..(warmup + epochs) as u64).map(|e| task.train_batches(e, Shard::ALONE)).collect::<Result<_>>()?;
+    let o = &spec.optimizer;
+    let model = serde_json::json!({
+        "embeddings": cfg.embeddings, "n_cont": cfg.n_cont, "layers": cfg.layers,
+        "emb_dropout": cfg.emb_dropout, "outputs": cfg.outputs, "y_range": cfg.y_range,
+        "one_hot": cfg.one_hot, "log_target": spec.data.tabular.as_ref().is_some_and(|t| t.log_target),
+        "optimizer": { "kind": format!("{:?}", o.kind).to_lowercase(), "weight_decay": o.weight_decay,
+                       "betas": o.betas, "eps": o.eps, "momentum": o.momentum, "lr": lr },
+    });
+    let mut l = Learner::new(Box::new(task), &spec.optimizer, spec.seed);
+    let lrs = [lr; GROUPS];
+    let mut rates = vec![];
+    for (e, batches) in per_epoch.into_iter().enumerate() {
+        let started = Instant::now();
+        let mut n = 0;
+        for b in batches {
+            l.step(&b, &lrs)?;
+            n += b.items as usize;
+        }
+        if e >= warmup {
+            rates.push(n as f64 / started.elapsed().as_secs_f64());
+        }
+    }
+    let mut sorted = rates.clone();
+    sorted.sort_by(f64::total_cmp);
+    Ok(TabularBench {
+        impl_: "cyclotron".into(),
+        threads,
+        batch_size: spec.data.batch_size,
+        rows,
+        epochs,
+        model,
+        rows_per_s_median: sorted[sorted.len() / 2],
+        rows_per_s_worst: sorted[0],
+        epoch_rows_per_s: rates,
+    })
+}

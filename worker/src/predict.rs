@@ -8,9 +8,11 @@
 //! manifest. The predictions go through the same task code as the run's evaluation
 //! ([`ImageClassification`]), so an input the run scored gets the same probabilities.
 //!
-//! Image classification runs only, so far; other tasks are refused with a message saying so.
+//! Image classification and tabular runs ([`TabularPredictor`]: CSV rows through the run's fitted
+//! `tabular.json`), so far; other tasks are refused with a message saying so.
 
 pub mod inputs;
+mod tabular;
 
 use std::sync::atomic::AtomicBool;
 
@@ -30,6 +32,7 @@ use crate::task::{Split, Task};
 use crate::tensor_io::{from_safetensors, load_into};
 
 pub use inputs::{load_inputs, Inputs};
+pub use tabular::{TabularInputs, TabularPredictor};
 
 /// Which snapshots of a run predict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -46,8 +49,8 @@ pub enum Members {
 pub struct Member {
     /// Where it was read from (the snapshot's folder).
     pub url: String,
-    spec: JobSpec,
-    weights: Vec<(String, Tensor)>,
+    pub(crate) spec: JobSpec,
+    pub(crate) weights: Vec<(String, Tensor)>,
 }
 
 /// A run's model, ready to predict.
@@ -60,7 +63,7 @@ pub struct Predictor {
     pub members: Vec<Member>,
 }
 
-fn invalid(what: &str, message: impl Into<String>) -> Error {
+pub(crate) fn invalid(what: &str, message: impl Into<String>) -> Error {
     Error::Invalid { what: what.into(), message: message.into() }
 }
 
@@ -159,7 +162,7 @@ fn fetch(url: &str, options: &StoreOptions) -> Result<Vec<u8>> {
     }
 }
 
-fn blob<'a>(files: &'a SnapshotFiles, name: &str) -> Result<&'a [u8]> {
+pub(crate) fn blob<'a>(files: &'a SnapshotFiles, name: &str) -> Result<&'a [u8]> {
     files.blob(name).ok_or_else(|| {
         invalid(
             "predict",
@@ -172,51 +175,87 @@ fn blob<'a>(files: &'a SnapshotFiles, name: &str) -> Result<&'a [u8]> {
     })
 }
 
-fn json<T: serde::de::DeserializeOwned>(files: &SnapshotFiles, name: &str) -> Result<T> {
+pub(crate) fn json<T: serde::de::DeserializeOwned>(files: &SnapshotFiles, name: &str) -> Result<T> {
     serde_json::from_slice(blob(files, name)?)
         .map_err(|e| invalid("predict", format!("{}/{name}: {e}", files.url)))
 }
 
+/// The snapshots `members` of the run (or the snapshot) at `place` names (see [`resolve`]), read
+/// and checked against their manifests, each with its job spec.
+fn read_members(
+    place: &str,
+    options: &StoreOptions,
+    members: Members,
+) -> Result<Vec<(SnapshotFiles, JobSpec)>> {
+    let base = resolve(place)?;
+    let urls = match fetch(&format!("{base}/MANIFEST.json"), options) {
+        Ok(_) if members == Members::Ensemble => vec![base.clone()],
+        Ok(_) => return Err(invalid("--snapshot", format!("{place} is one snapshot already"))),
+        Err(_) => {
+            let bytes = fetch(&format!("{base}/results.json"), options).map_err(|e| {
+                invalid(
+                    "predict",
+                    format!(
+                        "{place} is not a run: no results.json there ({e}). Name the --out folder of \
+                         `cyclotron train`/`local`, a run's folder in the store (STORE/JOB/RUN) or a \
+                         snapshot's folder (…/snapshots/cycle-N)"
+                    ),
+                )
+            })?;
+            let results: TrainResults = serde_json::from_slice(&bytes)
+                .map_err(|e| invalid("predict", format!("{base}/results.json: {e}")))?;
+            member_urls(&base, &results, members)?
+        }
+    };
+    let mut read = vec![];
+    for url in urls {
+        let files = read_snapshot(&url, options, "predict")?;
+        let spec: JobSpec = json(&files, JOB_SPEC)?;
+        read.push((files, spec));
+    }
+    Ok(read)
+}
+
+/// A run's model of whichever task it was trained for.
+pub enum Opened {
+    Image(Predictor),
+    Tabular(TabularPredictor),
+}
+
+/// The model of the run (or snapshot) at `place`, for the task its job trained (image
+/// classification or tabular; other tasks are refused with a message saying so).
+pub fn open(place: &str, options: &StoreOptions, members: Members) -> Result<Opened> {
+    let read = read_members(place, options, members)?;
+    match read.first().map(|(_, spec)| spec.data.source.task()) {
+        Some(TaskKind::Tabular) => Ok(Opened::Tabular(TabularPredictor::from_members(read)?)),
+        _ => Ok(Opened::Image(Predictor::from_members(read)?)),
+    }
+}
+
 impl Predictor {
-    /// The model of the run (or snapshot) at `place`: see [`resolve`] for what it may name.
+    /// The image classifier of the run (or snapshot) at `place`: see [`resolve`] for what it may name.
     pub fn open(place: &str, options: &StoreOptions, members: Members) -> Result<Predictor> {
-        let base = resolve(place)?;
-        let urls = match fetch(&format!("{base}/MANIFEST.json"), options) {
-            Ok(_) if members == Members::Ensemble => vec![base.clone()],
-            Ok(_) => return Err(invalid("--snapshot", format!("{place} is one snapshot already"))),
-            Err(_) => {
-                let bytes = fetch(&format!("{base}/results.json"), options).map_err(|e| {
-                    invalid(
-                        "predict",
-                        format!(
-                            "{place} is not a run: no results.json there ({e}). Name the --out folder of \
-                             `cyclotron train`/`local`, a run's folder in the store (STORE/JOB/RUN) or a \
-                             snapshot's folder (…/snapshots/cycle-N)"
-                        ),
-                    )
-                })?;
-                let results: TrainResults = serde_json::from_slice(&bytes)
-                    .map_err(|e| invalid("predict", format!("{base}/results.json: {e}")))?;
-                member_urls(&base, &results, members)?
-            }
-        };
+        Predictor::from_members(read_members(place, options, members)?)
+    }
+
+    fn from_members(read: Vec<(SnapshotFiles, JobSpec)>) -> Result<Predictor> {
         let mut loaded: Vec<(Member, ImageCard)> = vec![];
-        for url in urls {
-            let files = read_snapshot(&url, options, "predict")?;
-            let spec: JobSpec = json(&files, JOB_SPEC)?;
+        for (files, spec) in read {
+            let url = files.url.clone();
             let kind = spec.data.source.task();
             if kind != TaskKind::ImageClassification {
                 return Err(invalid(
                     "predict",
-                    format!("{url} is a {kind:?} model; predict takes image classifiers so far"),
+                    format!("{url} is a {kind:?} model; predict takes image classifiers and tabular models so far"),
                 ));
             }
             let card: ImageCard = json(&files, IMAGE_CARD)?;
             let weights = from_safetensors(blob(&files, "model.safetensors")?, &url)?;
             loaded.push((Member { url, spec, weights }, card));
         }
-        let (first, card) =
-            loaded.first().map(|(m, c)| (m.spec.clone(), c.clone())).expect("one member at least");
+        let Some((first, card)) = loaded.first().map(|(m, c)| (m.spec.clone(), c.clone())) else {
+            return Err(invalid("predict", "the run names no snapshot to predict with"));
+        };
         if let Some((m, _)) = loaded.iter().find(|(_, c)| *c != card) {
             return Err(invalid(
                 "predict",

@@ -25,6 +25,9 @@ use crate::models::Model;
 /// levels of the training split size its embeddings, so a CSV must not be able to ask for more.
 pub const MAX_MODEL_VALUES: i64 = 1 << 28;
 
+/// The snapshot blob holding the fitted [`Preprocessing`].
+pub const TABULAR_CARD: &str = "tabular.json";
+
 /// The splits of a tabular job, preprocessed.
 pub struct TabularData {
     pub train: Rc<Table>,
@@ -202,7 +205,7 @@ impl Task for TabularTask {
     }
 
     fn artifacts(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        Ok(vec![("tabular.json".into(), self.prep.to_json()?.into_bytes())])
+        Ok(vec![(TABULAR_CARD.into(), self.prep.to_json()?.into_bytes())])
     }
 }
 
@@ -241,7 +244,6 @@ pub fn build(
             message: "required for source = \"tabular_csv\"".into(),
         });
     };
-    let m = spec.model.tabular.clone().unwrap_or_default();
     let path = spec.data.resolved_path();
     let (prep, data) = crate::event::phase(obs, "loading data", || -> Result<_> {
         let raw = read_csv(std::path::Path::new(&path), &wanted_columns(&t))?;
@@ -299,6 +301,27 @@ pub fn build(
     crate::runtime::set_threads(spec);
     tch::manual_seed(spec.seed as i64);
     let device = crate::runtime::device(spec)?;
+    let net = net(spec, &prep, device)?;
+    let log = matches!(prep.target_map, TargetMap::Values { log: true });
+    if let Targets::Values(ys) = &train.targets {
+        let mean = ys.iter().map(|&y| if log { f64::from(y).ln() } else { f64::from(y) }).sum::<f64>()
+            / ys.len().max(1) as f64;
+        net.set_output_bias(mean);
+    }
+    let data = TabularData {
+        train: Rc::new(train),
+        valid: Rc::new(valid),
+        test: test.map(Rc::new),
+        batch_size: spec.data.batch_size,
+    };
+    Ok(TabularTask::new(net, data, prep, spec.seed))
+}
+
+/// The model `spec.model.tabular` asks for, sized by the fitted preprocessing `prep` (embeddings
+/// of the training levels), on `device`, initialised from torch's generator; refused when it would
+/// hold more than [`MAX_MODEL_VALUES`] values.
+pub fn net(spec: &cyclotron_core::spec::JobSpec, prep: &Preprocessing, device: Device) -> Result<TabularNet> {
+    let m = spec.model.tabular.clone().unwrap_or_default();
     let embeddings: Vec<(i64, i64)> = prep
         .categorical
         .iter()
@@ -342,19 +365,7 @@ pub fn build(
         y_range,
         one_hot: m.one_hot,
     };
-    let net = TabularNet::new(tch::nn::VarStore::new(device), cfg);
-    if let Targets::Values(ys) = &train.targets {
-        let mean = ys.iter().map(|&y| if log { f64::from(y).ln() } else { f64::from(y) }).sum::<f64>()
-            / ys.len().max(1) as f64;
-        net.set_output_bias(mean);
-    }
-    let data = TabularData {
-        train: Rc::new(train),
-        valid: Rc::new(valid),
-        test: test.map(Rc::new),
-        batch_size: spec.data.batch_size,
-    };
-    Ok(TabularTask::new(net, data, prep, spec.seed))
+    Ok(TabularNet::new(tch::nn::VarStore::new(device), cfg))
 }
 
 #[cfg(test)]

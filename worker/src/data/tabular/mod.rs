@@ -118,6 +118,15 @@ pub fn read_csv(path: &Path, wanted: &[String]) -> Result<RawTable> {
     read_csv_from(file, &shown, wanted)
 }
 
+/// The column names of the CSV file at `path` (its header line).
+pub fn read_header(path: &Path) -> Result<Vec<String>> {
+    let shown = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| Error::Io { what: shown.clone(), source: e })?;
+    let mut reader = csv::ReaderBuilder::new().from_reader(file);
+    let headers = reader.byte_headers().map_err(|e| csv_error(&shown, &e))?;
+    Ok(headers.iter().map(|h| String::from_utf8_lossy(h).trim().to_string()).collect())
+}
+
 fn csv_error(path: &str, e: &csv::Error) -> Error {
     let message = match e.kind() {
         csv::ErrorKind::UnequalLengths { pos, expected_len, len } => format!(

@@ -278,6 +278,31 @@ impl Preprocessing {
 
     /// The rows of `table` as the model sees them; `split` names the split in errors.
     pub fn transform(&self, table: &RawTable, split: &str) -> Result<Table> {
+        let mut t = self.features(table)?;
+        t.targets = self.targets(table, split)?;
+        Ok(t)
+    }
+
+    /// The columns the model's inputs are made of (`table` needs them, not the target).
+    pub fn input_columns(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .categorical
+            .iter()
+            .map(|c| match &c.source {
+                Source::Column => c.name.clone(),
+                Source::MissingFlag { column } => column.clone(),
+                Source::DatePart { date, .. } => date.clone(),
+            })
+            .chain(self.continuous.iter().map(|c| c.name.clone()))
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        names.retain(|n| seen.insert(n.clone()));
+        names
+    }
+
+    /// The model's inputs of `table`'s rows, without targets (for prediction: the target column
+    /// need not exist); [`Table::targets`] is empty.
+    pub fn features(&self, table: &RawTable) -> Result<Table> {
         let rows = table.len();
         let (n_cat, n_cont) = (self.categorical.len(), self.continuous.len());
         let mut cats = vec![0i64; rows * n_cat];
@@ -322,11 +347,15 @@ impl Preprocessing {
                 conts[r * n_cont + c] = ((x - cont.mean) / cont.std) as f32;
             }
         }
-        let targets = self.targets(table, split)?;
+        let targets = match self.target_map {
+            TargetMap::Values { .. } => Targets::Values(vec![]),
+            TargetMap::Classes { .. } => Targets::Classes(vec![]),
+        };
         Ok(Table { rows, n_cat, n_cont, cats, conts, targets, unseen })
     }
 
-    fn targets(&self, table: &RawTable, split: &str) -> Result<Targets> {
+    /// The targets of `table`'s rows (its target column, which must exist).
+    pub fn targets(&self, table: &RawTable, split: &str) -> Result<Targets> {
         let name = &self.target;
         let values = table.column(name)?;
         match &self.target_map {
