@@ -26,7 +26,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::job::JOB_SPEC;
 use crate::models::pretrained::read_weights;
-use crate::task::image::{ImageCard, ImageClassification, ImageData, IMAGE_CARD};
+use crate::task::image::{ImageCard, ImageClassification, ImageData, IMAGE_CARD, SCRIPT_MODULE};
 use crate::task::registry::augmenter;
 use crate::task::{Split, Task};
 use crate::tensor_io::{from_safetensors, load_into};
@@ -51,6 +51,8 @@ pub struct Member {
     pub url: String,
     pub(crate) spec: JobSpec,
     pub(crate) weights: Vec<(String, Tensor)>,
+    /// A TorchScript model's module (`model.pt`), whose parameters `weights` replace.
+    pub(crate) module: Option<Vec<u8>>,
 }
 
 /// A run's model, ready to predict.
@@ -251,7 +253,11 @@ impl Predictor {
             }
             let card: ImageCard = json(&files, IMAGE_CARD)?;
             let weights = from_safetensors(blob(&files, "model.safetensors")?, &url)?;
-            loaded.push((Member { url, spec, weights }, card));
+            let module = match spec.model.torchscript {
+                Some(_) => Some(blob(&files, SCRIPT_MODULE)?.to_vec()),
+                None => None,
+            };
+            loaded.push((Member { url, spec, weights, module }, card));
         }
         let Some((first, card)) = loaded.first().map(|(m, c)| (m.spec.clone(), c.clone())) else {
             return Err(invalid("predict", "the run names no snapshot to predict with"));
@@ -290,13 +296,15 @@ impl Predictor {
         let mut probs = vec![];
         for m in &self.members {
             let spec = &m.spec;
-            let net = crate::models::build(
-                &spec.model.arch,
-                spec.model.width,
-                self.card.channels as i64,
-                self.card.classes.len() as i64,
-                device,
-            )?;
+            let (channels, classes) = (self.card.channels as i64, self.card.classes.len() as i64);
+            let net = match &m.module {
+                Some(bytes) => {
+                    let input = [channels, self.card.height as i64, self.card.width as i64];
+                    let groups = spec.model.torchscript_groups.as_deref();
+                    crate::models::build_torchscript(bytes, &m.url, groups, input, classes, device)?
+                }
+                None => crate::models::build(&spec.model.arch, spec.model.width, channels, classes, device)?,
+            };
             load_into(&net.vs, &m.weights, &m.url)?;
             let data = ImageData {
                 train: inputs.clone(),

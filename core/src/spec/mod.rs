@@ -23,6 +23,7 @@ mod stage;
 mod tabular;
 mod task;
 mod text;
+mod torchscript;
 mod validate;
 
 pub use augment::{AugmentSpec, Transform, TtaSpec, PRESETS};
@@ -31,6 +32,7 @@ pub use stage::{GroupLrs, LrValue, ScheduleKind, StageSpec};
 pub use tabular::{TabularModelSpec, TabularSpec, TargetKind, DATE_PARTS};
 pub use task::{TaskKind, TABULAR_ARCHS, TEXT_ARCHS};
 pub use text::{LstmSpec, TextSpec};
+pub use torchscript::{matches_prefix, MAX_GROUP_PREFIXES, TORCHSCRIPT_ARCH};
 pub use validate::{is_valid_name, sgdr_epochs, MAX_NAME_LEN, MAX_SPEC_BYTES};
 
 use std::path::Path;
@@ -225,6 +227,18 @@ pub struct ModelSpec {
     /// The entity-embedding model's settings (`arch = "entity_embeddings"`).
     #[serde(default)]
     pub tabular: Option<TabularModelSpec>,
+    /// The user's own model (`arch = "torchscript"`): a module exported with `torch.jit.script`
+    /// or `torch.jit.trace` at `file://PATH`, a plain path or `s3://bucket/key`; it takes images
+    /// [B, C, H, W] and returns logits [B, classes].
+    #[serde(default)]
+    pub torchscript: Option<String>,
+    /// The layer groups of a TorchScript module by parameter-name prefix: two lists, the first
+    /// the early body (group 0), the second the late body (group 1); every other parameter is
+    /// the head. A prefix names a module (`"layer1"` takes `layer1.0.conv1.weight`, not
+    /// `layer10.…`). Default: the last layer (the module holding the last parameter) is the
+    /// head, the parameters before it split into two halves in the module's order.
+    #[serde(default)]
+    pub torchscript_groups: Option<Vec<Vec<String>>>,
 }
 
 fn default_width() -> i64 {

@@ -94,10 +94,18 @@ pub(super) fn problems(spec: &JobSpec) -> Vec<String> {
     p.extend(spec.checkpoint.problems());
     data(spec, &mut p);
     p.extend(super::task::problems(spec));
+    p.extend(super::torchscript::problems(spec));
     let archs = spec.data.source.task().archs();
-    if !archs.contains(&spec.model.arch.as_str()) {
+    // `torchscript` (the user's own module) is checked with its file, in `torchscript::problems`
+    let own_model = spec.model.arch == super::TORCHSCRIPT_ARCH;
+    if !own_model && !archs.contains(&spec.model.arch.as_str()) {
+        let yours = if super::torchscript::allowed(spec) {
+            ", or torchscript (your own module, with model.torchscript)"
+        } else {
+            ""
+        };
         p.push(format!(
-            "model.arch: unknown model {:?}; known models: {}",
+            "model.arch: unknown model {:?}; known models: {}{yours}",
             spec.model.arch,
             archs.join(", ")
         ));

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `output = "file://P"` or a plain path | under an `--output-root` (default: the worker's working directory) |
 //! | `data.path` (and Fashion-MNIST's default folder) | under a `--data-root` (default: the working directory, `/usr/share/datasets` and the data cache `$CYCLOTRON_DATA`, `~/.cache/cyclotron/data`) |
-//! | `model.pretrained`, `model.encoder` as `file://P` or a path | under a `--data-root` |
+//! | `model.pretrained`, `model.encoder`, `model.torchscript` as `file://P` or a path | under a `--data-root` |
 //! | `checkpoint.s3_endpoint` (for `s3://` outputs and weights) | one of `--allow-s3-endpoint` (none by default; without one, the worker's own `AWS_ENDPOINT_URL` or AWS applies) |
 //!
 //! Paths are resolved the way the training child sees them (relative to its working directory),
@@ -61,6 +61,9 @@ impl Sandbox {
         }
         if let Some(path) = spec.model.encoder.as_deref().and_then(local_path) {
             self.confine("model.encoder", path, &self.data_roots, "--data-root", cwd, &mut p);
+        }
+        if let Some(path) = spec.model.torchscript.as_deref().and_then(local_path) {
+            self.confine("model.torchscript", path, &self.data_roots, "--data-root", cwd, &mut p);
         }
         if let Some(endpoint) = &spec.checkpoint.s3_endpoint {
             let e = endpoint.trim_end_matches('/');
@@ -187,6 +190,10 @@ mod tests {
         );
         s.model.encoder = Some("file://./runs/lm/r1".into());
         assert!(sb.problems(&s, dir.path()).is_empty());
+        s.model.torchscript = Some("/etc/model.pt".into());
+        let p = sb.problems(&s, dir.path());
+        assert!(p.len() == 1 && p[0].starts_with("model.torchscript \"/etc/model.pt\""), "{p:?}");
+        s.model.torchscript = None;
         let cached = format!("{}/rt", cyclotron_core::spec::data_dir());
         assert!(sb.problems(&spec(&format!("path = \"{cached}\"\n"), "file://./s"), dir.path()).is_empty());
     }

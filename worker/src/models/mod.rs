@@ -10,8 +10,10 @@ pub mod resnet;
 mod small_cnn;
 mod small_resnet;
 pub mod tabular;
+pub mod torchscript;
 pub mod vgg;
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use tch::{nn, Device, Tensor};
@@ -69,18 +71,31 @@ pub fn set_trainable(model: &dyn Model, frozen: usize) {
     }
 }
 
+/// What computes an image model's logits.
+enum Forward {
+    /// A built-in architecture: the body (image → features) and the head (features → logits),
+    /// apart for precompute; see [`Net::forward_body`].
+    Native { body: BoxedModule, head: BoxedModule },
+    /// A user's TorchScript module (image → logits), one piece.
+    Script(torchscript::ScriptModule),
+}
+
+/// The layer group of each variable: a built-in architecture's rule, or a TorchScript module's
+/// table (resolved when it was loaded).
+enum Groups {
+    Rule(GroupFn),
+    Table(HashMap<String, usize>),
+}
+
 /// An image model: its variables, its forward pass, and the layer group of each variable.
 pub struct Net {
     pub vs: nn::VarStore,
-    /// The body (image → features).
-    module: BoxedModule,
-    /// The head (features → logits), for precompute; see [`Net::forward_body`].
-    head: BoxedModule,
+    forward: Forward,
     /// Frozen layer groups, shared with the BatchNorms (which stay in eval mode when frozen).
     frozen: FrozenGroups,
     /// Input channels the model was built for; grey images are repeated to 3 channels when needed.
     pub in_channels: i64,
-    group_of: GroupFn,
+    groups: Groups,
     pub arch: String,
 }
 
@@ -91,26 +106,45 @@ impl std::fmt::Debug for Net {
 }
 
 impl Net {
-    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        self.head.forward_t(&self.body_t(xs, train), train)
-    }
-
-    fn body_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let c = xs.size()[1];
-        if c == 1 && self.in_channels == 3 {
-            return self.module.forward_t(&xs.expand([-1, 3, -1, -1], false), train);
+    /// Logits [N, classes] of images [N, C, H, W]; a TorchScript module's failure (or output of
+    /// another shape) is an error naming what was expected.
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        match &self.forward {
+            Forward::Native { head, .. } => Ok(head.forward_t(&self.forward_body(xs, train)?, train)),
+            Forward::Script(module) => module.forward(xs, train),
         }
-        self.module.forward_t(xs, train)
     }
 
     /// Features of the body, [N, D]; with the body frozen this is what precompute caches.
-    pub fn forward_body(&self, xs: &Tensor, train: bool) -> Tensor {
-        self.body_t(xs, train)
+    pub fn forward_body(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let Forward::Native { body, .. } = &self.forward else { return Err(no_body_and_head()) };
+        let c = xs.size()[1];
+        if c == 1 && self.in_channels == 3 {
+            return Ok(body.forward_t(&xs.expand([-1, 3, -1, -1], false), train));
+        }
+        Ok(body.forward_t(xs, train))
     }
 
     /// Logits of the head on body features.
-    pub fn forward_head(&self, features: &Tensor, train: bool) -> Tensor {
-        self.head.forward_t(features, train)
+    pub fn forward_head(&self, features: &Tensor, train: bool) -> Result<Tensor> {
+        let Forward::Native { head, .. } = &self.forward else { return Err(no_body_and_head()) };
+        Ok(head.forward_t(features, train))
+    }
+
+    /// The TorchScript module as it is now (buffers included), in `torch.jit.save`'s format;
+    /// `None` for a built-in architecture.
+    pub fn script_bytes(&self) -> Result<Option<Vec<u8>>> {
+        match &self.forward {
+            Forward::Native { .. } => Ok(None),
+            Forward::Script(module) => module.to_bytes().map(Some),
+        }
+    }
+}
+
+fn no_body_and_head() -> Error {
+    Error::Invalid {
+        what: "precompute".into(),
+        message: "not with model.torchscript (the module is one piece, not a body and a head)".into(),
     }
 }
 
@@ -120,7 +154,10 @@ impl Model for Net {
     }
 
     fn group_of(&self, name: &str) -> usize {
-        (self.group_of)(name)
+        match &self.groups {
+            Groups::Rule(f) => f(name),
+            Groups::Table(t) => t.get(name).copied().unwrap_or(GROUPS - 1),
+        }
     }
 
     /// BatchNorms of frozen groups stay in evaluation mode (running statistics kept).
@@ -145,7 +182,38 @@ pub fn build(arch: &str, width: i64, in_channels: i64, num_classes: i64, device:
             message: format!("{arch} takes {in_ch}-channel images, the data has {in_channels} channels"),
         });
     }
-    Ok(Net { vs, module: body, head, frozen, in_channels: in_ch, group_of, arch: arch.to_string() })
+    Ok(Net {
+        vs,
+        forward: Forward::Native { body, head },
+        frozen,
+        in_channels: in_ch,
+        groups: Groups::Rule(group_of),
+        arch: arch.to_string(),
+    })
+}
+
+/// The user's TorchScript module in `bytes` (`what` names them in errors), for images of shape
+/// `input` ([C, H, W]) and `num_classes` classes on `device`, layer groups by `groups` (see
+/// [`torchscript`]); checked on two blank images before it is returned.
+pub fn build_torchscript(
+    bytes: &[u8],
+    what: &str,
+    groups: Option<&[Vec<String>]>,
+    input: [i64; 3],
+    num_classes: i64,
+    device: Device,
+) -> Result<Net> {
+    let vs = nn::VarStore::new(device);
+    let (module, table) = torchscript::load(bytes, what, groups, num_classes, &vs)?;
+    torchscript::probe(&module, input, device)?;
+    Ok(Net {
+        vs,
+        forward: Forward::Script(module),
+        frozen: FrozenGroups::default(),
+        in_channels: input[0],
+        groups: Groups::Table(table),
+        arch: cyclotron_core::spec::TORCHSCRIPT_ARCH.into(),
+    })
 }
 
 /// Variables that are state, not parameters: never trained, never given gradients.
@@ -169,7 +237,7 @@ mod tests {
             }
             assert!(counts.iter().all(|&c| c > 0), "{arch}: groups {counts:?}");
             let x = Tensor::randn([2, ch, hw, hw], (tch::Kind::Float, Device::Cpu));
-            assert_eq!(net.forward_t(&x, false).size(), vec![2, 7], "{arch}");
+            assert_eq!(net.forward_t(&x, false).unwrap().size(), vec![2, 7], "{arch}");
         }
     }
 
@@ -194,7 +262,7 @@ mod tests {
         net.freeze_to(0); // unfreezing must leave BatchNorm buffers alone
         net.freeze_to(2);
         let x = Tensor::randn([2, 1, 28, 28], (tch::Kind::Float, Device::Cpu));
-        net.forward_t(&x, true).sum(tch::Kind::Float).backward();
+        net.forward_t(&x, true).unwrap().sum(tch::Kind::Float).backward();
         for (name, g, t) in net.parameters() {
             assert_eq!(t.grad().defined(), g == 2, "{name} (group {g})");
         }

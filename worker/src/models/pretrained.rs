@@ -17,6 +17,11 @@ use crate::tensor_io::{from_safetensors, load_into};
 /// Read the bytes at a weights URL: `file://PATH`, a plain path, or `s3://bucket/key` (through
 /// the object store, with the job's S3 settings in `options`).
 pub fn read_weights(url: &str, options: &StoreOptions) -> Result<Vec<u8>> {
+    read_model_file("model.pretrained", url, options)
+}
+
+/// [`read_weights`] for the spec setting `field` (named in errors).
+pub fn read_model_file(field: &str, url: &str, options: &StoreOptions) -> Result<Vec<u8>> {
     let path = match url.split_once("://") {
         None => url,
         Some(("file", rest)) => rest,
@@ -29,14 +34,14 @@ pub fn read_weights(url: &str, options: &StoreOptions) -> Result<Vec<u8>> {
         }
         Some((scheme, _)) => {
             return Err(Error::Invalid {
-                what: "model.pretrained".into(),
+                what: field.into(),
                 message: format!(
                     "{url:?}: {scheme}:// is not supported; use file://PATH, a plain path or s3://bucket/key"
                 ),
             })
         }
     };
-    std::fs::read(path).map_err(|e| Error::Io { what: format!("model.pretrained {path}"), source: e })
+    std::fs::read(path).map_err(|e| Error::Io { what: format!("{field} {path}"), source: e })
 }
 
 /// Load the weights at `url` into `net`; returns the names of head tensors left at their fresh

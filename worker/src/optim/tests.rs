@@ -46,7 +46,7 @@ fn batch(i: i64) -> (Tensor, Tensor) {
 
 fn backward(net: &Net, i: i64) {
     let (x, y) = batch(i);
-    net.forward_t(&x, true).cross_entropy_for_logits(&y).backward();
+    net.forward_t(&x, true).unwrap().cross_entropy_for_logits(&y).backward();
 }
 
 /// Largest absolute difference between the two nets' variables (parameters and buffers).

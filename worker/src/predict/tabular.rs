@@ -60,7 +60,7 @@ impl TabularPredictor {
                 None => prep = Some(p),
             }
             let weights = from_safetensors(blob(&files, "model.safetensors")?, &files.url)?;
-            members.push(Member { url: files.url.clone(), spec, weights });
+            members.push(Member { url: files.url.clone(), spec, weights, module: None });
         }
         let Some(prep) = prep else {
             return Err(invalid("predict", "the run names no snapshot to predict with"));

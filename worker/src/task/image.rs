@@ -47,6 +47,9 @@ impl ImageData {
 
 /// The name of an image classifier's [`ImageCard`] in its snapshots.
 pub const IMAGE_CARD: &str = "image.json";
+/// The name of a TorchScript model's whole module (buffers included, `torch.jit.load`-able) in
+/// its snapshots, beside its parameters in `model.safetensors`.
+pub const SCRIPT_MODULE: &str = "model.pt";
 
 /// What a snapshot of an image classifier keeps beside its weights so that `cyclotron predict`
 /// can use it without the job's data: the input shape, the class names, and the normalisation
@@ -143,7 +146,7 @@ impl ImageClassification {
         let mut parts = vec![];
         for batch in self.loader_with(ds, false, epoch, self.data.batch_size * 2, augment) {
             check_abort(abort)?;
-            let logits = self.net.forward_t(&batch.x.to_device(self.device()), false);
+            let logits = self.net.forward_t(&batch.x.to_device(self.device()), false)?;
             parts.push(logits.softmax(-1, Kind::Float).to_device(Device::Cpu));
         }
         if parts.is_empty() {
@@ -192,7 +195,7 @@ impl Task for ImageClassification {
     fn loss(&mut self, batch: &Batch) -> Result<Tensor> {
         let x = batch.inputs[0].to_device(self.device());
         let y = batch.target.to_device(self.device());
-        Ok(self.net.forward_t(&x, true).cross_entropy_for_logits(&y))
+        Ok(self.net.forward_t(&x, true)?.cross_entropy_for_logits(&y))
     }
 
     fn predict(&self, split: Split, abort: &AtomicBool) -> Result<Tensor> {
@@ -234,7 +237,11 @@ impl Task for ImageClassification {
     fn artifacts(&self) -> Result<Vec<(String, Vec<u8>)>> {
         let card = serde_json::to_vec_pretty(&ImageCard::of(&self.data))
             .map_err(|e| Error::Invalid { what: IMAGE_CARD.into(), message: e.to_string() })?;
-        Ok(vec![(IMAGE_CARD.into(), card)])
+        let mut files = vec![(IMAGE_CARD.into(), card)];
+        if let Some(module) = self.net.script_bytes()? {
+            files.push((SCRIPT_MODULE.into(), module));
+        }
+        Ok(files)
     }
 
     fn precompute(&self) -> Result<Box<dyn Task>> {

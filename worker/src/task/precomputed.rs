@@ -42,7 +42,7 @@ impl HeadOnFeatures {
         let device = image.net().vs.device();
         let mut parts = vec![];
         for batch in image.loader_with(&data.train, false, 0, data.batch_size * 2, None) {
-            parts.push(image.net().forward_body(&batch.x.to_device(device), false));
+            parts.push(image.net().forward_body(&batch.x.to_device(device), false)?);
         }
         if parts.is_empty() {
             return Err(Error::Invalid {
@@ -90,7 +90,7 @@ impl Task for HeadOnFeatures {
     }
 
     fn loss(&mut self, batch: &Batch) -> Result<Tensor> {
-        Ok(self.image.net().forward_head(&batch.inputs[0], true).cross_entropy_for_logits(&batch.target))
+        Ok(self.image.net().forward_head(&batch.inputs[0], true)?.cross_entropy_for_logits(&batch.target))
     }
 
     fn predict(&self, split: Split, abort: &AtomicBool) -> Result<Tensor> {
@@ -190,10 +190,10 @@ mod tests {
         let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
         net.freeze_to(2);
         let before = stat();
-        let _ = net.forward_t(&x, true);
+        let _ = net.forward_t(&x, true).unwrap();
         assert!(stat().equal(&before), "a frozen BatchNorm updated its running mean");
         net.freeze_to(0);
-        let _ = net.forward_t(&x, true);
+        let _ = net.forward_t(&x, true).unwrap();
         assert!(!stat().equal(&before), "an unfrozen BatchNorm did not update");
     }
 }

@@ -32,13 +32,17 @@ pub fn image_classification(spec: &JobSpec, obs: &mut dyn Observer) -> Result<Im
     tch::manual_seed(spec.seed as i64);
     let device = device(spec)?;
     let (mean, std) = splits.train.channel_stats();
-    let net = models::build(
-        &spec.model.arch,
-        spec.model.width,
-        splits.train.channels as i64,
-        splits.train.num_classes() as i64,
-        device,
-    )?;
+    let t = &splits.train;
+    let classes = t.num_classes() as i64;
+    let net = match &spec.model.torchscript {
+        Some(url) => {
+            let bytes = models::pretrained::read_model_file("model.torchscript", url, &store_options(spec))?;
+            let input = [t.channels as i64, t.height as i64, t.width as i64];
+            let groups = spec.model.torchscript_groups.as_deref();
+            models::build_torchscript(&bytes, url, groups, input, classes, device)?
+        }
+        None => models::build(&spec.model.arch, spec.model.width, t.channels as i64, classes, device)?,
+    };
     if let Some(url) = &spec.model.pretrained {
         let skipped = models::pretrained::load_pretrained(&net, url, &store_options(spec))?;
         if !skipped.is_empty() {
