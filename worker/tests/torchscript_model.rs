@@ -21,16 +21,19 @@ fn python() -> PathBuf {
 /// The fixtures, scripted into `dir`.
 fn fixtures(dir: &Path) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/torchscript_fixtures.py");
-    let out = Command::new(python())
-        .arg(&script)
-        .arg("make")
-        .arg(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e} (make setup creates the venv with torch)", python().display()));
+    let out =
+        Command::new(python()).arg(&script).arg("make").arg(dir).output().unwrap_or_else(|e| {
+            panic!("{}: {e} (make setup creates the venv with torch)", python().display())
+        });
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn build(dir: &Path, name: &str, groups: Option<&[Vec<String>]>, classes: i64) -> cyclotron_worker::Result<Net> {
+fn build(
+    dir: &Path,
+    name: &str,
+    groups: Option<&[Vec<String>]>,
+    classes: i64,
+) -> cyclotron_worker::Result<Net> {
     let bytes = std::fs::read(dir.join(name)).unwrap();
     models::build_torchscript(&bytes, name, groups, [1, 28, 28], classes, Device::Cpu)
 }

@@ -75,7 +75,9 @@ pub(super) fn problems(spec: &JobSpec) -> Vec<String> {
             }
         }
         if m.width != 32 {
-            p.push("model.width: not with model.torchscript (the module has its own widths); remove it".into());
+            p.push(
+                "model.width: not with model.torchscript (the module has its own widths); remove it".into(),
+            );
         }
     }
     p
@@ -105,7 +107,8 @@ fn group_problems(groups: &[Vec<String>], is_script: bool) -> Vec<String> {
             continue;
         }
         for prefix in g {
-            if prefix.is_empty() || prefix.len() > MAX_LEN || prefix.starts_with('.') || prefix.ends_with('.') {
+            if prefix.is_empty() || prefix.len() > MAX_LEN || prefix.starts_with('.') || prefix.ends_with('.')
+            {
                 let shown: String = prefix.chars().take(64).collect();
                 p.push(format!(
                     "model.torchscript_groups[{i}]: {shown:?} is not a module name (like \"layer1\" or \"features.0\")"
@@ -147,7 +150,11 @@ mod tests {
     fn error_texts_name_the_setting_and_what_to_do() {
         let ts = "arch = \"torchscript\"\ntorchscript = \"file:///m.pt\"";
         let cases = [
-            ("arch = \"torchscript\"".to_string(), "", "model.torchscript: required with arch = \"torchscript\""),
+            (
+                "arch = \"torchscript\"".to_string(),
+                "",
+                "model.torchscript: required with arch = \"torchscript\"",
+            ),
             (
                 "arch = \"resnet18\"\ntorchscript = \"file:///m.pt\"".into(),
                 "",
@@ -164,7 +171,11 @@ mod tests {
                 "",
                 "model.torchscript_groups[1]: \"layer1.0\" overlaps another prefix",
             ),
-            (format!("{ts}\ntorchscript_groups = [[], [\"b\"]]"), "", "model.torchscript_groups[0]: give 1 to"),
+            (
+                format!("{ts}\ntorchscript_groups = [[], [\"b\"]]"),
+                "",
+                "model.torchscript_groups[0]: give 1 to",
+            ),
             (
                 format!("{ts}\ntorchscript_groups = [[\"a.\"], [\"b\"]]"),
                 "",
@@ -175,7 +186,11 @@ mod tests {
                 "",
                 "model.torchscript_groups: only with arch = \"torchscript\"",
             ),
-            (format!("{ts}\npretrained = \"file:///w.safetensors\""), "", "model.pretrained: not with model.torchscript"),
+            (
+                format!("{ts}\npretrained = \"file:///w.safetensors\""),
+                "",
+                "model.pretrained: not with model.torchscript",
+            ),
             (
                 ts.to_string(),
                 "freeze = true\nprecompute = true\n",
@@ -185,7 +200,10 @@ mod tests {
         ];
         for (model, rest, want) in cases {
             let problems = check(&model, rest);
-            assert!(problems.iter().any(|p| p.starts_with(want)), "{model:?}: want {want:?}, got {problems:?}");
+            assert!(
+                problems.iter().any(|p| p.starts_with(want)),
+                "{model:?}: want {want:?}, got {problems:?}"
+            );
         }
         let unknown = check("arch = \"mine\"", "");
         let yours = ", or torchscript (your own module, with model.torchscript)";
@@ -195,11 +213,14 @@ mod tests {
     #[test]
     fn a_tabular_job_cannot_train_a_torchscript_module_yet() {
         let text = "name = \"t\"\n[data]\nsource = \"text_corpus\"\n[model]\narch = \"torchscript\"\ntorchscript = \"m.pt\"\n[[stage]]\nlr = 0.1\nepochs = 1\n";
-        let Err(Error::InvalidSpec { problems }) = JobSpec::from_toml_str(text, "<t>").unwrap().validate() else {
+        let Err(Error::InvalidSpec { problems }) = JobSpec::from_toml_str(text, "<t>").unwrap().validate()
+        else {
             panic!("accepted")
         };
         assert!(
-            problems.iter().any(|p| p.starts_with("model.torchscript: not for a language model (data.source textcorpus)")),
+            problems.iter().any(
+                |p| p.starts_with("model.torchscript: not for a language model (data.source textcorpus)")
+            ),
             "{problems:?}"
         );
     }

@@ -97,7 +97,8 @@ impl ScriptModule {
     /// The whole module (parameters and buffers as they are now) in `torch.jit.save`'s format.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let guard = self.module.lock().map_err(|_| invalid("the module's lock is poisoned"))?;
-        let dir = tempfile::tempdir().map_err(|e| Error::Io { what: "temporary folder".into(), source: e })?;
+        let dir =
+            tempfile::tempdir().map_err(|e| Error::Io { what: "temporary folder".into(), source: e })?;
         let path = dir.path().join("model.pt");
         guard.0.save(&path)?;
         std::fs::read(&path).map_err(|e| Error::Io { what: path.display().to_string(), source: e })
@@ -151,11 +152,11 @@ pub fn load(
 pub fn layer_groups(names: &[String], groups: Option<&[Vec<String>]>) -> Result<Vec<usize>> {
     let Some(groups) = groups else {
         let head_module = names.last().map(|n| n.rsplit_once('.').map_or("", |(m, _)| m)).unwrap_or("");
-        let body = names
-            .iter()
-            .position(|n| n.rsplit_once('.').map_or("", |(m, _)| m) == head_module)
-            .unwrap_or(0);
-        return Ok((0..names.len()).map(|i| if i >= body { 2 } else { usize::from(i * 2 >= body) }).collect());
+        let body =
+            names.iter().position(|n| n.rsplit_once('.').map_or("", |(m, _)| m) == head_module).unwrap_or(0);
+        return Ok((0..names.len())
+            .map(|i| if i >= body { 2 } else { usize::from(i * 2 >= body) })
+            .collect());
     };
     for (g, prefixes) in groups.iter().enumerate() {
         for prefix in prefixes {
@@ -179,8 +180,9 @@ pub fn layer_groups(names: &[String], groups: Option<&[Vec<String>]>) -> Result<
     if !list.contains(&2) {
         return Err(Error::Invalid {
             what: "model.torchscript_groups".into(),
-            message: "every parameter is in the body groups; leave the head's modules out (they form group 3)"
-                .into(),
+            message:
+                "every parameter is in the body groups; leave the head's modules out (they form group 3)"
+                    .into(),
         });
     }
     Ok(list)
@@ -226,7 +228,10 @@ mod tests {
         let bad = vec![vec!["conv9".to_string()], vec!["layer1".to_string()]];
         let e = layer_groups(&n, Some(&bad)).unwrap_err().to_string();
         assert!(e.starts_with("model.torchscript_groups[0]: \"conv9\" matches no parameter of the module; its parameters are conv1.weight, layer1.0.w"), "{e}");
-        let all = vec![vec!["conv1".to_string(), "fc".to_string()], vec!["layer1".to_string(), "layer10".to_string()]];
+        let all = vec![
+            vec!["conv1".to_string(), "fc".to_string()],
+            vec!["layer1".to_string(), "layer10".to_string()],
+        ];
         let e = layer_groups(&n, Some(&all)).unwrap_err().to_string();
         assert!(e.contains("every parameter is in the body groups"), "{e}");
     }

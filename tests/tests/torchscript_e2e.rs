@@ -1,0 +1,162 @@
+//! A user's own model, end to end: a small CNN scripted at test time by the venv's torch
+//! (tests/fixtures/torchscript_fixtures.py; `make setup` installs torch, so the test requires it)
+//! trains with `cyclotron train` on Fashion-MNIST (a frozen-body stage, then SGDR with
+//! discriminative LRs, snapshots and an ensemble), then goes back to PyTorch: `torch.jit.load` of
+//! the exported module + `load_state_dict` of a snapshot's `model.safetensors` (and the snapshot's
+//! own `model.pt`) give the same probabilities as `cyclotron predict` on the same test images.
+//! A module returning 7 logits for 10 classes is refused with what was expected.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use cyclotron_tests::{fashion_mnist_present, run};
+
+const TEST_IMAGES: &str = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";
+/// Test images compared between Cyclotron and PyTorch.
+const N: usize = 40;
+
+fn job(module: &Path) -> String {
+    format!(
+        r#"name = "torchscript-e2e"
+seed = 5
+output = "file://./store"
+[data]
+source = "fashion_mnist"
+batch_size = 64
+limit_train = 4000
+limit_eval = 200
+[model]
+arch = "torchscript"
+torchscript = "file://{}"
+[optimizer]
+kind = "sgd"
+momentum = 0.9
+[[stage]]
+name = "head"
+freeze = true
+lr = 0.2
+epochs = 1
+snapshot = false
+[[stage]]
+name = "all"
+lr = 0.2
+group_lrs = "thirds"
+cycles = 2
+cycle_len = 2
+[ensemble]
+members = 2
+selection = "last"
+[runtime]
+threads = 1
+device = "cpu"
+"#,
+        module.display()
+    )
+}
+
+fn python() -> PathBuf {
+    let venv = std::env::var_os("CYCLOTRON_VENV").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cyclotron/torch-2.11.0")
+    });
+    venv.join("bin/python")
+}
+
+fn fixtures_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/torchscript_fixtures.py")
+}
+
+fn python_json(args: &[&str], cwd: &Path) -> serde_json::Value {
+    let out =
+        Command::new(python()).arg(fixtures_script()).args(args).current_dir(cwd).output().unwrap_or_else(
+            |e| panic!("{}: {e} (make setup creates the venv with torch)", python().display()),
+        );
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// The first `n` images of the test set as an idx file.
+fn first_test_images(n: usize) -> Vec<u8> {
+    let mut all = vec![];
+    flate2::read::GzDecoder::new(std::fs::File::open(TEST_IMAGES).expect("test images"))
+        .read_to_end(&mut all)
+        .unwrap();
+    let mut out = all[..16].to_vec();
+    out[4..8].copy_from_slice(&(n as u32).to_be_bytes());
+    out.extend_from_slice(&all[16..16 + n * 784]);
+    out
+}
+
+#[test]
+fn a_scripted_cnn_trains_and_loads_back_into_pytorch() {
+    if !fashion_mnist_present() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    python_json(&["make", dir.join("modules").to_str().unwrap()], dir);
+    let module = dir.join("modules/cnn.pt");
+    std::fs::write(dir.join("job.toml"), job(&module)).unwrap();
+    let ran = run(&["train", "job.toml", "--out", "out", "--run", "r1"], dir, Duration::from_secs(900));
+    assert_eq!(ran.code, Some(0), "stdout:\n{}\nstderr:\n{}", ran.stdout, ran.stderr);
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("out/results.json")).unwrap()).unwrap();
+    let snapshots = results["snapshots"].as_array().unwrap();
+    assert_eq!(snapshots.len(), 2, "{results}");
+    let acc = snapshots[1]["accuracy"].as_f64().unwrap();
+    assert!(acc > 0.4, "the module learned too little: accuracy {acc} (10 classes)");
+    assert_eq!(results["ensemble"]["members"].as_array().unwrap().len(), 2, "{results}");
+
+    // Cyclotron's probabilities of the first N test images, snapshot 1 alone
+    std::fs::write(dir.join("eval-idx3-ubyte"), first_test_images(N)).unwrap();
+    let args = ["predict", "out", "eval-idx3-ubyte", "--json", "--top", "10", "--no-tta", "--snapshot", "1"];
+    let ran = run(&args, dir, Duration::from_secs(300));
+    assert_eq!(ran.code, Some(0), "stdout:\n{}\nstderr:\n{}", ran.stdout, ran.stderr);
+    let ours: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+
+    // PyTorch's, from the exported module + the snapshot's parameters, and the snapshot's model.pt
+    let snapshot = dir.join("store/torchscript-e2e/r1/snapshots/cycle-1");
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(snapshot.join("image.json")).unwrap()).unwrap();
+    let classes: Vec<&str> =
+        card["classes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    let n = N.to_string();
+    let theirs = python_json(
+        &["check", module.to_str().unwrap(), snapshot.to_str().unwrap(), "eval-idx3-ubyte", &n],
+        dir,
+    );
+    assert_eq!(theirs["missing"], serde_json::json!([]), "{}", theirs["missing"]);
+    assert_eq!(theirs["unexpected"], serde_json::json!([]), "{}", theirs["unexpected"]);
+    let mut worst = 0.0f64;
+    for (i, p) in ours["predictions"].as_array().unwrap().iter().enumerate() {
+        let top = p["top"].as_array().unwrap();
+        assert_eq!(top.len(), 10);
+        for t in top {
+            let c = classes.iter().position(|&name| name == t["class"].as_str().unwrap()).unwrap();
+            let mine = t["probability"].as_f64().unwrap();
+            for key in ["state_dict", "model_pt"] {
+                let torch = theirs[key][i][c].as_f64().unwrap();
+                worst = worst.max((mine - torch).abs());
+            }
+        }
+    }
+    assert_eq!(ours["predictions"].as_array().unwrap().len(), N);
+    assert!(worst < 1e-4, "Cyclotron and PyTorch differ by {worst} in a probability");
+
+    // a module with the wrong output is refused before training, naming what was expected
+    std::fs::write(dir.join("seven.toml"), job(&dir.join("modules/seven.pt"))).unwrap();
+    let ran = run(&["train", "seven.toml", "--out", "out7", "--run", "r1"], dir, Duration::from_secs(300));
+    assert_ne!(ran.code, Some(0));
+    assert!(
+        ran.stderr.contains(
+            "model.torchscript: forward returned [2, 7] for images [2, 1, 28, 28], expected [2, 10] logits for 10 classes"
+        ),
+        "{}",
+        ran.stderr
+    );
+}
