@@ -159,4 +159,9 @@ fn a_scripted_cnn_trains_and_loads_back_into_pytorch() {
         "{}",
         ran.stderr
     );
+
+    // the example spec is valid as written
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/torchscript.toml");
+    let ran = run(&["check", example.to_str().unwrap()], dir, Duration::from_secs(60));
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
 }
