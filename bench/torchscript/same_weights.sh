@@ -12,7 +12,7 @@ BIN=${CYCLOTRON_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/cyclotron/target}/release/
 PY=${CYCLOTRON_VENV:-$HOME/.cache/cyclotron/torch-2.11.0}/bin/python
 WORK=$(mktemp -d)
 cd "$WORK"
-"$PY" - <<'PY'
+cat > make.py <<'PY'
 import torch, torchvision
 from safetensors.torch import save_file
 class GreyResNet(torchvision.models.ResNet):
@@ -23,6 +23,7 @@ m = GreyResNet(torchvision.models.resnet.BasicBlock, [2, 2, 2, 2], num_classes=1
 torch.jit.script(m).save("ts.pt")
 save_file({k: v.contiguous() for k, v in m.state_dict().items()}, "init.safetensors")
 PY
+"$PY" make.py   # from a file: torch.jit.script reads the source of forward
 for model in builtin ts; do
   if [ "$model" = builtin ]; then m="arch = \"resnet18\"
 pretrained = \"file://$WORK/init.safetensors\""; else m="arch = \"torchscript\"
