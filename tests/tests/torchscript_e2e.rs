@@ -165,3 +165,73 @@ fn a_scripted_cnn_trains_and_loads_back_into_pytorch() {
     let ran = run(&["check", example.to_str().unwrap()], dir, Duration::from_secs(60));
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
 }
+
+/// `checkpoint_resume.rs`'s job (an LR-range test, a constant-LR epoch, SGDR with snapshots) on
+/// the scripted CNN, which has no buffers: a run stopped after 2 epochs and resumed gives the
+/// uninterrupted run's losses, LR-range results and snapshots exactly.
+#[test]
+fn a_scripted_cnn_resumes_exactly() {
+    if !fashion_mnist_present() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    python_json(&["make", dir.join("modules").to_str().unwrap()], dir);
+    let spec = format!(
+        r#"name = "ts-resume"
+seed = 11
+output = "file://./store"
+[data]
+source = "fashion_mnist"
+batch_size = 64
+limit_train = 640
+limit_eval = 256
+[model]
+arch = "torchscript"
+torchscript = "file://{}"
+[lr_find]
+start = 1e-4
+end = 1.0
+steps = 10
+[[stage]]
+lr = 0.05
+epochs = 1
+[[stage]]
+lr_find = true
+lr = "auto"
+cycles = 2
+cycle_len = 1
+cycle_mult = 2
+[ensemble]
+members = 2
+selection = "last"
+[runtime]
+threads = 1
+device = "cpu"
+[checkpoint]
+every_epochs = 1
+keep_last = 1
+"#,
+        dir.join("modules/cnn.pt").display()
+    );
+    std::fs::write(dir.join("job.toml"), spec).unwrap();
+    let train = |out: &str, run_name: &str, extra: &[&str]| {
+        let mut args = vec!["--quiet", "train", "job.toml", "--out", out, "--run", run_name];
+        args.extend_from_slice(extra);
+        let ran = run(&args, dir, Duration::from_secs(300));
+        assert_eq!(ran.code, Some(0), "{args:?}\nstdout:\n{}\nstderr:\n{}", ran.stdout, ran.stderr);
+        ran.stdout + &ran.stderr
+    };
+    train("whole", "whole", &[]);
+    let said = train("part", "split", &["--stop-after-epochs", "2"]);
+    assert!(said.contains("stopped after 2 epochs"), "{said}");
+    train("resumed", "split", &["--resume"]);
+    let read = |p: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(p)).unwrap()).unwrap()
+    };
+    let (whole, resumed) = (read("whole/results.json"), read("resumed/results.json"));
+    assert_eq!(whole["history"]["losses"].as_array().unwrap().len(), 40, "every step of the 4 epochs");
+    for k in ["history", "lr_finds", "snapshots", "ensemble", "final"] {
+        assert_eq!(whole[k], resumed[k], "{k} differs after resume");
+    }
+}
