@@ -4,14 +4,15 @@
 //! discriminative LRs, snapshots and an ensemble), then goes back to PyTorch: `torch.jit.load` of
 //! the exported module + `load_state_dict` of a snapshot's `model.safetensors` (and the snapshot's
 //! own `model.pt`) give the same probabilities as `cyclotron predict` on the same test images.
-//! A module returning 7 logits for 10 classes is refused with what was expected.
+//! A module returning 7 logits for 10 classes is refused with what was expected. The same module
+//! resumes exactly from a checkpoint, and two data-parallel ranks train it like one process.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use cyclotron_tests::{fashion_mnist_present, run};
+use cyclotron_tests::{cyclotron_bin, fashion_mnist_present, run, Proc};
 
 const TEST_IMAGES: &str = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";
 /// Test images compared between Cyclotron and PyTorch.
@@ -234,4 +235,77 @@ keep_last = 1
     for k in ["history", "lr_finds", "snapshots", "ensemble", "final"] {
         assert_eq!(whole[k], resumed[k], "{k} differs after resume");
     }
+}
+
+/// The data-parallel oracle on the scripted CNN (no batch statistics): two ranks with batch 32
+/// (TCP ring on loopback) take the per-step losses of one process with batch 64.
+#[test]
+fn two_ranks_train_a_scripted_cnn_like_one_process_with_twice_the_batch() {
+    if !fashion_mnist_present() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    python_json(&["make", dir.join("modules").to_str().unwrap()], dir);
+    let spec = |batch: usize| {
+        let text = format!(
+            "name = \"ts-dp\"\nseed = 3\noutput = \"file://./store\"\n[data]\nsource = \"fashion_mnist\"\n\
+             batch_size = {batch}\nlimit_train = 512\nlimit_eval = 200\n[model]\narch = \"torchscript\"\n\
+             torchscript = \"file://{}\"\n[[stage]]\nlr = 0.05\ncycles = 1\ncycle_len = 1\n[ensemble]\nmembers = 1\n\
+             [runtime]\nthreads = 1\ndevice = \"cpu\"\n",
+            dir.join("modules/cnn.pt").display()
+        );
+        let path = dir.join(format!("dp-{batch}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let one = spec(64);
+    let ran =
+        run(&["--quiet", "train", &one, "--out", "single", "--run", "s"], dir, Duration::from_secs(300));
+    assert_eq!(ran.code, Some(0), "single process failed:\n{}", ran.stderr);
+
+    let two = spec(32);
+    let listeners: Vec<_> = (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let peers: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
+    drop(listeners);
+    let mut ranks: Vec<Proc> = (0..2)
+        .map(|r| {
+            let log = |ext: &str| std::fs::File::create(dir.join(format!("rank-{r}.{ext}"))).unwrap();
+            let child = Command::new(cyclotron_bin())
+                .args(["--quiet", "train", &two, "--out", "pair", "--run", "p"])
+                .args(["--rank", &r.to_string(), "--world-size", "2", "--peers", &peers.join(",")])
+                .current_dir(dir)
+                .stdin(std::process::Stdio::null())
+                .stdout(log("out"))
+                .stderr(log("err"))
+                .spawn()
+                .expect("spawn cyclotron");
+            Proc(Some(child))
+        })
+        .collect();
+    for (r, p) in ranks.iter_mut().enumerate() {
+        let started = std::time::Instant::now();
+        let code = loop {
+            if let Some(status) = p.0.as_mut().unwrap().try_wait().unwrap() {
+                p.0 = None;
+                break status.code();
+            }
+            assert!(started.elapsed() < Duration::from_secs(300), "rank {r} did not finish in 300 s");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let err = std::fs::read_to_string(dir.join(format!("rank-{r}.err"))).unwrap_or_default();
+        assert_eq!(code, Some(0), "rank {r} failed:\n{err}");
+    }
+    let losses = |out: &str| -> Vec<f64> {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(out).join("results.json")).unwrap())
+                .unwrap();
+        v["history"]["losses"].as_array().unwrap().iter().map(|l| l.as_f64().unwrap()).collect()
+    };
+    let (l1, l2) = (losses("single"), losses("pair"));
+    assert_eq!((l1.len(), l2.len()), (8, 8), "512 items, global batch 64");
+    for (i, (p, q)) in l1.iter().zip(&l2).enumerate() {
+        assert!((p - q).abs() <= 1e-4 * p.abs().max(1.0), "step {i}: loss {p} alone vs {q} on two ranks");
+    }
+    assert!(l1.first() != l1.last(), "training did not change the loss");
 }
