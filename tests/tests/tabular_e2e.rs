@@ -2,10 +2,12 @@
 //! small generated table of daily store sales (a date column split by time and expanded into
 //! parts, a store seen only in the test months, missing temperatures), which must beat the
 //! trivial baseline and save its preprocessing with each snapshot, and whose `predict` of the test
-//! rows repeats the run's evaluation; a classification on the same
-//! table; and the bad inputs the tabular path must name.
+//! rows repeats the run's evaluation; the same table learned by a user's TorchScript module
+//! (scripted at test time by the venv's torch), whose snapshots load back into PyTorch; a
+//! classification on the same table; and the bad inputs the tabular path must name.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use cyclotron_tests::run;
@@ -162,6 +164,116 @@ fn entity_embeddings_learn_daily_sales_and_keep_their_preprocessing() {
     let flag = run(&["predict", "out", "test.csv", "--resize"], work.path(), Duration::from_secs(120));
     assert_ne!(flag.code, Some(0));
     assert!(flag.stderr.contains("--resize applies to image runs"), "{}", flag.stderr);
+}
+
+fn python() -> PathBuf {
+    let venv = std::env::var_os("CYCLOTRON_VENV").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cyclotron/torch-2.11.0")
+    });
+    venv.join("bin/python")
+}
+
+/// `tests/fixtures/torchscript_fixtures.py ARGS…` in the venv; its JSON output (Null when none).
+fn fixtures(args: &[&str], cwd: &Path) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/torchscript_fixtures.py");
+    let out =
+        Command::new(python()).arg(script).args(args).current_dir(cwd).output().unwrap_or_else(|e| {
+            panic!("{}: {e} (make setup creates the venv with torch)", python().display())
+        });
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn a_users_torchscript_module_learns_the_table_and_loads_back_into_pytorch() {
+    let work = tempfile::tempdir().unwrap();
+    write_sales(work.path());
+    let modules = work.path().join("modules");
+    fixtures(&["make", modules.to_str().unwrap()], work.path());
+    let job = |file: &str| {
+        spec("", SGDR).replace(
+            "arch = \"entity_embeddings\"\n[model.tabular]\nlayers = [64, 32]\ndropout = [0.0, 0.0]\nemb_dropout = 0.0\n",
+            &format!("arch = \"torchscript\"\ntorchscript = \"{}\"\n", modules.join(file).display()),
+        )
+    };
+    assert!(job("m.pt").contains("arch = \"torchscript\""), "the spec's model section moved");
+    std::fs::write(work.path().join("ts.toml"), job("tabular.pt")).unwrap();
+    let ran =
+        run(&["train", "ts.toml", "--out", "out", "--run", "r1"], work.path(), Duration::from_secs(600));
+    assert_eq!(ran.code, Some(0), "stdout:\n{}\nstderr:\n{}", ran.stdout, ran.stderr);
+    let r = read_json(&work.path().join("out/results.json"));
+    let snaps = r["snapshots"].as_array().unwrap();
+    assert_eq!(snaps.len(), 2, "a snapshot per SGDR cycle");
+    let baseline = logged_baseline(&ran.stderr);
+    let last = snaps[1]["rmspe"].as_f64().unwrap();
+    assert!(
+        last < 0.5 * baseline,
+        "test RMSPE {last} vs baseline {baseline}; {}\n{}",
+        r["epochs"],
+        ran.stderr
+    );
+    let epochs = r["epochs"].as_array().unwrap();
+    let first = epochs[0]["valid"]["loss"].as_f64().unwrap();
+    let end = epochs.last().unwrap()["valid"]["loss"].as_f64().unwrap();
+    assert!(end < first, "validation loss {first} -> {end}");
+
+    // the snapshot holds the module and its parameters under their PyTorch names: loaded into
+    // the user's module with load_state_dict, it computes what the snapshot's model.pt computes
+    let snapshot = work.path().join("runs/tab/r1/snapshots/cycle-1");
+    let manifest = read_json(&snapshot.join("MANIFEST.json"));
+    let blobs: Vec<&str> =
+        manifest["blobs"].as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect();
+    for want in ["model.pt", "model.safetensors", "tabular.json"] {
+        assert!(blobs.contains(&want), "{want} missing from {blobs:?}");
+    }
+    let module = modules.join("tabular.pt");
+    let theirs = fixtures(
+        &["check_rows", module.to_str().unwrap(), snapshot.to_str().unwrap(), "8", "64", "1"],
+        work.path(),
+    );
+    assert_eq!(theirs["missing"], serde_json::json!([]), "{theirs}");
+    assert_eq!(theirs["unexpected"], serde_json::json!([]), "{theirs}");
+    let (a, b) = (theirs["state_dict"].as_array().unwrap(), theirs["model_pt"].as_array().unwrap());
+    assert_eq!(a.len(), 16);
+    for (x, y) in a.iter().zip(b) {
+        assert!((x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-5, "{a:?} vs {b:?}");
+    }
+    // predict of the test months repeats the run's evaluation through the snapshots' modules
+    let all = std::fs::read_to_string(work.path().join("sales.csv")).unwrap();
+    let mut lines = all.lines();
+    let header = lines.next().unwrap();
+    let test: Vec<&str> = lines.filter(|l| l.split(',').nth(1).unwrap() >= "2022-10-01").collect();
+    std::fs::write(work.path().join("test.csv"), format!("{header}\n{}\n", test.join("\n"))).unwrap();
+    let pred = run(&["predict", "out", "test.csv", "--json"], work.path(), Duration::from_secs(120));
+    assert_eq!(pred.code, Some(0), "stdout:\n{}\nstderr:\n{}", pred.stdout, pred.stderr);
+    let p: serde_json::Value = serde_json::from_str(&pred.stdout).unwrap();
+    let (ours, run_s) = (p["rmspe"].as_f64().unwrap(), r["ensemble"]["rmspe"].as_f64().unwrap());
+    assert!((ours - run_s).abs() < 1e-5, "predict RMSPE {ours} vs the run's {run_s}");
+
+    // a module whose embeddings are too small for the table's levels is refused when loaded,
+    // naming the columns and their levels
+    std::fs::write(work.path().join("small.toml"), job("tabular_small.pt")).unwrap();
+    let bad = run(&["train", "small.toml", "--out", "small"], work.path(), Duration::from_secs(120));
+    assert_ne!(bad.code, Some(0));
+    assert!(
+        bad.stderr.contains(
+            "model.torchscript: forward failed on cats [2, 8] (int64 level indices) and conts [2, 1]"
+        ) && bad.stderr.contains("store 6")
+            && bad.stderr.contains("date_year 3"),
+        "{}",
+        bad.stderr
+    );
+    // and [model.tabular] with a module is refused before anything runs
+    let mixed = job("tabular.pt")
+        .replace("[optimizer]", "[model.tabular]\nlayers = [8]\ndropout = [0.0]\n[optimizer]");
+    std::fs::write(work.path().join("mixed.toml"), mixed).unwrap();
+    let ran = run(&["check", "mixed.toml"], work.path(), Duration::from_secs(60));
+    assert_ne!(ran.code, Some(0));
+    assert!(ran.stderr.contains("model.tabular: not with model.torchscript"), "{}", ran.stderr);
 }
 
 #[test]

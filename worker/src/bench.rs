@@ -461,7 +461,13 @@ pub fn tabular_throughput(
     use crate::task::{Shard, Task};
     let task = crate::task::tabular::build(spec, &mut Quiet)?;
     tch::set_num_threads(threads);
-    let cfg = task.net().config().clone();
+    let Some(builtin) = task.net().builtin() else {
+        return Err(crate::error::Error::Invalid {
+            what: "model.torchscript".into(),
+            message: "bench-tabular times the built-in entity-embedding model against its PyTorch twin; use a job without torchscript".into(),
+        });
+    };
+    let cfg = builtin.config().clone();
     let rows = task.steps_per_epoch(1)? as usize * spec.data.batch_size;
     // Each epoch's batch iterator owns the table and is lazy: batches are assembled in the timed loop.
     let per_epoch: Vec<crate::task::Batches> =

@@ -1,6 +1,7 @@
 //! The user's own model: `[model] arch = "torchscript"` with `torchscript = URL`, a module
 //! exported with `torch.jit.script` or `torch.jit.trace` that takes images [B, C, H, W] and
-//! returns logits [B, classes]; optionally `torchscript_groups`, its layer groups by parameter
+//! returns logits [B, classes] (or, for a table, takes `(cats, conts)` and returns [B] / [B, 1]
+//! for a regression, logits [B, classes] for a classifier); optionally `torchscript_groups`, its layer groups by parameter
 //! name prefix. The checks that need only the spec are here; the module's own (its parameters,
 //! what its forward takes and returns) are the worker's, when it loads it.
 
@@ -19,9 +20,10 @@ pub fn matches_prefix(name: &str, prefix: &str) -> bool {
     name.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
 }
 
-/// Whether `spec`'s kind of task can train a TorchScript module (image classification, so far).
+/// Whether `spec`'s kind of task can train a TorchScript module (image classification and
+/// tabular data, so far).
 pub(super) fn allowed(spec: &JobSpec) -> bool {
-    spec.data.source.task() == TaskKind::ImageClassification
+    matches!(spec.data.source.task(), TaskKind::ImageClassification | TaskKind::Tabular)
 }
 
 /// The problems of `model.torchscript` and `model.torchscript_groups`.
@@ -52,7 +54,7 @@ pub(super) fn problems(spec: &JobSpec) -> Vec<String> {
     if is_script && !allowed(spec) {
         let source = format!("{:?}", spec.data.source).to_lowercase();
         p.push(format!(
-            "model.torchscript: not for a {} (data.source {source}); TorchScript modules train on image classification (fashion_mnist, image_folder) so far",
+            "model.torchscript: not for a {} (data.source {source}); TorchScript modules train on image classification (fashion_mnist, image_folder) and tables (tabular_csv) so far",
             spec.data.source.task().name()
         ));
     }
@@ -73,6 +75,12 @@ pub(super) fn problems(spec: &JobSpec) -> Vec<String> {
                     i + 1
                 ));
             }
+        }
+        if m.tabular.is_some() {
+            p.push(
+                "model.tabular: not with model.torchscript (your module has its own embeddings and layers); remove [model.tabular]"
+                    .into(),
+            );
         }
         if m.width != 32 {
             p.push(
@@ -211,7 +219,7 @@ mod tests {
     }
 
     #[test]
-    fn a_tabular_job_cannot_train_a_torchscript_module_yet() {
+    fn a_text_job_cannot_train_a_torchscript_module_yet() {
         let text = "name = \"t\"\n[data]\nsource = \"text_corpus\"\n[model]\narch = \"torchscript\"\ntorchscript = \"m.pt\"\n[[stage]]\nlr = 0.1\nepochs = 1\n";
         let Err(Error::InvalidSpec { problems }) = JobSpec::from_toml_str(text, "<t>").unwrap().validate()
         else {
@@ -221,6 +229,26 @@ mod tests {
             problems.iter().any(
                 |p| p.starts_with("model.torchscript: not for a language model (data.source textcorpus)")
             ),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_tabular_job_trains_a_torchscript_module_without_model_tabular() {
+        let text = |extra: &str| {
+            format!("name = \"t\"\n[data]\nsource = \"tabular_csv\"\npath = \"t.csv\"\n[data.tabular]\ntarget = \"y\"\ncategorical = [\"a\"]\n[model]\narch = \"torchscript\"\ntorchscript = \"m.pt\"\n{extra}[[stage]]\nlr = 0.01\nepochs = 1\n")
+        };
+        let ok = JobSpec::from_toml_str(&text(""), "<t>").unwrap().validate();
+        assert!(ok.is_ok(), "{ok:?}");
+        let Err(Error::InvalidSpec { problems }) =
+            JobSpec::from_toml_str(&text("[model.tabular]\nlayers = [8]\ndropout = [0.0]\n"), "<t>")
+                .unwrap()
+                .validate()
+        else {
+            panic!("accepted")
+        };
+        assert!(
+            problems.iter().any(|p| p.starts_with("model.tabular: not with model.torchscript")),
             "{problems:?}"
         );
     }

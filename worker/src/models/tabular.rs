@@ -7,13 +7,16 @@
 //! `layers.<i>.{linear,bn}.*` (1: the MLP body), `head.*` (2). BatchNorms of frozen groups stay
 //! in evaluation mode, as the image models'.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
 
+use super::torchscript::ScriptModule;
 use super::Model;
+use crate::error::Result;
 
 /// The shape of an entity-embedding model.
 #[derive(Debug, Clone, PartialEq)]
@@ -191,6 +194,95 @@ impl Model for TabularNet {
     fn freeze_to(&self, frozen: usize) {
         self.frozen.store(frozen, Ordering::Relaxed);
         super::set_trainable(self, frozen);
+    }
+}
+
+/// A tabular task's model: the built-in entity-embedding net, or the user's TorchScript module
+/// taking `(cats, conts)` (see [`super::torchscript`]).
+pub enum TabularModel {
+    Builtin(Box<TabularNet>),
+    Script {
+        vs: nn::VarStore,
+        module: ScriptModule,
+        /// Layer group of each parameter, by PyTorch name.
+        groups: HashMap<String, usize>,
+    },
+}
+
+impl std::fmt::Debug for TabularModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TabularModel::Builtin(net) => net.fmt(f),
+            TabularModel::Script { .. } => f.write_str("TabularModel::Script"),
+        }
+    }
+}
+
+impl TabularModel {
+    /// Outputs of rows (see [`TabularNet::forward`]): a regression's `[B]`, a classifier's logits.
+    pub fn forward(&self, cats: &Tensor, conts: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            TabularModel::Builtin(net) => Ok(net.forward(cats, conts, train)),
+            TabularModel::Script { module, .. } => module.forward_rows(cats, conts, train),
+        }
+    }
+
+    /// The built-in model (`None` for a TorchScript module).
+    pub fn builtin(&self) -> Option<&TabularNet> {
+        match self {
+            TabularModel::Builtin(net) => Some(net),
+            TabularModel::Script { .. } => None,
+        }
+    }
+
+    /// The TorchScript module as it is now, in `torch.jit.save`'s format (`None` for the built-in).
+    pub fn script_bytes(&self) -> Result<Option<Vec<u8>>> {
+        match self {
+            TabularModel::Builtin(_) => Ok(None),
+            TabularModel::Script { module, .. } => module.to_bytes().map(Some),
+        }
+    }
+}
+
+/// The user's TorchScript module in `bytes` (`what` names them in errors) as a tabular model of
+/// `outputs` outputs (1 for a regression) on `device`, layer groups by `groups` (see
+/// [`super::torchscript`]); checked on rows holding each categorical column's first and last level
+/// (`levels`: each column's name and number of levels) before it is returned.
+pub fn build_script(
+    bytes: &[u8],
+    what: &str,
+    groups: Option<&[Vec<String>]>,
+    levels: &[(String, i64)],
+    n_cont: i64,
+    outputs: i64,
+    device: tch::Device,
+) -> Result<TabularModel> {
+    let vs = nn::VarStore::new(device);
+    let (module, groups) = super::torchscript::load(bytes, what, groups, outputs, &vs)?;
+    super::torchscript::probe_rows(&module, levels, n_cont, device)?;
+    Ok(TabularModel::Script { vs, module, groups })
+}
+
+impl Model for TabularModel {
+    fn vs(&self) -> &nn::VarStore {
+        match self {
+            TabularModel::Builtin(net) => &net.vs,
+            TabularModel::Script { vs, .. } => vs,
+        }
+    }
+
+    fn group_of(&self, name: &str) -> usize {
+        match self {
+            TabularModel::Builtin(_) => group_of(name),
+            TabularModel::Script { groups, .. } => groups.get(name).copied().unwrap_or(super::GROUPS - 1),
+        }
+    }
+
+    fn freeze_to(&self, frozen: usize) {
+        match self {
+            TabularModel::Builtin(net) => net.freeze_to(frozen),
+            TabularModel::Script { .. } => super::set_trainable(self, frozen),
+        }
     }
 }
 

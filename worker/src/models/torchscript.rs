@@ -1,5 +1,6 @@
 //! The user's own model: a TorchScript module (exported with `torch.jit.script` or
-//! `torch.jit.trace`) trained as an image [`Net`].
+//! `torch.jit.trace`) trained as an image [`Net`] or a tabular model
+//! ([`super::tabular::TabularModel`]).
 //!
 //! Its parameters become the VarStore's variables under their PyTorch names (`conv1.weight`,
 //! `layer1.0.bn1.bias`: the module's `state_dict` keys), sharing storage with the module, so the
@@ -11,8 +12,11 @@
 //! the module's order) is the head and the parameters before it split into two halves.
 //!
 //! What the module must do is checked when it is loaded, on a batch of two blank images of the
-//! data's shape: take one tensor [B, C, H, W] and return logits [B, classes]; every later forward
-//! checks the output's shape again, so a module that misbehaves fails with an error, never a panic.
+//! data's shape: take one tensor [B, C, H, W] and return logits [B, classes] (a tabular module:
+//! take `(cats, conts)` — level indices [B, n_cat] int64 and continuous values [B, n_cont] float32
+//! — and return [B] or [B, 1] for a regression, logits [B, classes] for a classifier, checked on
+//! rows holding each column's first and last level); every later forward checks the output's
+//! shape again, so a module that misbehaves fails with an error, never a panic.
 //!
 //! Limits, documented: buffers (BatchNorm running statistics) are not parameters and tch cannot
 //! list them, so they live only inside the module: a snapshot keeps them in its `model.pt` (the
@@ -62,9 +66,9 @@ impl std::fmt::Debug for ScriptModule {
 }
 
 impl ScriptModule {
-    /// Logits [B, classes] of images `xs` [B, C, H, W], in training mode when `train`; an error
-    /// naming what was expected when the module fails or returns another shape.
-    pub fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+    /// The module's forward on `inputs` in training mode when `train` (the mode is switched only
+    /// when it changes).
+    fn call(&self, inputs: &[&Tensor], train: bool) -> Result<std::result::Result<Tensor, tch::TchError>> {
         let mut guard = self.module.lock().map_err(|_| invalid("the module's lock is poisoned"))?;
         let (module, mode) = &mut *guard;
         if *mode != train {
@@ -75,8 +79,14 @@ impl ScriptModule {
             }
             *mode = train;
         }
+        Ok(module.forward_ts(inputs))
+    }
+
+    /// Logits [B, classes] of images `xs` [B, C, H, W], in training mode when `train`; an error
+    /// naming what was expected when the module fails or returns another shape.
+    pub fn forward(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let shape = xs.size();
-        let out = module.forward_ts(&[xs]).map_err(|e| {
+        let out = self.call(&[xs], train)?.map_err(|e| {
             invalid(format!(
                 "forward failed on images {shape:?}; it must take one tensor [B, C, H, W] and return logits [B, {}]: {}",
                 self.num_classes,
@@ -92,6 +102,34 @@ impl ScriptModule {
             )));
         }
         Ok(out)
+    }
+
+    /// A tabular module's outputs for rows of categorical indices `cats` [B, n_cat] (int64) and
+    /// continuous values `conts` [B, n_cont] (float32): a regression's [B] (the module may return
+    /// [B] or [B, 1]), a classifier's logits [B, classes]; an error naming what was expected when
+    /// the module fails or returns another shape.
+    pub fn forward_rows(&self, cats: &Tensor, conts: &Tensor, train: bool) -> Result<Tensor> {
+        let n = self.num_classes;
+        let wanted =
+            if n == 1 { "[B] or [B, 1] (a regression)".to_string() } else { format!("logits [B, {n}]") };
+        let out = self.call(&[cats, conts], train)?.map_err(|e| {
+            invalid(format!(
+                "forward failed on cats {:?} (int64 level indices) and conts {:?} (float32); it must take (cats, conts) and return {wanted}: {}",
+                cats.size(),
+                conts.size(),
+                brief(&e)
+            ))
+        })?;
+        let b = cats.size().first().copied().unwrap_or(0);
+        match out.size().as_slice() {
+            [x] if n == 1 && *x == b => Ok(out),
+            [x, 1] if n == 1 && *x == b => Ok(out.squeeze_dim(1)),
+            [x, c] if n > 1 && *x == b && *c == n => Ok(out),
+            other => Err(invalid(format!(
+                "forward returned {other:?} for {b} rows, expected {}",
+                wanted.replace('B', &b.to_string())
+            ))),
+        }
     }
 
     /// The whole module (parameters and buffers as they are now) in `torch.jit.save`'s format.
@@ -186,6 +224,37 @@ pub fn layer_groups(names: &[String], groups: Option<&[Vec<String>]>) -> Result<
         });
     }
     Ok(list)
+}
+
+/// Check a tabular module in evaluation mode on two rows: every column's first level (the
+/// unknown level, 0) and then its last (`levels[i] - 1`), with `n_cont` continuous values, so a
+/// module whose embeddings are too small for the data's levels fails here, naming them.
+pub fn probe_rows(
+    module: &ScriptModule,
+    levels: &[(String, i64)],
+    n_cont: i64,
+    device: Device,
+) -> Result<()> {
+    let _guard = tch::no_grad_guard();
+    let last: Vec<i64> = levels.iter().map(|(_, n)| (n - 1).max(0)).collect();
+    let k = levels.len() as i64;
+    let cats = Tensor::cat(
+        &[Tensor::zeros([1, k], (Kind::Int64, Device::Cpu)), Tensor::from_slice(&last).view([1, k])],
+        0,
+    )
+    .to_device(device);
+    let conts = Tensor::zeros([2, n_cont], (Kind::Float, device));
+    module.forward_rows(&cats, &conts, false).map(|_| ()).map_err(|e| {
+        let shown: Vec<String> = levels.iter().map(|(name, n)| format!("{name} {n}")).collect();
+        Error::Invalid {
+            what: WHAT.into(),
+            message: format!(
+                "{} (the data's categorical columns, in order, with their number of levels counting the unknown level 0: {}; continuous columns: {n_cont})",
+                e.to_string().trim_start_matches("model.torchscript: "),
+                if shown.is_empty() { "none".to_string() } else { shown.join(", ") }
+            ),
+        }
+    })
 }
 
 /// Check the module on two blank images of shape `input` ([C, H, W]) in evaluation mode.

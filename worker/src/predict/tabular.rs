@@ -15,7 +15,10 @@ use crate::checkpoint::snapshot::SnapshotFiles;
 use crate::data::tabular::preprocess::{Preprocessing, Table, TargetMap, Targets};
 use crate::data::tabular::{is_missing, read_csv, read_header};
 use crate::error::Result;
-use crate::task::tabular::{net, TabularData, TabularTask, TABULAR_CARD};
+use crate::models::tabular::TabularModel;
+use crate::models::Model;
+use crate::task::image::SCRIPT_MODULE;
+use crate::task::tabular::{builtin_net, script_net, TabularData, TabularTask, TABULAR_CARD};
 use crate::tensor_io::{from_safetensors, load_into};
 
 /// A tabular run's model, ready to predict.
@@ -60,7 +63,11 @@ impl TabularPredictor {
                 None => prep = Some(p),
             }
             let weights = from_safetensors(blob(&files, "model.safetensors")?, &files.url)?;
-            members.push(Member { url: files.url.clone(), spec, weights, module: None });
+            let module = match spec.model.torchscript {
+                Some(_) => Some(blob(&files, SCRIPT_MODULE)?.to_vec()),
+                None => None,
+            };
+            members.push(Member { url: files.url.clone(), spec, weights, module });
         }
         let Some(prep) = prep else {
             return Err(invalid("predict", "the run names no snapshot to predict with"));
@@ -145,8 +152,11 @@ impl TabularPredictor {
         let rows = Rc::new(table.clone());
         let mut outs = vec![];
         for m in &self.members {
-            let net = net(&m.spec, &self.prep, device)?;
-            load_into(&net.vs, &m.weights, &m.url)?;
+            let net = match &m.module {
+                Some(bytes) => script_net(bytes, &m.url, &m.spec, &self.prep, device)?,
+                None => TabularModel::Builtin(Box::new(builtin_net(&m.spec, &self.prep, device)?)),
+            };
+            load_into(net.vs(), &m.weights, &m.url)?;
             let data = TabularData {
                 train: Rc::clone(&rows),
                 valid: Rc::clone(&rows),

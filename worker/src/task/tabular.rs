@@ -1,6 +1,7 @@
 //! Tabular data with entity embeddings: rows of a CSV preprocessed as fitted on the training split
 //! ([`Preprocessing`], saved with each snapshot as `tabular.json`), batches of categorical
-//! indices and continuous values, a [`TabularNet`].
+//! indices and continuous values, a [`TabularNet`] (or the user's TorchScript module taking the same
+//! two tensors, [`TabularModel::Script`]).
 //!
 //! A regression trains on the mean squared error of `ln(target)` (with `log_target`, the default;
 //! else of the target itself); its predictions are on the target's own scale, `[N]`, an ensemble's
@@ -18,7 +19,7 @@ use super::{check_abort, classification_metrics, Batch, Batches, Shard, Split, T
 use crate::data::rank_positions;
 use crate::data::tabular::preprocess::{Preprocessing, Table, TargetMap, Targets};
 use crate::error::{Error, Result};
-use crate::models::tabular::{default_emb_size, TabularConfig, TabularNet};
+use crate::models::tabular::{build_script, default_emb_size, TabularConfig, TabularModel, TabularNet};
 use crate::models::Model;
 
 /// Most values a tabular model's weights may hold (a quarter of a billion floats, 1 GiB): the
@@ -38,7 +39,7 @@ pub struct TabularData {
 
 /// A tabular model and its data.
 pub struct TabularTask {
-    net: Rc<TabularNet>,
+    net: Rc<TabularModel>,
     data: TabularData,
     prep: Rc<Preprocessing>,
     seed: u64,
@@ -81,11 +82,11 @@ pub fn regression_metrics(p: &Tensor, y: &Tensor, log: bool) -> Metrics {
 }
 
 impl TabularTask {
-    pub fn new(net: TabularNet, data: TabularData, prep: Preprocessing, seed: u64) -> Self {
+    pub fn new(net: TabularModel, data: TabularData, prep: Preprocessing, seed: u64) -> Self {
         TabularTask { net: Rc::new(net), data, prep: Rc::new(prep), seed }
     }
 
-    pub fn net(&self) -> &TabularNet {
+    pub fn net(&self) -> &TabularModel {
         &self.net
     }
 
@@ -94,7 +95,7 @@ impl TabularTask {
     }
 
     fn device(&self) -> Device {
-        self.net.vs.device()
+        self.net.vs().device()
     }
 
     fn log_target(&self) -> bool {
@@ -125,7 +126,7 @@ impl TabularTask {
         for chunk in rows.chunks(self.data.batch_size.max(1) * 4) {
             check_abort(abort)?;
             let (c, x) = inputs(table, chunk);
-            let out = self.net.forward(&c.to_device(self.device()), &x.to_device(self.device()), false);
+            let out = self.net.forward(&c.to_device(self.device()), &x.to_device(self.device()), false)?;
             let out = match (self.is_regression(), self.log_target()) {
                 (true, true) => out.exp(),
                 (true, false) => out,
@@ -172,7 +173,7 @@ impl Task for TabularTask {
     fn loss(&mut self, batch: &Batch) -> Result<Tensor> {
         let device = self.device();
         let out =
-            self.net.forward(&batch.inputs[0].to_device(device), &batch.inputs[1].to_device(device), true);
+            self.net.forward(&batch.inputs[0].to_device(device), &batch.inputs[1].to_device(device), true)?;
         let y = batch.target.to_device(device);
         Ok(match (self.is_regression(), self.log_target()) {
             (true, true) => out.mse_loss(&y.log(), tch::Reduction::Mean),
@@ -205,7 +206,11 @@ impl Task for TabularTask {
     }
 
     fn artifacts(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        Ok(vec![(TABULAR_CARD.into(), self.prep.to_json()?.into_bytes())])
+        let mut files = vec![(TABULAR_CARD.into(), self.prep.to_json()?.into_bytes())];
+        if let Some(module) = self.net.script_bytes()? {
+            files.push((crate::task::image::SCRIPT_MODULE.into(), module));
+        }
+        Ok(files)
     }
 }
 
@@ -303,7 +308,7 @@ pub fn build(
     let device = crate::runtime::device(spec)?;
     let net = net(spec, &prep, device)?;
     let log = matches!(prep.target_map, TargetMap::Values { log: true });
-    if let Targets::Values(ys) = &train.targets {
+    if let (Targets::Values(ys), Some(net)) = (&train.targets, net.builtin()) {
         let mean = ys.iter().map(|&y| if log { f64::from(y).ln() } else { f64::from(y) }).sum::<f64>()
             / ys.len().max(1) as f64;
         net.set_output_bias(mean);
@@ -317,10 +322,46 @@ pub fn build(
     Ok(TabularTask::new(net, data, prep, spec.seed))
 }
 
+/// The model of `spec` for the fitted preprocessing `prep` on `device`: the user's TorchScript
+/// module (`model.torchscript`, read from its file or store) or the built-in one ([`builtin_net`]).
+pub fn net(
+    spec: &cyclotron_core::spec::JobSpec,
+    prep: &Preprocessing,
+    device: Device,
+) -> Result<TabularModel> {
+    match &spec.model.torchscript {
+        Some(url) => {
+            let options = crate::runtime::store_options(spec);
+            let bytes = crate::models::pretrained::read_model_file("model.torchscript", url, &options)?;
+            script_net(&bytes, url, spec, prep, device)
+        }
+        None => builtin_net(spec, prep, device).map(|n| TabularModel::Builtin(Box::new(n))),
+    }
+}
+
+/// The user's TorchScript module in `bytes` (`what` names them) for `prep`'s columns and outputs,
+/// checked on rows holding each categorical column's first and last level.
+pub fn script_net(
+    bytes: &[u8],
+    what: &str,
+    spec: &cyclotron_core::spec::JobSpec,
+    prep: &Preprocessing,
+    device: Device,
+) -> Result<TabularModel> {
+    let levels: Vec<(String, i64)> =
+        prep.categorical.iter().map(|c| (c.name.clone(), c.cardinality())).collect();
+    let groups = spec.model.torchscript_groups.as_deref();
+    build_script(bytes, what, groups, &levels, prep.continuous.len() as i64, prep.outputs(), device)
+}
+
 /// The model `spec.model.tabular` asks for, sized by the fitted preprocessing `prep` (embeddings
 /// of the training levels), on `device`, initialised from torch's generator; refused when it would
 /// hold more than [`MAX_MODEL_VALUES`] values.
-pub fn net(spec: &cyclotron_core::spec::JobSpec, prep: &Preprocessing, device: Device) -> Result<TabularNet> {
+pub fn builtin_net(
+    spec: &cyclotron_core::spec::JobSpec,
+    prep: &Preprocessing,
+    device: Device,
+) -> Result<TabularNet> {
     let m = spec.model.tabular.clone().unwrap_or_default();
     let embeddings: Vec<(i64, i64)> = prep
         .categorical
@@ -410,7 +451,7 @@ mod tests {
         net.set_output_bias((20f64).ln());
         let data =
             TabularData { train: Rc::clone(&table), valid: Rc::clone(&table), test: None, batch_size: 16 };
-        TabularTask::new(net, data, prep, 1)
+        TabularTask::new(TabularModel::Builtin(Box::new(net)), data, prep, 1)
     }
 
     #[test]
@@ -479,7 +520,7 @@ mod tests {
         let t = build(&spec, &mut crate::event::Quiet).unwrap();
         assert_eq!((t.data.train.len(), t.data.valid.len(), t.eval_split()), (20, 10, "test"));
         assert_eq!(t.data.test.as_ref().unwrap().len(), 10, "the row without a target is dropped");
-        assert_eq!(t.net().config().embeddings, vec![(3, 2)], "shops a, b and index 0");
+        assert_eq!(t.net().builtin().unwrap().config().embeddings, vec![(3, 2)], "shops a, b and index 0");
         let big = cyclotron_core::spec::JobSpec::from_toml_str(&toml("[16384, 16384]"), "t").unwrap();
         let e = build(&big, &mut crate::event::Quiet).err().expect("too large").to_string();
         assert!(e.contains("model.tabular: the model would hold more than"), "{e}");
