@@ -344,7 +344,7 @@ fn bad_tabular_inputs_are_named() {
 #[test]
 fn check_accepts_the_tabular_examples() {
     let dir = tempfile::tempdir().unwrap();
-    for ex in ["tabular_sales.toml", "tabular_superstore.toml"] {
+    for ex in ["tabular_sales.toml", "tabular_superstore.toml", "tabular_torchscript.toml"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(ex);
         let ran = run(&["check", path.to_str().unwrap()], dir.path(), Duration::from_secs(60));
         assert_eq!(ran.code, Some(0), "{ex}: {}", ran.stderr);
