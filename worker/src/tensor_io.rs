@@ -51,7 +51,27 @@ pub fn from_safetensors(bytes: &[u8], what: &str) -> Result<Vec<(String, Tensor)
         key: what.into(),
         message: format!("not a safetensors file: {e}"),
     })?;
-    st.tensors().into_iter().map(|(name, view)| Ok((name, Tensor::try_from(view)?))).collect()
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            // libtorch's sizes and strides are i64 (a zero-sized dimension still has strides)
+            let strides = view
+                .shape()
+                .iter()
+                .filter(|&&d| d != 0)
+                .try_fold(1i64, |acc, &d| acc.checked_mul(i64::try_from(d).ok()?));
+            if strides.is_none() {
+                return Err(Error::Checkpoint {
+                    key: what.into(),
+                    message: format!(
+                        "tensor {name}: shape {:?} is larger than libtorch allows",
+                        view.shape()
+                    ),
+                });
+            }
+            Ok((name, Tensor::try_from(view)?))
+        })
+        .collect()
 }
 
 /// Copy `src` tensors into the variables of `vs` by name. Every variable must be present with the

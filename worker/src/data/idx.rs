@@ -69,7 +69,8 @@ fn gunzip_idx(path: &Path, raw: &[u8], ndims: u8) -> Result<Vec<u8>> {
                 max: MAX_IDX_BYTES,
             });
         }
-        out.reserve(data_len as usize);
+        // deflate inflates at most ~1032:1, so a short file cannot fill what a huge header promises
+        out.reserve(data_len.min((raw.len() as u64).saturating_mul(1032)) as usize);
         decoder.take(data_len).read_to_end(&mut out).map_err(io_err)?;
     }
     // a short header or short data is reported by parse_idx as truncated
