@@ -161,20 +161,51 @@ def sweep(r, report):
     return {"grid": grid, "steps_per_point": steps, "workers": int(workers), "seconds": got, "speedup": speedup}
 
 
+def bench_certificates(folder):
+    """A CA and a certificate for 127.0.0.1 signed by it (openssl, P-256), for the secured runs."""
+    def ssl(*args):
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
+    ssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "ca.key",
+        "-out", "ca.pem", "-days", "2", "-subj", "/CN=cyclotron-bench-ca",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    ssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", "server.key",
+        "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    with open(os.path.join(folder, "ext.cnf"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n")
+    ssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf")
+    return [os.path.join(folder, n) for n in ("server.pem", "server.key", "ca.pem")]
+
+
 def coordinator(r, report):
-    """Heartbeat RPC latency of simulated workers, 3-replica raft commits and leader failover."""
+    """Heartbeat RPC latency of simulated workers, 3-replica raft commits and leader failover,
+    each round as an open loopback cluster and as a secured one (cluster and peer tokens on every
+    call, TLS on every connection), alternating: what security costs."""
     n = os.environ.get("BENCH_WORKERS", "1000")
-    report(f"== coordinator: {n} simulated workers heartbeating at 1 Hz over gRPC, 3-replica raft commits on loopback, leader failover ==")
-    runs = [r.run_json("coordinator", [r.bin, "bench-coordinator", "--workers", n,
-                                       "--seconds", os.environ.get("BENCH_HEARTBEAT_S", "10")])
-            for _ in range(r.rounds)]
-    hb = lambda k: [x["heartbeat"][k] for x in runs]  # noqa: E731
-    cm = lambda k: [x["commit_3_replicas"][k] for x in runs]  # noqa: E731
-    report.table(["measure (ms)", "median / worst", "target"], [
-        ["heartbeat RPC p50", h.mw(hb("p50_ms"), 2, False), ""],
-        ["heartbeat RPC p99", h.mw(hb("p99_ms"), 2, False), "< 50"],
-        ["3-replica commit p50", h.mw(cm("p50_ms"), 2, False), ""],
-        ["3-replica commit p99", h.mw(cm("p99_ms"), 2, False), "< 20"],
-        ["leader failover (stop to a new commit)", h.mw([x["failover_ms"] for x in runs], 0, False), "< 3000"],
-    ])
-    return {"runs": runs}
+    report(f"== coordinator: {n} simulated workers heartbeating at 1 Hz over gRPC, 3-replica raft commits on loopback, leader failover; open vs secured (tokens + TLS) ==")
+    base = [r.bin, "bench-coordinator", "--workers", n, "--seconds", os.environ.get("BENCH_HEARTBEAT_S", "10")]
+    with tempfile.TemporaryDirectory() as certs:
+        cert, key, ca = bench_certificates(certs)
+        variants = [
+            ("open", base),
+            ("secured", base + ["--secure", "--tls-cert", cert, "--tls-key", key, "--tls-ca", ca]),
+        ]
+        got = {name: [] for name, _ in variants}
+        for i in range(r.rounds):
+            for name, argv in h.rotated(variants, i):
+                got[name].append(r.run_json(f"coordinator-{name}", argv))
+    rows = []
+    for name in ("open", "secured"):
+        runs = got[name]
+        hb = lambda k: [x["heartbeat"][k] for x in runs]  # noqa: E731
+        cm = lambda k: [x["commit_3_replicas"][k] for x in runs]  # noqa: E731
+        rows += [
+            [f"{name}: heartbeat RPC p50", h.mw(hb("p50_ms"), 2, False), ""],
+            [f"{name}: heartbeat RPC p99", h.mw(hb("p99_ms"), 2, False), "< 50"],
+            [f"{name}: heartbeat errors", h.mw(hb("errors"), 0, False), "0"],
+            [f"{name}: 3-replica commit p50", h.mw(cm("p50_ms"), 2, False), ""],
+            [f"{name}: 3-replica commit p99", h.mw(cm("p99_ms"), 2, False), "< 20"],
+            [f"{name}: leader failover (stop to a new commit)", h.mw([x["failover_ms"] for x in runs], 0, False), "< 3000"],
+        ]
+    report.table(["measure (ms)", "median / worst", "target"], rows)
+    return {"runs": got["open"], "secured_runs": got["secured"]}

@@ -8,6 +8,10 @@
 //! - failover: stop the leader's server and raft node, time until another replica leads and has
 //!   committed a proposal.
 //!
+//! With `--secure`, everything runs as a production cluster does: a cluster token on every
+//! call (and a peer token between replicas) and, with `--tls-cert/--tls-key/--tls-ca`, TLS on
+//! every connection; `make bench` runs both and reports what security costs.
+//!
 //! Targets (DESIGN.md): p99 heartbeat < 50 ms, p99 commit < 20 ms, failover < 3 s.
 
 use std::path::PathBuf;
@@ -16,11 +20,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cyclotron_coordinator::replica::Replica;
-use cyclotron_coordinator::server::{serve, CoordinatorConfig, CoordinatorHandle};
+use cyclotron_coordinator::server::{serve, CoordinatorConfig, CoordinatorHandle, Security};
 use cyclotron_coordinator::state::{Command, Outcome};
+use cyclotron_proto::auth::{AttachToken, Token};
+use cyclotron_proto::tls::{ClientSecurity, TlsFiles};
 use cyclotron_proto::v1 as pb;
 use pb::worker_service_client::WorkerServiceClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+type Client = WorkerServiceClient<InterceptedService<Channel, AttachToken>>;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -34,6 +43,48 @@ pub struct BenchArgs {
     /// Also write the JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Run as a secured cluster: generated cluster and peer tokens on every call.
+    #[arg(long)]
+    secure: bool,
+    /// With --secure: TLS on every connection with this certificate (for 127.0.0.1), its key and
+    /// the CA that signed it.
+    #[arg(long, requires_all = ["secure", "tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
+}
+
+/// The credentials of a `--secure` run (none for a plain one).
+#[derive(Clone, Default)]
+struct Credentials {
+    token: Option<Token>,
+    peer: Option<Token>,
+    tls: TlsFiles,
+}
+
+impl Credentials {
+    fn of(args: &BenchArgs) -> anyhow::Result<Credentials> {
+        if !args.secure {
+            return Ok(Credentials::default());
+        }
+        let tls = TlsFiles {
+            cert: args.tls_cert.clone(),
+            key: args.tls_key.clone(),
+            ca: args.tls_ca.clone(),
+            client_ca: None,
+        };
+        Ok(Credentials { token: Some(Token::generate()?), peer: Some(Token::generate()?), tls })
+    }
+
+    fn server(&self) -> Security {
+        Security { cluster_token: self.token.clone(), peer_token: self.peer.clone(), tls: self.tls.clone() }
+    }
+
+    fn client(&self) -> anyhow::Result<ClientSecurity> {
+        Ok(ClientSecurity { token: self.token.clone(), tls: self.tls.client()? })
+    }
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -41,9 +92,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.workers > 0 && args.seconds > 0 && args.commits > 0,
         "--workers, --seconds and --commits must be positive"
     );
-    let heartbeat = heartbeat_load(args.workers, args.seconds).await.context("heartbeat load")?;
-    let (commit, failover_ms) = three_replicas(args.commits).await.context("3-replica cluster")?;
+    let creds = Credentials::of(&args)?;
+    let heartbeat = heartbeat_load(args.workers, args.seconds, &creds).await.context("heartbeat load")?;
+    let (commit, failover_ms) = three_replicas(args.commits, &creds).await.context("3-replica cluster")?;
     let report = serde_json::json!({
+        "secure": args.secure,
+        "tls": creds.tls.cert.is_some(),
         "heartbeat": heartbeat,
         "commit_3_replicas": commit,
         "failover_ms": failover_ms,
@@ -73,23 +127,35 @@ async fn wait_leader(handles: &[&CoordinatorHandle], within: Duration) -> anyhow
     }
 }
 
-async fn client(addr: &str) -> anyhow::Result<WorkerServiceClient<Channel>> {
-    let channel = Channel::from_shared(format!("http://{addr}"))?
+async fn client(addr: &str, security: &ClientSecurity) -> anyhow::Result<Client> {
+    let mut endpoint = Channel::from_shared(format!("{}://{addr}", security.scheme()))?
         .timeout(Duration::from_secs(5))
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect_lazy();
-    Ok(WorkerServiceClient::new(channel))
+        .tcp_nodelay(true);
+    if let Some(tls) = &security.tls {
+        endpoint = endpoint.tls_config(tls.clone())?;
+    }
+    Ok(WorkerServiceClient::with_interceptor(
+        endpoint.connect_lazy(),
+        AttachToken::new(security.token.as_ref()),
+    ))
 }
 
-async fn heartbeat_load(workers: usize, seconds: u64) -> anyhow::Result<serde_json::Value> {
+async fn heartbeat_load(
+    workers: usize,
+    seconds: u64,
+    creds: &Credentials,
+) -> anyhow::Result<serde_json::Value> {
     let dir = tempfile::tempdir()?;
-    let handle = serve(CoordinatorConfig::new("127.0.0.1:0".parse()?, dir.path().to_path_buf())).await?;
+    let mut config = CoordinatorConfig::new("127.0.0.1:0".parse()?, dir.path().to_path_buf());
+    config.security = creds.server();
+    let handle = serve(config).await?;
     wait_leader(&[&handle], Duration::from_secs(10)).await?;
     let addr = handle.addr().to_string();
+    let security = creds.client()?;
     let mut clients = Vec::with_capacity(workers);
     for _ in 0..workers {
-        clients.push(client(&addr).await?);
+        clients.push(client(&addr, &security).await?);
     }
     // register everyone (64 at a time), then heartbeat at 1 Hz with phases spread over the second
     let mut registering = tokio::task::JoinSet::new();
@@ -146,6 +212,7 @@ async fn heartbeat_load(workers: usize, seconds: u64) -> anyhow::Result<serde_js
         errors += e;
     }
     let calls = all.len();
+    anyhow::ensure!(calls > 0, "every heartbeat failed ({errors} errors): check the credentials");
     let mut out = percentiles(all);
     out["workers"] = workers.into();
     out["seconds"] = seconds.into();
@@ -156,7 +223,7 @@ async fn heartbeat_load(workers: usize, seconds: u64) -> anyhow::Result<serde_js
     Ok(out)
 }
 
-async fn three_replicas(commits: usize) -> anyhow::Result<(serde_json::Value, f64)> {
+async fn three_replicas(commits: usize, creds: &Credentials) -> anyhow::Result<(serde_json::Value, f64)> {
     let ports: Vec<std::net::TcpListener> =
         (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
     let addrs: Vec<String> =
@@ -170,6 +237,7 @@ async fn three_replicas(commits: usize) -> anyhow::Result<(serde_json::Value, f6
         let mut config = CoordinatorConfig::new(addr.parse()?, dirs[i].path().to_path_buf());
         config.id = i as u64 + 1;
         config.peers = peers.clone();
+        config.security = creds.server();
         handles.push(serve(config).await?);
     }
     let leader = wait_leader(&handles.iter().collect::<Vec<_>>(), Duration::from_secs(10)).await?;
