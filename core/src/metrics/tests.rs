@@ -1,5 +1,5 @@
 //! The `/metrics` server over real sockets: the exposition, 404 elsewhere, port 0, a taken port,
-//! shutdown; and the `--metrics-addr` parser.
+//! shutdown, the connection limit and the header timeout; and the `--metrics-addr` parser.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -79,6 +79,44 @@ fn dropping_the_server_or_its_handle_stops_it() {
         std::thread::sleep(Duration::from_millis(10));
     }
     server.shutdown();
+}
+
+#[test]
+fn silent_clients_cannot_hold_the_server() {
+    let server = serve_metrics("127.0.0.1:0".parse().unwrap(), Registry::new()).unwrap();
+    let addr = server.addr;
+    // as many connections as allowed, each sending half a request and then nothing
+    let silent: Vec<TcpStream> = (0..server::MAX_CONNECTIONS)
+        .map(|_| {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300)); // the server has accepted them all
+                                                    // one more is closed at once, unanswered
+    let mut extra = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let _ = extra.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut buf = String::new();
+    let read = extra.read_to_string(&mut buf);
+    assert!(
+        matches!(read, Ok(0)) || read.is_err(),
+        "past the limit a connection is closed, got {read:?} {buf:?}"
+    );
+    // the silent ones are cut off after the header timeout, and scrapes work again
+    let started = std::time::Instant::now();
+    for mut s in silent {
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < server::HEADER_TIMEOUT + Duration::from_secs(3),
+        "silent clients held on for {waited:?}"
+    );
+    assert_eq!(get(addr, "GET", "/metrics").unwrap().0, 200);
 }
 
 #[test]
