@@ -269,6 +269,31 @@ async fn oversized_requests_are_refused_before_anything_is_stored() {
     let e = JobServiceClient::new(ch).submit_job(big).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("at most 65536 are accepted"), "{}", e.message());
+    // a worker report whose event is larger than any event: named, before the session is looked at
+    let report = pb::ProgressReport {
+        job_id: "j".into(),
+        worker_id: "w".into(),
+        progress_json: "x".repeat(cyclotron_proto::limits::MAX_PROGRESS_JSON + 1),
+        ..Default::default()
+    };
+    let e = w.report_progress(report).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let want = format!(
+        "progress_json is {} bytes; at most {}",
+        cyclotron_proto::limits::MAX_PROGRESS_JSON + 1,
+        cyclotron_proto::limits::MAX_PROGRESS_JSON
+    );
+    assert!(e.message().contains(&want), "{}", e.message());
+    let result = pb::ResultReport {
+        job_id: "j".into(),
+        worker_id: "w".into(),
+        ok: true,
+        result_json: "x".repeat(cyclotron_proto::limits::MAX_RESULT_JSON + 1),
+        ..Default::default()
+    };
+    let e = w.report_result(result).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("result_json is "), "{}", e.message());
     assert!(s.handle.replica().state().borrow().workers.is_empty());
     assert!(s.handle.replica().state().borrow().jobs.is_empty());
     s.handle.shutdown().await.unwrap();
