@@ -11,6 +11,7 @@
 # Prints each run's test accuracy (last snapshot, ensemble) and training steps/s, and the ratios.
 #   bench/torchscript/compare.sh [LIMIT_TRAIN] [EPOCHS] [SEEDS]   (repository root, after `make setup`)
 set -euo pipefail
+. "$(cd "$(dirname "$0")" && pwd)/job.sh"   # write_job
 LIMIT=${1:-10000}
 EPOCHS=${2:-3}
 SEEDS=${3:-1}
@@ -37,34 +38,7 @@ for model in builtin ts ts_same_init; do
   if [ "$model" = builtin ]; then m='arch = "resnet18"'; else m="arch = \"torchscript\"
 torchscript = \"file://$WORK/$model.pt\"
 $TS_GROUPS"; fi
-  cat > "$model-$seed.toml" <<TOML
-name = "ts-bench-$model"
-seed = $seed
-output = "file://$WORK/store"
-[data]
-source = "fashion_mnist"
-batch_size = 128
-limit_train = $LIMIT
-limit_eval = 2000
-[model]
-$m
-[optimizer]
-kind = "sgd"
-momentum = 0.9
-[[stage]]
-lr = 0.1
-group_lrs = "same"
-cycles = $EPOCHS
-cycle_len = 1
-[ensemble]
-members = 3
-selection = "last"
-[checkpoint]
-every_epochs = 0
-[runtime]
-threads = 2
-device = "cpu"
-TOML
+  write_job "$model-$seed.toml" "ts-bench-$model" "$seed" "$m"
   "$BIN" train "$model-$seed.toml" --out "out-$model-$seed" --run "s$seed" > "train-$model-$seed.log" 2>&1 \
     || { cat "train-$model-$seed.log"; exit 1; }
 done

@@ -5,6 +5,7 @@
 # safetensors). Same data order (seed), same schedule: the two runs differ only in who runs the model.
 #   bench/torchscript/same_weights.sh [LIMIT_TRAIN] [EPOCHS] [SEED]   (repository root, after `make setup`)
 set -euo pipefail
+. "$(cd "$(dirname "$0")" && pwd)/job.sh"   # write_job
 LIMIT=${1:-10000}
 EPOCHS=${2:-3}
 SEED=${3:-1}
@@ -29,34 +30,7 @@ for model in builtin ts; do
 pretrained = \"file://$WORK/init.safetensors\""; else m="arch = \"torchscript\"
 torchscript = \"file://$WORK/ts.pt\"
 torchscript_groups = [[\"conv1\", \"bn1\", \"layer1\", \"layer2\"], [\"layer3\", \"layer4\"]]"; fi
-  cat > "$model.toml" <<TOML
-name = "ts-same-$model"
-seed = $SEED
-output = "file://$WORK/store"
-[data]
-source = "fashion_mnist"
-batch_size = 128
-limit_train = $LIMIT
-limit_eval = 2000
-[model]
-$m
-[optimizer]
-kind = "sgd"
-momentum = 0.9
-[[stage]]
-lr = 0.1
-group_lrs = "same"
-cycles = $EPOCHS
-cycle_len = 1
-[ensemble]
-members = 3
-selection = "last"
-[checkpoint]
-every_epochs = 0
-[runtime]
-threads = 2
-device = "cpu"
-TOML
+  write_job "$model.toml" "ts-same-$model" "$SEED" "$m"
   "$BIN" train "$model.toml" --out "out-$model" --run r1 > "train-$model.log" 2>&1 || { cat "train-$model.log"; exit 1; }
   grep "stage 1 epoch" "train-$model.log" | sed "s/^/$model: /"
 done

@@ -121,13 +121,28 @@ fn predict_images(args: &PredictArgs, predictor: &Predictor) -> anyhow::Result<(
         None => (None, None),
     };
 
-    let k = args.top.min(predictor.card.classes.len()) as i64;
+    let report = Report {
+        members: predictor.members.iter().map(|m| m.url.clone()).collect(),
+        tta,
+        accuracy,
+        loss,
+        predictions: ranked(&probs, &inputs.names, &predictor.card.classes, args.top)?,
+    };
+    emit(args, &report)
+}
+
+/// Each input's `top` most probable classes of `probs` [N, classes], in `names`' order.
+pub(crate) fn ranked(
+    probs: &Tensor,
+    names: &[String],
+    classes: &[String],
+    top: usize,
+) -> anyhow::Result<Vec<Prediction>> {
+    let k = top.min(classes.len()) as i64;
     let (values, indices) = probs.topk(k, -1, true, true);
-    let values: Vec<Vec<f64>> =
-        Vec::<Vec<f64>>::try_from(values.to_kind(Kind::Double)).context("probabilities")?;
-    let indices: Vec<Vec<i64>> = Vec::<Vec<i64>>::try_from(indices).context("classes")?;
-    let predictions: Vec<Prediction> = inputs
-        .names
+    let values = Vec::<Vec<f64>>::try_from(values.to_kind(Kind::Double)).context("probabilities")?;
+    let indices = Vec::<Vec<i64>>::try_from(indices).context("classes")?;
+    Ok(names
         .iter()
         .zip(values.iter().zip(&indices))
         .map(|(name, (ps, ixs))| Prediction {
@@ -136,22 +151,19 @@ fn predict_images(args: &PredictArgs, predictor: &Predictor) -> anyhow::Result<(
                 .iter()
                 .zip(ixs)
                 .map(|(&p, &i)| Ranked {
-                    class: predictor.card.classes[i as usize].clone(),
+                    class: classes[i as usize].clone(),
                     index: i as usize,
                     probability: p,
                 })
                 .collect(),
         })
-        .collect();
-    let report = Report {
-        members: predictor.members.iter().map(|m| m.url.clone()).collect(),
-        tta,
-        accuracy,
-        loss,
-        predictions,
-    };
+        .collect())
+}
+
+/// `report` as `--json`, `--csv` or the table.
+pub(crate) fn emit(args: &PredictArgs, report: &Report) -> anyhow::Result<()> {
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else if args.csv {
         println!("input,rank,class,probability");
         for p in &report.predictions {
@@ -160,7 +172,7 @@ fn predict_images(args: &PredictArgs, predictor: &Predictor) -> anyhow::Result<(
             }
         }
     } else {
-        print_table(&report);
+        print_table(report);
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use cyclotron_worker::task::tabular::regression_metrics;
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
-use crate::predict_cmd::{csv_field, print_table, PredictArgs, Prediction, Ranked, Report};
+use crate::predict_cmd::{csv_field, emit, ranked, PredictArgs, Report};
 
 #[derive(Serialize)]
 struct Value {
@@ -81,52 +81,14 @@ pub fn predict_rows(args: &PredictArgs, p: &TabularPredictor) -> anyhow::Result<
         }
         Some(classes) => {
             let metrics = target.as_ref().map(|y| cyclotron_worker::task::classification_metrics(&out, y));
-            let k = args.top.min(classes.len()) as i64;
-            let (values, indices) = out.topk(k, -1, true, true);
-            let values = Vec::<Vec<f64>>::try_from(values.to_kind(Kind::Double)).context("probabilities")?;
-            let indices = Vec::<Vec<i64>>::try_from(indices).context("classes")?;
-            let predictions = inputs
-                .names
-                .iter()
-                .zip(values.iter().zip(&indices))
-                .map(|(name, (ps, ixs))| Prediction {
-                    input: name.clone(),
-                    top: ps
-                        .iter()
-                        .zip(ixs)
-                        .map(|(&q, &i)| Ranked {
-                            class: classes[i as usize].clone(),
-                            index: i as usize,
-                            probability: q,
-                        })
-                        .collect(),
-                })
-                .collect();
             let report = Report {
                 members,
                 tta: false,
                 accuracy: metrics.as_ref().map(|m| m.accuracy),
                 loss: metrics.as_ref().map(|m| m.loss),
-                predictions,
+                predictions: ranked(&out, &inputs.names, classes, args.top)?,
             };
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else if args.csv {
-                println!("input,rank,class,probability");
-                for q in &report.predictions {
-                    for (r, t) in q.top.iter().enumerate() {
-                        println!(
-                            "{},{},{},{:.6}",
-                            csv_field(&q.input),
-                            r + 1,
-                            csv_field(&t.class),
-                            t.probability
-                        );
-                    }
-                }
-            } else {
-                print_table(&report);
-            }
+            emit(args, &report)?;
             if inputs.table.unseen > 0 {
                 eprintln!(
                     "{} categorical values were not seen in training (predicted as unknown)",

@@ -34,6 +34,30 @@ pub fn fashion_mnist_present() -> bool {
     present
 }
 
+/// The venv's python (`CYCLOTRON_VENV`, else setup's default), which has torch.
+pub fn venv_python() -> PathBuf {
+    let venv = std::env::var_os("CYCLOTRON_VENV").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cyclotron/torch-2.11.0")
+    });
+    venv.join("bin/python")
+}
+
+/// `tests/fixtures/torchscript_fixtures.py ARGS…` in the venv, run in `cwd`: the JSON it printed
+/// (`Null` when it printed nothing); a failure panics with its stderr.
+pub fn torchscript_fixtures(args: &[&str], cwd: &std::path::Path) -> serde_json::Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/torchscript_fixtures.py");
+    let out =
+        Command::new(venv_python()).arg(script).args(args).current_dir(cwd).output().unwrap_or_else(|e| {
+            panic!("{}: {e} (make setup creates the venv with torch)", venv_python().display())
+        });
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
 /// A child process that is killed when dropped.
 pub struct Proc(pub Option<Child>);
 

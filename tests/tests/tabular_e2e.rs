@@ -6,11 +6,10 @@
 //! (scripted at test time by the venv's torch), whose snapshots load back into PyTorch; a
 //! classification on the same table; and the bad inputs the tabular path must name.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
-use cyclotron_tests::run;
+use cyclotron_tests::{run, torchscript_fixtures};
 
 /// Days from 2021-01-01 (a Friday) with their date text, for two years.
 fn days() -> Vec<(String, u32, u32)> {
@@ -60,6 +59,18 @@ fn write_sales(dir: &Path) {
         }
     }
     std::fs::write(dir.join("sales.csv"), csv).unwrap();
+}
+
+/// The test months' rows of `dir/sales.csv` (from 2022-10-01) written to `dir/test.csv`: the
+/// header and those rows.
+fn write_test_months(dir: &Path) -> (String, Vec<String>) {
+    let all = std::fs::read_to_string(dir.join("sales.csv")).unwrap();
+    let mut lines = all.lines();
+    let header = lines.next().unwrap().to_string();
+    let test: Vec<String> =
+        lines.filter(|l| l.split(',').nth(1).unwrap() >= "2022-10-01").map(String::from).collect();
+    std::fs::write(dir.join("test.csv"), format!("{header}\n{}\n", test.join("\n"))).unwrap();
+    (header, test)
 }
 
 fn spec(extra_data: &str, stages: &str) -> String {
@@ -130,11 +141,7 @@ fn entity_embeddings_learn_daily_sales_and_keep_their_preprocessing() {
 
     // `predict` of the test months' rows repeats the run's evaluation: the same preprocessing
     // (from the snapshots), the same ensemble, the same RMSPE
-    let all = std::fs::read_to_string(work.path().join("sales.csv")).unwrap();
-    let mut lines = all.lines();
-    let header = lines.next().unwrap();
-    let test: Vec<&str> = lines.filter(|l| l.split(',').nth(1).unwrap() >= "2022-10-01").collect();
-    std::fs::write(work.path().join("test.csv"), format!("{header}\n{}\n", test.join("\n"))).unwrap();
+    let (header, test) = write_test_months(work.path());
     let pred = run(&["predict", "out", "test.csv", "--json"], work.path(), Duration::from_secs(120));
     assert_eq!(pred.code, Some(0), "stdout:\n{}\nstderr:\n{}", pred.stdout, pred.stderr);
     let p: serde_json::Value = serde_json::from_str(&pred.stdout).unwrap();
@@ -144,8 +151,8 @@ fn entity_embeddings_learn_daily_sales_and_keep_their_preprocessing() {
     let (ours, theirs) = (p["rmspe"].as_f64().unwrap(), r["ensemble"]["rmspe"].as_f64().unwrap());
     assert!((ours - theirs).abs() < 1e-5, "predict RMSPE {ours} vs the run's {theirs}");
     // without the target column: predictions only, the same values; as CSV
-    let features: Vec<String> = std::iter::once(header)
-        .chain(test.iter().copied())
+    let features: Vec<String> = std::iter::once(header.as_str())
+        .chain(test.iter().map(String::as_str))
         .map(|l| l.rsplit_once(',').unwrap().0.to_string())
         .collect();
     std::fs::write(work.path().join("new.csv"), features.join("\n") + "\n").unwrap();
@@ -166,34 +173,12 @@ fn entity_embeddings_learn_daily_sales_and_keep_their_preprocessing() {
     assert!(flag.stderr.contains("--resize applies to image runs"), "{}", flag.stderr);
 }
 
-fn python() -> PathBuf {
-    let venv = std::env::var_os("CYCLOTRON_VENV").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cyclotron/torch-2.11.0")
-    });
-    venv.join("bin/python")
-}
-
-/// `tests/fixtures/torchscript_fixtures.py ARGS…` in the venv; its JSON output (Null when none).
-fn fixtures(args: &[&str], cwd: &Path) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/torchscript_fixtures.py");
-    let out =
-        Command::new(python()).arg(script).args(args).current_dir(cwd).output().unwrap_or_else(|e| {
-            panic!("{}: {e} (make setup creates the venv with torch)", python().display())
-        });
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.trim().is_empty() {
-        return serde_json::Value::Null;
-    }
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
 #[test]
 fn a_users_torchscript_module_learns_the_table_and_loads_back_into_pytorch() {
     let work = tempfile::tempdir().unwrap();
     write_sales(work.path());
     let modules = work.path().join("modules");
-    fixtures(&["make", modules.to_str().unwrap()], work.path());
+    torchscript_fixtures(&["make", modules.to_str().unwrap()], work.path());
     let job = |file: &str| {
         spec("", SGDR).replace(
             "arch = \"entity_embeddings\"\n[model.tabular]\nlayers = [64, 32]\ndropout = [0.0, 0.0]\nemb_dropout = 0.0\n",
@@ -231,7 +216,7 @@ fn a_users_torchscript_module_learns_the_table_and_loads_back_into_pytorch() {
         assert!(blobs.contains(&want), "{want} missing from {blobs:?}");
     }
     let module = modules.join("tabular.pt");
-    let theirs = fixtures(
+    let theirs = torchscript_fixtures(
         &["check_rows", module.to_str().unwrap(), snapshot.to_str().unwrap(), "8", "64", "1"],
         work.path(),
     );
@@ -243,11 +228,7 @@ fn a_users_torchscript_module_learns_the_table_and_loads_back_into_pytorch() {
         assert!((x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-5, "{a:?} vs {b:?}");
     }
     // predict of the test months repeats the run's evaluation through the snapshots' modules
-    let all = std::fs::read_to_string(work.path().join("sales.csv")).unwrap();
-    let mut lines = all.lines();
-    let header = lines.next().unwrap();
-    let test: Vec<&str> = lines.filter(|l| l.split(',').nth(1).unwrap() >= "2022-10-01").collect();
-    std::fs::write(work.path().join("test.csv"), format!("{header}\n{}\n", test.join("\n"))).unwrap();
+    write_test_months(work.path());
     let pred = run(&["predict", "out", "test.csv", "--json"], work.path(), Duration::from_secs(120));
     assert_eq!(pred.code, Some(0), "stdout:\n{}\nstderr:\n{}", pred.stdout, pred.stderr);
     let p: serde_json::Value = serde_json::from_str(&pred.stdout).unwrap();

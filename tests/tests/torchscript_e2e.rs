@@ -8,11 +8,11 @@
 //! resumes exactly from a checkpoint, and two data-parallel ranks train it like one process.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use cyclotron_tests::{cyclotron_bin, fashion_mnist_present, run, Proc};
+use cyclotron_tests::{cyclotron_bin, fashion_mnist_present, run, torchscript_fixtures, Proc};
 
 const TEST_IMAGES: &str = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";
 /// Test images compared between Cyclotron and PyTorch.
@@ -57,30 +57,6 @@ device = "cpu"
     )
 }
 
-fn python() -> PathBuf {
-    let venv = std::env::var_os("CYCLOTRON_VENV").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cyclotron/torch-2.11.0")
-    });
-    venv.join("bin/python")
-}
-
-fn fixtures_script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/torchscript_fixtures.py")
-}
-
-fn python_json(args: &[&str], cwd: &Path) -> serde_json::Value {
-    let out =
-        Command::new(python()).arg(fixtures_script()).args(args).current_dir(cwd).output().unwrap_or_else(
-            |e| panic!("{}: {e} (make setup creates the venv with torch)", python().display()),
-        );
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.trim().is_empty() {
-        return serde_json::Value::Null;
-    }
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
 /// The first `n` images of the test set as an idx file.
 fn first_test_images(n: usize) -> Vec<u8> {
     let mut all = vec![];
@@ -100,7 +76,7 @@ fn a_scripted_cnn_trains_and_loads_back_into_pytorch() {
     }
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
-    python_json(&["make", dir.join("modules").to_str().unwrap()], dir);
+    torchscript_fixtures(&["make", dir.join("modules").to_str().unwrap()], dir);
     let module = dir.join("modules/cnn.pt");
     std::fs::write(dir.join("job.toml"), job(&module)).unwrap();
     let ran = run(&["train", "job.toml", "--out", "out", "--run", "r1"], dir, Duration::from_secs(900));
@@ -127,7 +103,7 @@ fn a_scripted_cnn_trains_and_loads_back_into_pytorch() {
     let classes: Vec<&str> =
         card["classes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
     let n = N.to_string();
-    let theirs = python_json(
+    let theirs = torchscript_fixtures(
         &["check", module.to_str().unwrap(), snapshot.to_str().unwrap(), "eval-idx3-ubyte", &n],
         dir,
     );
@@ -177,7 +153,7 @@ fn a_scripted_cnn_resumes_exactly() {
     }
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
-    python_json(&["make", dir.join("modules").to_str().unwrap()], dir);
+    torchscript_fixtures(&["make", dir.join("modules").to_str().unwrap()], dir);
     let spec = format!(
         r#"name = "ts-resume"
 seed = 11
@@ -246,7 +222,7 @@ fn two_ranks_train_a_scripted_cnn_like_one_process_with_twice_the_batch() {
     }
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
-    python_json(&["make", dir.join("modules").to_str().unwrap()], dir);
+    torchscript_fixtures(&["make", dir.join("modules").to_str().unwrap()], dir);
     let spec = |batch: usize| {
         let text = format!(
             "name = \"ts-dp\"\nseed = 3\noutput = \"file://./store\"\n[data]\nsource = \"fashion_mnist\"\n\

@@ -110,13 +110,15 @@ impl ScriptModule {
     /// the module fails or returns another shape.
     pub fn forward_rows(&self, cats: &Tensor, conts: &Tensor, train: bool) -> Result<Tensor> {
         let n = self.num_classes;
+        // formatted only for an error: this runs every training step
         let wanted =
-            if n == 1 { "[B] or [B, 1] (a regression)".to_string() } else { format!("logits [B, {n}]") };
+            || if n == 1 { "[B] or [B, 1] (a regression)".to_string() } else { format!("logits [B, {n}]") };
         let out = self.call(&[cats, conts], train)?.map_err(|e| {
             invalid(format!(
-                "forward failed on cats {:?} (int64 level indices) and conts {:?} (float32); it must take (cats, conts) and return {wanted}: {}",
+                "forward failed on cats {:?} (int64 level indices) and conts {:?} (float32); it must take (cats, conts) and return {}: {}",
                 cats.size(),
                 conts.size(),
+                wanted(),
                 brief(&e)
             ))
         })?;
@@ -127,7 +129,7 @@ impl ScriptModule {
             [x, c] if n > 1 && *x == b && *c == n => Ok(out),
             other => Err(invalid(format!(
                 "forward returned {other:?} for {b} rows, expected {}",
-                wanted.replace('B', &b.to_string())
+                wanted().replace('B', &b.to_string())
             ))),
         }
     }
