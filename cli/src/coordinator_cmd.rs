@@ -7,7 +7,8 @@
 //! cyclotron coordinator --listen 0.0.0.0:7070 --data-dir DIR --id 2 \
 //!     --peers 1=10.0.0.1:7070,2=10.0.0.2:7070,3=10.0.0.3:7070
 //! ```
-//! It prints `listening on ADDR` (one line on stdout) once it serves; port 0 picks a free port
+//! It prints `listening on ADDR` (one line on stdout) once it serves, then `web view at URL` with
+//! `--web-addr`; port 0 picks a free port
 //! (one replica only: with peers, every replica's address is in the list).
 
 mod bench;
@@ -74,6 +75,11 @@ pub struct CoordinatorArgs {
     /// probes cannot speak TLS. Ready (SERVING) only while a raft leader is known.
     #[arg(long, value_name = "ADDR")]
     health_listen: Option<SocketAddr>,
+    /// Serve the web view (cluster, jobs, live charts, the straggler) at http://ADDR/ (`HOST:PORT`,
+    /// port 0 picks one). Loopback only unless the cluster has a token, which the browser is then
+    /// asked for (any user name, the token as password).
+    #[arg(long, value_name = "ADDR")]
+    web_addr: Option<SocketAddr>,
 }
 
 fn parse_peer(text: &str) -> Result<(u64, String), String> {
@@ -129,6 +135,14 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     };
     let mut handle = serve(config).await?;
     println!("listening on {}", handle.addr());
+    let _web = match args.web_addr {
+        Some(addr) => {
+            let web = handle.serve_web(addr).await?;
+            println!("web view at {}", web.url());
+            Some(web)
+        }
+        None => None,
+    };
     if let Some(server) = &exposition {
         tokio::spawn(metrics.follow(handle.replica()));
         println!("metrics at {}", server.url());

@@ -9,12 +9,14 @@
 //! [`state::ClusterState::apply`].
 
 pub mod leases;
+pub mod live;
 pub mod metrics;
 pub mod plan;
 pub mod raft;
 pub mod scheduler;
 pub mod server;
 pub mod state;
+pub mod web;
 
 pub use plan::{plan, Task};
 pub mod replica;

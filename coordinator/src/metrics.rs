@@ -70,6 +70,8 @@ pub struct CoordinatorMetrics {
     workers: IntGaugeVec,
     jobs: IntGaugeVec,
     tasks: IntGaugeVec,
+    stragglers: IntGauge,
+    straggler_rank: IntGaugeVec,
     raft_term: IntGauge,
     raft_is_leader: IntGauge,
     raft_commit_index: IntGauge,
@@ -107,6 +109,12 @@ impl CoordinatorMetrics {
         let m = CoordinatorMetrics {
             workers: gauge_vec(names::WORKERS, "Registered workers by state.", &[LABEL_STATE]),
             jobs: gauge_vec(names::JOBS, "Jobs by state.", &[LABEL_STATE]),
+            stragglers: gauge(names::STRAGGLERS, "Running groups in which the straggler rule names a rank."),
+            straggler_rank: gauge_vec(
+                names::STRAGGLER_RANK,
+                "The rank the straggler rule names (series only while named), by job, task and bound.",
+                &[names::LABEL_JOB, "task", "bound"],
+            ),
             tasks: gauge_vec(
                 names::TASKS,
                 "Tasks of all jobs by kind and state.",
@@ -164,6 +172,20 @@ impl CoordinatorMetrics {
                 self.tasks.with_label_values(&[*kind, *st]).set(n);
             }
         }
+        // named stragglers of running groups; the series of groups no longer slow disappear
+        self.straggler_rank.reset();
+        let mut stragglers = 0;
+        for (id, j) in &state.jobs {
+            for (i, t) in j.tasks.iter().enumerate() {
+                if let (TaskStatus::Running { .. }, Some(crate::state::JobEvent::Straggler { rank: Some(r), bound, .. })) =
+                    (&t.status, &t.straggler)
+                {
+                    stragglers += 1;
+                    self.straggler_rank.with_label_values(&[id.as_str(), &i.to_string(), bound]).set(i64::from(*r));
+                }
+            }
+        }
+        self.stragglers.set(stragglers);
         let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.raft_term.set(as_i64(replica.term));
         self.raft_is_leader.set(i64::from(replica.is_leader));

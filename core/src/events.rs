@@ -49,6 +49,22 @@ pub enum TrainEvent {
         accuracy: f64,
         url: String,
     },
+    /// The training steps since the previous summary (about one a second, every rank): the global
+    /// step reached, how many steps the window held, their mean loss, the schedule's last learning
+    /// rate, and this rank's mean seconds per step: the whole step, the wait for its batch before
+    /// it, and gradient averaging within it (waiting for the slowest peer shows up there). What
+    /// the coordinator's live view and straggler summary are made of; not committed.
+    Steps {
+        stage: usize,
+        step: u64,
+        steps: u32,
+        #[serde(with = "crate::serde_nan")]
+        loss: f64,
+        lr: f64,
+        step_seconds: f64,
+        data_seconds: f64,
+        comm_seconds: f64,
+    },
     /// The run continued from a committed checkpoint instead of starting over.
     Resumed { stage: usize, epoch: u32, step: u64, checkpoint: String },
     /// The run failed; `permanent` when a restart cannot help (invalid spec or data, divergence).

@@ -254,6 +254,7 @@ pub fn metrics_overhead(
             samples: batch_size as u64,
             seconds: stepped.elapsed().as_secs_f64(),
             data_seconds: waited.elapsed().as_secs_f64(),
+            comm_seconds: 0.0,
         };
         Observer::on_event(&mut obs, std::hint::black_box(&e));
     }

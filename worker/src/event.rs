@@ -27,7 +27,8 @@ pub enum Event {
     },
     /// One optimiser step: `lr` is the schedule's, `lrs` each layer group's; `samples` the items
     /// this rank trained on (images, rows, tokens); `seconds` the step itself, `data_seconds` the
-    /// wait for its batch before it.
+    /// wait for its batch before it, `comm_seconds` the part of the step spent averaging gradients
+    /// with the group (which includes waiting for the slowest rank; 0 alone).
     Step {
         stage: usize,
         step: u64,
@@ -37,6 +38,7 @@ pub enum Event {
         samples: u64,
         seconds: f64,
         data_seconds: f64,
+        comm_seconds: f64,
     },
     EpochEnd {
         record: EpochRecord,

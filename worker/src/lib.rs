@@ -21,6 +21,7 @@ pub mod distributed;
 pub mod ensemble;
 pub mod error;
 pub mod evaluate;
+pub mod fault;
 pub mod event;
 pub mod job;
 pub mod learner;

@@ -62,6 +62,10 @@ pub struct LocalArgs {
     /// coordinator at PORT+N (N workers).
     #[arg(long, value_name = "PORT")]
     metrics_base_port: Option<u16>,
+    /// Serve the coordinator's web view at http://ADDR/ while the job runs (`HOST:PORT` on
+    /// loopback; `--web` alone picks a free port). Its address is printed on stderr.
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:0")]
+    web: Option<String>,
 }
 
 /// A process this command started: killed (with its group) when dropped.
@@ -81,6 +85,8 @@ struct LocalCluster {
     coordinator: Option<Proc>,
     workers: Vec<Proc>,
     addr: String,
+    /// The web view's URL (`--web`).
+    web: Option<String>,
     /// The cluster's own token (its file lives in the data folder).
     token: Token,
     _data_dir: tempfile::TempDir,
@@ -104,7 +110,8 @@ fn log_tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Copy `r` into `log` line by line, sending the address of a "listening on ADDR" line to `tx`.
+/// Copy `r` into `log` line by line, sending the address of a "listening on ADDR" line and the
+/// URL of a "web view at URL" line to `tx`, in order.
 fn pump(
     r: impl std::io::Read + Send + 'static,
     log: Arc<Mutex<std::fs::File>>,
@@ -113,7 +120,8 @@ fn pump(
     std::thread::spawn(move || {
         for line in BufReader::new(r).lines() {
             let Ok(line) = line else { break };
-            if let (Some(tx), Some(rest)) = (&tx, line.split("listening on ").nth(1)) {
+            let said = line.split("listening on ").nth(1).or_else(|| line.split("web view at ").nth(1));
+            if let (Some(tx), Some(rest)) = (&tx, said) {
                 if let Some(addr) = rest.split_whitespace().next() {
                     let _ = tx.send(addr.to_string());
                 }
@@ -130,6 +138,7 @@ impl LocalCluster {
         logs: &Path,
         lease_ms: Option<u64>,
         metrics_base_port: Option<u16>,
+        web: Option<&str>,
     ) -> anyhow::Result<LocalCluster> {
         let data_dir =
             tempfile::Builder::new().prefix("cyclotron-local-").tempdir().context("temporary folder")?;
@@ -152,6 +161,9 @@ impl LocalCluster {
         if let Some(ms) = lease_ms {
             cmd.args(["--lease-ms", &ms.to_string()]);
         }
+        if let Some(addr) = web {
+            cmd.args(["--web-addr", addr]);
+        }
         if let Some(base) = metrics_base_port {
             // the coordinator after the workers: PORT+N
             let port = u16::try_from(usize::from(base) + workers)
@@ -168,9 +180,15 @@ impl LocalCluster {
         }
         let mut coordinator = Proc { name: "coordinator".into(), child, log: log_path };
         let started = Instant::now();
+        let mut said = vec![];
+        let wanted = if web.is_some() { 2 } else { 1 };
         let addr = loop {
-            if let Ok(addr) = rx.recv_timeout(Duration::from_millis(100)) {
-                break addr;
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+                said.push(line);
+                if said.len() == wanted {
+                    break said[0].clone();
+                }
+                continue;
             }
             if let Some(status) = coordinator.exited() {
                 anyhow::bail!(
@@ -191,6 +209,7 @@ impl LocalCluster {
             coordinator: Some(coordinator),
             workers: vec![],
             addr,
+            web: said.get(1).cloned(),
             token,
             _data_dir: data_dir,
         };
@@ -295,20 +314,28 @@ pub fn local(args: LocalArgs, quiet: bool) -> anyhow::Result<()> {
         &logs,
         args.lease_ms,
         args.metrics_base_port,
+        args.web.as_deref(),
     )?));
-    let (addr, token) = {
+    let (addr, token, web) = {
         let c = cluster.lock().unwrap_or_else(|e| e.into_inner());
-        (c.addr.clone(), c.token.clone())
+        (c.addr.clone(), c.token.clone(), c.web.clone())
     };
     let client = Coordinators::with_security(
         std::slice::from_ref(&addr),
         Deadlines::new(Duration::from_secs(5), Duration::from_secs(30)),
-        ClientSecurity { token: Some(token), tls: None },
+        ClientSecurity { token: Some(token.clone()), tls: None },
     )?;
     let mode = if args.json { Mode::Json } else { Mode::Human { quiet } };
     let rt = runtime()?;
     let outcome: anyhow::Result<(String, TrainResults)> = rt.block_on(async {
         let job = submit_spec(&client, spec_toml, workers_per_run, args.max_restarts).await?;
+        if let Some(url) = &web {
+            // on stderr even with --json (scripts and tests read it there); the link logs the
+            // browser in with this cluster's token, which lives no longer than the cluster
+            let mut link = url::Url::parse(url).context("the coordinator's web view URL")?.join("login")?;
+            link.query_pairs_mut().append_pair("token", token.expose()).append_pair("next", &format!("/jobs/{job}"));
+            eprintln!("web view at {link}");
+        }
         if !quiet && !args.json {
             eprintln!(
                 "job {job}: a coordinator on {addr} and {} workers ({workers_per_run} per run, {threads} threads each); logs in {}",

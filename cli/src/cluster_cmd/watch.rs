@@ -196,6 +196,7 @@ impl Display {
                 "task {} torn down (generation {}): {}; it restarts (a run from its last checkpoint)",
                 t.task, t.generation, t.reason
             )),
+            Event::Straggler(s) => self.note(&format!("task {}: {}", s.task, s.summary)),
             Event::SweepConcluded(c) => {
                 for line in &c.candidates {
                     self.note(&format!("  swept {line}"));
@@ -246,6 +247,11 @@ pub fn event_json(index: u64, e: &Event) -> serde_json::Value {
         }),
         Event::TaskRestarted(t) => json!({
             "index": index, "type": "task_restarted", "task": t.task, "generation": t.generation, "reason": t.reason,
+        }),
+        Event::Straggler(s) => json!({
+            "index": index, "type": "straggler", "task": s.task, "generation": s.generation,
+            "named": s.named, "rank": s.named.then_some(s.rank), "worker": s.worker, "bound": s.bound,
+            "summary": s.summary,
         }),
         Event::SweepConcluded(c) => json!({
             "index": index, "type": "sweep_concluded", "chosen": c.chosen, "lr": num(c.lr), "candidates": c.candidates,

@@ -3,9 +3,11 @@
 use cyclotron_proto::v1 as pb;
 use pb::job_event::Event;
 
+use crate::live::Live;
 use crate::state::{JobEvent, JobState, TaskStatus};
 
-pub(crate) fn job(id: &str, j: &JobState) -> pb::Job {
+/// Job `id` as the wire shows it; `live` (the leader's memory) adds each running task's ranks.
+pub(crate) fn job(id: &str, j: &JobState, live: Option<&Live>) -> pb::Job {
     pb::Job {
         job_id: id.to_string(),
         name: j.spec.name.clone(),
@@ -14,7 +16,8 @@ pub(crate) fn job(id: &str, j: &JobState) -> pb::Job {
         tasks: j
             .tasks
             .iter()
-            .map(|t| {
+            .enumerate()
+            .map(|(i, t)| {
                 let (workers, generation) = match &t.status {
                     TaskStatus::Running { workers, generation } => (workers.clone(), *generation),
                     _ => (vec![], u64::from(t.restarts)),
@@ -31,6 +34,35 @@ pub(crate) fn job(id: &str, j: &JobState) -> pb::Job {
                     workers,
                     generation,
                     restarts: t.restarts,
+                    straggler: match &t.straggler {
+                        Some(JobEvent::Straggler { rank: Some(rank), worker, bound, summary, .. })
+                            if status == "running" =>
+                        {
+                            Some(pb::Straggler {
+                                rank: *rank,
+                                worker: worker.clone(),
+                                bound: bound.clone(),
+                                summary: summary.clone(),
+                            })
+                        }
+                        _ => None,
+                    },
+                    ranks: match live.and_then(|l| l.task(id, i)) {
+                        Some(l) if status == "running" && l.generation == generation => l
+                            .stats()
+                            .into_iter()
+                            .map(|r| pb::RankStats {
+                                rank: r.rank,
+                                worker: r.worker,
+                                step: r.step,
+                                step_ms: r.step_s * 1e3,
+                                data_ms: r.data_s * 1e3,
+                                comm_ms: r.comm_s * 1e3,
+                                busy_ms: r.busy_s * 1e3,
+                            })
+                            .collect(),
+                        _ => vec![],
+                    },
                 }
             })
             .collect(),
@@ -69,6 +101,17 @@ pub(crate) fn event(index: u64, e: &JobEvent) -> pb::JobEvent {
         }
         JobEvent::SweepConcluded { chosen, lr, candidates } => {
             Event::SweepConcluded(pb::SweepConcluded { chosen, lr, candidates })
+        }
+        JobEvent::Straggler { task, generation, rank, worker, bound, summary } => {
+            Event::Straggler(pb::StragglerNamed {
+                task,
+                generation,
+                named: rank.is_some(),
+                rank: rank.unwrap_or_default(),
+                worker,
+                bound,
+                summary,
+            })
         }
         JobEvent::Ended { status, reason } => Event::Ended(pb::JobEnded { status, reason }),
     };

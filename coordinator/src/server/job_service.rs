@@ -133,7 +133,7 @@ impl Jobs {
         check_len("job_id", &id, MAX_ID_LEN)?;
         let state = self.shared.state();
         let j = state.jobs.get(&id).ok_or_else(|| unknown_job(&id))?;
-        Ok(Response::new(events::job(&id, j)))
+        Ok(Response::new(events::job(&id, j, Some(&self.shared.live()))))
     }
 
     async fn do_list_jobs(
@@ -143,7 +143,8 @@ impl Jobs {
         let state = self.shared.state();
         let mut jobs: Vec<_> = state.jobs.iter().collect();
         jobs.sort_by_key(|(id, j)| (j.submitted_ms, id.as_str()));
-        let jobs = jobs.into_iter().map(|(id, j)| events::job(id, j)).collect();
+        let live = self.shared.live();
+        let jobs = jobs.into_iter().map(|(id, j)| events::job(id, j, Some(&live))).collect();
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 
@@ -171,7 +172,7 @@ impl Jobs {
         self.shared.commit(Command::CancelJob { job: req.job_id.clone(), reason }).await?;
         let state = self.shared.state();
         let j = state.jobs.get(&req.job_id).ok_or_else(|| unknown_job(&req.job_id))?;
-        Ok(Response::new(events::job(&req.job_id, j)))
+        Ok(Response::new(events::job(&req.job_id, j, Some(&self.shared.live()))))
     }
 
     async fn do_watch_job(

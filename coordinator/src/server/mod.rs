@@ -42,6 +42,7 @@ use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::leases::Leases;
+use crate::live::Live;
 use crate::raft::{Peer, RaftConfig, RaftNode};
 use crate::replica::{ProposeError, Replica, ReplicaStatus};
 use crate::state::{ClusterState, Command, Outcome};
@@ -123,6 +124,8 @@ pub(crate) struct Shared {
     /// Leader memory; a `std` mutex never held across `.await`.
     pub leases: Mutex<Leases>,
     pub rendezvous: rendezvous::Rendezvous,
+    /// Leader memory: every running rank's step summaries (the live view, the straggler rule).
+    pub live: Arc<Mutex<Live>>,
     pub config: CoordinatorConfig,
     /// Turns true at shutdown: long calls (watch streams, rendezvous) end so the server can stop.
     pub stopping: watch::Receiver<bool>,
@@ -134,6 +137,7 @@ impl Shared {
             replica,
             leases: Mutex::new(Leases::default()),
             rendezvous: Default::default(),
+            live: Default::default(),
             config,
             stopping,
         }
@@ -190,6 +194,11 @@ impl Shared {
 
     fn leases(&self) -> std::sync::MutexGuard<'_, Leases> {
         self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The live step summaries (never held across `.await`).
+    pub fn live(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -250,6 +259,16 @@ impl CoordinatorHandle {
     /// Workers holding a lease in this replica's memory (the leader's view; empty on followers).
     pub fn leased_workers(&self) -> usize {
         self.shared.leases().len()
+    }
+
+    /// The leader's live step summaries (the web view, the straggler metric).
+    pub fn live(&self) -> Arc<Mutex<Live>> {
+        self.shared.live.clone()
+    }
+
+    /// Serve the web view at `addr` (see [`crate::web`]) until the coordinator stops.
+    pub async fn serve_web(&self, addr: SocketAddr) -> Result<crate::web::WebServer, crate::web::WebError> {
+        crate::web::serve(self.shared.clone(), addr, self.shared.config.security.cluster_token.as_ref()).await
     }
 
     /// Rendezvous rounds held in the leader's memory.

@@ -572,3 +572,191 @@ async fn shutdown_ends_open_watch_streams_instead_of_waiting_for_them() {
         other => panic!("the stream should end with UNAVAILABLE, got {other:?}"),
     }
 }
+
+/// One rank's step summary as a worker sends it.
+fn steps(c: &Cluster, worker: &str, a: &pb::Assignment, step: u64, step_s: f64, comm_s: f64) -> pb::ProgressReport {
+    let json = serde_json::json!({
+        "type": "steps", "stage": 0, "step": step, "steps": 4, "loss": 1.0 / step as f64, "lr": 0.1,
+        "step_seconds": step_s, "data_seconds": 0.001, "comm_seconds": comm_s,
+    });
+    pb::ProgressReport {
+        worker_id: worker.into(),
+        job_id: a.job_id.clone(),
+        task: a.task,
+        generation: a.generation,
+        progress_json: json.to_string(),
+        session: session(&c.sessions, worker),
+    }
+}
+
+/// `GET path` (raw HTTP/1.1, one request per connection): status line, headers and body.
+async fn http(addr: std::net::SocketAddr, request: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![];
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await.expect("an answer in 10 s").unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+fn get(path: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{extra}\r\n")
+}
+
+#[tokio::test]
+async fn a_slow_rank_is_named_in_status_events_and_the_web_view_and_unnamed_when_it_recovers() {
+    let mut c = start(10_000).await;
+    let web = c.handle.serve_web("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    register(&mut c, "w1").await;
+    register(&mut c, "w2").await;
+    let id = submit(&mut c, 2).await;
+    let a1 = assigned(&c, "w1").await;
+    let a2 = assigned(&c, "w2").await;
+    // rank 1 (w2) computes 200 ms longer per step; rank 0 waits for it in gradient averaging
+    for i in 1..=2 {
+        c.workers.report_progress(steps(&c, "w1", &a1, 4 * i, 0.25, 0.2)).await.unwrap();
+        c.workers.report_progress(steps(&c, "w2", &a2, 4 * i, 0.25, 0.001)).await.unwrap();
+    }
+    let j = job(&mut c, &id).await;
+    assert!(j.tasks[0].straggler.is_none(), "two summaries are too few to name anyone");
+    assert_eq!(j.tasks[0].ranks.len(), 2, "{:?}", j.tasks[0]);
+    c.workers.report_progress(steps(&c, "w1", &a1, 12, 0.25, 0.2)).await.unwrap();
+    c.workers.report_progress(steps(&c, "w2", &a2, 12, 0.25, 0.001)).await.unwrap();
+    let j = job(&mut c, &id).await;
+    let s = j.tasks[0].straggler.clone().expect("rank 1 named once every rank sent 3 summaries");
+    assert_eq!((s.rank, s.worker.as_str(), s.bound.as_str()), (1, "w2", "compute"));
+    assert!(s.summary.contains("rank 1 (w2)") && s.summary.contains("wait 200 ms"), "{}", s.summary);
+    let r1 = &j.tasks[0].ranks[1];
+    assert_eq!((r1.rank, r1.step), (1, 12));
+    assert!((r1.busy_ms - 250.0).abs() < 1.0 && (j.tasks[0].ranks[0].busy_ms - 51.0).abs() < 1.0, "{:?}", j.tasks[0].ranks);
+    // the naming is committed: watch streams it, and only once while it holds
+    c.workers.report_progress(steps(&c, "w2", &a2, 16, 0.25, 0.001)).await.unwrap();
+    let named = |c: &Cluster| {
+        let state = c.handle.replica().state().borrow().clone();
+        state.jobs[&id]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                crate::state::JobEvent::Straggler { rank, .. } => Some(*rank),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(named(&c), vec![Some(1)]);
+    // the web view names it on the cluster and job pages, and draws the live loss
+    let (status, _, body) = http(web.addr, &get("/", "")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains(&id) && body.contains("w1") && body.contains("rank 1 (w2) is the straggler"), "{body}");
+    let (status, _, body) = http(web.addr, &get(&format!("/jobs/{id}"), "")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains(r#"<tr class=slow><td>1</td><td>w2</td>"#), "{body}");
+    assert!(body.contains(r#"<b id="step">16</b>"#) || body.contains(r#"<b id="step">12</b>"#), "{body}");
+    assert!(body.contains(r#"data-series="run""#) || body.contains("<polyline"), "a live loss curve: {body}");
+    let (status, _, json) = http(web.addr, &get(&format!("/api/jobs/{id}"), "")).await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["tasks"][0]["straggler"]["rank"], 1, "{v}");
+    assert_eq!(v["tasks"][0]["ranks"].as_array().map(Vec::len), Some(2), "{v}");
+    // rank 1 recovers: after a window of even summaries nobody is named, and that is committed too
+    for i in 0..crate::live::WINDOW as u64 {
+        c.workers.report_progress(steps(&c, "w1", &a1, 20 + 4 * i, 0.05, 0.001)).await.unwrap();
+        c.workers.report_progress(steps(&c, "w2", &a2, 20 + 4 * i, 0.05, 0.001)).await.unwrap();
+    }
+    assert!(job(&mut c, &id).await.tasks[0].straggler.is_none());
+    assert_eq!(named(&c), vec![Some(1), None]);
+    // nonsense summaries are refused by name, and a stranger's by its session
+    let mut bad = steps(&c, "w1", &a1, 99, -1.0, 0.0);
+    assert_eq!(c.workers.report_progress(bad.clone()).await.unwrap_err().code(), Code::InvalidArgument);
+    bad.progress_json = r#"{"type":"steps","stage":0}"#.into();
+    let e = c.workers.report_progress(bad).await.unwrap_err();
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("step summary"), "{e:?}");
+    let mut stranger = steps(&c, "w1", &a1, 99, 0.1, 0.0);
+    stranger.session = "0".repeat(64);
+    assert_eq!(c.workers.report_progress(stranger).await.unwrap_err().code(), Code::PermissionDenied);
+    // unknown pages are 404s that say so
+    let (status, _, body) = http(web.addr, &get("/jobs/nope", "")).await;
+    assert!(status == 404 && body.contains("No job nope"), "{status} {body}");
+}
+
+#[tokio::test]
+async fn the_web_view_streams_updates_live_and_ends_the_stream_with_the_job() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut c = start(10_000).await;
+    let web = c.handle.serve_web("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    register(&mut c, "w1").await;
+    let id = submit(&mut c, 1).await;
+    let a = assigned(&c, "w1").await;
+    let mut s = tokio::net::TcpStream::connect(web.addr).await.unwrap();
+    s.write_all(get(&format!("/jobs/{id}/live"), "").as_bytes()).await.unwrap();
+    let mut lines = tokio::io::BufReader::new(s).lines();
+    async fn next_data(lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::net::TcpStream>>) -> String {
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.expect("an event in 10 s");
+            let line = line.unwrap().expect("the stream is open");
+            if let Some(d) = line.strip_prefix("data: ") {
+                return d.to_string();
+            }
+        }
+    }
+    let first: serde_json::Value = serde_json::from_str(&next_data(&mut lines).await).unwrap();
+    assert!(first["sections"]["summary"].as_str().unwrap().contains(r#"<b id="step">0</b>"#), "{first}");
+    c.workers.report_progress(steps(&c, "w1", &a, 40, 0.1, 0.0)).await.unwrap();
+    let moved: serde_json::Value = serde_json::from_str(&next_data(&mut lines).await).unwrap();
+    assert!(moved["sections"]["summary"].as_str().unwrap().contains(r#"<b id="step">40</b>"#), "{moved}");
+    c.jobs.cancel_job(pb::CancelJobRequest { job_id: id.clone(), reason: "enough".into() }).await.unwrap();
+    let last: serde_json::Value = serde_json::from_str(&next_data(&mut lines).await).unwrap();
+    assert!(last["sections"]["summary"].as_str().unwrap().contains("s-cancelled"), "{last}");
+    assert_eq!(next_data(&mut lines).await, "ended", "the stream says the job ended");
+}
+
+#[tokio::test]
+async fn with_a_token_the_web_view_asks_for_it_and_the_login_link_sets_a_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config("127.0.0.1:0", dir.path(), 10_000);
+    let token = cyclotron_proto::auth::Token::new("s3cret-token-of-the-cluster", "cluster token", "test").unwrap();
+    config.security.cluster_token = Some(token);
+    let handle = serve(config).await.unwrap();
+    let web = handle.serve_web("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let (status, head, _) = http(web.addr, &get("/", "")).await;
+    assert_eq!(status, 401);
+    assert!(head.to_ascii_lowercase().contains("www-authenticate: basic"), "{head}");
+    assert_eq!(http(web.addr, &get("/", "Authorization: Bearer wrong\r\n")).await.0, 401);
+    assert_eq!(http(web.addr, &get("/", "Authorization: Bearer s3cret-token-of-the-cluster\r\n")).await.0, 200);
+    // basic auth: any user, the token as password (base64 of "me:s3cret-token-of-the-cluster")
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode("me:s3cret-token-of-the-cluster");
+    assert_eq!(http(web.addr, &get("/", &format!("Authorization: Basic {basic}\r\n"))).await.0, 200);
+    assert_eq!(http(web.addr, &get("/login?token=wrong", "")).await.0, 401);
+    let (status, head, _) = http(web.addr, &get("/login?token=s3cret-token-of-the-cluster&next=//evil.example/", "")).await;
+    assert_eq!(status, 303, "{head}");
+    assert!(head.contains("location: /\r") || head.contains("location: /\n") || head.ends_with("location: /"), "no open redirect: {head}");
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_string();
+    assert!(head.contains("HttpOnly") && head.contains("SameSite=Strict"), "{head}");
+    assert_eq!(http(web.addr, &get("/", &format!("Cookie: {cookie}\r\n"))).await.0, 200);
+    assert_eq!(http(web.addr, &get("/", "Cookie: cyclotron_session=forged\r\n")).await.0, 401);
+    // cancelling needs the page's form secret, even when logged in
+    let post = format!(
+        "POST /jobs/x/cancel HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nCookie: {cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 12\r\n\r\nsecret=guess"
+    );
+    assert_eq!(http(web.addr, &post).await.0, 403);
+    // a token-less cluster serves its web view on loopback only
+    drop(web);
+    handle.shutdown().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let open = serve(config_open(dir.path())).await.unwrap();
+    let e = open.serve_web("0.0.0.0:0".parse().unwrap()).await.unwrap_err();
+    assert!(e.to_string().contains("loopback only"), "{e}");
+    open.shutdown().await.unwrap();
+}
+
+fn config_open(dir: &std::path::Path) -> CoordinatorConfig {
+    config("127.0.0.1:0", dir, 10_000)
+}

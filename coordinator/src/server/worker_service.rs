@@ -36,6 +36,7 @@ use cyclotron_proto::{ServiceError, PROTOCOL_VERSION};
 use tonic::{Request, Response, Status};
 
 use super::{now_ms, Shared};
+use crate::live::StepReport;
 use crate::state::{ClusterState, Command, JobEvent, JobState, TaskRecord, TaskStatus, WorkerStatus};
 
 /// Hex SHA-256 of a session secret, as the log keeps it.
@@ -260,7 +261,14 @@ impl Workers {
         let req = request.into_inner();
         check_len("job_id", &req.job_id, MAX_ID_LEN)?;
         check_len("progress_json", &req.progress_json, MAX_PROGRESS_JSON)?;
-        let event: JobEvent = serde_json::from_str(&req.progress_json)
+        let value: serde_json::Value = serde_json::from_str(&req.progress_json)
+            .map_err(|e| ServiceError::InvalidArgument(format!("progress_json is not JSON: {e}")))?;
+        if let Some(report) = StepReport::from_progress(&value) {
+            let report = report
+                .map_err(|e| ServiceError::InvalidArgument(format!("progress_json is not a step summary: {e}")))?;
+            return self.step_summary(req, report).await.map(Response::new).map_err(Into::into);
+        }
+        let event: JobEvent = serde_json::from_value(value)
             .map_err(|e| ServiceError::InvalidArgument(format!("progress_json is not a job event: {e}")))?;
         if !event.is_worker_event() {
             return Err(ServiceError::InvalidArgument(
@@ -278,6 +286,70 @@ impl Workers {
             .commit(Command::TaskProgress { job: req.job_id, task, generation: req.generation, event })
             .await?;
         Ok(Response::new(pb::Ack {}))
+    }
+
+    /// A rank's step summary: leader memory (the live view), then the straggler rule; a change
+    /// of the named straggler is committed.
+    async fn step_summary(&self, req: pb::ProgressReport, report: StepReport) -> Result<pb::Ack, ServiceError> {
+        if !report.is_sane() {
+            return Err(ServiceError::InvalidArgument(
+                "progress_json: a step summary needs steps > 0 and non-negative finite seconds".into(),
+            ));
+        }
+        self.shared.require_leader()?;
+        let task = req.task as usize;
+        let (rank, named) = {
+            let state = self.shared.state();
+            verify_session(&state, &req.worker_id, &req.session)?;
+            let rank = check_member(&state, &req.worker_id, &req.job_id, task, req.generation)?;
+            let named = state
+                .jobs
+                .get(&req.job_id)
+                .and_then(|j| j.tasks.get(task))
+                .and_then(|t| match &t.straggler {
+                    Some(JobEvent::Straggler { rank, bound, .. }) => Some((*rank, bound.clone())),
+                    _ => None,
+                })
+                .unwrap_or((None, String::new()));
+            (rank, named)
+        };
+        let straggler = {
+            let mut live = self.shared.live();
+            live.record(&req.job_id, task, req.generation, rank as u32, &req.worker_id, report, now_ms());
+            let t = live.task(&req.job_id, task);
+            // the rule speaks once every rank has reported; until then the name stands
+            let complete = t.is_some_and(|t| t.ranks.values().all(|r| r.summaries.len() >= crate::live::MIN_SUMMARIES));
+            if complete { Some(t.and_then(|t| t.straggler())) } else { None }
+        };
+        let Some(straggler) = straggler else { return Ok(pb::Ack {}) };
+        let now = (straggler.as_ref().map(|s| s.rank), straggler.as_ref().map_or(String::new(), |s| s.bound.name().to_string()));
+        if now != named {
+            let cmd = match straggler {
+                Some(s) => Command::NameStraggler {
+                    job: req.job_id,
+                    task,
+                    generation: req.generation,
+                    rank: Some(s.rank),
+                    worker: s.worker.clone(),
+                    bound: s.bound.name().into(),
+                    summary: s.summary(),
+                },
+                None => Command::NameStraggler {
+                    job: req.job_id,
+                    task,
+                    generation: req.generation,
+                    rank: None,
+                    worker: String::new(),
+                    bound: String::new(),
+                    summary: "no rank stands out any more".into(),
+                },
+            };
+            // a race with another rank's report proposing the same change is rejected, harmlessly
+            if let Err(e) = self.shared.commit(cmd).await {
+                tracing::debug!("straggler not recorded: {e}");
+            }
+        }
+        Ok(pb::Ack {})
     }
 
     async fn do_report_result(

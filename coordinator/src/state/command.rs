@@ -97,6 +97,17 @@ pub enum Command {
         generation: u64,
         reason: String,
     },
+    /// The leader's straggler rule (`crate::live`) names a rank of the running group, another
+    /// one, or nobody any more (`rank: None`): recorded on the task and in the job's events.
+    NameStraggler {
+        job: String,
+        task: usize,
+        generation: u64,
+        rank: Option<u32>,
+        worker: String,
+        bound: String,
+        summary: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +144,7 @@ pub(super) fn apply(s: &mut ClusterState, cmd: &Command) -> Outcome {
                     result: None,
                     progress: None,
                     after: p.after,
+                    straggler: None,
                 })
                 .collect();
             s.jobs.insert(
@@ -250,6 +262,36 @@ pub(super) fn apply(s: &mut ClusterState, cmd: &Command) -> Outcome {
             j.events.push(event);
             Outcome::Applied
         }
+        Command::NameStraggler { job, task, generation, rank, worker, bound, summary } => {
+            let t = match running_task(s, job, *task, *generation) {
+                Ok(t) => t,
+                Err(o) => return o,
+            };
+            let TaskStatus::Running { workers, .. } = &t.status else { unreachable!("running_task") };
+            if let Some(r) = rank {
+                if workers.get(*r as usize) != Some(worker) {
+                    return reject(format!("worker {worker} is not rank {r} of job {job} task {task}"));
+                }
+            }
+            let named = |e: &Option<JobEvent>| match e {
+                Some(JobEvent::Straggler { rank, bound, .. }) => (*rank, bound.clone()),
+                _ => (None, String::new()),
+            };
+            if named(&t.straggler) == (*rank, bound.clone()) {
+                return reject("the same straggler is already named");
+            }
+            let event = JobEvent::Straggler {
+                task: *task as u32,
+                generation: *generation,
+                rank: *rank,
+                worker: worker.clone(),
+                bound: bound.clone(),
+                summary: summary.clone(),
+            };
+            t.straggler = rank.map(|_| event.clone());
+            s.jobs.get_mut(job).expect("checked by running_task").events.push(event);
+            Outcome::Applied
+        }
         Command::TaskDone { job, task, generation, result } => {
             match running_task(s, job, *task, *generation) {
                 Ok(t) => {
@@ -320,6 +362,7 @@ fn start_task(s: &mut ClusterState, job: &str, task: usize, workers: &[String], 
     }
     let j = s.jobs.get_mut(job).expect("checked above");
     j.tasks[task].status = TaskStatus::Running { workers: workers.to_vec(), generation };
+    j.tasks[task].straggler = None; // a new group: nobody is named yet
     j.set_status(JobStatus::Running);
     j.events.push(JobEvent::TaskStarted { task: task as u32, generation, workers: workers.to_vec() });
     Outcome::Applied

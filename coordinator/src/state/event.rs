@@ -78,6 +78,20 @@ pub enum JobEvent {
     TaskStarted { task: u32, generation: u64, workers: Vec<String> },
     /// Added by the state machine when a group is torn down and the task waits to run again.
     TaskRestarted { task: u32, generation: u64, reason: String },
+    /// Added by the state machine when the leader's straggler rule (see `crate::live`) names a
+    /// rank of a running group, names another, or no longer names one (`rank: None`).
+    Straggler {
+        task: u32,
+        generation: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rank: Option<u32>,
+        #[serde(default)]
+        worker: String,
+        /// `compute` or `data`; empty when nobody is named.
+        #[serde(default)]
+        bound: String,
+        summary: String,
+    },
     /// The last event of every job: `succeeded`, `failed` or `cancelled`, with the reason.
     Ended { status: String, reason: String },
 }

@@ -80,6 +80,10 @@ pub struct TaskRecord {
     /// Tasks (indices) that must be done before this one starts.
     #[serde(default)]
     pub after: Vec<usize>,
+    /// The rank the leader's straggler rule names in the running group (the last
+    /// [`JobEvent::Straggler`] of this task's current generation), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub straggler: Option<JobEvent>,
 }
 
 impl TaskStatus {

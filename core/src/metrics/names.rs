@@ -67,6 +67,12 @@ pub const JOBS: &str = "cyclotron_jobs";
 /// Gauge: tasks by kind (`lr_find`, `train`, `evaluate`) and state (`waiting`, `running`, `done`).
 pub const TASKS: &str = "cyclotron_tasks";
 
+/// Gauge: running data-parallel groups in which the straggler rule names a rank.
+pub const STRAGGLERS: &str = "cyclotron_stragglers";
+/// Gauge: the rank the straggler rule names, by job, task and `bound` (`compute` or `data`); a
+/// series exists only while that rank is named.
+pub const STRAGGLER_RANK: &str = "cyclotron_straggler_rank";
+
 // ---- coordinator: raft ----
 /// Gauge: the replica's raft term.
 pub const RAFT_TERM: &str = "cyclotron_raft_term";
@@ -104,7 +110,7 @@ pub const WORKER_METRICS: &[&str] = &[
 
 /// Every coordinator metric name.
 pub const COORDINATOR_METRICS: &[&str] =
-    &[WORKERS, JOBS, TASKS, RAFT_TERM, RAFT_IS_LEADER, RAFT_COMMIT_INDEX, RAFT_APPLIED_INDEX, RPC_SECONDS];
+    &[WORKERS, JOBS, TASKS, STRAGGLERS, RAFT_TERM, RAFT_IS_LEADER, RAFT_COMMIT_INDEX, RAFT_APPLIED_INDEX, RPC_SECONDS];
 
 #[cfg(test)]
 mod tests {

@@ -1,24 +1,93 @@
 //! The child's side of the event stream: an [`Observer`] that turns learner and job events into
 //! [`TrainEvent`] lines (`cyclotron train --events-jsonl PATH|-`), and the classification of a
-//! failed run as permanent (a restart cannot help) or transient.
+//! failed run as permanent (a restart cannot help) or transient. Training steps are summarised:
+//! one [`TrainEvent::Steps`] about every [`STEPS_EVERY`], and one before each epoch's end.
 
 use std::io::Write;
+use std::time::{Duration, Instant};
 
 use cyclotron_core::events::TrainEvent;
 
 use crate::event::{Event, Observer};
 use crate::Error;
 
+/// How often the step summary is written.
+pub const STEPS_EVERY: Duration = Duration::from_secs(1);
+
 /// Writes one JSON object per line for every stage start, LR-range test, epoch, snapshot and
-/// resume; flushed per line so a reader sees each as it happens.
+/// resume, and a summary of the steps about once a second; flushed per line so a reader sees
+/// each as it happens.
 pub struct EventsJsonl {
     out: Box<dyn Write + Send>,
     stage: usize,
+    window: StepWindow,
+    every: Duration,
+}
+
+/// The steps since the last summary.
+struct StepWindow {
+    started: Instant,
+    stage: usize,
+    step: u64,
+    steps: u32,
+    loss: f64,
+    lr: f64,
+    seconds: f64,
+    data: f64,
+    comm: f64,
+}
+
+impl StepWindow {
+    fn new() -> Self {
+        StepWindow {
+            started: Instant::now(),
+            stage: 0,
+            step: 0,
+            steps: 0,
+            loss: 0.0,
+            lr: 0.0,
+            seconds: 0.0,
+            data: 0.0,
+            comm: 0.0,
+        }
+    }
+
+    /// The summary of the window (`None` when it is empty); the window starts over.
+    fn take(&mut self) -> Option<TrainEvent> {
+        if self.steps == 0 {
+            self.started = Instant::now();
+            return None;
+        }
+        let n = f64::from(self.steps);
+        let e = TrainEvent::Steps {
+            stage: self.stage,
+            step: self.step,
+            steps: self.steps,
+            loss: self.loss / n,
+            lr: self.lr,
+            step_seconds: self.seconds / n,
+            data_seconds: self.data / n,
+            comm_seconds: self.comm / n,
+        };
+        *self = StepWindow::new();
+        Some(e)
+    }
 }
 
 impl EventsJsonl {
     pub fn new(out: Box<dyn Write + Send>) -> Self {
-        EventsJsonl { out, stage: 0 }
+        EventsJsonl { out, stage: 0, window: StepWindow::new(), every: STEPS_EVERY }
+    }
+
+    /// Summarise the steps this often instead of [`STEPS_EVERY`].
+    pub fn with_steps_every(mut self, every: Duration) -> Self {
+        self.every = every;
+        self
+    }
+
+    #[cfg(test)]
+    fn with_steps_every_zero(&mut self) {
+        self.every = Duration::ZERO;
     }
 
     /// `-` is stdout; anything else a file (created or truncated).
@@ -95,6 +164,31 @@ pub fn to_train_event(e: &Event, stage: &mut usize) -> Option<TrainEvent> {
 
 impl Observer for EventsJsonl {
     fn on_event(&mut self, e: &Event) {
+        match e {
+            Event::Step { stage, step, loss, lr, seconds, data_seconds, comm_seconds, .. } => {
+                let w = &mut self.window;
+                w.stage = *stage;
+                w.step = *step;
+                w.steps += 1;
+                w.loss += loss;
+                w.lr = *lr;
+                w.seconds += seconds;
+                w.data += data_seconds;
+                w.comm += comm_seconds;
+                if w.started.elapsed() >= self.every {
+                    if let Some(t) = self.window.take() {
+                        self.emit(&t);
+                    }
+                }
+            }
+            // the step counter is exact at each epoch's end
+            Event::EpochEnd { .. } => {
+                if let Some(t) = self.window.take() {
+                    self.emit(&t);
+                }
+            }
+            _ => {}
+        }
         if let Some(t) = to_train_event(e, &mut self.stage) {
             self.emit(&t);
         }
@@ -160,7 +254,7 @@ mod tests {
     }
 
     #[test]
-    fn observer_writes_one_event_per_line_and_skips_steps() {
+    fn observer_writes_one_event_per_line_and_summarises_steps_at_the_epoch_end() {
         let buf = Buf::default();
         let mut s = EventsJsonl::new(Box::new(buf.clone()));
         s.on_event(&Event::StageStart { stage: 1, name: "sgdr".into(), epochs: 2, from_epoch: 0 });
@@ -174,6 +268,7 @@ mod tests {
             samples: 32,
             seconds: 0.01,
             data_seconds: 0.0,
+            comm_seconds: 0.0,
         });
         s.on_event(&Event::Phase { what: "loading data", done: false });
         s.on_event(&Event::EpochEnd {
@@ -189,10 +284,49 @@ mod tests {
         s.failed(&Error::Invalid { what: "data".into(), message: "no images".into() });
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         let events: Vec<TrainEvent> = text.lines().map(|l| TrainEvent::from_line(l).unwrap()).collect();
-        assert_eq!(events.len(), 3, "{text}");
+        assert_eq!(events.len(), 4, "{text}");
         assert!(matches!(events[0], TrainEvent::StageStarted { stage: 1, .. }));
-        assert!(matches!(events[1], TrainEvent::Epoch { stage: 1, epoch: 1, step: 10, .. }));
-        assert_eq!(events[2], TrainEvent::Failed { permanent: true, message: "data: no images".into() });
+        assert!(matches!(events[1], TrainEvent::Steps { stage: 1, step: 1, steps: 1, .. }), "{text}");
+        assert!(matches!(events[2], TrainEvent::Epoch { stage: 1, epoch: 1, step: 10, .. }));
+        assert_eq!(events[3], TrainEvent::Failed { permanent: true, message: "data: no images".into() });
+    }
+
+    fn step(step: u64, loss: f64, seconds: f64, comm_seconds: f64) -> Event {
+        Event::Step {
+            stage: 0,
+            step,
+            loss,
+            lr: 0.01 * step as f64,
+            lrs: vec![0.1],
+            samples: 8,
+            seconds,
+            data_seconds: 0.5 * seconds,
+            comm_seconds,
+        }
+    }
+
+    #[test]
+    fn step_summaries_average_their_window_and_start_over() {
+        let buf = Buf::default();
+        let mut s = EventsJsonl::new(Box::new(buf.clone())).with_steps_every(Duration::from_secs(3600));
+        s.on_event(&step(1, 2.0, 0.2, 0.1));
+        s.on_event(&step(2, 1.0, 0.4, 0.0));
+        assert!(buf.0.lock().unwrap().is_empty(), "summaries wait for their interval");
+        s.with_steps_every_zero();
+        s.on_event(&step(3, 4.0, 0.6, 0.2));
+        s.on_event(&step(4, 6.0, 0.2, 0.1));
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let events: Vec<TrainEvent> = text.lines().map(|l| TrainEvent::from_line(l).unwrap()).collect();
+        let TrainEvent::Steps { step, steps, loss, lr, step_seconds, data_seconds, comm_seconds, .. } = events[0]
+        else {
+            panic!("{text}")
+        };
+        assert_eq!((step, steps), (3, 3), "{text}");
+        assert!((loss - 7.0 / 3.0).abs() < 1e-12 && (lr - 0.03).abs() < 1e-12, "{text}");
+        assert!((step_seconds - 0.4).abs() < 1e-12 && (data_seconds - 0.2).abs() < 1e-12, "{text}");
+        assert!((comm_seconds - 0.1).abs() < 1e-12, "{text}");
+        assert!(matches!(events[1], TrainEvent::Steps { step: 4, steps: 1, .. }), "{text}");
+        assert_eq!(events.len(), 2, "{text}");
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //!
 //! Progress contract (`ProgressReport.progress_json`): one coordinator job event per report,
 //! tagged by `type` (`stage_started`, `lr_find`, `epoch`, `snapshot`; see
-//! `cyclotron_coordinator::state::JobEvent`), converted from the child's [`TrainEvent`]s.
+//! `cyclotron_coordinator::state::JobEvent`), converted from the child's [`TrainEvent`]s; rank 0
+//! sends those for the group. Every rank also sends its step summaries (`steps`, about one a
+//! second: step, loss, lr, and its seconds per step, data wait and gradient averaging), which the
+//! coordinator keeps in memory for the live view and the straggler summary.
 //!
 //! Result contract (`ResultReport`): success carries `results.json` as written by rank 0 (other
 //! ranks report success with an empty `result_json`); a failure carries the reason and the
@@ -60,9 +63,19 @@ pub fn progress_json(e: &TrainEvent) -> Option<String> {
             "type": "snapshot", "index": index, "stage": stage, "cycle": cycle,
             "manifest_url": format!("{url}/MANIFEST.json"),
         }),
+        TrainEvent::Steps { stage, step, steps, loss, lr, step_seconds, data_seconds, comm_seconds } => json!({
+            "type": "steps", "stage": stage, "step": step, "steps": steps, "loss": finite(*loss),
+            "lr": finite(*lr), "step_seconds": step_seconds, "data_seconds": data_seconds,
+            "comm_seconds": comm_seconds,
+        }),
         TrainEvent::Resumed { .. } | TrainEvent::Failed { .. } => return None,
     };
     Some(v.to_string())
+}
+
+/// JSON has no NaN: a diverging loss travels as `null`.
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
 }
 
 /// Sends progress and the result in order. Progress is best-effort (bounded retries); the

@@ -228,8 +228,9 @@ async fn run(ctx: &RunContext, a: &Assignment, mut stop: watch::Receiver<bool>) 
                 Some(e) => {
                     progress.event();
                     log_event(&key, &e);
-                    // every rank sees the same epochs; rank 0 speaks for the group
-                    if a.rank == 0 {
+                    // every rank sees the same epochs; rank 0 speaks for the group (each rank
+                    // reports its own step times)
+                    if a.rank == 0 || matches!(e, TrainEvent::Steps { .. }) {
                         let _ = tx.send(Report::Progress(e));
                     }
                 }

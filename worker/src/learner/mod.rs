@@ -44,6 +44,8 @@ pub struct Learner {
     params: Vec<Tensor>,
     /// Gradients are scaled down to this global L2 norm when above it (`optimizer.clip`).
     pub clip: Option<f64>,
+    /// Seconds the last step spent averaging gradients with the group.
+    comm_seconds: f64,
 }
 
 impl std::fmt::Debug for Learner {
@@ -67,6 +69,7 @@ impl Learner {
             abort: Arc::new(AtomicBool::new(false)),
             grads: Box::new(Alone),
             params,
+            comm_seconds: 0.0,
             clip: opt_spec.clip,
         }
     }
@@ -137,7 +140,9 @@ impl Learner {
         loss.backward();
         let trainable: Vec<Tensor> =
             self.params.iter().filter(|t| t.requires_grad()).map(Tensor::shallow_clone).collect();
+        let averaging = Instant::now();
         let mean = self.grads.average(&trainable, &loss)?;
+        self.comm_seconds = averaging.elapsed().as_secs_f64();
         if let Some(max_norm) = self.clip {
             clip_grad_norm(&trainable, max_norm);
         }
@@ -179,6 +184,7 @@ impl Learner {
                 *lr = peak * factor;
             }
             let stepped = Instant::now();
+            crate::fault::slow_step(self.grads.rank());
             let loss = self.step(&batch, &lrs)?;
             let seconds = stepped.elapsed().as_secs_f64();
             if !loss.is_finite() {
@@ -197,6 +203,7 @@ impl Learner {
                 samples: batch.items,
                 seconds,
                 data_seconds,
+                comm_seconds: self.comm_seconds,
             });
             waited = Instant::now();
         }

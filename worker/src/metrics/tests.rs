@@ -35,6 +35,7 @@ fn events_land_in_labelled_series() {
         samples: 32,
         seconds: 0.02,
         data_seconds: 0.005,
+        comm_seconds: 0.0,
     };
     j.record(&step(2.5));
     j.record(&step(1.5));
