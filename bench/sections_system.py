@@ -189,13 +189,15 @@ def coordinator(r, report):
         variants = [
             ("open", base),
             ("secured", base + ["--secure", "--tls-cert", cert, "--tls-key", key, "--tls-ca", ca]),
+            # the web view served, a viewer on the cluster page (live stream + a load every 0.5 s)
+            ("open+web", base + ["--web"]),
         ]
         got = {name: [] for name, _ in variants}
         for i in range(r.rounds):
             for name, argv in h.rotated(variants, i):
                 got[name].append(r.run_json(f"coordinator-{name}", argv))
     rows = []
-    for name in ("open", "secured"):
+    for name in ("open", "secured", "open+web"):
         runs = got[name]
         hb = lambda k: [x["heartbeat"][k] for x in runs]  # noqa: E731
         cm = lambda k: [x["commit_3_replicas"][k] for x in runs]  # noqa: E731
@@ -207,5 +209,10 @@ def coordinator(r, report):
             [f"{name}: 3-replica commit p99", h.mw(cm("p99_ms"), 2, False), "< 20"],
             [f"{name}: leader failover (stop to a new commit)", h.mw([x["failover_ms"] for x in runs], 0, False), "< 3000"],
         ]
+        if name == "open+web":
+            rows += [
+                [f"{name}: cluster page load p50 ({n} worker rows)", h.mw([x["heartbeat"]["web_page"]["p50_ms"] for x in runs], 2, False), ""],
+                [f"{name}: cluster page load p99", h.mw([x["heartbeat"]["web_page"]["p99_ms"] for x in runs], 2, False), ""],
+            ]
     report.table(["measure (ms)", "median / worst", "target"], rows)
-    return {"runs": got["open"], "secured_runs": got["secured"]}
+    return {"runs": got["open"], "secured_runs": got["secured"], "web_runs": got["open+web"]}

@@ -85,6 +85,7 @@ mod tests {
         let mut s = ClusterState::default();
         for (i, w) in workers.iter().enumerate() {
             let cmd = Command::RegisterWorker {
+                gpus: 0,
                 worker: w.to_string(),
                 addr: "a".into(),
                 protocol: cyclotron_proto::PROTOCOL_VERSION,

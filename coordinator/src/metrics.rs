@@ -251,6 +251,7 @@ mod tests {
         };
         for w in ["w1", "w2", "w3"] {
             let cmd = Command::RegisterWorker {
+                gpus: 0,
                 worker: w.into(),
                 addr: format!("{w}:1"),
                 protocol: cyclotron_proto::PROTOCOL_VERSION,
@@ -327,6 +328,38 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
         }
+    }
+
+    #[test]
+    fn a_named_straggler_is_a_series_while_named_and_gone_after() {
+        let m = CoordinatorMetrics::new();
+        let mut s = busy_state();
+        let name = |rank: Option<u32>| Command::NameStraggler {
+            job: "a".into(),
+            task: 0,
+            generation: 0,
+            rank,
+            worker: if rank.is_some() { "w2".into() } else { String::new() },
+            bound: if rank.is_some() { "data".into() } else { String::new() },
+            summary: "s".into(),
+        };
+        assert_eq!(s.apply(11, &name(Some(1))), crate::state::Outcome::Applied);
+        m.observe_state(&s, &ReplicaStatus::default());
+        let text = cyclotron_core::metrics::encode_text(m.registry()).unwrap();
+        assert!(text.lines().any(|l| l == "cyclotron_stragglers 1"), "{text}");
+        assert!(text.lines().any(|l| l == r#"cyclotron_straggler_rank{bound="data",job="a",task="0"} 1"#), "{text}");
+        // the same name again is not news; a rank outside the group is refused
+        assert!(matches!(s.apply(12, &name(Some(1))), crate::state::Outcome::Rejected { .. }));
+        let mut stranger = name(Some(1));
+        if let Command::NameStraggler { worker, .. } = &mut stranger {
+            *worker = "w9".into();
+        }
+        assert!(matches!(s.apply(13, &stranger), crate::state::Outcome::Rejected { .. }));
+        assert_eq!(s.apply(14, &name(None)), crate::state::Outcome::Applied);
+        m.observe_state(&s, &ReplicaStatus::default());
+        let text = cyclotron_core::metrics::encode_text(m.registry()).unwrap();
+        assert!(text.lines().any(|l| l == "cyclotron_stragglers 0"), "{text}");
+        assert!(!text.contains("cyclotron_straggler_rank{"), "{text}");
     }
 
     #[test]

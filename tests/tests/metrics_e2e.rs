@@ -123,6 +123,7 @@ fn coordinator_exposition() -> String {
     let mut cmds = vec![];
     for w in ["w1", "w2", "w3"] {
         cmds.push(Command::RegisterWorker {
+            gpus: 0,
             worker: w.into(),
             addr: format!("{w}:1"),
             protocol: cyclotron_proto::PROTOCOL_VERSION,

@@ -12,6 +12,10 @@
 //! call (and a peer token between replicas) and, with `--tls-cert/--tls-key/--tls-ca`, TLS on
 //! every connection; `make bench` runs both and reports what security costs.
 //!
+//! With `--web`, the coordinator also serves its web view during the heartbeat load, with a
+//! viewer holding the cluster page's live stream open and loading the page (every worker's row)
+//! twice a second: what the web view costs the heartbeats, and how long the page takes.
+//!
 //! Targets (DESIGN.md): p99 heartbeat < 50 ms, p99 commit < 20 ms, failover < 3 s.
 
 use std::path::PathBuf;
@@ -54,6 +58,9 @@ pub struct BenchArgs {
     tls_key: Option<PathBuf>,
     #[arg(long, requires = "tls_cert")]
     tls_ca: Option<PathBuf>,
+    /// Serve the web view during the heartbeat load, with a viewer on the cluster page.
+    #[arg(long)]
+    web: bool,
 }
 
 /// The credentials of a `--secure` run (none for a plain one).
@@ -93,10 +100,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "--workers, --seconds and --commits must be positive"
     );
     let creds = Credentials::of(&args)?;
-    let heartbeat = heartbeat_load(args.workers, args.seconds, &creds).await.context("heartbeat load")?;
+    let heartbeat =
+        heartbeat_load(args.workers, args.seconds, &creds, args.web).await.context("heartbeat load")?;
     let (commit, failover_ms) = three_replicas(args.commits, &creds).await.context("3-replica cluster")?;
     let report = serde_json::json!({
         "secure": args.secure,
+        "web": args.web,
         "tls": creds.tls.cert.is_some(),
         "heartbeat": heartbeat,
         "commit_3_replicas": commit,
@@ -141,10 +150,58 @@ async fn client(addr: &str, security: &ClientSecurity) -> anyhow::Result<Client>
     ))
 }
 
+/// One HTTP/1.1 request on a fresh connection; the whole answer.
+async fn http(addr: std::net::SocketAddr, request: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(request.as_bytes()).await?;
+    let mut buf = vec![];
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await??;
+    Ok(String::from_utf8_lossy(&buf).to_string())
+}
+
+/// A web viewer until `end`: the cluster page's live stream held open, and the page loaded
+/// twice a second; the load times (ms) and failures.
+async fn web_viewer(
+    addr: std::net::SocketAddr,
+    token: Option<Token>,
+    end: tokio::time::Instant,
+) -> (Vec<f64>, usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let auth = token.map(|t| format!("Authorization: Bearer {}\r\n", t.expose())).unwrap_or_default();
+    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n{auth}\r\n");
+    let live = request("/live");
+    let stream = tokio::spawn(async move {
+        let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return };
+        if s.write_all(live.as_bytes()).await.is_err() {
+            return;
+        }
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(Ok(n)) = tokio::time::timeout_at(end, s.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    let (mut ms, mut failed) = (vec![], 0);
+    let page = request("/");
+    while tokio::time::Instant::now() < end {
+        let t = Instant::now();
+        match http(addr, &page).await {
+            Ok(text) if text.starts_with("HTTP/1.1 200") => ms.push(t.elapsed().as_secs_f64() * 1e3),
+            _ => failed += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stream.abort();
+    (ms, failed)
+}
+
 async fn heartbeat_load(
     workers: usize,
     seconds: u64,
     creds: &Credentials,
+    web: bool,
 ) -> anyhow::Result<serde_json::Value> {
     let dir = tempfile::tempdir()?;
     let mut config = CoordinatorConfig::new("127.0.0.1:0".parse()?, dir.path().to_path_buf());
@@ -184,6 +241,13 @@ async fn heartbeat_load(
     }
     let start = tokio::time::Instant::now();
     let end = start + Duration::from_secs(seconds);
+    let viewer = if web {
+        let server = handle.serve_web("127.0.0.1:0".parse()?).await?;
+        let token = creds.token.clone();
+        Some((tokio::spawn(web_viewer(server.addr, token, end)), server))
+    } else {
+        None
+    };
     let mut beating = tokio::task::JoinSet::new();
     for (i, (c, session)) in clients.into_iter().zip(sessions).enumerate() {
         let mut c = c;
@@ -219,6 +283,13 @@ async fn heartbeat_load(
     out["calls_per_s"] = (calls as f64 / seconds as f64).into();
     out["errors"] = errors.into();
     out["leased_workers"] = handle.leased_workers().into();
+    if let Some((viewer, server)) = viewer {
+        let (pages, failed) = viewer.await?;
+        let mut w = percentiles(pages);
+        w["failed"] = failed.into();
+        out["web_page"] = w;
+        server.shutdown();
+    }
     handle.shutdown().await?;
     Ok(out)
 }
@@ -243,6 +314,7 @@ async fn three_replicas(commits: usize, creds: &Credentials) -> anyhow::Result<(
     let leader = wait_leader(&handles.iter().collect::<Vec<_>>(), Duration::from_secs(10)).await?;
     let replica = handles[leader].replica();
     let register = Command::RegisterWorker {
+        gpus: 0,
         worker: "bench".into(),
         addr: "127.0.0.1:1".into(),
         protocol: cyclotron_proto::PROTOCOL_VERSION,

@@ -18,6 +18,7 @@ const WAIT: Duration = Duration::from_secs(15);
 
 fn register(worker: &str, now_ms: u64) -> Command {
     Command::RegisterWorker {
+        gpus: 0,
         worker: worker.into(),
         addr: format!("{worker}:7100"),
         protocol: cyclotron_proto::PROTOCOL_VERSION,

@@ -205,6 +205,7 @@ impl Workers {
             now_ms: wall,
             session_hash: session_hash(&session),
             replaces: Some(replaces),
+            gpus: req.gpus,
         };
         match self.shared.propose(cmd).await? {
             crate::state::Outcome::Applied => {}

@@ -45,6 +45,9 @@ pub enum Command {
         /// `None`: no check (entries written before sessions existed).
         #[serde(default)]
         replaces: Option<String>,
+        /// GPUs the worker offers (0: it trains on its CPUs).
+        #[serde(default)]
+        gpus: u32,
     },
     /// A committed liveness ping: applied for a live registered worker, rejected otherwise, and
     /// changes nothing else. The server does not commit heartbeats (leases are leader memory,
@@ -175,7 +178,7 @@ pub(super) fn apply(s: &mut ClusterState, cmd: &Command) -> Outcome {
             release_job_workers(s, job);
             Outcome::Applied
         }
-        Command::RegisterWorker { worker, addr, protocol, lease_ms, now_ms, session_hash, replaces } => {
+        Command::RegisterWorker { worker, addr, protocol, lease_ms, now_ms, session_hash, replaces, gpus } => {
             if *protocol != cyclotron_proto::PROTOCOL_VERSION {
                 return reject(format!(
                     "worker {worker} speaks protocol {protocol}, this coordinator speaks {}; run matching versions",
@@ -207,6 +210,7 @@ pub(super) fn apply(s: &mut ClusterState, cmd: &Command) -> Outcome {
                     registered_ms: *now_ms,
                     task: None,
                     session_hash: session_hash.clone(),
+                    gpus: *gpus,
                 },
             );
             Outcome::Applied

@@ -47,6 +47,7 @@ impl Sim {
     }
     fn register(&mut self, w: &str, now_ms: u64) {
         let cmd = Command::RegisterWorker {
+            gpus: 0,
             worker: w.into(),
             addr: format!("{w}:1"),
             protocol: cyclotron_proto::PROTOCOL_VERSION,
@@ -281,6 +282,7 @@ fn bad_input_is_rejected_without_changing_anything() {
         (Command::CancelJob { job: "nope".into(), reason: "x".into() }, "unknown job nope"),
         (
             Command::RegisterWorker {
+                gpus: 0,
                 worker: "old".into(),
                 addr: "a".into(),
                 protocol: 99,

@@ -36,4 +36,7 @@ pub struct WorkerRecord {
     /// Hex SHA-256 of its current session secret (empty: registered before sessions existed).
     #[serde(default)]
     pub session_hash: String,
+    /// GPUs it offers (0: it trains on its CPUs).
+    #[serde(default)]
+    pub gpus: u32,
 }

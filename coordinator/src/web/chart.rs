@@ -196,7 +196,14 @@ impl Chart {
             );
             // labels of the first few markers only (snapshots can be many)
             if i < 6 {
-                let _ = write!(s, r#"<text x="{:.1}" y="{:.1}" class="mlabel">{}</text>"#, x + 3.0, TOP + 11.0 + 11.0 * (i % 3) as f64, esc(&m.label));
+                // labels near the right edge go to the left of their line
+                let (lx, anchor) = if x > W - RIGHT - 120.0 { (x - 3.0, "end") } else { (x + 3.0, "start") };
+                let _ = write!(
+                    s,
+                    r#"<text x="{lx:.1}" y="{:.1}" text-anchor="{anchor}" class="mlabel">{}</text>"#,
+                    TOP + 11.0 + 11.0 * (i % 3) as f64,
+                    esc(&m.label)
+                );
             }
         }
         for (i, (se, p)) in self.series.iter().zip(&pts).enumerate() {

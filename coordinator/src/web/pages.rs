@@ -40,10 +40,10 @@ pub fn sections_html(sections: &[Section], titles: &[(&str, &str)]) -> String {
 /// leader's memory; empty elsewhere).
 pub fn cluster_sections(state: &ClusterState, heartbeat_ago_ms: &HashMap<String, u64>) -> Vec<Section> {
     let mut w = String::from(
-        "<table><tr><th>worker</th><th>state</th><th>data plane</th><th>task</th><th class=num>last heartbeat</th></tr>",
+        "<table><tr><th>worker</th><th>state</th><th>device</th><th>data plane</th><th>task</th><th class=num>last heartbeat</th></tr>",
     );
     if state.workers.is_empty() {
-        w.push_str(r#"<tr><td colspan=5 class=muted>no worker has registered</td></tr>"#);
+        w.push_str(r#"<tr><td colspan=6 class=muted>no worker has registered</td></tr>"#);
     }
     for (id, r) in &state.workers {
         let task = match &r.task {
@@ -55,12 +55,22 @@ pub fn cluster_sections(state: &ClusterState, heartbeat_ago_ms: &HashMap<String,
             _ => String::new(),
         };
         let hb = heartbeat_ago_ms.get(id).map_or("–".to_string(), |ms| format!("{:.1} s ago", *ms as f64 / 1e3));
+        let device = match r.gpus {
+            0 => "CPU".to_string(),
+            1 => "1 GPU".to_string(),
+            n => format!("{n} GPUs"),
+        };
+        // port 0: the worker picks a port per run
+        let addr = match r.addr.strip_suffix(":0") {
+            Some(host) => format!("{host} (a port per run)"),
+            None => r.addr.clone(),
+        };
         let _ = write!(
             w,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{task}</td><td class=num>{hb}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{device}</td><td>{}</td><td>{task}</td><td class=num>{hb}</td></tr>",
             esc(id),
             badge(r.status.name()),
-            esc(&r.addr)
+            esc(&addr)
         );
     }
     w.push_str("</table>");
@@ -300,7 +310,9 @@ fn ranks(job: &JobState, live: &[(usize, TaskLive)], leader: bool) -> String {
         s.push_str("</table>");
     }
     if s.is_empty() {
-        s = if leader {
+        s = if !job.tasks.iter().any(|t| matches!(t.status, TaskStatus::Running { .. })) {
+            r#"<p class=muted>No group is running.</p>"#.into()
+        } else if leader {
             r#"<p class=muted>No running group has reported its steps yet.</p>"#.into()
         } else {
             r#"<p class=muted>Step times are kept by the raft leader.</p>"#.into()
@@ -453,7 +465,7 @@ fn results_table(results: Option<&Value>) -> String {
         let how = e.get("selection").and_then(Value::as_str).unwrap_or("");
         row(&mut s, &format!("ensemble of {:?}", members), Some(e), how);
     }
-    if let Some(f) = r.get("final_model") {
+    if let Some(f) = r.get("final") {
         let mut f = f.clone();
         if let (Some(o), Some(t)) = (f.as_object_mut(), r.get("final_tta")) {
             o.insert("tta".into(), t.clone());
