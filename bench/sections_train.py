@@ -60,9 +60,11 @@ def step(r, report):
 
 
 def metrics(r, report):
-    """The learner's step with vs without Prometheus metrics; each process alternates 6 pairs of
-    epochs itself and reports their median, and the processes are the rounds."""
-    report("== metrics overhead: the learner's training step with vs without Prometheus metrics ==")
+    """The learner's step with vs without what observes it in a worker's training child
+    (Prometheus metrics, and the event stream to the agent with its step summaries for the
+    coordinator's live view and straggler rule); each process alternates 6 pairs of epochs itself
+    and reports their median, and the processes are the rounds."""
+    report("== observer overhead: the learner's training step with vs without Prometheus metrics + the event stream's step summaries ==")
     runs = []
     for i in range(r.rounds):
         runs.append(r.run_json("metrics", [r.bin, "bench-metrics", "--model", "small_resnet", "--width", "16",
@@ -71,8 +73,8 @@ def metrics(r, report):
                                            "--rounds", os.environ.get("BENCH_METRICS_ROUNDS", "6")]))
     col = lambda k, s=1: [x[k] * s for x in runs]  # noqa: E731
     report.table(["measure", "median / worst", "target"], [
-        ["step without metrics (ms)", h.mw(col("step_ms_off"), 2, False), ""],
-        ["step with metrics (ms)", h.mw(col("step_ms_on"), 2, False), ""],
+        ["step without observers (ms)", h.mw(col("step_ms_off"), 2, False), ""],
+        ["step with metrics + step summaries (ms)", h.mw(col("step_ms_on"), 2, False), ""],
         ["with / without - 1 (%)", h.mw(col("overhead", 100), 2, False), "< 1%"],
         ["recording alone (us per step)", h.mw(col("record_us_per_step"), 3, False), ""],
         ["recording alone / step (%)", h.mw(col("record_fraction_of_step", 100), 4, False), "< 1%"],

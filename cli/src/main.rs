@@ -354,6 +354,17 @@ fn parse_device(name: &str) -> anyhow::Result<tch::Device> {
     }
 }
 
+/// Commands whose output is read by other programs (`status | head`) end quietly when the reader
+/// goes, as `ls` does, instead of panicking in `println!`. Only these: a training process must get
+/// EPIPE from a closed pipe (its agent went away), not die of SIGPIPE.
+fn quiet_on_broken_pipe() {
+    // SAFETY: restoring the default disposition of one signal, before any thread writes
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -531,11 +542,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output::print_results(&results, &spec.output, &spec.name, &run);
             Ok(())
         }
-        Cmd::Predict(args) => predict_cmd::predict(args),
+        Cmd::Predict(args) => {
+            quiet_on_broken_pipe();
+            predict_cmd::predict(args)
+        }
         Cmd::Worker(args) => cluster_cmd::worker(args),
         Cmd::Submit(args) => cluster_cmd::submit(args),
-        Cmd::Status(args) => cluster_cmd::status(args),
-        Cmd::Watch(args) => cluster_cmd::watch(args, cli.quiet),
+        Cmd::Status(args) => {
+            quiet_on_broken_pipe();
+            cluster_cmd::status(args)
+        }
+        Cmd::Watch(args) => {
+            quiet_on_broken_pipe();
+            cluster_cmd::watch(args, cli.quiet)
+        }
         Cmd::Cancel(args) => cluster_cmd::cancel(args),
         Cmd::Local(args) => cluster_cmd::local(args, cli.quiet),
         Cmd::BenchStep { model, width, batch_size, threads, steps, warmup, device, json } => {

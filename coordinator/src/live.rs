@@ -13,7 +13,9 @@
 //! batch). Over each rank's last [`WINDOW`] summaries (weighted by steps), with at least
 //! [`MIN_SUMMARIES`] of them from every rank of a group of two or more:
 //! - rank `r` is the straggler when its busy time is the group's largest, more than
-//!   [`RATIO`] × the median of the others' and more than [`MIN_EXCESS_S`] above it;
+//!   [`RATIO`] × the median of the others' and more than [`MIN_EXCESS_S`] above it; once named it
+//!   stays named while it is the largest and above [`RELEASE_RATIO`] × the others' (hysteresis:
+//!   a rank hovering around the threshold is not named and unnamed every second);
 //! - it is **data-bound** when at least half of that excess is its wait for batches, else
 //!   **compute-bound**;
 //! - the summary also gives the others' mean wait in gradient averaging, which is what the slow
@@ -31,6 +33,8 @@ pub const MIN_SUMMARIES: usize = 3;
 pub const RATIO: f64 = 1.25;
 /// And by at least this much per step (seconds): jitter of a few ms is nobody's fault.
 pub const MIN_EXCESS_S: f64 = 0.005;
+/// A named straggler stays named while more than this much busier than the others' median.
+pub const RELEASE_RATIO: f64 = 1.1;
 /// Loss / LR points kept per task for the live charts.
 pub const POINTS: usize = 4096;
 
@@ -101,7 +105,8 @@ impl RankLive {
         let mean = |f: fn(&StepReport) -> f64| {
             self.summaries.iter().map(|s| f(s) * f64::from(s.steps)).sum::<f64>() / n
         };
-        let (step_s, data_s, comm_s) = (mean(|s| s.step_seconds), mean(|s| s.data_seconds), mean(|s| s.comm_seconds));
+        let (step_s, data_s, comm_s) =
+            (mean(|s| s.step_seconds), mean(|s| s.data_seconds), mean(|s| s.comm_seconds));
         RankStats {
             rank,
             worker: self.worker.clone(),
@@ -170,8 +175,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// The rule of the module docs over one group's ranks.
+/// The rule of the module docs over one group's ranks, with nobody named before.
 pub fn straggler(ranks: &[RankStats]) -> Option<Straggler> {
+    straggler_after(ranks, None)
+}
+
+/// The rule of the module docs over one group's ranks; `named`: the rank named now, if any.
+pub fn straggler_after(ranks: &[RankStats], named: Option<u32>) -> Option<Straggler> {
     if ranks.len() < 2 || ranks.iter().any(|r| r.summaries < MIN_SUMMARIES) {
         return None;
     }
@@ -179,7 +189,8 @@ pub fn straggler(ranks: &[RankStats]) -> Option<Straggler> {
     let others: Vec<&RankStats> = ranks.iter().filter(|r| r.rank != slow.rank).collect();
     let others_busy = median(others.iter().map(|r| r.busy_s).collect());
     let excess = slow.busy_s - others_busy;
-    if !(slow.busy_s > RATIO * others_busy && excess > MIN_EXCESS_S) {
+    let ratio = if named == Some(slow.rank) { RELEASE_RATIO } else { RATIO };
+    if !(slow.busy_s > ratio * others_busy && excess > MIN_EXCESS_S) {
         return None;
     }
     let data_excess = slow.data_s - median(others.iter().map(|r| r.data_s).collect());
@@ -218,6 +229,21 @@ impl TaskLive {
     pub fn straggler(&self) -> Option<Straggler> {
         straggler(&self.stats())
     }
+
+    /// The rule, given the rank named now (hysteresis).
+    pub fn straggler_after(&self, named: Option<u32>) -> Option<Straggler> {
+        straggler_after(&self.stats(), named)
+    }
+}
+
+/// Who sent a step summary: rank `rank` (worker `worker`) of `job` task `task` at `generation`.
+#[derive(Debug, Clone, Copy)]
+pub struct Sender<'a> {
+    pub job: &'a str,
+    pub task: usize,
+    pub generation: u64,
+    pub rank: u32,
+    pub worker: &'a str,
 }
 
 /// Every job's running tasks, by (job, task).
@@ -229,18 +255,10 @@ pub struct Live {
 }
 
 impl Live {
-    /// Record rank `rank`'s (worker `worker`) summary for `job` task `task` at `generation`; a
-    /// newer generation starts the ranks over (the group changed), keeping the chart points.
-    pub fn record(
-        &mut self,
-        job: &str,
-        task: usize,
-        generation: u64,
-        rank: u32,
-        worker: &str,
-        report: StepReport,
-        now_ms: u64,
-    ) {
+    /// Record a rank's summary; a newer generation starts the ranks over (the group changed),
+    /// keeping the chart points.
+    pub fn record(&mut self, from: &Sender<'_>, report: StepReport, now_ms: u64) {
+        let Sender { job, task, generation, rank, worker } = *from;
         let t = self.tasks.entry((job.to_string(), task)).or_default();
         if generation < t.generation {
             return; // a late report of a torn-down group
@@ -254,7 +272,12 @@ impl Live {
             while t.points.back().is_some_and(|p| p.step >= report.step) {
                 t.points.pop_back();
             }
-            t.points.push_back(Point { stage: report.stage, step: report.step, loss: report.loss, lr: report.lr });
+            t.points.push_back(Point {
+                stage: report.stage,
+                step: report.step,
+                loss: report.loss,
+                lr: report.lr,
+            });
             if t.points.len() > POINTS {
                 t.points.pop_front();
             }
@@ -322,7 +345,9 @@ mod tests {
         let mut l = Live::default();
         for i in 0..n {
             for (rank, &(s, d, c)) in per_rank.iter().enumerate() {
-                l.record("j", 0, 1, rank as u32, &format!("w{rank}"), report(4 * i as u64, s, d, c), 0);
+                let worker = format!("w{rank}");
+                let from = Sender { job: "j", task: 0, generation: 1, rank: rank as u32, worker: &worker };
+                l.record(&from, report(4 * i as u64, s, d, c), 0);
             }
         }
         l.task("j", 0).unwrap().clone()
@@ -338,6 +363,20 @@ mod tests {
         assert!((s.others_comm_s - 0.2).abs() < 1e-9);
         let text = s.summary();
         assert!(text.contains("rank 1 (w1)") && text.contains("compute-bound"), "{text}");
+    }
+
+    #[test]
+    fn a_named_rank_stays_named_until_it_is_clearly_back_with_the_others() {
+        // 20% busier: not enough to be named, enough to stay named
+        let t = live(&[(0.12, 0.0, 0.02), (0.12, 0.0, 0.0)], 5);
+        assert_eq!(t.straggler(), None);
+        assert_eq!(t.straggler_after(Some(1)).map(|s| s.rank), Some(1));
+        // 5% busier: released
+        let t = live(&[(0.105, 0.0, 0.005), (0.105, 0.0, 0.0)], 5);
+        assert_eq!(t.straggler_after(Some(1)), None);
+        // another rank named before does not lower the bar for this one
+        let t = live(&[(0.12, 0.0, 0.02), (0.12, 0.0, 0.0)], 5);
+        assert_eq!(t.straggler_after(Some(0)), None);
     }
 
     #[test]
@@ -360,11 +399,23 @@ mod tests {
     fn a_new_generation_starts_the_ranks_over_and_late_reports_are_dropped() {
         let mut l = Live::default();
         for i in 0..5 {
-            l.record("j", 0, 1, 0, "w0", report(i, 0.25, 0.0, 0.2), 0);
-            l.record("j", 0, 1, 1, "w1", report(i, 0.25, 0.0, 0.0), 0);
+            l.record(
+                &Sender { job: "j", task: 0, generation: 1, rank: 0, worker: "w0" },
+                report(i, 0.25, 0.0, 0.2),
+                0,
+            );
+            l.record(
+                &Sender { job: "j", task: 0, generation: 1, rank: 1, worker: "w1" },
+                report(i, 0.25, 0.0, 0.0),
+                0,
+            );
         }
         assert!(l.task("j", 0).unwrap().straggler().is_some());
-        l.record("j", 0, 2, 0, "w0", report(3, 0.1, 0.0, 0.0), 0);
+        l.record(
+            &Sender { job: "j", task: 0, generation: 2, rank: 0, worker: "w0" },
+            report(3, 0.1, 0.0, 0.0),
+            0,
+        );
         let t = l.task("j", 0).unwrap();
         assert_eq!((t.generation, t.ranks.len()), (2, 1));
         assert_eq!(t.straggler(), None);
@@ -372,7 +423,11 @@ mod tests {
         assert_eq!(t.points.back().map(|p| p.step), Some(3));
         assert_eq!(t.points.len(), 4, "{:?}", t.points);
         let v = l.version;
-        l.record("j", 0, 1, 1, "w1", report(9, 0.25, 0.0, 0.0), 0);
+        l.record(
+            &Sender { job: "j", task: 0, generation: 1, rank: 1, worker: "w1" },
+            report(9, 0.25, 0.0, 0.0),
+            0,
+        );
         assert_eq!(l.version, v, "generation 1 is over");
         l.retain_jobs(|j| j != "j");
         assert!(l.is_empty());

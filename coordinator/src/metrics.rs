@@ -177,11 +177,15 @@ impl CoordinatorMetrics {
         let mut stragglers = 0;
         for (id, j) in &state.jobs {
             for (i, t) in j.tasks.iter().enumerate() {
-                if let (TaskStatus::Running { .. }, Some(crate::state::JobEvent::Straggler { rank: Some(r), bound, .. })) =
-                    (&t.status, &t.straggler)
+                if let (
+                    TaskStatus::Running { .. },
+                    Some(crate::state::JobEvent::Straggler { rank: Some(r), bound, .. }),
+                ) = (&t.status, &t.straggler)
                 {
                     stragglers += 1;
-                    self.straggler_rank.with_label_values(&[id.as_str(), &i.to_string(), bound]).set(i64::from(*r));
+                    self.straggler_rank
+                        .with_label_values(&[id.as_str(), &i.to_string(), bound])
+                        .set(i64::from(*r));
                 }
             }
         }
@@ -347,7 +351,10 @@ mod tests {
         m.observe_state(&s, &ReplicaStatus::default());
         let text = cyclotron_core::metrics::encode_text(m.registry()).unwrap();
         assert!(text.lines().any(|l| l == "cyclotron_stragglers 1"), "{text}");
-        assert!(text.lines().any(|l| l == r#"cyclotron_straggler_rank{bound="data",job="a",task="0"} 1"#), "{text}");
+        assert!(
+            text.lines().any(|l| l == r#"cyclotron_straggler_rank{bound="data",job="a",task="0"} 1"#),
+            "{text}"
+        );
         // the same name again is not news; a rank outside the group is refused
         assert!(matches!(s.apply(12, &name(Some(1))), crate::state::Outcome::Rejected { .. }));
         let mut stranger = name(Some(1));

@@ -51,7 +51,11 @@ async fn browser(port: u16) -> Client {
     let connector = hyper_util::client::legacy::connect::HttpConnector::new();
     let started = Instant::now();
     loop {
-        match ClientBuilder::new(connector.clone()).capabilities(caps.clone()).connect(&format!("http://127.0.0.1:{port}")).await {
+        match ClientBuilder::new(connector.clone())
+            .capabilities(caps.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+        {
             Ok(c) => return c,
             Err(e) if started.elapsed() < Duration::from_secs(30) => {
                 eprintln!("waiting for chromedriver: {e}");
@@ -137,7 +141,11 @@ async fn the_job_page_is_live_in_a_browser_and_names_the_slowed_rank() {
     std::env::set_var("CYCLOTRON_FAULT_SLOW_RANK", "1:150");
     let coord = Coordinator::start(dir.path(), "c", "127.0.0.1:0", &["--web-addr", "127.0.0.1:0"], &tag);
     let web = until("the web view's address", Duration::from_secs(30), || async {
-        read(&coord.log).split("web view at ").nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string)
+        read(&coord.log)
+            .split("web view at ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_string)
     })
     .await;
     let _w0 = Worker::start(dir.path(), &coord.addr, "w0", &tag);
@@ -150,7 +158,8 @@ async fn the_job_page_is_live_in_a_browser_and_names_the_slowed_rank() {
         &tag,
     );
     assert_eq!(submitted.code, Some(0), "{}\n{}", submitted.stdout, submitted.stderr);
-    let job = submitted.stdout.split_whitespace().find(|w| w.starts_with("webview-")).expect("job id").to_string();
+    let job =
+        submitted.stdout.split_whitespace().find(|w| w.starts_with("webview-")).expect("job id").to_string();
 
     let c = browser(port).await;
     c.goto(&format!("{web}jobs/{job}")).await.unwrap();
@@ -172,7 +181,10 @@ async fn the_job_page_is_live_in_a_browser_and_names_the_slowed_rank() {
     .await;
     assert!(later > first);
     // rank 1 is named: on the page within 30 s of the ranks' first figures, and in status --json
-    until("the ranks table", Duration::from_secs(60), || async { c.find(Locator::Css("table.ranks")).await.ok() }).await;
+    until("the ranks table", Duration::from_secs(60), || async {
+        c.find(Locator::Css("table.ranks")).await.ok()
+    })
+    .await;
     let named = Instant::now();
     let banner = until("rank 1 named on the page", Duration::from_secs(30), || async {
         text_of(&c, ".straggler").await.filter(|t| t.contains("rank 1 (w1)"))
@@ -197,7 +209,8 @@ async fn the_job_page_is_live_in_a_browser_and_names_the_slowed_rank() {
     assert!(results.contains("ensemble") && results.contains("snapshot 0"), "{results}");
     std::fs::write(shots.join("job-done.png"), c.screenshot().await.unwrap()).unwrap();
     c.goto(&web).await.unwrap();
-    let workers = until("the cluster page", Duration::from_secs(10), || async { text_of(&c, "#workers").await }).await;
+    let workers =
+        until("the cluster page", Duration::from_secs(10), || async { text_of(&c, "#workers").await }).await;
     assert!(workers.contains("w0") && workers.contains("w1"), "{workers}");
     std::fs::write(shots.join("cluster.png"), c.screenshot().await.unwrap()).unwrap();
     c.close().await.unwrap();

@@ -216,9 +216,13 @@ pub fn metrics_overhead(
     let metrics = registry.job("bench", 0);
     let sched = cyclotron_core::schedule::Constant { lr: 0.01, steps_per_epoch: steps, epochs: 1 };
     let rounds = rounds.max(1);
+    // "on" is what a worker's training child runs: Prometheus metrics, then the event stream to
+    // its agent with a step summary about once a second (written to a sink here)
     let mut epoch = |on: bool| -> Result<f64> {
         let mut quiet = Quiet;
-        let mut obs = Metered::new(on.then(|| metrics.clone()), &mut quiet);
+        let mut events = crate::agent::events::EventsJsonl::new(Box::new(std::io::sink()));
+        let inner: &mut dyn Observer = if on { &mut events } else { &mut quiet };
+        let mut obs = Metered::new(on.then(|| metrics.clone()), inner);
         let started = Instant::now();
         l.fit(0, &sched, &[0.01; GROUPS], &mut obs, &mut |_, _| Ok(()))?;
         Ok(1000.0 * started.elapsed().as_secs_f64() / steps as f64)
@@ -240,8 +244,8 @@ pub fn metrics_overhead(
     // the per-step cost alone, many times over: nothing else runs, so noise averages out
     let iters = 200_000u32;
     let lrs = vec![0.01; GROUPS];
-    let mut quiet = Quiet;
-    let mut obs = Metered::new(Some(metrics.clone()), &mut quiet);
+    let mut events = crate::agent::events::EventsJsonl::new(Box::new(std::io::sink()));
+    let mut obs = Metered::new(Some(metrics.clone()), &mut events);
     let started = Instant::now();
     for i in 0..iters {
         let (waited, stepped) = (Instant::now(), Instant::now());

@@ -169,7 +169,8 @@ async fn web_viewer(
 ) -> (Vec<f64>, usize) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let auth = token.map(|t| format!("Authorization: Bearer {}\r\n", t.expose())).unwrap_or_default();
-    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n{auth}\r\n");
+    let request =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n{auth}\r\n");
     let live = request("/live");
     let stream = tokio::spawn(async move {
         let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return };

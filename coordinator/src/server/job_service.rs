@@ -75,59 +75,75 @@ impl Jobs {
         request: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let req = request.into_inner();
-        check_len("request_id", &req.request_id, MAX_ID_LEN)?;
-        let spec = parse_spec(&req.spec_toml)?;
-        self.shared.require_leader()?;
-        let workers_per_run = req.workers_per_run.max(1) as usize;
-        let max_restarts = if req.max_restarts == 0 { DEFAULT_MAX_RESTARTS } else { req.max_restarts };
-        // a retry of a submission that already committed: its job, nothing new
-        let first = |state: &crate::state::ClusterState| {
-            (!req.request_id.is_empty()).then(|| state.submissions.get(&req.request_id).cloned()).flatten()
+        let job_id =
+            submit(&self.shared, &req.spec_toml, &req.request_id, req.workers_per_run, req.max_restarts)
+                .await?;
+        Ok(Response::new(pb::SubmitJobResponse { job_id }))
+    }
+}
+
+/// Validate and commit a submission (the CLI's `SubmitJob` and the web view's form): the job id.
+pub(crate) async fn submit(
+    shared: &Shared,
+    spec_toml: &str,
+    request_id: &str,
+    workers_per_run: u32,
+    max_restarts: u32,
+) -> Result<String, ServiceError> {
+    check_len("request_id", request_id, MAX_ID_LEN)?;
+    let spec = parse_spec(spec_toml)?;
+    shared.require_leader()?;
+    let workers_per_run = workers_per_run.max(1) as usize;
+    let max_restarts = if max_restarts == 0 { DEFAULT_MAX_RESTARTS } else { max_restarts };
+    // a retry of a submission that already committed: its job, nothing new
+    let first = |state: &crate::state::ClusterState| {
+        (!request_id.is_empty()).then(|| state.submissions.get(request_id).cloned()).flatten()
+    };
+    if let Some(job_id) = first(&shared.state()) {
+        return Ok(job_id);
+    }
+    let now = now_ms();
+    let base = format!("{}-{}", spec.name, utc_stamp(now / 1000));
+    let mut k = 1u32;
+    // a concurrent submission may take the id we chose: move to the next one
+    for _ in 0..8 {
+        let job = {
+            let state = shared.state();
+            loop {
+                let id = if k == 1 { base.clone() } else { format!("{base}-{k}") };
+                if !state.jobs.contains_key(&id) {
+                    break id;
+                }
+                k += 1;
+            }
         };
-        if let Some(job_id) = first(&self.shared.state()) {
-            return Ok(Response::new(pb::SubmitJobResponse { job_id }));
-        }
-        let now = now_ms();
-        let base = format!("{}-{}", spec.name, utc_stamp(now / 1000));
-        let mut k = 1u32;
-        // a concurrent submission may take the id we chose: move to the next one
-        for _ in 0..8 {
-            let job = {
-                let state = self.shared.state();
-                loop {
-                    let id = if k == 1 { base.clone() } else { format!("{base}-{k}") };
-                    if !state.jobs.contains_key(&id) {
-                        break id;
-                    }
-                    k += 1;
+        let cmd = Command::SubmitJob {
+            request_id: request_id.to_string(),
+            job: job.clone(),
+            spec: Box::new(spec.clone()),
+            spec_toml: spec_toml.to_string(),
+            workers_per_run,
+            max_restarts,
+            now_ms: now,
+        };
+        match shared.propose(cmd).await? {
+            Outcome::Applied => return Ok(job),
+            Outcome::Rejected { reason } => {
+                // the same key committed first (an earlier try of this submission): its job
+                if let Some(job_id) = first(&shared.state()) {
+                    return Ok(job_id);
                 }
-            };
-            let cmd = Command::SubmitJob {
-                request_id: req.request_id.clone(),
-                job: job.clone(),
-                spec: Box::new(spec.clone()),
-                spec_toml: req.spec_toml.clone(),
-                workers_per_run,
-                max_restarts,
-                now_ms: now,
-            };
-            match self.shared.propose(cmd).await? {
-                Outcome::Applied => return Ok(Response::new(pb::SubmitJobResponse { job_id: job })),
-                Outcome::Rejected { reason } => {
-                    // the same key committed first (an earlier try of this submission): its job
-                    if let Some(job_id) = first(&self.shared.state()) {
-                        return Ok(Response::new(pb::SubmitJobResponse { job_id }));
-                    }
-                    if !reason.contains("already exists") {
-                        return Err(ServiceError::FailedPrecondition(reason).into());
-                    }
-                    k += 1;
+                if !reason.contains("already exists") {
+                    return Err(ServiceError::FailedPrecondition(reason));
                 }
+                k += 1;
             }
         }
-        Err(ServiceError::Unavailable("too many concurrent submissions; retry".into()).into())
     }
+    Err(ServiceError::Unavailable("too many concurrent submissions; retry".into()))
+}
 
+impl Jobs {
     async fn do_get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
         let id = request.into_inner().job_id;
         check_len("job_id", &id, MAX_ID_LEN)?;

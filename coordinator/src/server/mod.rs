@@ -202,6 +202,8 @@ impl Shared {
     }
 }
 
+pub(crate) use job_service::submit as submit_job;
+
 pub(crate) fn propose_error(e: ProposeError) -> ServiceError {
     match e {
         ProposeError::NotLeader { leader } => ServiceError::NotLeader { leader },

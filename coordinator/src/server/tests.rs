@@ -574,7 +574,14 @@ async fn shutdown_ends_open_watch_streams_instead_of_waiting_for_them() {
 }
 
 /// One rank's step summary as a worker sends it.
-fn steps(c: &Cluster, worker: &str, a: &pb::Assignment, step: u64, step_s: f64, comm_s: f64) -> pb::ProgressReport {
+fn steps(
+    c: &Cluster,
+    worker: &str,
+    a: &pb::Assignment,
+    step: u64,
+    step_s: f64,
+    comm_s: f64,
+) -> pb::ProgressReport {
     let json = serde_json::json!({
         "type": "steps", "stage": 0, "step": step, "steps": 4, "loss": 1.0 / step as f64, "lr": 0.1,
         "step_seconds": step_s, "data_seconds": 0.001, "comm_seconds": comm_s,
@@ -595,7 +602,10 @@ async fn http(addr: std::net::SocketAddr, request: &str) -> (u16, String, String
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(request.as_bytes()).await.unwrap();
     let mut buf = vec![];
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await.expect("an answer in 10 s").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("an answer in 10 s")
+        .unwrap();
     let text = String::from_utf8_lossy(&buf).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -631,7 +641,11 @@ async fn a_slow_rank_is_named_in_status_events_and_the_web_view_and_unnamed_when
     assert!(s.summary.contains("rank 1 (w2)") && s.summary.contains("wait 200 ms"), "{}", s.summary);
     let r1 = &j.tasks[0].ranks[1];
     assert_eq!((r1.rank, r1.step), (1, 12));
-    assert!((r1.busy_ms - 250.0).abs() < 1.0 && (j.tasks[0].ranks[0].busy_ms - 51.0).abs() < 1.0, "{:?}", j.tasks[0].ranks);
+    assert!(
+        (r1.busy_ms - 250.0).abs() < 1.0 && (j.tasks[0].ranks[0].busy_ms - 51.0).abs() < 1.0,
+        "{:?}",
+        j.tasks[0].ranks
+    );
     // the naming is committed: watch streams it, and only once while it holds
     c.workers.report_progress(steps(&c, "w2", &a2, 16, 0.25, 0.001)).await.unwrap();
     let named = |c: &Cluster| {
@@ -649,7 +663,10 @@ async fn a_slow_rank_is_named_in_status_events_and_the_web_view_and_unnamed_when
     // the web view names it on the cluster and job pages, and draws the live loss
     let (status, _, body) = http(web.addr, &get("/", "")).await;
     assert_eq!(status, 200);
-    assert!(body.contains(&id) && body.contains("w1") && body.contains("rank 1 (w2) is the straggler"), "{body}");
+    assert!(
+        body.contains(&id) && body.contains("w1") && body.contains("rank 1 (w2) is the straggler"),
+        "{body}"
+    );
     let (status, _, body) = http(web.addr, &get(&format!("/jobs/{id}"), "")).await;
     assert_eq!(status, 200);
     assert!(body.contains(r#"<tr class=slow><td>1</td><td>w2</td>"#), "{body}");
@@ -694,7 +711,9 @@ async fn the_web_view_streams_updates_live_and_ends_the_stream_with_the_job() {
     let mut lines = tokio::io::BufReader::new(s).lines();
     async fn next_data(lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::net::TcpStream>>) -> String {
         loop {
-            let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.expect("an event in 10 s");
+            let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+                .await
+                .expect("an event in 10 s");
             let line = line.unwrap().expect("the stream is open");
             if let Some(d) = line.strip_prefix("data: ") {
                 return d.to_string();
@@ -716,7 +735,8 @@ async fn the_web_view_streams_updates_live_and_ends_the_stream_with_the_job() {
 async fn with_a_token_the_web_view_asks_for_it_and_the_login_link_sets_a_session() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config("127.0.0.1:0", dir.path(), 10_000);
-    let token = cyclotron_proto::auth::Token::new("s3cret-token-of-the-cluster", "cluster token", "test").unwrap();
+    let token =
+        cyclotron_proto::auth::Token::new("s3cret-token-of-the-cluster", "cluster token", "test").unwrap();
     config.security.cluster_token = Some(token);
     let handle = serve(config).await.unwrap();
     let web = handle.serve_web("127.0.0.1:0".parse().unwrap()).await.unwrap();
@@ -724,15 +744,22 @@ async fn with_a_token_the_web_view_asks_for_it_and_the_login_link_sets_a_session
     assert_eq!(status, 401);
     assert!(head.to_ascii_lowercase().contains("www-authenticate: basic"), "{head}");
     assert_eq!(http(web.addr, &get("/", "Authorization: Bearer wrong\r\n")).await.0, 401);
-    assert_eq!(http(web.addr, &get("/", "Authorization: Bearer s3cret-token-of-the-cluster\r\n")).await.0, 200);
+    assert_eq!(
+        http(web.addr, &get("/", "Authorization: Bearer s3cret-token-of-the-cluster\r\n")).await.0,
+        200
+    );
     // basic auth: any user, the token as password (base64 of "me:s3cret-token-of-the-cluster")
     use base64::Engine as _;
     let basic = base64::engine::general_purpose::STANDARD.encode("me:s3cret-token-of-the-cluster");
     assert_eq!(http(web.addr, &get("/", &format!("Authorization: Basic {basic}\r\n"))).await.0, 200);
     assert_eq!(http(web.addr, &get("/login?token=wrong", "")).await.0, 401);
-    let (status, head, _) = http(web.addr, &get("/login?token=s3cret-token-of-the-cluster&next=//evil.example/", "")).await;
+    let (status, head, _) =
+        http(web.addr, &get("/login?token=s3cret-token-of-the-cluster&next=//evil.example/", "")).await;
     assert_eq!(status, 303, "{head}");
-    assert!(head.contains("location: /\r") || head.contains("location: /\n") || head.ends_with("location: /"), "no open redirect: {head}");
+    assert!(
+        head.contains("location: /\r") || head.contains("location: /\n") || head.ends_with("location: /"),
+        "no open redirect: {head}"
+    );
     let cookie = head
         .lines()
         .find_map(|l| l.strip_prefix("set-cookie: "))
@@ -759,4 +786,68 @@ async fn with_a_token_the_web_view_asks_for_it_and_the_login_link_sets_a_session
 
 fn config_open(dir: &std::path::Path) -> CoordinatorConfig {
     config("127.0.0.1:0", dir, 10_000)
+}
+
+fn form_value(html: &str, name: &str) -> String {
+    let marker = format!(r#"name={name} value=""#);
+    let rest = html.split(&marker).nth(1).unwrap_or_else(|| panic!("no {name} in {html}"));
+    rest.split('"').next().unwrap().to_string()
+}
+
+fn post(path: &str, fields: &[(&str, &str)]) -> String {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect::<String>()
+    };
+    let body: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={}", enc(v))).collect();
+    let body = body.join("&");
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test]
+async fn the_cluster_page_submits_once_per_form_and_the_job_page_cancels() {
+    let mut c = start(10_000).await;
+    let web = c.handle.serve_web("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let (_, _, page) = http(web.addr, &get("/", "")).await;
+    let (secret, request) = (form_value(&page, "secret"), form_value(&page, "request"));
+    let fields = [
+        ("secret", secret.as_str()),
+        ("request", request.as_str()),
+        ("spec", SPEC),
+        ("workers_per_run", "1"),
+    ];
+    let (status, head, _) = http(web.addr, &post("/submit", &fields)).await;
+    assert_eq!(status, 303, "{head}");
+    let location =
+        head.lines().find_map(|l| l.strip_prefix("location: ")).expect("a redirect").trim().to_string();
+    let id = location.strip_prefix("/jobs/").unwrap().to_string();
+    assert!(id.starts_with("tiny-"), "{location}");
+    // the same form posted twice (a double click) is one job
+    let (_, head, _) = http(web.addr, &post("/submit", &fields)).await;
+    assert!(head.contains(&location), "{head}");
+    assert_eq!(c.jobs.list_jobs(pb::ListJobsRequest {}).await.unwrap().into_inner().jobs.len(), 1);
+    // a bad spec is refused with what is wrong; a forged form is refused
+    let bad = [
+        ("secret", secret.as_str()),
+        ("request", "r2"),
+        ("spec", "name = \"x\"\n[model]\narch = \"nope\"\n"),
+        ("workers_per_run", "1"),
+    ];
+    let (status, _, body) = http(web.addr, &post("/submit", &bad)).await;
+    assert!(status == 400 && body.contains("not submitted"), "{status} {body}");
+    let forged = [("secret", "guess"), ("request", "r3"), ("spec", SPEC), ("workers_per_run", "1")];
+    assert_eq!(http(web.addr, &post("/submit", &forged)).await.0, 403);
+    assert_eq!(c.jobs.list_jobs(pb::ListJobsRequest {}).await.unwrap().into_inner().jobs.len(), 1);
+    // cancel from the job page's form
+    let (_, _, page) = http(web.addr, &get(&location, "")).await;
+    let secret = form_value(&page, "secret");
+    let (status, _, _) = http(web.addr, &post(&format!("{location}/cancel"), &[("secret", &secret)])).await;
+    assert_eq!(status, 303);
+    assert_eq!(job(&mut c, &id).await.status, "cancelled");
+    let (_, _, page) = http(web.addr, &get(&location, "")).await;
+    assert!(page.contains("cancelled from the web view") && !page.contains("Cancel job"), "{page}");
 }

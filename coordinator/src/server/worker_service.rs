@@ -265,8 +265,9 @@ impl Workers {
         let value: serde_json::Value = serde_json::from_str(&req.progress_json)
             .map_err(|e| ServiceError::InvalidArgument(format!("progress_json is not JSON: {e}")))?;
         if let Some(report) = StepReport::from_progress(&value) {
-            let report = report
-                .map_err(|e| ServiceError::InvalidArgument(format!("progress_json is not a step summary: {e}")))?;
+            let report = report.map_err(|e| {
+                ServiceError::InvalidArgument(format!("progress_json is not a step summary: {e}"))
+            })?;
             return self.step_summary(req, report).await.map(Response::new).map_err(Into::into);
         }
         let event: JobEvent = serde_json::from_value(value)
@@ -291,7 +292,11 @@ impl Workers {
 
     /// A rank's step summary: leader memory (the live view), then the straggler rule; a change
     /// of the named straggler is committed.
-    async fn step_summary(&self, req: pb::ProgressReport, report: StepReport) -> Result<pb::Ack, ServiceError> {
+    async fn step_summary(
+        &self,
+        req: pb::ProgressReport,
+        report: StepReport,
+    ) -> Result<pb::Ack, ServiceError> {
         if !report.is_sane() {
             return Err(ServiceError::InvalidArgument(
                 "progress_json: a step summary needs steps > 0 and non-negative finite seconds".into(),
@@ -316,14 +321,29 @@ impl Workers {
         };
         let straggler = {
             let mut live = self.shared.live();
-            live.record(&req.job_id, task, req.generation, rank as u32, &req.worker_id, report, now_ms());
+            let from = crate::live::Sender {
+                job: &req.job_id,
+                task,
+                generation: req.generation,
+                rank: rank as u32,
+                worker: &req.worker_id,
+            };
+            live.record(&from, report, now_ms());
             let t = live.task(&req.job_id, task);
             // the rule speaks once every rank has reported; until then the name stands
-            let complete = t.is_some_and(|t| t.ranks.values().all(|r| r.summaries.len() >= crate::live::MIN_SUMMARIES));
-            if complete { Some(t.and_then(|t| t.straggler())) } else { None }
+            let complete =
+                t.is_some_and(|t| t.ranks.values().all(|r| r.summaries.len() >= crate::live::MIN_SUMMARIES));
+            if complete {
+                Some(t.and_then(|t| t.straggler_after(named.0)))
+            } else {
+                None
+            }
         };
         let Some(straggler) = straggler else { return Ok(pb::Ack {}) };
-        let now = (straggler.as_ref().map(|s| s.rank), straggler.as_ref().map_or(String::new(), |s| s.bound.name().to_string()));
+        let now = (
+            straggler.as_ref().map(|s| s.rank),
+            straggler.as_ref().map_or(String::new(), |s| s.bound.name().to_string()),
+        );
         if now != named {
             let cmd = match straggler {
                 Some(s) => Command::NameStraggler {

@@ -178,7 +178,16 @@ pub(super) fn apply(s: &mut ClusterState, cmd: &Command) -> Outcome {
             release_job_workers(s, job);
             Outcome::Applied
         }
-        Command::RegisterWorker { worker, addr, protocol, lease_ms, now_ms, session_hash, replaces, gpus } => {
+        Command::RegisterWorker {
+            worker,
+            addr,
+            protocol,
+            lease_ms,
+            now_ms,
+            session_hash,
+            replaces,
+            gpus,
+        } => {
             if *protocol != cyclotron_proto::PROTOCOL_VERSION {
                 return reject(format!(
                     "worker {worker} speaks protocol {protocol}, this coordinator speaks {}; run matching versions",

@@ -60,7 +60,11 @@ fn ticks(lo: f64, hi: f64, log: bool) -> Vec<f64> {
     if log {
         let (a, b) = (lo.floor() as i32, hi.ceil() as i32);
         let step = ((b - a) / 6).max(1);
-        return (a..=b).step_by(step as usize).map(f64::from).filter(|t| *t >= lo - 1e-9 && *t <= hi + 1e-9).collect();
+        return (a..=b)
+            .step_by(step as usize)
+            .map(f64::from)
+            .filter(|t| *t >= lo - 1e-9 && *t <= hi + 1e-9)
+            .collect();
     }
     let span = (hi - lo).max(1e-12);
     let raw = span / 5.0;
@@ -99,7 +103,9 @@ impl Chart {
 
     /// Whether there is a point to draw.
     pub fn is_empty(&self) -> bool {
-        self.series.iter().all(|s| s.points.iter().all(|&(x, y)| self.tx(x).is_none() || self.ty(y).is_none()))
+        self.series
+            .iter()
+            .all(|s| s.points.iter().all(|&(x, y)| self.tx(x).is_none() || self.ty(y).is_none()))
     }
 
     /// The chart as an `<svg>` element (a placeholder text when it has no points).
@@ -118,7 +124,12 @@ impl Chart {
             .collect();
         let all: Vec<(f64, f64)> = pts.iter().flatten().copied().collect();
         if all.is_empty() {
-            let _ = write!(s, r#"<text x="{}" y="{}" class="empty" text-anchor="middle">no data yet</text></svg>"#, W / 2.0, H / 2.0);
+            let _ = write!(
+                s,
+                r#"<text x="{}" y="{}" class="empty" text-anchor="middle">no data yet</text></svg>"#,
+                W / 2.0,
+                H / 2.0
+            );
             return s;
         }
         let fold = |f: fn(&(f64, f64)) -> f64| {
@@ -209,7 +220,12 @@ impl Chart {
         for (i, (se, p)) in self.series.iter().zip(&pts).enumerate() {
             let color = COLORS[i % COLORS.len()];
             if p.len() == 1 {
-                let _ = write!(s, r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#, px(p[0].0), py(p[0].1));
+                let _ = write!(
+                    s,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#,
+                    px(p[0].0),
+                    py(p[0].1)
+                );
             } else if !p.is_empty() {
                 let d: Vec<String> = p.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
                 let _ = write!(

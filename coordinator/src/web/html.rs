@@ -66,6 +66,8 @@ svg .marker{stroke:#9a6700;stroke-dasharray:4 3}svg .mlabel{font-size:10px;fill:
 svg .legend{font-size:10px;fill:#24292f}svg .empty{font-size:12px;fill:#8c959f}
 form.inline{display:inline}button{font:inherit;padding:2px 10px;border:1px solid var(--bad);color:var(--bad);background:#fff;border-radius:5px;cursor:pointer}
 #live-state{font-size:12px}
+form.submit textarea{width:100%;font:12px/1.4 ui-monospace,"DejaVu Sans Mono",monospace}
+button.go{border-color:var(--run);color:var(--run)}
 "#;
 
 /// Connects the page to its live stream: each `update` event carries `{"sections":{id: html}}`

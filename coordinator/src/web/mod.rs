@@ -6,7 +6,8 @@
 //! `GET /jobs/{id}/live` their server-sent event streams (`update`: `{"sections":{id: html}}`
 //! whenever the state or the live step summaries moved, checked every [`TICK`]; `end` once the
 //! job is over); `GET /api/jobs/{id}` the job as JSON (state, tasks, ranks, straggler, events);
-//! `POST /jobs/{id}/cancel` cancels through raft, as `cyclotron cancel` does.
+//! `POST /jobs/{id}/cancel` cancels and `POST /submit` submits (the cluster page's form) through
+//! raft, with the same validation as `cyclotron cancel` and `cyclotron submit`.
 //!
 //! Pages are server-rendered HTML with inline SVG charts ([`chart`]) and one inline script; no
 //! file, font or library is fetched from anywhere, so the view works offline and from the binary
@@ -16,7 +17,7 @@
 //! auth (any user name, the token as password: a browser asks once) or `Authorization: Bearer`,
 //! or the session cookie that `GET /login?token=TOKEN&next=/path` sets (what `cyclotron local
 //! --web` prints, as Jupyter does: the link logs the browser in).
-//! Cancelling also needs the page's form secret (a random value of this server), so another site
+//! Cancelling and submitting also need the page's form secret (a random value of this server), so another site
 //! cannot make a logged-in browser post it. Without a token the view is served on loopback only.
 //! Limits: at most [`MAX_CONNECTIONS`] connections, [`HEADER_TIMEOUT`] for a request's headers,
 //! and a live stream ends after [`STREAM_DEADLINE`] (the browser reconnects by itself).
@@ -72,6 +73,17 @@ struct CancelForm {
 }
 
 #[derive(serde::Deserialize)]
+struct SubmitForm {
+    secret: String,
+    /// The form's idempotency key (a second post of the same page submits nothing new).
+    request: String,
+    spec: String,
+    workers_per_run: u32,
+    #[serde(default)]
+    max_restarts: u32,
+}
+
+#[derive(serde::Deserialize)]
 struct Login {
     token: String,
     next: Option<String>,
@@ -86,7 +98,11 @@ impl Web {
         if s.is_leader {
             format!("replica {} (leader)", s.id)
         } else {
-            format!("replica {} (follower; leader {})", s.id, s.leader_addr.unwrap_or_else(|| "unknown".into()))
+            format!(
+                "replica {} (follower; leader {})",
+                s.id,
+                s.leader_addr.unwrap_or_else(|| "unknown".into())
+            )
         }
     }
 
@@ -108,7 +124,9 @@ impl Web {
                 }
             }
         }
-        let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
+        let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
         let presented = if let Some(b) = value.strip_prefix("Basic ") {
             let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(b.trim()) else { return false };
             let text = String::from_utf8_lossy(&raw).to_string();
@@ -153,7 +171,10 @@ impl Web {
             if *name == "summary" {
                 *html = html.replace(
                     "<button type=submit>",
-                    &format!(r#"<input type=hidden name=secret value="{}"><button type=submit>"#, self.form_secret),
+                    &format!(
+                        r#"<input type=hidden name=secret value="{}"><button type=submit>"#,
+                        self.form_secret
+                    ),
                 );
             }
         }
@@ -203,7 +224,11 @@ async fn cluster_page(State(web): State<Web>, headers: HeaderMap) -> Response {
     if !web.authorised(&headers) {
         return unauthorised();
     }
-    let body = pages::sections_html(&web.cluster_sections(), pages::CLUSTER_TITLES);
+    let mut body = pages::sections_html(&web.cluster_sections(), pages::CLUSTER_TITLES);
+    let request = cyclotron_proto::auth::random_bytes::<12>()
+        .map(|b| cyclotron_proto::auth::hex_encode(&b))
+        .unwrap_or_default();
+    body.push_str(&pages::submit_form(&web.form_secret, &request));
     Html(html::page("cluster", &web.served_by(), &body, Some("/live"))).into_response()
 }
 
@@ -300,7 +325,8 @@ async fn job_json(State(web): State<Web>, Path(id): Path<String>, headers: Heade
                 "kind": t.task.kind(),
                 "status": t.status.name(),
                 "restarts": t.restarts,
-                "straggler": t.straggler,
+                // the current group's naming only (a finished task's is history, in `events`)
+                "straggler": if t.status.name() == "running" { t.straggler.clone() } else { None },
                 "ranks": ranks,
             })
         })
@@ -316,20 +342,76 @@ async fn job_json(State(web): State<Web>, Path(id): Path<String>, headers: Heade
     ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
-async fn cancel(State(web): State<Web>, Path(id): Path<String>, headers: HeaderMap, Form(form): Form<CancelForm>) -> Response {
+async fn cancel(
+    State(web): State<Web>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<CancelForm>,
+) -> Response {
     if !web.authorised(&headers) {
         return unauthorised();
     }
-    if web.form_secret.is_empty() || !digests_equal(&sha256(form.secret.as_bytes()), &sha256(web.form_secret.as_bytes())) {
-        return (StatusCode::FORBIDDEN, "cancel from the job's page (its form carries this server's secret)\n").into_response();
+    if web.form_secret.is_empty()
+        || !digests_equal(&sha256(form.secret.as_bytes()), &sha256(web.form_secret.as_bytes()))
+    {
+        return (
+            StatusCode::FORBIDDEN,
+            "cancel from the job's page (its form carries this server's secret)\n",
+        )
+            .into_response();
     }
     if let Err(e) = web.shared.require_leader() {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}: cancel on the leader's web view\n")).into_response();
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}: cancel on the leader's web view\n"))
+            .into_response();
     }
     let cmd = Command::CancelJob { job: id.clone(), reason: "cancelled from the web view".into() };
     match web.shared.commit(cmd).await {
         Ok(()) => Redirect::to(&format!("/jobs/{}", html::url_segment(&id))).into_response(),
         Err(e) => (StatusCode::CONFLICT, format!("not cancelled: {e}\n")).into_response(),
+    }
+}
+
+/// A page that says what went wrong and links back.
+fn problem(status: StatusCode, title: &str, message: &str) -> Response {
+    let body = format!(
+        r#"<h1>{}</h1><pre class=log>{}</pre><p><a href="/">Back to the cluster</a></p>"#,
+        html::esc(title),
+        html::esc(message)
+    );
+    (status, Html(html::page(title, "", &body, None))).into_response()
+}
+
+async fn submit(State(web): State<Web>, headers: HeaderMap, Form(form): Form<SubmitForm>) -> Response {
+    if !web.authorised(&headers) {
+        return unauthorised();
+    }
+    if web.form_secret.is_empty()
+        || !digests_equal(&sha256(form.secret.as_bytes()), &sha256(web.form_secret.as_bytes()))
+    {
+        return problem(
+            StatusCode::FORBIDDEN,
+            "not submitted",
+            "submit from the cluster page (its form carries this server's secret)",
+        );
+    }
+    if form.spec.len() > cyclotron_proto::limits::MAX_JOB_REQUEST {
+        return problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "not submitted",
+            "the job spec is larger than a submission may be",
+        );
+    }
+    match crate::server::submit_job(
+        &web.shared,
+        &form.spec,
+        &form.request,
+        form.workers_per_run,
+        form.max_restarts,
+    )
+    .await
+    {
+        Ok(job) => Redirect::to(&format!("/jobs/{}", html::url_segment(&job))).into_response(),
+        Err(e) => problem(StatusCode::BAD_REQUEST, "not submitted", &e.to_string()),
     }
 }
 
@@ -341,6 +423,7 @@ fn router(web: Web) -> Router {
         .route("/jobs/{id}", get(job_page))
         .route("/jobs/{id}/live", get(job_live))
         .route("/jobs/{id}/cancel", post(cancel))
+        .route("/submit", post(submit))
         .route("/api/jobs/{id}", get(job_json))
         .with_state(web)
 }
@@ -384,14 +467,19 @@ pub(crate) async fn serve(
     if token.is_none() && !addr.ip().is_loopback() {
         return Err(WebError::NotLoopback(addr));
     }
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| WebError::Bind { addr, source })?;
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|source| WebError::Bind { addr, source })?;
     let bound = listener.local_addr().map_err(|source| WebError::Bind { addr, source })?;
     // no CSPRNG: a fresh random-looking secret is not to be had, and cancelling from the page
     // stays off (an empty secret never matches: the form check demands a non-empty one)
     let secret = cyclotron_proto::auth::random_bytes::<16>()
         .map(|b| cyclotron_proto::auth::hex_encode(&b))
         .unwrap_or_default();
-    let web = Web { token: token.map(|t| sha256(t.expose().as_bytes())), form_secret: secret, shared: shared.clone() };
+    let web = Web {
+        token: token.map(|t| sha256(t.expose().as_bytes())),
+        form_secret: secret,
+        shared: shared.clone(),
+    };
     let app = router(web);
     let (stop, mut stopped) = watch::channel(false);
     let mut server_stopping = shared.stopping.clone();
@@ -432,4 +520,3 @@ pub(crate) async fn serve(
     });
     Ok(WebServer { addr: bound, stop })
 }
-

@@ -47,14 +47,13 @@ pub fn cluster_sections(state: &ClusterState, heartbeat_ago_ms: &HashMap<String,
     }
     for (id, r) in &state.workers {
         let task = match &r.task {
-            Some((job, t, g)) if r.status != WorkerStatus::Dead => format!(
-                r#"<a href="/jobs/{}">{}</a> task {t} gen {g}"#,
-                url_segment(job),
-                esc(job)
-            ),
+            Some((job, t, g)) if r.status != WorkerStatus::Dead => {
+                format!(r#"<a href="/jobs/{}">{}</a> task {t} gen {g}"#, url_segment(job), esc(job))
+            }
             _ => String::new(),
         };
-        let hb = heartbeat_ago_ms.get(id).map_or("–".to_string(), |ms| format!("{:.1} s ago", *ms as f64 / 1e3));
+        let hb =
+            heartbeat_ago_ms.get(id).map_or("–".to_string(), |ms| format!("{:.1} s ago", *ms as f64 / 1e3));
         let device = match r.gpus {
             0 => "CPU".to_string(),
             1 => "1 GPU".to_string(),
@@ -78,7 +77,9 @@ pub fn cluster_sections(state: &ClusterState, heartbeat_ago_ms: &HashMap<String,
         "<table><tr><th>job</th><th>state</th><th>tasks done</th><th>latest</th><th>straggler</th></tr>",
     );
     if state.jobs.is_empty() {
-        j.push_str(r#"<tr><td colspan=5 class=muted>no jobs yet: <code>cyclotron submit JOB.toml</code></td></tr>"#);
+        j.push_str(
+            r#"<tr><td colspan=5 class=muted>no jobs yet: <code>cyclotron submit JOB.toml</code></td></tr>"#,
+        );
     }
     for (id, job) in state.jobs.iter().rev() {
         let done = job.tasks.iter().filter(|t| t.status == TaskStatus::Done).count();
@@ -97,6 +98,15 @@ pub fn cluster_sections(state: &ClusterState, heartbeat_ago_ms: &HashMap<String,
     }
     j.push_str("</table>");
     vec![("workers", w), ("jobs", j)]
+}
+
+/// The cluster page's submit form (not live: an update must not wipe what is being typed).
+pub fn submit_form(secret: &str, request: &str) -> String {
+    format!(
+        r#"<h2>Submit a job</h2><form method=post action="/submit" class=submit><input type=hidden name=secret value="{}"><input type=hidden name=request value="{}"><textarea name=spec rows=10 cols=80 placeholder="the job spec (TOML), as cyclotron submit takes it" required></textarea><br><label>workers per run <input type=number name=workers_per_run value=1 min=1 max=1024></label> <label>max restarts (0: default) <input type=number name=max_restarts value=0 min=0 max=100></label> <button type=submit class=go>Submit</button></form>"#,
+        esc(secret),
+        esc(request)
+    )
 }
 
 pub const CLUSTER_TITLES: &[(&str, &str)] = &[("workers", "Workers"), ("jobs", "Jobs")];
@@ -118,7 +128,11 @@ fn latest_epoch(job: &JobState) -> Option<String> {
             from.as_ref().map(|f| format!("{f}, ")).unwrap_or_default(),
             stage + 1,
             num(*valid_loss, 4),
-            if valid_accuracy.is_finite() { format!(", accuracy {:.2}%", 100.0 * valid_accuracy) } else { String::new() }
+            if valid_accuracy.is_finite() {
+                format!(", accuracy {:.2}%", 100.0 * valid_accuracy)
+            } else {
+                String::new()
+            }
         )),
         _ => None,
     })
@@ -145,20 +159,33 @@ pub fn event_line(e: &JobEvent) -> String {
             format!("stage {} ({name}) started: {epochs} epochs", stage + 1)
         }
         JobEvent::LrFind { stage, valley, steep, .. } => {
-            format!("LR-range test before stage {}: valley {}, steep {}", stage + 1, sci(*valley), sci(*steep))
+            format!(
+                "LR-range test before stage {}: valley {}, steep {}",
+                stage + 1,
+                sci(*valley),
+                sci(*steep)
+            )
         }
-        JobEvent::Epoch { stage, epoch, step, train_loss, valid_loss, valid_accuracy, seconds, .. } => format!(
-            "stage {} epoch {epoch} (step {step}): train loss {}, valid loss {}{} in {:.1} s",
-            stage + 1,
-            num(*train_loss, 4),
-            num(*valid_loss, 4),
-            if valid_accuracy.is_finite() { format!(", accuracy {:.2}%", 100.0 * valid_accuracy) } else { String::new() },
-            seconds
-        ),
+        JobEvent::Epoch { stage, epoch, step, train_loss, valid_loss, valid_accuracy, seconds, .. } => {
+            format!(
+                "stage {} epoch {epoch} (step {step}): train loss {}, valid loss {}{} in {:.1} s",
+                stage + 1,
+                num(*train_loss, 4),
+                num(*valid_loss, 4),
+                if valid_accuracy.is_finite() {
+                    format!(", accuracy {:.2}%", 100.0 * valid_accuracy)
+                } else {
+                    String::new()
+                },
+                seconds
+            )
+        }
         JobEvent::Snapshot { index, stage, cycle, .. } => {
             format!("snapshot {index} saved (stage {}, cycle {})", stage + 1, cycle + 1)
         }
-        JobEvent::SweepConcluded { chosen, lr, .. } => format!("sweep concluded: {chosen} at lr {}", sci(*lr)),
+        JobEvent::SweepConcluded { chosen, lr, .. } => {
+            format!("sweep concluded: {chosen} at lr {}", sci(*lr))
+        }
         JobEvent::TaskStarted { task, generation, workers } => {
             format!("task {task} started (generation {generation}) on {}", workers.join(", "))
         }
@@ -227,7 +254,11 @@ fn summary(id: &str, job: &JobState, live: &[(usize, TaskLive)], leader: bool) -
         esc(&latest_epoch(job).unwrap_or_else(|| "–".into()))
     );
     for (task, text) in stragglers(job) {
-        let _ = write!(s, r#"<div class=straggler id="straggler-{task}"><b>Straggler</b> in task {task}: {}</div>"#, esc(&text));
+        let _ = write!(
+            s,
+            r#"<div class=straggler id="straggler-{task}"><b>Straggler</b> in task {task}: {}</div>"#,
+            esc(&text)
+        );
     }
     if !leader && !job.status.is_terminal() {
         s.push_str(r#"<p class=muted>Per-step figures live in the raft leader's memory: open the leader's web view for them.</p>"#);
@@ -329,11 +360,21 @@ fn charts(job: &JobState, live: &[(usize, TaskLive)], results: Option<&Value>) -
     let kind = job.spec.lr_find.clone().unwrap_or_default().suggestion;
     for e in &job.events {
         if let JobEvent::LrFind { stage, lrs, losses, steep, valley, minimum, from } = e {
-            let name = format!("{}stage {}", from.as_ref().map(|f| format!("{f} ")).unwrap_or_default(), stage + 1);
-            lr.series.push(Series { name: name.clone(), points: lrs.iter().copied().zip(losses.iter().copied()).collect() });
-            let chosen = cyclotron_core::lr_range::Suggestions { steep: *steep, valley: *valley, minimum: *minimum }.get(kind);
-            if chosen.is_finite() && !job.events.iter().any(|e| matches!(e, JobEvent::SweepConcluded { .. })) {
-                lr.markers.push(Marker { x: chosen, label: format!("{name}: {kind:?} {}", sci(chosen)).to_lowercase() });
+            let name =
+                format!("{}stage {}", from.as_ref().map(|f| format!("{f} ")).unwrap_or_default(), stage + 1);
+            lr.series.push(Series {
+                name: name.clone(),
+                points: lrs.iter().copied().zip(losses.iter().copied()).collect(),
+            });
+            let chosen =
+                cyclotron_core::lr_range::Suggestions { steep: *steep, valley: *valley, minimum: *minimum }
+                    .get(kind);
+            if chosen.is_finite() && !job.events.iter().any(|e| matches!(e, JobEvent::SweepConcluded { .. }))
+            {
+                lr.markers.push(Marker {
+                    x: chosen,
+                    label: format!("{name}: {kind:?} {}", sci(chosen)).to_lowercase(),
+                });
             }
         }
         if let JobEvent::SweepConcluded { chosen, lr: rate, .. } = e {
@@ -348,10 +389,15 @@ fn charts(job: &JobState, live: &[(usize, TaskLive)], results: Option<&Value>) -
     // loss and learning rate per step: the whole history once done, else the live points
     let mut loss = Chart::new("training loss per step", "step", "loss");
     let mut rate = Chart::new("learning rate per step (SGDR)", "step", "learning rate");
-    let history = results.and_then(|r| r.get("history")).filter(|h| h.get("steps").is_some_and(|s| s.as_array().is_some_and(|a| !a.is_empty())));
+    let history = results
+        .and_then(|r| r.get("history"))
+        .filter(|h| h.get("steps").is_some_and(|s| s.as_array().is_some_and(|a| !a.is_empty())));
     if let Some(h) = history {
         let col = |k: &str| -> Vec<f64> {
-            h.get(k).and_then(Value::as_array).map(|a| a.iter().map(|v| v.as_f64().unwrap_or(f64::NAN)).collect()).unwrap_or_default()
+            h.get(k)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(f64::NAN)).collect())
+                .unwrap_or_default()
         };
         let (steps, losses, lrs) = (col("steps"), col("losses"), col("lrs"));
         loss.series.push(Series { name: "loss".into(), points: steps.iter().copied().zip(losses).collect() });
@@ -359,8 +405,12 @@ fn charts(job: &JobState, live: &[(usize, TaskLive)], results: Option<&Value>) -
     } else {
         for (task, t) in live {
             let name = job.task_label(*task).unwrap_or_else(|| "run".into());
-            loss.series.push(Series { name: name.clone(), points: t.points.iter().map(|p| (p.step as f64, p.loss)).collect() });
-            rate.series.push(Series { name, points: t.points.iter().map(|p| (p.step as f64, p.lr)).collect() });
+            loss.series.push(Series {
+                name: name.clone(),
+                points: t.points.iter().map(|p| (p.step as f64, p.loss)).collect(),
+            });
+            rate.series
+                .push(Series { name, points: t.points.iter().map(|p| (p.step as f64, p.lr)).collect() });
         }
     }
     // snapshots at the step of the epoch that ended their cycle
@@ -384,7 +434,9 @@ fn charts(job: &JobState, live: &[(usize, TaskLive)], results: Option<&Value>) -
     cards.push(("lr", rate.svg()));
     // validation per epoch
     let mut valid = Chart::new("validation per epoch", "step", "loss / accuracy");
-    let mut by_task: Vec<(String, Vec<(f64, f64)>, Vec<(f64, f64)>)> = vec![];
+    // (task label, valid losses, accuracies) by step
+    type Curves = (String, Vec<(f64, f64)>, Vec<(f64, f64)>);
+    let mut by_task: Vec<Curves> = vec![];
     for e in &job.events {
         if let JobEvent::Epoch { step, valid_loss, valid_accuracy, from, .. } = e {
             let name = from.clone().unwrap_or_default();

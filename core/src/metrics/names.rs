@@ -109,8 +109,17 @@ pub const WORKER_METRICS: &[&str] = &[
 ];
 
 /// Every coordinator metric name.
-pub const COORDINATOR_METRICS: &[&str] =
-    &[WORKERS, JOBS, TASKS, STRAGGLERS, RAFT_TERM, RAFT_IS_LEADER, RAFT_COMMIT_INDEX, RAFT_APPLIED_INDEX, RPC_SECONDS];
+pub const COORDINATOR_METRICS: &[&str] = &[
+    WORKERS,
+    JOBS,
+    TASKS,
+    STRAGGLERS,
+    RAFT_TERM,
+    RAFT_IS_LEADER,
+    RAFT_COMMIT_INDEX,
+    RAFT_APPLIED_INDEX,
+    RPC_SECONDS,
+];
 
 #[cfg(test)]
 mod tests {

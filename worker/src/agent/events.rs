@@ -317,7 +317,8 @@ mod tests {
         s.on_event(&step(4, 6.0, 0.2, 0.1));
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         let events: Vec<TrainEvent> = text.lines().map(|l| TrainEvent::from_line(l).unwrap()).collect();
-        let TrainEvent::Steps { step, steps, loss, lr, step_seconds, data_seconds, comm_seconds, .. } = events[0]
+        let TrainEvent::Steps { step, steps, loss, lr, step_seconds, data_seconds, comm_seconds, .. } =
+            events[0]
         else {
             panic!("{text}")
         };

@@ -63,11 +63,13 @@ pub fn progress_json(e: &TrainEvent) -> Option<String> {
             "type": "snapshot", "index": index, "stage": stage, "cycle": cycle,
             "manifest_url": format!("{url}/MANIFEST.json"),
         }),
-        TrainEvent::Steps { stage, step, steps, loss, lr, step_seconds, data_seconds, comm_seconds } => json!({
-            "type": "steps", "stage": stage, "step": step, "steps": steps, "loss": finite(*loss),
-            "lr": finite(*lr), "step_seconds": step_seconds, "data_seconds": data_seconds,
-            "comm_seconds": comm_seconds,
-        }),
+        TrainEvent::Steps { stage, step, steps, loss, lr, step_seconds, data_seconds, comm_seconds } => {
+            json!({
+                "type": "steps", "stage": stage, "step": step, "steps": steps, "loss": finite(*loss),
+                "lr": finite(*lr), "step_seconds": step_seconds, "data_seconds": data_seconds,
+                "comm_seconds": comm_seconds,
+            })
+        }
         TrainEvent::Resumed { .. } | TrainEvent::Failed { .. } => return None,
     };
     Some(v.to_string())
