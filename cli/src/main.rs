@@ -354,15 +354,23 @@ fn parse_device(name: &str) -> anyhow::Result<tch::Device> {
     }
 }
 
-/// Commands whose output is read by other programs (`status | head`) end quietly when the reader
-/// goes, as `ls` does, instead of panicking in `println!`. Only these: a training process must get
-/// EPIPE from a closed pipe (its agent went away), not die of SIGPIPE.
+/// Output read by another program that stops reading (`status | head`) ends the command quietly,
+/// as `ls` does, instead of a panic in `println!`. SIGPIPE itself stays ignored: network clients
+/// and training children must get EPIPE from a closed socket or pipe, not die of the signal.
 fn quiet_on_broken_pipe() {
-    // SAFETY: restoring the default disposition of one signal, before any thread writes
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if text.starts_with("failed printing to stdout") && text.contains("Broken pipe") {
+            std::process::exit(141); // 128 + SIGPIPE, what a shell reports for `ls | head`
+        }
+        default(info);
+    }));
 }
 
 fn main() -> ExitCode {
@@ -375,6 +383,7 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     cyclotron_worker::allocator::tune_for_training();
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -542,20 +551,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output::print_results(&results, &spec.output, &spec.name, &run);
             Ok(())
         }
-        Cmd::Predict(args) => {
-            quiet_on_broken_pipe();
-            predict_cmd::predict(args)
-        }
+        Cmd::Predict(args) => predict_cmd::predict(args),
         Cmd::Worker(args) => cluster_cmd::worker(args),
         Cmd::Submit(args) => cluster_cmd::submit(args),
-        Cmd::Status(args) => {
-            quiet_on_broken_pipe();
-            cluster_cmd::status(args)
-        }
-        Cmd::Watch(args) => {
-            quiet_on_broken_pipe();
-            cluster_cmd::watch(args, cli.quiet)
-        }
+        Cmd::Status(args) => cluster_cmd::status(args),
+        Cmd::Watch(args) => cluster_cmd::watch(args, cli.quiet),
         Cmd::Cancel(args) => cluster_cmd::cancel(args),
         Cmd::Local(args) => cluster_cmd::local(args, cli.quiet),
         Cmd::BenchStep { model, width, batch_size, threads, steps, warmup, device, json } => {
