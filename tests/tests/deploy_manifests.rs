@@ -368,7 +368,7 @@ fn workers_reach_every_coordinator_and_stop_within_their_grace() {
 fn ports_in_args_probes_services_and_annotations_are_container_ports() {
     for (tree, o, c, _, argv) in cyclotron_containers() {
         let ports: Vec<u64> = container_ports(&c).iter().map(|(_, p)| *p).collect();
-        for f in ["--listen", "--metrics-addr", "--data-addr"] {
+        for f in ["--listen", "--metrics-addr", "--data-addr", "--web-addr"] {
             if let Some(v) = flag(&argv, f).filter(|v| *v != "off") {
                 let p = u64::from(port_of(v));
                 assert!(
