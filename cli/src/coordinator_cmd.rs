@@ -80,6 +80,9 @@ pub struct CoordinatorArgs {
     /// asked for (any user name, the token as password).
     #[arg(long, value_name = "ADDR")]
     web_addr: Option<SocketAddr>,
+    /// Raft entries applied between snapshots of the state (the log is compacted to each).
+    #[arg(long, default_value_t = cyclotron_coordinator::raft::DEFAULT_SNAPSHOT_EVERY, value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_every: u64,
 }
 
 fn parse_peer(text: &str) -> Result<(u64, String), String> {
@@ -115,6 +118,7 @@ async fn coordinator(args: CoordinatorArgs) -> anyhow::Result<()> {
     config.peers = args.peers;
     config.lease_ms = args.lease_ms;
     config.health_listen = args.health_listen;
+    config.snapshot_every = args.snapshot_every;
     config.security = Security {
         cluster_token: Token::load(args.token_file.as_deref(), TOKEN_ENV, "cluster token")?,
         peer_token: Token::load(args.peer_token_file.as_deref(), PEER_TOKEN_ENV, "peer credential")?,

@@ -129,3 +129,31 @@ fn killing_the_raft_leader_mid_job_loses_nothing_and_the_job_finishes() {
     // the results are stored where `cyclotron train` puts them
     assert!(dir.path().join(format!("store/failover/{job}/results.json")).exists());
 }
+
+/// A raft replica whose storage fails must not go on answering from stale state: the
+/// `coordinator` process exits non-zero and says why (issue 14).
+#[test]
+fn a_coordinator_whose_raft_storage_fails_exits_non_zero_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let tag = new_tag();
+    let mut c = Coordinator::start(dir.path(), "c", "127.0.0.1:0", &["--snapshot-every", "3"], &tag);
+    // the next compaction cannot write its snapshot (even root cannot open a folder as a file)
+    std::fs::create_dir(dir.path().join("c").join("raft-snapshot.tmp")).unwrap();
+    std::fs::write(dir.path().join("job.toml"), tiny_job("dies", 64, 1)).unwrap();
+    // every submission is a commit; the third applied entry or so triggers the snapshot
+    for _ in 0..8 {
+        if c.proc.exited().is_some() {
+            break;
+        }
+        let _ = run_tagged(
+            &["submit", "job.toml", "--coordinator", &c.addr, "--timeout", "3"],
+            dir.path(),
+            Duration::from_secs(30),
+            &tag,
+        );
+    }
+    let code = c.proc.wait(Duration::from_secs(20), "the coordinator to exit");
+    assert!(matches!(code, Some(n) if n != 0), "exit {code:?}:\n{}", read(&c.log));
+    let log = read(&c.log);
+    assert!(log.contains("the raft replica stopped") && log.contains("raft-snapshot"), "{log}");
+}

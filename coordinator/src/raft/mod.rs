@@ -94,6 +94,9 @@ pub struct Peer {
     pub addr: String,
 }
 
+/// Applied entries between snapshots unless configured.
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 1000;
+
 /// Configuration of one replica; [`RaftConfig::new`] fills the defaults.
 #[derive(Debug, Clone)]
 pub struct RaftConfig {
@@ -122,7 +125,7 @@ impl RaftConfig {
             tick: Duration::from_millis(100),
             election_ticks: 10,
             heartbeat_ticks: 2,
-            snapshot_every: 1000,
+            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
         }
     }
 

@@ -86,6 +86,8 @@ pub struct CoordinatorConfig {
     /// A second, plaintext address serving only the gRPC health service (Kubernetes probes
     /// cannot speak TLS); none by default (the health service is on `listen` too).
     pub health_listen: Option<SocketAddr>,
+    /// Applied raft entries between snapshots (log compaction).
+    pub snapshot_every: u64,
 }
 
 impl CoordinatorConfig {
@@ -102,6 +104,7 @@ impl CoordinatorConfig {
             observer: None,
             security: Security::default(),
             health_listen: None,
+            snapshot_every: crate::raft::DEFAULT_SNAPSHOT_EVERY,
         }
     }
 }
@@ -404,7 +407,8 @@ pub async fn serve(config: CoordinatorConfig) -> Result<CoordinatorHandle, Serve
     let peer_client = config.security.peer_client()?;
     let transport = Arc::new(transport::GrpcTransport::start(config.id, &peers, peer_client));
     let raft_peers = peers.iter().map(|(id, addr)| Peer { id: *id, addr: addr.clone() }).collect();
-    let raft_config = RaftConfig::new(config.id, raft_peers, config.data_dir.clone());
+    let mut raft_config = RaftConfig::new(config.id, raft_peers, config.data_dir.clone());
+    raft_config.snapshot_every = config.snapshot_every;
     let node = tokio::task::spawn_blocking(move || RaftNode::start(raft_config, transport))
         .await
         .map_err(|e| ServeError::Raft(e.to_string()))?
