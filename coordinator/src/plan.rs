@@ -20,9 +20,10 @@
 
 use cyclotron_core::spec::JobSpec;
 use cyclotron_core::sweep::{self, run_id, Candidate, Probe, SweepChoice};
+use cyclotron_proto::v1 as pb;
 
-/// A unit of work the coordinator hands to a group of workers (sent to workers as
-/// `Assignment.task_json`, e.g. `{"kind":"run","stages":2,"epochs":10,…}`).
+/// A unit of work the coordinator hands to a group of workers (kept in the replicated state;
+/// sent to workers as the typed `Assignment.order`, see [`Task::order`]).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Task {
@@ -61,15 +62,33 @@ impl Task {
         }
     }
 
-    /// What a worker is sent for this task (`Assignment.task_json`): the task, and for a run or
-    /// the evaluation the concluded sweep's choice (`"sweep": {"candidate", "report"}`): its
-    /// candidate's settings apply, and its curve is the run's first LR-range test.
-    pub fn to_json(&self, choice: Option<&SweepChoice>) -> String {
-        let mut v = serde_json::to_value(self).unwrap_or_default();
-        if let (Some(c), Task::Run { .. } | Task::Evaluate { .. }) = (choice, self) {
-            v["sweep"] = serde_json::to_value(c).unwrap_or_default();
-        }
-        v.to_string()
+    /// What a worker is sent for this task (`Assignment.order`): the task, and for a run or the
+    /// evaluation the concluded sweep's choice: its candidate's settings apply, and its curve is
+    /// the run's first LR-range test.
+    pub fn order(&self, choice: Option<&SweepChoice>) -> pb::TaskOrder {
+        use pb::task_order::Kind;
+        let sweep = choice.map(pb::SweepChoice::from);
+        let kind = match self {
+            Task::Run { stages, epochs, lr_find, snapshots, run, seed } => Kind::Run(pb::RunOrder {
+                stages: u32::try_from(*stages).unwrap_or(u32::MAX),
+                epochs: *epochs,
+                lr_find: *lr_find,
+                snapshots: *snapshots,
+                run: run.clone(),
+                seed: *seed,
+                sweep,
+            }),
+            Task::Sweep { candidate, overrides, probe } => Kind::Sweep(pb::SweepOrder {
+                candidate: u32::try_from(*candidate).unwrap_or(u32::MAX),
+                overrides: Some(overrides.into()),
+                probe: Some(probe.into()),
+            }),
+            Task::Evaluate { runs } => Kind::Evaluate(pb::EvaluateOrder {
+                runs: runs.iter().map(|(run, seed)| pb::RunSeed { run: run.clone(), seed: *seed }).collect(),
+                sweep,
+            }),
+        };
+        pb::TaskOrder { kind: Some(kind) }
     }
 }
 

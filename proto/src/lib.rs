@@ -13,6 +13,7 @@ pub mod v1 {
 
 pub mod auth;
 pub mod limits;
+pub mod order;
 pub mod status;
 pub mod tls;
 
@@ -25,7 +26,9 @@ pub use cyclotron_core::ids::{JobId, Rank, RunId, Step};
 /// would run every task as a whole training run).
 /// 3: every call after `Register` carries the session it returned, and the rendezvous hands out
 /// the ring secret (a version-2 worker would be refused call after call).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: the task is a typed `Assignment.order` (`TaskOrder`), no longer JSON text in `task_json`
+/// (a version-3 worker would run every task as a whole training run).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 #[cfg(test)]
 mod tests {

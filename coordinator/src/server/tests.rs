@@ -335,8 +335,11 @@ async fn two_workers_rendezvous_report_progress_and_the_job_succeeds() {
     assert_eq!((a1.job_id.as_str(), a1.task, a1.generation, a1.world_size), (id.as_str(), 0, 0, 2));
     assert_eq!((a1.rank, a2.rank), (0, 1));
     assert!(a1.spec_toml.contains("name = \"tiny\""));
-    let task: serde_json::Value = serde_json::from_str(&a1.task_json).unwrap();
-    assert_eq!(task["kind"], "run");
+    let order = a1.order.clone().and_then(|o| o.kind);
+    assert!(
+        matches!(order, Some(pb::task_order::Kind::Run(ref r)) if r.stages == 1 && r.epochs == 2),
+        "{order:?}"
+    );
     // rank 1 waits in rendezvous until rank 0 publishes
     let mut w2 = c.workers.clone();
     let r2 = rendezvous_req(&c, "w2", &a2, "10.0.0.2:5000");

@@ -247,7 +247,7 @@ impl Workers {
                     rank: rank as u32,
                     world_size: world_size as u32,
                     spec_toml: run_spec_toml(j)?,
-                    task_json: j.task_json(task),
+                    order: j.task_order(task),
                     resume_from: String::new(),
                 })
             }

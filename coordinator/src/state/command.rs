@@ -430,7 +430,7 @@ fn break_run(s: &mut ClusterState, job: &str, task: usize, generation: u64, reas
 
 /// When the last point of the job's sweep is done: conclude it (pure: every replica computes the
 /// same outcome from the same committed reports), record it and tell the watchers; the tasks that
-/// wait for it are sent its choice when assigned ([`JobState::task_json`]). An error is the reason
+/// wait for it are sent its choice when assigned ([`JobState::task_order`]). An error is the reason
 /// the job fails.
 fn conclude_sweep(j: &mut JobState) -> Result<(), String> {
     let sweep_tasks: Vec<usize> =

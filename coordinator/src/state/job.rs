@@ -153,10 +153,10 @@ impl JobState {
         }
     }
 
-    /// What a worker assigned task `i` is sent (see [`crate::plan::Task::to_json`]).
-    pub fn task_json(&self, i: usize) -> String {
+    /// What a worker assigned task `i` is sent (see [`crate::plan::Task::order`]).
+    pub fn task_order(&self, i: usize) -> Option<cyclotron_proto::v1::TaskOrder> {
         let choice = self.sweep.as_ref().map(cyclotron_core::sweep::SweepOutcome::choice);
-        self.tasks.get(i).map(|t| t.task.to_json(choice.as_ref())).unwrap_or_default()
+        self.tasks.get(i).map(|t| t.task.order(choice.as_ref()))
     }
 
     /// Whether every task is done.

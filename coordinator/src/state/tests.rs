@@ -451,15 +451,23 @@ fn a_sweep_runs_in_parallel_then_the_runs_with_its_choice_then_the_evaluation() 
         .events
         .iter()
         .any(|e| matches!(e, JobEvent::SweepConcluded { chosen, .. } if chosen == "batch_size=64")));
+    use cyclotron_proto::v1::task_order::Kind;
     for i in 18..21 {
-        let sent: serde_json::Value = serde_json::from_str(&j.task_json(i)).unwrap();
-        assert_eq!(
-            sent["sweep"]["candidate"]["batch_size"], 64,
-            "task {i} did not get the sweep's choice: {sent}"
-        );
-        assert_eq!(sent["sweep"]["report"]["lrs"].as_array().map(Vec::len), Some(9), "{sent}");
+        let sent = j.task_order(i).and_then(|o| o.kind).unwrap();
+        let choice = match &sent {
+            Kind::Run(r) => r.sweep.clone(),
+            Kind::Evaluate(e) => e.sweep.clone(),
+            Kind::Sweep(_) => panic!("task {i} is not a sweep point: {sent:?}"),
+        }
+        .unwrap_or_else(|| panic!("task {i} did not get the sweep's choice: {sent:?}"));
+        assert_eq!(choice.candidate.and_then(|c| c.batch_size), Some(64), "task {i}");
+        assert_eq!(choice.report.map(|r| r.lrs.len()), Some(9), "task {i}");
     }
-    assert!(!j.task_json(0).contains("\"sweep\":{"), "a sweep point is not sent the outcome");
+    // a sweep point is sent its own candidate and probe, not the outcome
+    let Some(Kind::Sweep(point)) = j.task_order(0).and_then(|o| o.kind) else {
+        panic!("task 0 is a sweep point")
+    };
+    assert!(point.overrides.is_some() && point.probe.is_some(), "{point:?}");
     // both runs at once; the evaluation waits for both
     sim.tick(t);
     let running = running_tasks(&sim.state, "s");

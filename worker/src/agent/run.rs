@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use cyclotron_core::events::TrainEvent;
 use cyclotron_core::spec::JobSpec;
-use cyclotron_core::sweep::SweepChoice;
+use cyclotron_core::sweep::{Candidate, Probe, SweepChoice};
 use cyclotron_proto::v1::worker_service_client::WorkerServiceClient;
 use cyclotron_proto::v1::{Assignment, RendezvousRequest, RendezvousResponse};
 use tokio::sync::{mpsc, watch};
@@ -183,11 +183,7 @@ async fn run(ctx: &RunContext, a: &Assignment, mut stop: watch::Receiver<bool>) 
     }
 
     let out = dir.join("out");
-    let args = match TaskOrder::parse(a) {
-        Ok(order) => order.child_args(ctx, a, &spec_path, &out, &peers, &dir),
-        Err(e) => Err(e),
-    };
-    let args = match args {
+    let args = match child_args(ctx, a, &spec_path, &out, &peers, &dir) {
         Ok(args) => args,
         Err(e) => {
             // a task this worker cannot read will not read better elsewhere
@@ -333,130 +329,118 @@ fn read_results(out: &Path, rank: u32) -> std::result::Result<String, String> {
     std::fs::read_to_string(&path).map_err(|e| format!("training exited cleanly but {}: {e}", path.display()))
 }
 
-/// What the coordinator asked for (`Assignment.task_json`, the coordinator's `plan::Task`).
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum TaskOrder {
-    /// One training run (`cyclotron train --resume`).
-    Run {
-        /// Run id in the store; empty: the job id.
-        #[serde(default)]
-        run: String,
-        #[serde(default)]
-        seed: Option<u64>,
-        /// The concluded sweep: the chosen candidate and its curve.
-        #[serde(default)]
-        sweep: Option<SweepChoice>,
-    },
-    /// One point of the job's LR sweep (`cyclotron sweep-point`).
-    Sweep { overrides: serde_json::Value, probe: serde_json::Value },
-    /// Every snapshot of several runs (`cyclotron evaluate-runs`).
-    Evaluate {
-        runs: Vec<(String, u64)>,
-        #[serde(default)]
-        sweep: Option<SweepChoice>,
-    },
-}
-
-impl TaskOrder {
-    /// The assignment's task; an empty `task_json` is the whole job as one run.
-    pub fn parse(a: &Assignment) -> Result<TaskOrder> {
-        if a.task_json.trim().is_empty() {
-            return Ok(TaskOrder::Run { run: String::new(), seed: None, sweep: None });
+/// The training child's command line for the assignment's task (`Assignment.order`, built by the
+/// coordinator's planner; absent: the whole job as one run); files it needs (the sweep's curve)
+/// are written into `dir`. This is the one place a task becomes a command.
+pub fn child_args(
+    ctx: &RunContext,
+    a: &Assignment,
+    spec: &Path,
+    out: &Path,
+    peers: &[String],
+    dir: &Path,
+) -> Result<Vec<OsString>> {
+    use cyclotron_proto::v1::task_order::Kind;
+    let invalid = |message: String| AgentError::Invalid {
+        what: format!("task {} of job {}", a.task, a.job_id),
+        message,
+    };
+    let choice = |sweep: &Option<cyclotron_proto::v1::SweepChoice>| -> Result<Option<SweepChoice>> {
+        sweep.as_ref().map(|c| SweepChoice::try_from(c).map_err(invalid)).transpose()
+    };
+    let mut args: Vec<OsString> = vec![
+        "--quiet".into(),
+        "--parent-watchdog-ms".into(),
+        ctx.child_watchdog.as_millis().to_string().into(),
+    ];
+    let mut push = |flag: &str, value: String| {
+        args.push(flag.into());
+        args.push(value.into());
+    };
+    let group = match a.order.as_ref().map(|o| o.kind.as_ref()) {
+        None | Some(Some(Kind::Run(_))) => {
+            let (run, seed, sweep) = match a.order.as_ref().and_then(|o| o.kind.as_ref()) {
+                Some(Kind::Run(r)) => (r.run.clone(), Some(r.seed), choice(&r.sweep)?),
+                _ => (String::new(), None, None),
+            };
+            let run = if run.is_empty() { a.job_id.clone() } else { run };
+            push("train", spec.display().to_string());
+            push("--out", out.display().to_string());
+            push("--run", run.clone());
+            if run != a.job_id {
+                // one of several independent runs: its own seed
+                if let Some(seed) = seed {
+                    push("--seed", seed.to_string());
+                }
+            }
+            if let Some(choice) = &sweep {
+                push("--candidate", json(&choice.candidate));
+                let path = dir.join("lr_find.json");
+                std::fs::write(&path, json(&choice.report))
+                    .map_err(|e| AgentError::Io { what: format!("writing {}", path.display()), source: e })?;
+                push("--lr-find-report", path.display().to_string());
+            }
+            if let Some(addr) = &ctx.metrics_addr {
+                push("--metrics-addr", addr.clone());
+            }
+            args.push("--resume".into());
+            args.push("--one-run".into());
+            true
         }
-        serde_json::from_str(&a.task_json).map_err(|e| AgentError::Invalid {
-            what: format!("task {} of job {}", a.task, a.job_id),
-            message: format!("unreadable task ({e}); is this worker older than the coordinator?"),
-        })
-    }
-
-    /// The child's command line; files it needs (the sweep's curve) are written into `dir`.
-    pub fn child_args(
-        &self,
-        ctx: &RunContext,
-        a: &Assignment,
-        spec: &Path,
-        out: &Path,
-        peers: &[String],
-        dir: &Path,
-    ) -> Result<Vec<OsString>> {
-        let mut args: Vec<OsString> = vec![
-            "--quiet".into(),
-            "--parent-watchdog-ms".into(),
-            ctx.child_watchdog.as_millis().to_string().into(),
-        ];
-        let mut push = |flag: &str, value: String| {
+        Some(Some(Kind::Sweep(p))) => {
+            let probe = p.probe.as_ref().ok_or_else(|| invalid("a sweep point without its probe".into()))?;
+            let probe = Probe::try_from(probe).map_err(invalid)?;
+            let overrides =
+                p.overrides.as_ref().ok_or_else(|| invalid("a sweep point without its candidate".into()))?;
+            let overrides = Candidate::try_from(overrides).map_err(invalid)?;
+            push("sweep-point", spec.display().to_string());
+            push("--out", out.display().to_string());
+            push("--probe", json(&probe));
+            push("--candidate", json(&overrides));
+            true
+        }
+        Some(Some(Kind::Evaluate(e))) => {
+            push("evaluate-runs", spec.display().to_string());
+            push("--out", out.display().to_string());
+            push("--run", a.job_id.clone());
+            push(
+                "--runs",
+                e.runs.iter().map(|r| format!("{}:{}", r.run, r.seed)).collect::<Vec<_>>().join(","),
+            );
+            if let Some(choice) = choice(&e.sweep)? {
+                push("--candidate", json(&choice.candidate));
+            }
+            false
+        }
+        Some(None) => {
+            return Err(invalid(
+                "a task of a kind this worker does not know; is this worker older than the coordinator?"
+                    .into(),
+            ))
+        }
+    };
+    args.push("--events-jsonl".into());
+    args.push("-".into());
+    if group && a.world_size > 1 {
+        for (flag, value) in [
+            ("--rank", a.rank.to_string()),
+            ("--world-size", a.world_size.to_string()),
+            ("--peers", peers.join(",")),
+            ("--generation", a.generation.to_string()),
+            ("--collective-timeout", format!("{}", ctx.collective_timeout.as_secs_f64())),
+        ] {
             args.push(flag.into());
             args.push(value.into());
-        };
-        let candidate = |sweep: &Option<SweepChoice>| {
-            sweep.as_ref().map(|c| serde_json::to_string(&c.candidate).unwrap_or_default())
-        };
-        let group = match self {
-            TaskOrder::Run { run, seed, sweep } => {
-                let run = if run.is_empty() { a.job_id.clone() } else { run.clone() };
-                push("train", spec.display().to_string());
-                push("--out", out.display().to_string());
-                push("--run", run.clone());
-                if run != a.job_id {
-                    // one of several independent runs: its own seed
-                    if let Some(seed) = seed {
-                        push("--seed", seed.to_string());
-                    }
-                }
-                if let Some(c) = candidate(sweep) {
-                    push("--candidate", c);
-                }
-                if let Some(choice) = sweep {
-                    let path = dir.join("lr_find.json");
-                    let report = serde_json::to_string(&choice.report).unwrap_or_default();
-                    std::fs::write(&path, report).map_err(|e| AgentError::Io {
-                        what: format!("writing {}", path.display()),
-                        source: e,
-                    })?;
-                    push("--lr-find-report", path.display().to_string());
-                }
-                if let Some(addr) = &ctx.metrics_addr {
-                    push("--metrics-addr", addr.clone());
-                }
-                args.push("--resume".into());
-                args.push("--one-run".into());
-                true
-            }
-            TaskOrder::Sweep { overrides, probe } => {
-                push("sweep-point", spec.display().to_string());
-                push("--out", out.display().to_string());
-                push("--probe", probe.to_string());
-                push("--candidate", overrides.to_string());
-                true
-            }
-            TaskOrder::Evaluate { runs, sweep } => {
-                push("evaluate-runs", spec.display().to_string());
-                push("--out", out.display().to_string());
-                push("--run", a.job_id.clone());
-                push("--runs", runs.iter().map(|(r, s)| format!("{r}:{s}")).collect::<Vec<_>>().join(","));
-                if let Some(c) = candidate(sweep) {
-                    push("--candidate", c);
-                }
-                false
-            }
-        };
-        args.push("--events-jsonl".into());
-        args.push("-".into());
-        if group && a.world_size > 1 {
-            for (flag, value) in [
-                ("--rank", a.rank.to_string()),
-                ("--world-size", a.world_size.to_string()),
-                ("--peers", peers.join(",")),
-                ("--generation", a.generation.to_string()),
-                ("--collective-timeout", format!("{}", ctx.collective_timeout.as_secs_f64())),
-            ] {
-                args.push(flag.into());
-                args.push(value.into());
-            }
         }
-        Ok(args)
     }
+    Ok(args)
+}
+
+/// The JSON text of what the child reads from its command line (`--candidate`, `--probe`) or a
+/// file (`--lr-find-report`).
+fn json<T: serde::Serialize>(v: &T) -> String {
+    // plain data: serialising cannot fail
+    serde_json::to_string(v).unwrap_or_default()
 }
 
 /// `host:port` for this run's ring: the configured port, or a free one.
@@ -526,6 +510,10 @@ fn sanitize(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use cyclotron_core::lr_range::LrFindReport;
+    use cyclotron_proto::v1::task_order::Kind;
+    use cyclotron_proto::v1::{EvaluateOrder, RunOrder, RunSeed, SweepOrder, TaskOrder};
+
     use super::*;
 
     fn ctx() -> RunContext {
@@ -560,7 +548,7 @@ mod tests {
             rank: 1,
             world_size: world,
             spec_toml: String::new(),
-            task_json: String::new(),
+            order: None,
             resume_from: String::new(),
         }
     }
@@ -576,54 +564,75 @@ mod tests {
         out: &Path,
         peers: &[String],
     ) -> Vec<OsString> {
-        TaskOrder::parse(a).unwrap().child_args(ctx, a, spec, out, peers, Path::new("/tmp")).unwrap()
+        super::child_args(ctx, a, spec, out, peers, Path::new("/tmp")).unwrap()
+    }
+
+    fn order(kind: Kind) -> Option<TaskOrder> {
+        Some(TaskOrder { kind: Some(kind) })
     }
 
     #[test]
     fn sweep_points_runs_and_evaluations_start_their_own_commands() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = assignment(2);
-        a.task_json = r#"{"kind":"sweep","candidate":1,"overrides":{"batch_size":64},"probe":{"probe":"grid","lr":0.01,"steps":30}}"#.into();
-        let order = TaskOrder::parse(&a).unwrap();
+        let overrides = Candidate { batch_size: Some(64), ..Default::default() };
+        a.order = order(Kind::Sweep(SweepOrder {
+            candidate: 1,
+            overrides: Some((&overrides).into()),
+            probe: Some((&Probe::Grid { lr: 0.01, steps: 30 }).into()),
+        }));
+        let peers = ["p0".to_string(), "p1".to_string()];
         let args = strings(
-            order
-                .child_args(
-                    &ctx(),
-                    &a,
-                    Path::new("j.toml"),
-                    Path::new("o"),
-                    &["p0".into(), "p1".into()],
-                    dir.path(),
-                )
-                .unwrap(),
+            super::child_args(&ctx(), &a, Path::new("j.toml"), Path::new("o"), &peers, dir.path()).unwrap(),
         )
         .join(" ");
-        assert!(args.contains(r#"sweep-point j.toml --out o --probe {"lr":0.01,"probe":"grid","steps":30} --candidate {"batch_size":64} --events-jsonl -"#), "{args}");
+        assert!(args.contains(r#"sweep-point j.toml --out o --probe {"probe":"grid","lr":0.01,"steps":30} --candidate {"batch_size":64} --events-jsonl -"#), "{args}");
         assert!(
             args.contains("--rank 1 --world-size 2 --peers p0,p1"),
             "a sweep point can be data-parallel: {args}"
         );
 
-        a.task_json = r#"{"kind":"run","stages":1,"epochs":2,"lr_find":true,"snapshots":true,"run":"j-1-r1","seed":43,"sweep":{"candidate":{"weight_decay":0.01},"report":{"lrs":[0.1],"losses":[1.0],"raw_losses":[1.0],"suggestion":null,"diverged":false}}}"#.into();
-        let order = TaskOrder::parse(&a).unwrap();
+        let report = LrFindReport {
+            lrs: vec![0.1],
+            losses: vec![1.0],
+            raw_losses: vec![1.0],
+            suggestion: None,
+            diverged: false,
+        };
+        let choice =
+            SweepChoice { candidate: Candidate { weight_decay: Some(0.01), ..Default::default() }, report };
+        a.order = order(Kind::Run(RunOrder {
+            stages: 1,
+            epochs: 2,
+            lr_find: true,
+            snapshots: true,
+            run: "j-1-r1".into(),
+            seed: 43,
+            sweep: Some((&choice).into()),
+        }));
         let args = strings(
-            order.child_args(&ctx(), &a, Path::new("j.toml"), Path::new("o"), &[], dir.path()).unwrap(),
+            super::child_args(&ctx(), &a, Path::new("j.toml"), Path::new("o"), &[], dir.path()).unwrap(),
         )
         .join(" ");
-        let report = dir.path().join("lr_find.json");
+        let path = dir.path().join("lr_find.json");
         assert!(
-            args.contains(&format!("train j.toml --out o --run j-1-r1 --seed 43 --candidate {{\"weight_decay\":0.01}} --lr-find-report {} --resume --one-run", report.display())),
+            args.contains(&format!("train j.toml --out o --run j-1-r1 --seed 43 --candidate {{\"weight_decay\":0.01}} --lr-find-report {} --resume --one-run", path.display())),
             "{args}"
         );
         let written: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(written["lrs"][0], 0.1);
 
         let mut one = assignment(1);
-        one.task_json = r#"{"kind":"evaluate","runs":[["j-1-r0",42],["j-1-r1",43]]}"#.into();
-        let order = TaskOrder::parse(&one).unwrap();
+        one.order = order(Kind::Evaluate(EvaluateOrder {
+            runs: vec![
+                RunSeed { run: "j-1-r0".into(), seed: 42 },
+                RunSeed { run: "j-1-r1".into(), seed: 43 },
+            ],
+            sweep: None,
+        }));
         let args = strings(
-            order.child_args(&ctx(), &one, Path::new("j.toml"), Path::new("o"), &[], dir.path()).unwrap(),
+            super::child_args(&ctx(), &one, Path::new("j.toml"), Path::new("o"), &[], dir.path()).unwrap(),
         )
         .join(" ");
         assert!(
@@ -633,9 +642,21 @@ mod tests {
             "{args}"
         );
 
-        one.task_json = r#"{"kind":"teleport"}"#.into();
-        let e = TaskOrder::parse(&one).unwrap_err().to_string();
-        assert!(e.contains("unreadable task") && e.contains("older than the coordinator"), "{e}");
+        // a kind this worker does not know (a newer coordinator), a sweep point missing its probe
+        one.order = Some(TaskOrder { kind: None });
+        let e = super::child_args(&ctx(), &one, Path::new("j"), Path::new("o"), &[], dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not know") && e.contains("older than the coordinator"), "{e}");
+        one.order = order(Kind::Sweep(SweepOrder {
+            candidate: 0,
+            overrides: Some((&overrides).into()),
+            probe: None,
+        }));
+        let e = super::child_args(&ctx(), &one, Path::new("j"), Path::new("o"), &[], dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("without its probe"), "{e}");
     }
 
     #[test]

@@ -114,7 +114,7 @@ fn assignment(name: &str, generation: u64) -> Assignment {
         rank: 0,
         world_size: 1,
         spec_toml: spec(name),
-        task_json: String::new(),
+        order: None,
         resume_from: String::new(),
     }
 }
