@@ -217,8 +217,16 @@ pub(crate) fn propose_error(e: ProposeError) -> ServiceError {
 
 /// The leader's wall clock in ms since the Unix epoch (stamped into commands as a record).
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    let wall = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    #[cfg(test)]
+    let wall = wall.saturating_add_signed(WALL_STEP_MS.load(std::sync::atomic::Ordering::Relaxed));
+    wall
 }
+
+/// Tests step the wall clock by this much (an operator or NTP stepping it); nextest runs each
+/// test in its own process, so one test's step is not another's.
+#[cfg(test)]
+pub(crate) static WALL_STEP_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
 /// Milliseconds on this process's monotonic clock: what leases are measured on, so a wall clock
 /// stepped by NTP (or an operator) neither expires every worker at once nor keeps a dead one.

@@ -854,3 +854,36 @@ async fn the_cluster_page_submits_once_per_form_and_the_job_page_cancels() {
     let (_, _, page) = http(web.addr, &get(&location, "")).await;
     assert!(page.contains("cancelled from the web view") && !page.contains("Cancel job"), "{page}");
 }
+
+/// Leases run on the monotonic clock: a wall clock stepped an hour ahead, then two hours back,
+/// neither expires a worker that keeps heartbeating nor keeps alive one that went silent.
+#[tokio::test]
+async fn leases_ignore_a_stepped_wall_clock() {
+    use std::sync::atomic::Ordering;
+    let mut c = start(1_000).await;
+    register(&mut c, "alive").await;
+    register(&mut c, "silent").await;
+    let beat_for = |c: &Cluster, ms: u64| {
+        let (mut w, req) = (c.workers.clone(), beat(&c.sessions, "alive"));
+        async move {
+            let until = tokio::time::Instant::now() + Duration::from_millis(ms);
+            while tokio::time::Instant::now() < until {
+                w.heartbeat(req.clone()).await.expect("the live worker's heartbeat");
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        }
+    };
+    super::WALL_STEP_MS.store(3_600_000, Ordering::Relaxed);
+    beat_for(&c, 1_500).await;
+    super::WALL_STEP_MS.store(-3_600_000, Ordering::Relaxed);
+    beat_for(&c, 1_500).await;
+    let state = c.handle.replica().state().borrow().clone();
+    assert_eq!(state.workers["alive"].status, crate::state::WorkerStatus::Idle, "{:?}", state.workers);
+    assert_eq!(
+        state.workers["silent"].status,
+        crate::state::WorkerStatus::Dead,
+        "a silent worker expires after its lease, whatever the wall clock says: {:?}",
+        state.workers
+    );
+    assert!(heartbeat(&mut c, "alive").await.is_ok());
+}
