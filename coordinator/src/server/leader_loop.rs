@@ -41,6 +41,8 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         };
         was_leader = true;
         shared.rendezvous.forget_stale(&state);
+        // live step summaries of ended jobs are not shown any more (their pages draw results.json)
+        shared.live().retain_jobs(|j| state.jobs.get(j).is_some_and(|j| !j.status.is_terminal()));
         for cmd in cmds {
             match shared.propose(cmd).await {
                 Ok(Outcome::Applied) => {}

@@ -728,7 +728,14 @@ async fn the_web_view_streams_updates_live_and_ends_the_stream_with_the_job() {
     c.workers.report_progress(steps(&c, "w1", &a, 40, 0.1, 0.0)).await.unwrap();
     let moved: serde_json::Value = serde_json::from_str(&next_data(&mut lines).await).unwrap();
     assert!(moved["sections"]["summary"].as_str().unwrap().contains(r#"<b id="step">40</b>"#), "{moved}");
+    assert_eq!(c.handle.live().lock().unwrap().len(), 1, "the running task's summaries are kept");
     c.jobs.cancel_job(pb::CancelJobRequest { job_id: id.clone(), reason: "enough".into() }).await.unwrap();
+    let live = c.handle.live();
+    eventually("the ended job's live summaries to be dropped", || {
+        let live = live.clone();
+        async move { live.lock().unwrap().is_empty().then_some(()) }
+    })
+    .await;
     let last: serde_json::Value = serde_json::from_str(&next_data(&mut lines).await).unwrap();
     assert!(last["sections"]["summary"].as_str().unwrap().contains("s-cancelled"), "{last}");
     assert_eq!(next_data(&mut lines).await, "ended", "the stream says the job ended");
