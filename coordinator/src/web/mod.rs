@@ -165,20 +165,7 @@ impl Web {
 
     fn job_sections(&self, id: &str, job: &JobState) -> Vec<Section> {
         let leader = self.shared.replica.status().is_leader;
-        let mut s = pages::job_sections(id, job, &self.live_of(id), leader);
-        // the cancel form carries this server's secret
-        for (name, html) in &mut s {
-            if *name == "summary" {
-                *html = html.replace(
-                    "<button type=submit>",
-                    &format!(
-                        r#"<input type=hidden name=secret value="{}"><button type=submit>"#,
-                        self.form_secret
-                    ),
-                );
-            }
-        }
-        s
+        pages::job_sections(id, job, &self.live_of(id), leader, &self.form_secret)
     }
 
     /// A change counter of what the pages show: applied entries and live summaries.

@@ -207,11 +207,18 @@ fn latest_point(live: &[(usize, TaskLive)]) -> Option<(u64, f64, f64)> {
     live.iter().filter_map(|(_, t)| t.points.back()).max_by_key(|p| p.step).map(|p| (p.step, p.loss, p.lr))
 }
 
-/// Every section of job `id`'s page; `live`: the leader's step summaries of its tasks.
-pub fn job_sections(id: &str, job: &JobState, live: &[(usize, TaskLive)], leader: bool) -> Vec<Section> {
+/// Every section of job `id`'s page; `live`: the leader's step summaries of its tasks; `secret`:
+/// the server's form secret, which the cancel form carries.
+pub fn job_sections(
+    id: &str,
+    job: &JobState,
+    live: &[(usize, TaskLive)],
+    leader: bool,
+    secret: &str,
+) -> Vec<Section> {
     let results: Option<Value> = job.results();
     vec![
-        ("summary", summary(id, job, live, leader)),
+        ("summary", summary(id, job, live, leader, secret)),
         ("tasks", tasks(job)),
         ("ranks", ranks(job, live, leader)),
         ("charts", charts(job, live, results.as_ref())),
@@ -220,7 +227,7 @@ pub fn job_sections(id: &str, job: &JobState, live: &[(usize, TaskLive)], leader
     ]
 }
 
-fn summary(id: &str, job: &JobState, live: &[(usize, TaskLive)], leader: bool) -> String {
+fn summary(id: &str, job: &JobState, live: &[(usize, TaskLive)], leader: bool, secret: &str) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
@@ -266,8 +273,9 @@ fn summary(id: &str, job: &JobState, live: &[(usize, TaskLive)], leader: bool) -
     if !job.status.is_terminal() {
         let _ = write!(
             s,
-            r#"<form class=inline method=post action="/jobs/{}/cancel"><button type=submit>Cancel job</button></form>"#,
-            url_segment(id)
+            r#"<form class=inline method=post action="/jobs/{}/cancel"><input type=hidden name=secret value="{}"><button type=submit>Cancel job</button></form>"#,
+            url_segment(id),
+            esc(secret)
         );
     }
     s
