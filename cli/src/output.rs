@@ -119,10 +119,8 @@ pub fn print_results(r: &TrainResults, store: &str, job: &str, run: &str) {
         }
         let how =
             if sweep.grid > 0 { format!("a grid of {} LRs", sweep.grid) } else { "a range test".into() };
-        let lr = sweep
-            .chosen()
-            .lr
-            .map_or(String::new(), |l| format!(" at lr {l:.3e} ({:?})", sweep.suggestion).to_lowercase());
+        let lr =
+            sweep.chosen().lr.map_or(String::new(), |l| format!(" at lr {l:.3e} ({})", sweep.suggestion));
         println!("lr sweep     trained: {}{lr}; each candidate swept by {how}", sweep.chosen().label);
         println!();
     }

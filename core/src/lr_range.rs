@@ -91,23 +91,65 @@ pub struct Suggestions {
 }
 
 /// Which suggestion an `lr = "auto"` stage takes.
+///
+/// The default, `minimum_or_valley`, was chosen by measurement (`bench/lr_rule.py`, table in
+/// `bench/results/lr-rule-cpu-2core-2026-12-03.md`): the lowest loss's LR / 10 (fastai v1's rule)
+/// landed within 0.2–0.4 decades of the best LR of a grid on three of four jobs, where `valley`
+/// sat 0.5–1.3 decades too low on the three image jobs and `steep` was erratic. On the fourth
+/// (tabular) the loss was still falling at the end of the range, so "the minimum" was only the
+/// range's end; there `valley` was best, and that is the fallback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum SuggestionKind {
     Steep,
-    #[default]
     Valley,
     Minimum,
+    /// `minimum`, unless the lowest loss is in the last 5% of the curve (the test never got past
+    /// it, so the range ended too early to say): then `valley`.
+    #[default]
+    MinimumOrValley,
+}
+
+impl std::fmt::Display for SuggestionKind {
+    /// The spec's spelling (`minimum_or_valley`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SuggestionKind::Steep => "steep",
+            SuggestionKind::Valley => "valley",
+            SuggestionKind::Minimum => "minimum",
+            SuggestionKind::MinimumOrValley => "minimum_or_valley",
+        })
+    }
 }
 
 impl Suggestions {
+    /// One of the three plain suggestions; `minimum_or_valley` needs the curve, see [`choose`].
     pub fn get(&self, kind: SuggestionKind) -> f64 {
         match kind {
             SuggestionKind::Steep => self.steep,
             SuggestionKind::Valley => self.valley,
-            SuggestionKind::Minimum => self.minimum,
+            SuggestionKind::Minimum | SuggestionKind::MinimumOrValley => self.minimum,
         }
     }
+}
+
+/// The learning rate suggestion `kind` picks from a curve with suggestions `s`.
+pub fn choose(kind: SuggestionKind, s: &Suggestions, lrs: &[f64], losses: &[f64]) -> f64 {
+    match kind {
+        SuggestionKind::MinimumOrValley if still_falling(lrs, losses) => s.valley,
+        kind => s.get(kind),
+    }
+}
+
+/// Whether the lowest loss lies in the last 5% (at least the last 2) of the finite points: the
+/// loss had not turned up by the end of the range.
+pub fn still_falling(lrs: &[f64], losses: &[f64]) -> bool {
+    let n = lrs.len().min(losses.len());
+    let n = (0..n).rev().find(|&i| losses[i].is_finite()).map_or(0, |i| i + 1);
+    if n == 0 {
+        return false;
+    }
+    argmin(&losses[..n]) + (n / 20).max(2) >= n
 }
 
 /// Suggest learning rates from a curve (`lrs` increasing, `losses` smoothed, same length).
@@ -210,6 +252,11 @@ impl LrFindReport {
         let suggestion = suggest(&f.lrs, &f.losses);
         LrFindReport { lrs: f.lrs, losses: f.losses, raw_losses: f.raw_losses, suggestion, diverged }
     }
+
+    /// The learning rate suggestion `kind` picks from this test, if it gave suggestions.
+    pub fn lr(&self, kind: SuggestionKind) -> Option<f64> {
+        self.suggestion.map(|s| choose(kind, &s, &self.lrs, &self.losses))
+    }
 }
 
 #[cfg(test)]
@@ -219,6 +266,29 @@ mod tests {
     fn ramp(n: u32) -> Vec<f64> {
         let r = LrRange { start: 1e-7, end: 10.0, steps: n };
         (0..n).map(|i| r.lr_at(i)).collect()
+    }
+
+    #[test]
+    fn minimum_or_valley_falls_back_to_valley_when_the_loss_never_turned_up() {
+        let lrs = ramp(100);
+        // U-shaped: the minimum at step 60 of 100, well before the end
+        let u: Vec<f64> = (0..100).map(|i| 1.0 + ((i as f64 - 60.0) / 30.0).powi(2)).collect();
+        let s = suggest(&lrs, &u).unwrap();
+        assert!(!still_falling(&lrs, &u));
+        assert_eq!(choose(SuggestionKind::MinimumOrValley, &s, &lrs, &u), lrs[60] / 10.0);
+        // still falling at the last step: "the minimum" is only the range's end
+        let down: Vec<f64> = (0..100).map(|i| 3.0 - (i as f64 / 40.0).min(2.0) - i as f64 * 1e-3).collect();
+        let s = suggest(&lrs, &down).unwrap();
+        assert!(still_falling(&lrs, &down));
+        assert_eq!(choose(SuggestionKind::MinimumOrValley, &s, &lrs, &down), s.valley);
+        assert_eq!(choose(SuggestionKind::Minimum, &s, &lrs, &down), lrs[99] / 10.0);
+        // a trailing NaN (the divergence stop) is not "the end"
+        let mut nan = u.clone();
+        nan.truncate(62);
+        nan.push(f64::NAN);
+        assert!(still_falling(&lrs[..63], &nan), "minimum at 60 of 62 finite points");
+        assert!(!still_falling(&lrs, &[]));
+        assert_eq!(SuggestionKind::default(), SuggestionKind::MinimumOrValley);
     }
 
     #[test]

@@ -28,7 +28,6 @@ kind = "sgd"
 momentum = 0.9
 weight_decay = 5e-4
 [[stage]]
-lr = 0.05
 {stage}
 [ensemble]
 members = 1
@@ -117,21 +116,23 @@ fn final_model(dir: &Path) -> Vec<(String, Vec<f32>)> {
 }
 
 #[test]
-fn two_ranks_with_batch_b_match_one_process_with_batch_2b() {
+fn two_ranks_with_batch_b_match_one_process_with_batch_2b_and_the_lr_scaled_for_it() {
     if !fashion_mnist_present() {
         return;
     }
-    let stage = "cycles = 1\ncycle_len = 1";
+    // A fixed LR is written for one process's batch; on two ranks SGD scales it linearly
+    // (optimizer.lr_scaling), so two ranks at 0.05 train like one process at 0.1 with their
+    // global batch.
     // one process, batch 64: 512 items → 8 steps
     let single = tempfile::tempdir().unwrap();
-    let s = spec(single.path(), 64, 512, stage);
+    let s = spec(single.path(), 64, 512, "lr = 0.1\ncycles = 1\ncycle_len = 1");
     let ran =
         run(&["--quiet", "train", &s, "--out", "out", "--run", "r"], single.path(), Duration::from_secs(300));
     assert_eq!(ran.code, Some(0), "single process failed:\n{}", ran.stderr);
 
     // two ranks, batch 32 each: the same 8 global batches
     let pair = tempfile::tempdir().unwrap();
-    let s = spec(pair.path(), 32, 512, stage);
+    let s = spec(pair.path(), 32, 512, "lr = 0.05\ncycles = 1\ncycle_len = 1");
     let peers = free_ports(2);
     let mut ranks: Vec<Proc> = (0..2).map(|r| start_rank(pair.path(), &s, r, &peers, &[])).collect();
     for (r, p) in ranks.iter_mut().enumerate() {
@@ -156,6 +157,12 @@ fn two_ranks_with_batch_b_match_one_process_with_batch_2b() {
         v["history"]["losses"].as_array().expect("losses").iter().map(|l| l.as_f64().unwrap()).collect()
     };
     let (l1, l2) = (losses(&single_results), losses(&results));
+    let lrs = |v: &serde_json::Value| -> Vec<f64> {
+        v["history"]["lrs"].as_array().expect("lrs").iter().map(|l| l.as_f64().unwrap()).collect()
+    };
+    assert_eq!(lrs(&single_results), lrs(&results), "two ranks follow one process's schedule at 0.1");
+    let peak = lrs(&results).into_iter().fold(0.0, f64::max);
+    assert!(peak > 0.075 && peak <= 0.1 + 1e-12, "two ranks at lr 0.05 peak at {peak}, not near 0.05 × 2");
     assert_eq!(l1.len(), 8);
     assert_eq!(l1.len(), l2.len());
     for (i, (p, q)) in l1.iter().zip(&l2).enumerate() {
@@ -170,7 +177,7 @@ fn killing_one_rank_fails_the_other_clearly_and_in_time() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let s = spec(dir.path(), 16, 4096, "epochs = 100");
+    let s = spec(dir.path(), 16, 4096, "lr = 0.05\nepochs = 100");
     let peers = free_ports(2);
     let timeout = ["--collective-timeout", "20"];
     let mut rank0 = start_rank(dir.path(), &s, 0, &peers, &timeout);

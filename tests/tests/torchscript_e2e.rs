@@ -223,11 +223,12 @@ fn two_ranks_train_a_scripted_cnn_like_one_process_with_twice_the_batch() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
     torchscript_fixtures(&["make", dir.join("modules").to_str().unwrap()], dir);
-    let spec = |batch: usize| {
+    // the pair's lr 0.05 is scaled by 2 for its global batch (SGD's linear rule)
+    let spec = |batch: usize, lr: f64| {
         let text = format!(
             "name = \"ts-dp\"\nseed = 3\noutput = \"file://./store\"\n[data]\nsource = \"fashion_mnist\"\n\
              batch_size = {batch}\nlimit_train = 512\nlimit_eval = 200\n[model]\narch = \"torchscript\"\n\
-             torchscript = \"file://{}\"\n[[stage]]\nlr = 0.05\ncycles = 1\ncycle_len = 1\n[ensemble]\nmembers = 1\n\
+             torchscript = \"file://{}\"\n[[stage]]\nlr = {lr}\ncycles = 1\ncycle_len = 1\n[ensemble]\nmembers = 1\n\
              [runtime]\nthreads = 1\ndevice = \"cpu\"\n",
             dir.join("modules/cnn.pt").display()
         );
@@ -235,12 +236,12 @@ fn two_ranks_train_a_scripted_cnn_like_one_process_with_twice_the_batch() {
         std::fs::write(&path, text).unwrap();
         path.to_string_lossy().into_owned()
     };
-    let one = spec(64);
+    let one = spec(64, 0.1);
     let ran =
         run(&["--quiet", "train", &one, "--out", "single", "--run", "s"], dir, Duration::from_secs(300));
     assert_eq!(ran.code, Some(0), "single process failed:\n{}", ran.stderr);
 
-    let two = spec(32);
+    let two = spec(32, 0.05);
     let listeners: Vec<_> = (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
     let peers: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
     drop(listeners);

@@ -85,7 +85,7 @@ pub fn sweep_png(sweep: &SweepOutcome, path: &Path) -> Result<()> {
         let dashed = colour.mix(0.6).stroke_width(1);
         chart
             .draw_series(std::iter::once(PathElement::new(vec![(lr, y_lo), (lr, y_hi)], dashed)))?
-            .label(format!("trained at {} ({:?})", style::fmt_sci(lr), sweep.suggestion).to_lowercase())
+            .label(format!("trained at {} ({})", style::fmt_sci(lr), sweep.suggestion))
             .legend(style::legend_line(dashed));
     }
     style::lr_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;

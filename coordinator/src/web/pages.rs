@@ -374,15 +374,15 @@ fn charts(job: &JobState, live: &[(usize, TaskLive)], results: Option<&Value>) -
                 name: name.clone(),
                 points: lrs.iter().copied().zip(losses.iter().copied()).collect(),
             });
-            let chosen =
-                cyclotron_core::lr_range::Suggestions { steep: *steep, valley: *valley, minimum: *minimum }
-                    .get(kind);
+            let chosen = cyclotron_core::lr_range::choose(
+                kind,
+                &cyclotron_core::lr_range::Suggestions { steep: *steep, valley: *valley, minimum: *minimum },
+                lrs,
+                losses,
+            );
             if chosen.is_finite() && !job.events.iter().any(|e| matches!(e, JobEvent::SweepConcluded { .. }))
             {
-                lr.markers.push(Marker {
-                    x: chosen,
-                    label: format!("{name}: {kind:?} {}", sci(chosen)).to_lowercase(),
-                });
+                lr.markers.push(Marker { x: chosen, label: format!("{name}: {kind} {}", sci(chosen)) });
             }
         }
         if let JobEvent::SweepConcluded { chosen, lr: rate, .. } = e {

@@ -272,6 +272,42 @@ pub struct OptimizerSpec {
     /// absent: no clipping.
     #[serde(default)]
     pub clip: Option<f64>,
+    /// How a fixed stage `lr` follows the number of data-parallel ranks. A fixed LR is written
+    /// for one process training `data.batch_size` items a step; on N ranks the global batch is N
+    /// times larger and the LR is multiplied by N (`linear`, Goyal et al. 2017, with SGDR's
+    /// warm-up), by √N (`sqrt`) or left alone (`none`). Absent: `linear` for SGD, `sqrt` for
+    /// AdamW. `lr = "auto"` is never scaled: its range test already runs at the global batch.
+    #[serde(default)]
+    pub lr_scaling: Option<LrScaling>,
+}
+
+/// See [`OptimizerSpec::lr_scaling`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrScaling {
+    Linear,
+    Sqrt,
+    None,
+}
+
+impl OptimizerSpec {
+    /// The rule in force: the spec's, else the optimiser's default.
+    pub fn lr_scaling(&self) -> LrScaling {
+        self.lr_scaling.unwrap_or(match self.kind {
+            OptimizerKind::Sgd => LrScaling::Linear,
+            OptimizerKind::Adamw => LrScaling::Sqrt,
+        })
+    }
+
+    /// The factor a fixed LR is multiplied by on `world` data-parallel ranks.
+    pub fn lr_scale(&self, world: usize) -> f64 {
+        let n = world.max(1) as f64;
+        match self.lr_scaling() {
+            LrScaling::Linear => n,
+            LrScaling::Sqrt => n.sqrt(),
+            LrScaling::None => 1.0,
+        }
+    }
 }
 
 fn default_momentum() -> f64 {
@@ -297,6 +333,7 @@ impl Default for OptimizerSpec {
             betas: default_betas(),
             eps: default_eps(),
             clip: None,
+            lr_scaling: None,
         }
     }
 }
@@ -478,5 +515,25 @@ impl JobSpec {
     /// Whether any stage (or the job itself) runs an LR-range test.
     pub fn runs_lr_find(&self) -> bool {
         self.lr_find.is_some() || self.stages.iter().any(|s| s.lr_find)
+    }
+}
+
+#[cfg(test)]
+mod lr_scaling_tests {
+    use super::*;
+
+    #[test]
+    fn fixed_lrs_follow_the_global_batch_by_the_optimisers_rule() {
+        let opt = |text: &str| -> OptimizerSpec { toml::from_str(text).unwrap() };
+        let sgd = opt("kind = \"sgd\"");
+        assert_eq!(sgd.lr_scaling(), LrScaling::Linear);
+        assert_eq!((sgd.lr_scale(1), sgd.lr_scale(4)), (1.0, 4.0));
+        let adam = opt("kind = \"adamw\"");
+        assert_eq!(adam.lr_scaling(), LrScaling::Sqrt);
+        assert_eq!((adam.lr_scale(1), adam.lr_scale(4)), (1.0, 2.0));
+        let off = opt("kind = \"sgd\"\nlr_scaling = \"none\"");
+        assert_eq!(off.lr_scale(8), 1.0);
+        assert_eq!(opt("lr_scaling = \"sqrt\"").lr_scale(9), 3.0);
+        assert!(toml::from_str::<OptimizerSpec>("lr_scaling = \"cubic\"").is_err());
     }
 }

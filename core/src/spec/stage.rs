@@ -144,7 +144,11 @@ impl StageSpec {
     /// Peak learning rate per group, given the stage's resolved `lr` (the last group's).
     pub fn group_peaks(&self, lr: f64, groups: usize) -> Vec<f64> {
         match &self.group_lrs {
-            GroupLrs::Explicit(v) => v.clone(),
+            // the list's last entry is the stage's lr, so a scaled `lr` scales every group alike
+            GroupLrs::Explicit(v) => {
+                let last = v.last().copied().unwrap_or(lr);
+                v.iter().map(|x| x * lr / last).collect()
+            }
             GroupLrs::Named(n) if n == "thirds" => {
                 (0..groups).map(|g| lr / 3f64.powi((groups - 1 - g) as i32)).collect()
             }
@@ -211,8 +215,10 @@ mod tests {
         let p = s.group_peaks(0.01, 3);
         assert!((p[0] - 1e-4).abs() < 1e-15 && (p[1] - 1e-3).abs() < 1e-15 && (p[2] - 1e-2).abs() < 1e-15);
         let s = stage("group_lrs = [0.001, 0.002, 0.004]\nepochs = 1");
-        assert_eq!(s.group_peaks(0.0, 3), vec![0.001, 0.002, 0.004]);
+        assert_eq!(s.group_peaks(0.004, 3), vec![0.001, 0.002, 0.004]);
         assert_eq!(s.fixed_lr(), Some(0.004));
+        // an explicit list scaled for a larger global batch keeps its ratios
+        assert_eq!(s.group_peaks(0.008, 3), vec![0.002, 0.004, 0.008]);
     }
 
     #[test]

@@ -303,7 +303,7 @@ pub fn conclude(
             label: candidate.label(),
             candidate,
             best_loss: best_loss(&report),
-            lr: report.suggestion.map(|s| s.get(f.suggestion)),
+            lr: report.lr(f.suggestion),
             report,
         });
     }

@@ -257,21 +257,22 @@ impl<'a> JobRun<'a> {
         }
     }
 
-    /// The stage's peak learning rate: its own, or the suggestion of the latest LR-range test.
+    /// The stage's peak learning rate: its own (scaled for the global batch by
+    /// `optimizer.lr_scaling`), or the suggestion of the latest LR-range test (which ran at the
+    /// global batch, so it is used as it is).
     fn stage_lr(&self, si: usize, stage: &StageSpec) -> Result<f64> {
         if let Some(lr) = stage.fixed_lr() {
-            return Ok(lr);
+            return Ok(lr * self.spec.optimizer.lr_scale(self.l.shard().world));
         }
         let no_test = || Error::Invalid {
             what: format!("stage {}: lr = \"auto\"", si + 1),
             message: "no LR-range test ran before this stage; add [lr_find] or lr_find = true".into(),
         };
         let (_, report) = self.lr_finds.last().ok_or_else(no_test)?;
-        let s = report.suggestion.ok_or_else(|| Error::Invalid {
+        report.lr(range_of(self.spec).1.suggestion).ok_or_else(|| Error::Invalid {
             what: format!("stage {}: lr = \"auto\"", si + 1),
             message: "the LR-range test gave no suggestion (it diverged at once); set lr explicitly or lower lr_find.start".into(),
-        })?;
-        Ok(s.get(range_of(self.spec).1.suggestion))
+        })
     }
 
     /// A cycle ended at `p`: with snapshots on, commit the weights as snapshot `index` (the same

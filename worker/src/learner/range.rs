@@ -31,24 +31,37 @@ impl Learner {
     }
 
     /// LR-range test: train at exponentially increasing learning rates (every trainable group at
-    /// the same lr) until divergence, `range.steps` steps or one epoch, whichever comes first.
-    /// Model weights and optimiser state are restored afterwards.
+    /// the same lr) until divergence or `range.steps` steps. Like fastai's `lr_find(num_it=100)`,
+    /// a small training split is walked more than once (each pass in the next epoch's order), so
+    /// the curve always has its `steps` points. Model weights and optimiser state are restored
+    /// afterwards.
     pub fn lr_find(&mut self, range: LrRange, obs: &mut dyn Observer) -> Result<LrFindReport> {
-        let steps = range.steps.min(self.steps_per_epoch()? as u32);
-        let range = LrRange { steps, ..range };
+        let steps = range.steps;
         let (finder, diverged) = self.with_scratch_optimiser("weights saved before lr_find", |l| {
             obs.on_event(&Event::LrFindStart { steps });
             let mut finder = LrFinder::default();
-            let batches = l.task.train_batches(l.epochs_done, l.shard())?;
+            let mut epoch = l.epochs_done;
+            let mut i = 0;
             l.task.start_sequence();
-            for (i, batch) in (0..steps).zip(batches) {
-                l.check_abort()?;
-                let lr = range.lr_at(i);
-                let loss = l.step(&batch, &[lr; GROUPS])?;
-                obs.on_event(&Event::LrFindStep { i, lr, loss });
-                if finder.record(lr, loss) == Verdict::Diverged {
-                    return Ok((finder, true));
+            while i < steps {
+                let before = i;
+                for batch in l.task.train_batches(epoch, l.shard())? {
+                    if i >= steps {
+                        break;
+                    }
+                    l.check_abort()?;
+                    let lr = range.lr_at(i);
+                    let loss = l.step(&batch, &[lr; GROUPS])?;
+                    obs.on_event(&Event::LrFindStep { i, lr, loss });
+                    i += 1;
+                    if finder.record(lr, loss) == Verdict::Diverged {
+                        return Ok((finder, true));
+                    }
                 }
+                if i == before {
+                    return Err(no_batch());
+                }
+                epoch += 1;
             }
             Ok((finder, false))
         })?;
@@ -83,14 +96,18 @@ impl Learner {
                     }
                 }
                 if losses.len() == before {
-                    return Err(Error::Invalid {
-                        what: "data".into(),
-                        message: "the training split gives no batch; lower data.batch_size".into(),
-                    });
+                    return Err(no_batch());
                 }
                 epoch += 1;
             }
             Ok((losses, false))
         })
+    }
+}
+
+fn no_batch() -> Error {
+    Error::Invalid {
+        what: "data".into(),
+        message: "the training split gives no batch; lower data.batch_size".into(),
     }
 }
