@@ -1,0 +1,118 @@
+"""PyTorch eager peer of `make demo` for time to accuracy (issue 16): the same model, data, recipe.
+
+    python bench/pytorch_fashion_recipe.py --width 24 --batch-size 256 --lr 0.0933 \
+        --cycles 4 --cycle-len 2 --threads 2 --json OUT.json
+
+small_resnet (bench/pytorch_step.py's twin of Cyclotron's), SGD momentum 0.9, weight decay 5e-4,
+SGDR as Cyclotron's (`core/src/schedule/sgdr.rs`: lr/100 for the first 1/20 of each cycle, else cosine
+from lr to 0 over the cycle, per step), horizontal flips half the time, inputs normalised with the training set's
+mean and std, 10% of the training images held out as validation (seeded), batch `--batch-size` in
+one process with `--threads` threads. After every cycle: test accuracy of that cycle's weights,
+with and without flip TTA (original and flipped views averaged). Training seconds exclude the
+evaluations, as Cyclotron's epoch seconds exclude its snapshot scoring.
+Writes {"cycles": [{"epoch", "train_seconds", "test_accuracy", "test_accuracy_tta"}], ...}.
+"""
+
+import argparse
+import gzip
+import json
+import math
+import pathlib
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pytorch_step import SmallResNet
+
+DATA = pathlib.Path("/usr/share/datasets/fashion-mnist")
+
+
+def idx(name):
+    raw = gzip.open(DATA / name).read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def sgdr_lr(step, lr, spe, cycles, cycle_len):
+    """Cyclotron's SGDR with warm-up at step `step` (cycle_mult 1, lr_min 0)."""
+    cycle_steps = spe * cycle_len
+    t = step % cycle_steps
+    if 20 * t < cycle_steps:
+        return lr / 100.0
+    return 0.5 * lr * (1.0 + math.cos(math.pi * t / cycle_steps))
+
+
+def accuracy(model, x, y, tta, batch=1000):
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            xb = x[i : i + batch]
+            p = F.softmax(model(xb), 1)
+            if tta:
+                p = 0.5 * (p + F.softmax(model(torch.flip(xb, dims=[3])), 1))
+            correct += (p.argmax(1) == y[i : i + batch]).sum().item()
+    model.train()
+    return correct / len(x)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--width", type=int, default=24)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--lr", type=float, required=True)
+    ap.add_argument("--cycles", type=int, default=4)
+    ap.add_argument("--cycle-len", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    rng = np.random.default_rng(a.seed)
+
+    xs = idx("train-images-idx3-ubyte.gz").astype(np.float32) / 255.0
+    ys = idx("train-labels-idx1-ubyte.gz").astype(np.int64)
+    order = rng.permutation(len(xs))
+    n_valid = len(xs) // 10
+    train = order[n_valid:]
+    mean, std = xs[train].mean(), xs[train].std()
+    norm = lambda v: torch.from_numpy((v - mean) / std).unsqueeze(1)
+    x_train, y_train = norm(xs[train]), torch.from_numpy(ys[train])
+    x_test = norm(idx("t10k-images-idx3-ubyte.gz").astype(np.float32) / 255.0)
+    y_test = torch.from_numpy(idx("t10k-labels-idx1-ubyte.gz").astype(np.int64))
+
+    model = SmallResNet(a.width)
+    opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, weight_decay=5e-4)
+    spe = len(x_train) // a.batch_size
+    step, train_s, cycles = 0, 0.0, []
+    for epoch in range(a.cycles * a.cycle_len):
+        t0 = time.perf_counter()
+        perm = torch.from_numpy(rng.permutation(len(x_train)))
+        for b in range(spe):
+            ids = perm[b * a.batch_size : (b + 1) * a.batch_size]
+            xb, yb = x_train[ids], y_train[ids]
+            flip = torch.from_numpy(rng.random(len(ids)) < 0.5)
+            xb = torch.where(flip[:, None, None, None], torch.flip(xb, dims=[3]), xb)
+            for g in opt.param_groups:
+                g["lr"] = sgdr_lr(step, a.lr, spe, a.cycles, a.cycle_len)
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+        train_s += time.perf_counter() - t0
+        if (epoch + 1) % a.cycle_len == 0:
+            acc, acc_tta = accuracy(model, x_test, y_test, False), accuracy(model, x_test, y_test, True)
+            cycles.append(dict(epoch=epoch + 1, train_seconds=train_s, test_accuracy=acc, test_accuracy_tta=acc_tta))
+            print(f"epoch {epoch + 1}: {train_s:.0f} s of training, test {acc:.2%} (flip TTA {acc_tta:.2%})", flush=True)
+    out = dict(torch=torch.__version__, threads=a.threads, width=a.width, batch_size=a.batch_size, lr=a.lr, cycles=cycles)
+    if a.json:
+        pathlib.Path(a.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
