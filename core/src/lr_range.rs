@@ -104,8 +104,8 @@ pub enum SuggestionKind {
     Steep,
     Valley,
     Minimum,
-    /// `minimum`, unless the lowest loss is in the last 5% of the curve (the test never got past
-    /// it, so the range ended too early to say): then `valley`.
+    /// `minimum`, unless the lowest loss is in the last 5% of a curve that never turned up (the
+    /// range ended before the test got past the minimum, so it cannot say): then `valley`.
     #[default]
     MinimumOrValley,
 }
@@ -141,15 +141,18 @@ pub fn choose(kind: SuggestionKind, s: &Suggestions, lrs: &[f64], losses: &[f64]
     }
 }
 
-/// Whether the lowest loss lies in the last 5% (at least the last 2) of the finite points: the
-/// loss had not turned up by the end of the range.
+/// Whether the test ended with the loss still at its lowest: the lowest loss lies in the last 5%
+/// (at least the last 2) of the points, and the curve did not turn up at its end — no trailing
+/// non-finite loss (the divergence stop) and the last loss within 50% of the lowest.
 pub fn still_falling(lrs: &[f64], losses: &[f64]) -> bool {
-    let n = lrs.len().min(losses.len());
-    let n = (0..n).rev().find(|&i| losses[i].is_finite()).map_or(0, |i| i + 1);
-    if n == 0 {
+    let len = lrs.len().min(losses.len());
+    let n = (0..len).rev().find(|&i| losses[i].is_finite()).map_or(0, |i| i + 1);
+    if n == 0 || n < len {
         return false;
     }
-    argmin(&losses[..n]) + (n / 20).max(2) >= n
+    let best = argmin(&losses[..n]);
+    let (lowest, last) = (losses[best], losses[n - 1]);
+    best + (n / 20).max(2) >= n && last - lowest <= 0.5 * lowest.abs()
 }
 
 /// Suggest learning rates from a curve (`lrs` increasing, `losses` smoothed, same length).
@@ -282,11 +285,18 @@ mod tests {
         assert!(still_falling(&lrs, &down));
         assert_eq!(choose(SuggestionKind::MinimumOrValley, &s, &lrs, &down), s.valley);
         assert_eq!(choose(SuggestionKind::Minimum, &s, &lrs, &down), lrs[99] / 10.0);
-        // a trailing NaN (the divergence stop) is not "the end"
+        // the lowest loss just before a divergence stop: the curve did turn up, min/10 stands
         let mut nan = u.clone();
         nan.truncate(62);
         nan.push(f64::NAN);
-        assert!(still_falling(&lrs[..63], &nan), "minimum at 60 of 62 finite points");
+        assert!(!still_falling(&lrs[..63], &nan), "a trailing NaN is the divergence stop");
+        let mut blown = u.clone();
+        blown.truncate(62);
+        blown.push(u[60] * 4.5);
+        assert!(!still_falling(&lrs[..63], &blown), "a last loss 4.5× the lowest is a turn up");
+        let mut flat = u.clone();
+        flat.truncate(62);
+        assert!(still_falling(&lrs[..62], &flat), "lowest at 60 of 62 points, no turn up");
         assert!(!still_falling(&lrs, &[]));
         assert_eq!(SuggestionKind::default(), SuggestionKind::MinimumOrValley);
     }

@@ -81,6 +81,12 @@ fn close(a: f64, b: f64, what: &str) {
     assert!((a - b).abs() < 1e-6, "{what}: predict gave {a}, the run reported {b}");
 }
 
+/// A mean loss over the items: float32 sums in another batching or thread order differ in the
+/// last digits (CI saw 2.139101 against 2.139095), so relative 1e-5; accuracies stay exact.
+fn close_loss(a: f64, b: f64, what: &str) {
+    assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{what}: predict gave {a}, the run reported {b}");
+}
+
 #[test]
 fn predict_repeats_the_runs_scores_and_refuses_wrong_inputs() {
     if !fashion_mnist_present() {
@@ -108,7 +114,11 @@ fn predict_repeats_the_runs_scores_and_refuses_wrong_inputs() {
     assert_eq!(with_tta["members"].as_array().unwrap().len(), 2);
     assert_eq!(with_tta["predictions"].as_array().unwrap().len(), EVAL);
     close(with_tta["accuracy"].as_f64().unwrap(), ens["tta"]["accuracy"].as_f64().unwrap(), "ensemble + TTA");
-    close(with_tta["loss"].as_f64().unwrap(), ens["tta"]["loss"].as_f64().unwrap(), "ensemble + TTA loss");
+    close_loss(
+        with_tta["loss"].as_f64().unwrap(),
+        ens["tta"]["loss"].as_f64().unwrap(),
+        "ensemble + TTA loss",
+    );
 
     // without TTA, from the run's folder in the store
     let store_run = dir.join("store/predict-e2e/r1");
