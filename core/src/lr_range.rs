@@ -122,22 +122,14 @@ impl std::fmt::Display for SuggestionKind {
     }
 }
 
-impl Suggestions {
-    /// One of the three plain suggestions; `minimum_or_valley` needs the curve, see [`choose`].
-    pub fn get(&self, kind: SuggestionKind) -> f64 {
-        match kind {
-            SuggestionKind::Steep => self.steep,
-            SuggestionKind::Valley => self.valley,
-            SuggestionKind::Minimum | SuggestionKind::MinimumOrValley => self.minimum,
-        }
-    }
-}
-
 /// The learning rate suggestion `kind` picks from a curve with suggestions `s`.
 pub fn choose(kind: SuggestionKind, s: &Suggestions, lrs: &[f64], losses: &[f64]) -> f64 {
     match kind {
+        SuggestionKind::Steep => s.steep,
+        SuggestionKind::Valley => s.valley,
+        SuggestionKind::Minimum => s.minimum,
         SuggestionKind::MinimumOrValley if still_falling(lrs, losses) => s.valley,
-        kind => s.get(kind),
+        SuggestionKind::MinimumOrValley => s.minimum,
     }
 }
 
