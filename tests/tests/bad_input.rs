@@ -141,6 +141,24 @@ fn a_run_failing_after_training_keeps_earlier_results() {
 }
 
 #[test]
+fn a_model_gone_non_finite_fails_as_diverged_instead_of_succeeding() {
+    if !fashion_mnist_present() {
+        return;
+    }
+    // at lr 1e5 every batch loss of this epoch stays finite, but the weights and BatchNorm's
+    // running statistics do not: the validation loss is NaN. The run used to "succeed" with a
+    // NaN model (9.77 % accuracy) and write its results.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = GOOD
+        .replace("limit_train = 512", "limit_train = 128")
+        .replace("lr = 0.05\ncycles = 1\ncycle_len = 1", "lr = 1e5\nepochs = 1");
+    let ran = train(&spec, dir.path(), "out");
+    assert_clear_failure(&ran, "training diverged in stage 1");
+    assert!(ran.stderr.contains("the validation loss is NaN; lower that stage's lr"), "{}", ran.stderr);
+    assert!(!dir.path().join("out/results.json").exists(), "a diverged run wrote results:\n{}", ran.stderr);
+}
+
+#[test]
 fn check_accepts_the_examples() {
     let dir = tempfile::tempdir().unwrap();
     for ex in ["quick.toml", "fashion_mnist.toml", "seed_recipe.toml"] {

@@ -22,8 +22,14 @@ pub enum Error {
     Invalid { what: String, message: String },
     #[error("checkpoint {key}: {message}")]
     Checkpoint { key: String, message: String },
-    #[error("training diverged at stage {stage}, step {step}: the loss is {loss}; lower the learning rate")]
-    Diverged { stage: usize, step: u64, loss: f64 },
+    /// A non-finite loss: of a training batch (`split` "training"), or of the validation split at
+    /// an epoch's end ("validation": the weights or BatchNorm statistics went non-finite while
+    /// every batch loss stayed finite). `stage` counts from 0.
+    #[error(
+        "training diverged in stage {} at step {step}: the {split} loss is {loss}; lower that stage's lr (or set lr = \"auto\" with an [lr_find] section)",
+        stage + 1
+    )]
+    Diverged { stage: usize, step: u64, loss: f64, split: &'static str },
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
     #[error("cancelled")]

@@ -333,7 +333,7 @@ mod tests {
     #[test]
     fn bad_input_is_permanent_and_lost_peers_are_not() {
         assert!(is_permanent(&Error::UnknownModel { arch: "x".into() }));
-        assert!(is_permanent(&Error::Diverged { stage: 0, step: 3, loss: f64::NAN }));
+        assert!(is_permanent(&Error::Diverged { stage: 0, step: 3, loss: f64::NAN, split: "training" }));
         assert!(is_permanent(&Error::Core(cyclotron_core::Error::InvalidSpec {
             problems: vec!["p".into()]
         })));

@@ -188,7 +188,7 @@ impl Learner {
             let loss = self.step(&batch, &lrs)?;
             let seconds = stepped.elapsed().as_secs_f64();
             if !loss.is_finite() {
-                return Err(Error::Diverged { stage, step: self.global_step, loss });
+                return Err(Error::Diverged { stage, step: self.global_step, loss, split: "training" });
             }
             step += 1;
             self.global_step += 1;
@@ -208,7 +208,19 @@ impl Learner {
             waited = Instant::now();
         }
         self.epochs_done += 1;
-        let valid = self.evaluate(Split::Valid)?;
+        let predictions = self.predict(Split::Valid)?;
+        let valid = self.task.metrics(&predictions, Split::Valid);
+        // every batch loss can stay finite while the weights or BatchNorm's running statistics
+        // do not: a model that predicts NaN must not go on to be snapshotted and "succeed"
+        // (an empty validation split, `data.valid_pct = 0`, has a NaN loss of nothing)
+        if !valid.loss.is_finite() && predictions.numel() > 0 {
+            return Err(Error::Diverged {
+                stage,
+                step: self.global_step,
+                loss: valid.loss,
+                split: "validation",
+            });
+        }
         let record = EpochRecord {
             stage,
             epoch: epoch + 1,
