@@ -1,9 +1,10 @@
-//! A user's own model, end to end: a small CNN scripted at test time by the venv's torch
+//! A user's own model, end to end: a small CNN with a BatchNorm scripted at test time by the venv's torch
 //! (tests/fixtures/torchscript_fixtures.py; `make setup` installs torch, so the test requires it)
 //! trains with `cyclotron train` on Fashion-MNIST (a frozen-body stage, then SGDR with
 //! discriminative LRs, snapshots and an ensemble), then goes back to PyTorch: `torch.jit.load` of
-//! the exported module + `load_state_dict` of a snapshot's `model.safetensors` (and the snapshot's
-//! own `model.pt`) give the same probabilities as `cyclotron predict` on the same test images.
+//! the exported module + `load_state_dict` of a snapshot's `model.safetensors` (its BatchNorm
+//! running statistics included: no key missing) and the snapshot's own `model.pt` give the same
+//! probabilities as `cyclotron predict` on the same test images.
 //! A module returning 7 logits for 10 classes is refused with what was expected. The same module
 //! resumes exactly from a checkpoint, and two data-parallel ranks train it like one process.
 
@@ -77,7 +78,7 @@ fn a_scripted_cnn_trains_and_loads_back_into_pytorch() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
     torchscript_fixtures(&["make", dir.join("modules").to_str().unwrap()], dir);
-    let module = dir.join("modules/cnn.pt");
+    let module = dir.join("modules/bn_cnn.pt");
     std::fs::write(dir.join("job.toml"), job(&module)).unwrap();
     let ran = run(&["train", "job.toml", "--out", "out", "--run", "r1"], dir, Duration::from_secs(900));
     assert_eq!(ran.code, Some(0), "stdout:\n{}\nstderr:\n{}", ran.stdout, ran.stderr);
@@ -144,8 +145,9 @@ fn a_scripted_cnn_trains_and_loads_back_into_pytorch() {
 }
 
 /// `checkpoint_resume.rs`'s job (an LR-range test, a constant-LR epoch, SGDR with snapshots) on
-/// the scripted CNN, which has no buffers: a run stopped after 2 epochs and resumed gives the
-/// uninterrupted run's losses, LR-range results and snapshots exactly.
+/// the scripted CNN with a BatchNorm: a run stopped after 2 epochs and resumed gives the
+/// uninterrupted run's losses, LR-range results and snapshots exactly (the checkpoint carries the
+/// module's running statistics; without them the resumed run's evaluations differ).
 #[test]
 fn a_scripted_cnn_resumes_exactly() {
     if !fashion_mnist_present() {
@@ -189,7 +191,7 @@ device = "cpu"
 every_epochs = 1
 keep_last = 1
 "#,
-        dir.join("modules/cnn.pt").display()
+        dir.join("modules/bn_cnn.pt").display()
     );
     std::fs::write(dir.join("job.toml"), spec).unwrap();
     let train = |out: &str, run_name: &str, extra: &[&str]| {

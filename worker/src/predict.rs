@@ -26,10 +26,11 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::job::JOB_SPEC;
 use crate::models::pretrained::read_weights;
+use crate::models::Model;
 use crate::task::image::{ImageCard, ImageClassification, ImageData, IMAGE_CARD, SCRIPT_MODULE};
 use crate::task::registry::augmenter;
 use crate::task::{Split, Task};
-use crate::tensor_io::{from_safetensors, load_into};
+use crate::tensor_io::{from_safetensors, load_into_keeping};
 
 pub use inputs::{load_inputs, Inputs};
 pub use tabular::{TabularInputs, TabularPredictor};
@@ -305,7 +306,8 @@ impl Predictor {
                 }
                 None => crate::models::build(&spec.model.arch, spec.model.width, channels, classes, device)?,
             };
-            load_into(&net.vs, &m.weights, &m.url)?;
+            // a snapshot's model.pt keeps the module's buffers even where model.safetensors does not
+            load_into_keeping(&net.vs, &m.weights, &m.url, &|n| m.module.is_some() && !net.is_parameter(n))?;
             let data = ImageData {
                 train: inputs.clone(),
                 valid: inputs.clone(),

@@ -77,8 +77,21 @@ pub fn from_safetensors(bytes: &[u8], what: &str) -> Result<Vec<(String, Tensor)
 /// Copy `src` tensors into the variables of `vs` by name. Every variable must be present with the
 /// same shape; otherwise the error lists what is missing, unexpected or mis-shaped.
 pub fn load_into(vs: &tch::nn::VarStore, src: &[(String, Tensor)], what: &str) -> Result<()> {
+    load_into_keeping(vs, src, what, &|_| false)
+}
+
+/// [`load_into`], except that variables missing from `src` for which `keep` holds keep their
+/// values (a TorchScript snapshot written before its buffers were saved beside its parameters:
+/// the module it was built from, the snapshot's own `model.pt`, holds them).
+pub fn load_into_keeping(
+    vs: &tch::nn::VarStore,
+    src: &[(String, Tensor)],
+    what: &str,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<()> {
     let vars = vs.variables();
-    let missing: Vec<_> = vars.keys().filter(|k| !src.iter().any(|(n, _)| n == *k)).cloned().collect();
+    let missing: Vec<_> =
+        vars.keys().filter(|k| !keep(k) && !src.iter().any(|(n, _)| n == *k)).cloned().collect();
     let unexpected: Vec<_> =
         src.iter().filter(|(n, _)| !vars.contains_key(n)).map(|(n, _)| n.clone()).collect();
     let mut problems = vec![];

@@ -2,8 +2,9 @@
 //! torch (tests/fixtures/torchscript_fixtures.py; `make setup` installs torch, so these tests
 //! require it). Parameters keep their PyTorch names and share storage with the module, layer
 //! groups follow the default split or the spec's prefixes, freezing stops gradients, the saved
-//! module carries the trained values, and a module of the wrong signature or output shape is an
-//! error naming what was expected.
+//! module carries the trained values, a module's buffers (BatchNorm running statistics) are
+//! non-trainable variables sharing its storage, and a module of the wrong signature or output
+//! shape is an error naming what was expected.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -84,7 +85,40 @@ fn a_scripted_cnn_trains_as_a_net() {
     let saved = net.script_bytes().unwrap().unwrap();
     let back = models::build_torchscript(&saved, "saved", None, [1, 28, 28], 10, Device::Cpu).unwrap();
     assert!(back.forward_t(&x, false).unwrap().allclose(&after, 1e-6, 1e-6, false));
-    assert!(build(dir.path(), "bn_cnn.pt", None, 10).is_ok());
+}
+
+#[test]
+fn a_modules_buffers_are_variables_sharing_its_storage_and_never_trained() {
+    let dir = tempfile::tempdir().unwrap();
+    fixtures(dir.path());
+    let net = build(dir.path(), "bn_cnn.pt", None, 10).unwrap();
+    let buffers = ["features.1.num_batches_tracked", "features.1.running_mean", "features.1.running_var"];
+    let vars = net.vs.variables();
+    for b in buffers {
+        assert!(vars.contains_key(b), "{b} is not a variable: {:?}", vars.keys().collect::<Vec<_>>());
+        assert!(!net.is_parameter(b), "{b} counted as a parameter");
+    }
+    let params: Vec<String> = net.parameters().into_iter().map(|(n, _, _)| n).collect();
+    assert!(params.contains(&"features.1.weight".to_string()), "{params:?}");
+    assert!(params.iter().all(|n| !buffers.contains(&n.as_str())), "{params:?}");
+    assert_eq!(net.vs.trainable_variables().len(), params.len(), "buffers are not trainable");
+    assert!(!vars["features.1.running_var"].requires_grad());
+
+    // a forward in training mode updates the module's running statistics: the variables see it
+    let mean = vars["features.1.running_mean"].shallow_clone();
+    let before = mean.copy();
+    let x = Tensor::randn([8, 1, 28, 28], (Kind::Float, Device::Cpu)) * 3.0 + 1.0;
+    let _ = tch::no_grad(|| net.forward_t(&x, true).unwrap());
+    assert!(!mean.allclose(&before, 1e-6, 1e-6, false), "the variable does not share the module's buffer");
+    assert_eq!(vars["features.1.num_batches_tracked"].int64_value(&[]), 1);
+
+    // writing the variables (a checkpoint restored) changes what the module computes in eval mode
+    let out = net.forward_t(&x, false).unwrap();
+    tch::no_grad(|| {
+        let _ = vars["features.1.running_var"].shallow_clone().fill_(100.0);
+    });
+    let changed = net.forward_t(&x, false).unwrap();
+    assert!(!out.allclose(&changed, 1e-4, 1e-4, false), "the module does not read the variable");
 }
 
 #[test]

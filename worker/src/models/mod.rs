@@ -4,6 +4,7 @@
 
 mod layers;
 pub mod lstm;
+pub mod module_buffers;
 pub mod pretrained;
 mod registry;
 pub mod resnet;
@@ -53,9 +54,14 @@ pub trait Model {
         vars.into_iter().map(|(name, t)| (name.clone(), self.group_of(&name), t)).collect()
     }
 
+    /// Whether variable `name` is a parameter (not a buffer such as a BatchNorm running statistic).
+    fn is_parameter(&self, name: &str) -> bool {
+        !is_buffer(name)
+    }
+
     /// Trainable parameters (buffers such as BatchNorm running statistics left out), sorted by name.
     fn parameters(&self) -> Vec<(String, usize, Tensor)> {
-        self.named_groups().into_iter().filter(|(n, _, _)| !is_buffer(n)).collect()
+        self.named_groups().into_iter().filter(|(n, _, _)| self.is_parameter(n)).collect()
     }
 
     /// Number of trainable values.
@@ -157,6 +163,14 @@ impl Model for Net {
         match &self.groups {
             Groups::Rule(f) => f(name),
             Groups::Table(t) => t.get(name).copied().unwrap_or(GROUPS - 1),
+        }
+    }
+
+    /// A TorchScript module's parameters are those it lists (its buffers may have any name).
+    fn is_parameter(&self, name: &str) -> bool {
+        match &self.groups {
+            Groups::Rule(_) => !is_buffer(name),
+            Groups::Table(t) => t.contains_key(name),
         }
     }
 

@@ -278,6 +278,14 @@ impl Model for TabularModel {
         }
     }
 
+    /// A TorchScript module's parameters are those it lists (its buffers may have any name).
+    fn is_parameter(&self, name: &str) -> bool {
+        match self {
+            TabularModel::Builtin(_) => !super::is_buffer(name),
+            TabularModel::Script { groups, .. } => groups.contains_key(name),
+        }
+    }
+
     fn freeze_to(&self, frozen: usize) {
         match self {
             TabularModel::Builtin(net) => net.freeze_to(frozen),

@@ -18,11 +18,15 @@
 //! rows holding each column's first and last level); every later forward checks the output's
 //! shape again, so a module that misbehaves fails with an error, never a panic.
 //!
-//! Limits, documented: buffers (BatchNorm running statistics) are not parameters and tch cannot
-//! list them, so they live only inside the module: a snapshot keeps them in its `model.pt` (the
-//! whole module, saved with `torch.jit.save`'s format), but checkpoints do not (a resumed run
-//! restarts them from the exported values), and a frozen group's BatchNorm layers keep updating
-//! them in training mode (the built-in models hold them still).
+//! Buffers (BatchNorm running statistics, anything registered with `register_buffer`) become
+//! non-trainable variables under their `state_dict` names too, sharing storage with the module as
+//! the built-in models' running statistics do: checkpoints, exact resume, snapshots, the weights
+//! restored after an LR-range test and rank 0's broadcast all carry them. tch 0.24 lists a
+//! module's parameters only; `csrc/module_buffers.cpp` lists its buffers.
+//!
+//! Limit, documented: a frozen group's BatchNorm layers keep updating their running statistics
+//! in training mode (the built-in models hold them still); the module's own `train()`/`eval()`
+//! is all tch can switch.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -181,6 +185,17 @@ pub fn load(
         }
         let path = modules.iter().fold(root.clone(), |p, m| p.sub(*m));
         let _ = path.add(last, t, true);
+    }
+    for (name, t) in
+        super::module_buffers::named_buffers(&module).map_err(|m| invalid(format!("{what}: {m}")))?
+    {
+        let parts: Vec<&str> = name.split('.').collect();
+        let Some((last, modules)) = parts.split_last() else { continue };
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(invalid(format!("{what}: buffer name {name:?} has an empty part")));
+        }
+        let path = modules.iter().fold(root.clone(), |p, m| p.sub(*m));
+        let _ = path.add(last, t, false);
     }
     let module = ScriptModule { module: Mutex::new((module, true)), num_classes };
     Ok((module, names.into_iter().zip(group_list).collect()))
