@@ -426,7 +426,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::LrFind { job, out } => {
             let spec = JobSpec::load(&job)?;
             output::prepare_dir(&out)?;
-            let mut bars = progress::Progress::new(cli.quiet);
+            let rule = spec.lr_find.as_ref().map(|f| f.suggestion).unwrap_or_default();
+            let mut bars = progress::Progress::new(cli.quiet).with_suggestion(rule);
             let swept = spec
                 .lr_find
                 .as_ref()
@@ -518,7 +519,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let rank = group.as_ref().map_or(0, |g| g.rank);
             let (metrics, _server) = metrics::serve(metrics_addr, &spec.name, rank)?;
             let opts = job::TrainOptions { resume, stop_after_epochs, group, metrics, lr_find };
-            let mut bars = progress::Progress::new(cli.quiet);
+            let rule = spec.lr_find.as_ref().map(|f| f.suggestion).unwrap_or_default();
+            let mut bars = progress::Progress::new(cli.quiet).with_suggestion(rule);
             // a sweep or several runs: every task here in turn, unless the cluster runs this one alone
             let in_order = !task.one_run && cyclotron_worker::sweep::needs_tasks(&spec);
             let train = |obs: &mut dyn cyclotron_worker::event::Observer| {

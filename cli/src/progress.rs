@@ -6,6 +6,7 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use cyclotron_core::lr_range::{LrFindReport, SuggestionKind};
 use cyclotron_worker::event::{Event, Observer};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -15,11 +16,25 @@ pub struct Progress {
     quiet: bool,
     /// Draw bars and spinners (stderr is a terminal and not `--quiet`).
     bars: bool,
+    /// The job's suggestion rule, to say which LR a range test suggests.
+    suggestion: SuggestionKind,
 }
 
 impl Progress {
     pub fn new(quiet: bool) -> Self {
-        Progress { bar: None, ema: f64::NAN, quiet, bars: !quiet && std::io::stderr().is_terminal() }
+        Progress {
+            bar: None,
+            ema: f64::NAN,
+            quiet,
+            bars: !quiet && std::io::stderr().is_terminal(),
+            suggestion: SuggestionKind::default(),
+        }
+    }
+
+    /// Name the LR that rule `kind` (the job's `lr_find.suggestion`) takes from each range test.
+    pub fn with_suggestion(mut self, kind: SuggestionKind) -> Self {
+        self.suggestion = kind;
+        self
     }
 
     fn spin(&mut self, what: &str) {
@@ -80,7 +95,13 @@ impl Observer for Progress {
             Event::LrFindEnd { report } => {
                 self.finish();
                 let s = report.suggestion.map_or("no suggestion (diverged at once)".to_string(), |s| {
-                    format!("steep {:.2e}, valley {:.2e}, minimum/10 {:.2e}", s.steep, s.valley, s.minimum)
+                    format!(
+                        "{}; steep {:.2e}, valley {:.2e}, minimum/10 {:.2e}",
+                        suggests(report, self.suggestion),
+                        s.steep,
+                        s.valley,
+                        s.minimum
+                    )
                 });
                 self.line(format!(
                     "lr_find: {} steps{}; {s}",
@@ -121,9 +142,48 @@ impl Observer for Progress {
     }
 }
 
+/// `suggests 7.92e-3 (minimum_or_valley: minimum/10)`: the LR rule `kind` takes from `report`
+/// (what `lr = "auto"` trains at), and which of its branches gave it.
+fn suggests(report: &LrFindReport, kind: SuggestionKind) -> String {
+    let (Some(lr), Some(s)) = (report.lr(kind), report.suggestion) else { return String::new() };
+    let branch = match kind {
+        SuggestionKind::MinimumOrValley if lr == s.minimum => ": minimum/10",
+        SuggestionKind::MinimumOrValley => ": valley, the loss was still falling at the range's end",
+        _ => "",
+    };
+    format!("suggests {lr:.2e} ({kind}{branch})")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn report(losses: Vec<f64>) -> LrFindReport {
+        let lrs: Vec<f64> = (0..losses.len()).map(|i| 1e-5 * 10f64.powf(i as f64 / 10.0)).collect();
+        let suggestion =
+            Some(cyclotron_core::lr_range::Suggestions { steep: 1e-3, valley: 2e-3, minimum: 3e-3 });
+        LrFindReport { lrs, raw_losses: losses.clone(), losses, suggestion, diverged: false }
+    }
+
+    #[test]
+    fn the_line_names_the_lr_the_rule_takes_and_why() {
+        // a curve that turned up after its minimum: minimum/10
+        let u: Vec<f64> = (0..60).map(|i| 1.0 + ((i as f64 - 30.0) / 10.0).powi(2)).collect();
+        assert_eq!(
+            suggests(&report(u.clone()), SuggestionKind::MinimumOrValley),
+            "suggests 3.00e-3 (minimum_or_valley: minimum/10)"
+        );
+        assert_eq!(suggests(&report(u), SuggestionKind::Valley), "suggests 2.00e-3 (valley)");
+        // still falling at the range's end: valley
+        let falling: Vec<f64> = (0..60).map(|i| 3.0 - i as f64 * 0.04).collect();
+        assert_eq!(
+            suggests(&report(falling), SuggestionKind::MinimumOrValley),
+            "suggests 2.00e-3 (minimum_or_valley: valley, the loss was still falling at the range's end)"
+        );
+        let mut none = report(vec![1.0; 10]);
+        none.suggestion = None;
+        assert_eq!(suggests(&none, SuggestionKind::MinimumOrValley), "");
+    }
 
     #[test]
     fn nothing_draws_when_stderr_is_not_a_terminal_or_quiet() {
