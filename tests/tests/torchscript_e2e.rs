@@ -288,3 +288,38 @@ fn two_ranks_train_a_scripted_cnn_like_one_process_with_twice_the_batch() {
     }
     assert!(l1.first() != l1.last(), "training did not change the loss");
 }
+
+/// `lr_find.candidates.arch = ["torchscript", "small_cnn"]`: the user's module (the spec's own)
+/// and a built-in model each get a range test, and the one with the lower loss trains.
+#[test]
+fn a_users_module_and_a_built_in_model_compete_in_one_lr_sweep() {
+    if !fashion_mnist_present() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    torchscript_fixtures(&["make", dir.join("modules").to_str().unwrap()], dir);
+    let spec = format!(
+        "name = \"ts-sweep\"\noutput = \"file://./store\"\n[data]\nsource = \"fashion_mnist\"\nlimit_train = 512\n\
+         limit_eval = 256\nbatch_size = 64\n[model]\narch = \"torchscript\"\ntorchscript = \"file://{}\"\n\
+         [lr_find]\nstart = 1e-4\nend = 10\nsteps = 20\n[lr_find.candidates]\narch = [\"torchscript\", \"small_cnn\"]\n\
+         [[stage]]\nlr = \"auto\"\nepochs = 1\n[runtime]\nthreads = 1\n",
+        dir.join("modules/bn_cnn.pt").display()
+    );
+    std::fs::write(dir.join("job.toml"), spec).unwrap();
+    let ran = run(&["train", "job.toml", "--out", "out"], dir, Duration::from_secs(300));
+    assert_eq!(ran.code, Some(0), "stdout:\n{}\nstderr:\n{}", ran.stdout, ran.stderr);
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("out/results.json")).unwrap()).unwrap();
+    let swept: Vec<&str> = results["sweep"]["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(swept, ["arch=torchscript", "arch=small_cnn"], "{}", results["sweep"]);
+    for c in results["sweep"]["candidates"].as_array().unwrap() {
+        assert_eq!(c["report"]["lrs"].as_array().unwrap().len(), 20, "{} had no range test", c["label"]);
+    }
+    assert!(ran.stdout.contains("lr sweep     trained: arch="), "{}", ran.stdout);
+}

@@ -133,7 +133,7 @@ pub(super) fn problems(spec: &JobSpec) -> Vec<String> {
     }
     if let Some(f) = &spec.lr_find {
         lr_find(f.start, f.end, f.steps, &mut p);
-        sweep(f, &mut p);
+        sweep(spec, f, &mut p);
     }
     if spec.ensemble.members > 1_000 {
         p.push(format!("ensemble.members: at most 1000 snapshots, got {}", spec.ensemble.members));
@@ -217,7 +217,7 @@ fn lr_find(start: f64, end: f64, steps: u32, p: &mut Vec<String>) {
     }
 }
 
-fn sweep(f: &super::LrFindSpec, p: &mut Vec<String>) {
+fn sweep(spec: &JobSpec, f: &super::LrFindSpec, p: &mut Vec<String>) {
     let max = crate::sweep::MAX_POINTS;
     if f.grid != 0 && !(3..=max as u32).contains(&f.grid) {
         p.push(format!(
@@ -261,7 +261,14 @@ fn sweep(f: &super::LrFindSpec, p: &mut Vec<String>) {
         p.push(format!("lr_find.candidates.weight_decay: every value must be ≥ 0, got {:?}", c.weight_decay));
     }
     for a in &c.arch {
-        if !KNOWN_ARCHS.contains(&a.as_str()) {
+        if a == super::TORCHSCRIPT_ARCH {
+            if spec.model.torchscript.is_none() {
+                p.push(
+                    "lr_find.candidates.arch: \"torchscript\" names the spec's own module; set model.arch = \"torchscript\" and model.torchscript to its file"
+                        .into(),
+                );
+            }
+        } else if !KNOWN_ARCHS.contains(&a.as_str()) {
             let shown: String = a.chars().take(64).collect();
             p.push(format!(
                 "lr_find.candidates.arch: unknown model {shown:?}; known models: {}",

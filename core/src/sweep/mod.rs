@@ -47,6 +47,15 @@ impl Candidate {
         }
         if let Some(a) = &self.arch {
             spec.model.arch = a.clone();
+            // "torchscript" is the spec's own module; a built-in candidate trains without it (and
+            // its spec names the module nowhere, candidate lists included, so it validates)
+            if a != crate::spec::TORCHSCRIPT_ARCH {
+                spec.model.torchscript = None;
+                spec.model.torchscript_groups = None;
+                if let Some(c) = spec.lr_find.as_mut().and_then(|f| f.candidates.as_mut()) {
+                    c.arch.retain(|x| x != crate::spec::TORCHSCRIPT_ARCH);
+                }
+            }
         }
     }
 

@@ -50,6 +50,48 @@ fn candidates_are_every_combination_and_apply_to_the_spec() {
 }
 
 #[test]
+fn a_users_module_competes_with_built_in_models_as_the_torchscript_candidate() {
+    let text = "name = \"t\"\n[data]\nsource = \"fashion_mnist\"\n[model]\narch = \"torchscript\"\n\
+                torchscript = \"file://m.pt\"\ntorchscript_groups = [[\"conv1\"], [\"layer1\"]]\n\
+                [lr_find]\n[lr_find.candidates]\narch = [\"torchscript\", \"small_resnet\"]\n\
+                [[stage]]\nlr = \"auto\"\nepochs = 1\n";
+    let s = JobSpec::from_toml_str(text, "<t>").unwrap();
+    s.validate().unwrap();
+    let c = candidates(s.lr_find.as_ref().unwrap());
+    assert_eq!(c.len(), 2);
+    let applied: Vec<JobSpec> = c
+        .iter()
+        .map(|c| {
+            let mut one = s.clone();
+            c.apply(&mut one);
+            one
+        })
+        .collect();
+    // each candidate's spec is valid: the module stays with "torchscript", goes with a built-in
+    for one in &applied {
+        one.validate().unwrap_or_else(|e| panic!("{}: {e}", one.model.arch));
+    }
+    assert_eq!(applied[0].model.torchscript.as_deref(), Some("file://m.pt"));
+    assert!(applied[0].model.torchscript_groups.is_some());
+    assert_eq!(
+        (applied[1].model.arch.as_str(), applied[1].model.torchscript.as_ref()),
+        ("small_resnet", None)
+    );
+    assert!(applied[1].model.torchscript_groups.is_none());
+    assert_eq!(c[0].label(), "arch=torchscript");
+
+    // without a module of its own, "torchscript" names nothing
+    let plain = JobSpec::from_toml_str(
+        "name = \"t\"\n[data]\nsource = \"fashion_mnist\"\n[model]\narch = \"small_resnet\"\n\
+         [lr_find]\n[lr_find.candidates]\narch = [\"torchscript\", \"small_cnn\"]\n[[stage]]\nlr = \"auto\"\nepochs = 1\n",
+        "<t>",
+    )
+    .unwrap();
+    let e = plain.validate().unwrap_err().to_string();
+    assert!(e.contains("lr_find.candidates.arch: \"torchscript\" names the spec's own module"), "{e}");
+}
+
+#[test]
 fn which_jobs_sweep_on_the_cluster() {
     assert!(!spec("[lr_find]\n").parallel_sweep(), "one ramp runs inside the run");
     assert!(spec("[lr_find]\ngrid = 4\n").parallel_sweep());
