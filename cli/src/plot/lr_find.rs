@@ -67,7 +67,7 @@ pub fn lr_find_png(report: &LrFindReport, path: &Path) -> Result<()> {
         let marks = [
             ("steep", s.steep, style::GREEN_T),
             ("valley", s.valley, style::ORANGE),
-            ("minimum", s.minimum, style::RED_T),
+            ("minimum/10", s.minimum, style::RED_T),
         ];
         for (name, lr, colour) in marks {
             // the marker sits on the curve at the suggested lr, when that point is on the plot
