@@ -26,6 +26,7 @@ SECTIONS = {
     "head": sections_train.head,
     "lm": sections_train.lm,
     "tabular": sections_train.tabular,
+    "torchscript": sections_train.torchscript,
     "allreduce": sections_system.allreduce,
     "ddp": sections_train.ddp,
     "checkpoint": sections_system.checkpoint,

@@ -211,3 +211,32 @@ def tabular(r, report):
     ])
     report("target: ratio >= 1.0 (issue 13)")
     return {"job": job, "config": config, "threads": r.threads, "rows_per_s": got, "ratios": ratios}
+
+
+def torchscript(r, report):
+    """Steps/s of a user's TorchScript module against Cyclotron's own model of the same
+    architecture: torchvision's ResNet-18 scripted (`torch.jit.script`) and trained by `cyclotron
+    bench-step --model torchscript`, vs the built-in `resnet18`, same batch, synthetic
+    [B, 3, 32, 32] images, threads and SGD, alternating rounds (issue 13: ratio >= 0.9)."""
+    steps = os.environ.get("BENCH_STEPS", "40")
+    batch = int(os.environ.get("BENCH_TORCHSCRIPT_BATCH", "64"))
+    module = os.path.join(r.raw, "torchvision_resnet18.pt")
+    r.run([r.py, "-c", "import sys, torch, torchvision; torch.manual_seed(0); "
+           "torch.jit.script(torchvision.models.resnet18(num_classes=10)).save(sys.argv[1])", module])
+    report("== a user's TorchScript module: torchvision resnet18 scripted vs Cyclotron's resnet18 (same batch, threads, SGD) ==")
+    common = ["--batch-size", str(batch), "--threads", str(r.threads), "--steps", steps]
+    variants = [
+        ("builtin_resnet18", [r.bin, "bench-step", "--model", "resnet18"] + common, None),
+        ("torchscript_resnet18", [r.bin, "bench-step", "--model", "torchscript", "--torchscript", module] + common, None),
+    ]
+    got = {name: [] for name, _, _ in variants}
+    for i in range(r.rounds):
+        for name, argv, env in h.rotated(variants, i):
+            got[name].append(r.run_json(f"torchscript-{name}", argv, env=env)["samples_per_s"])
+    ratio = [a / b for a, b in zip(got["torchscript_resnet18"], got["builtin_resnet18"])]
+    report(f"batch {batch}, {r.threads} threads, {steps} steps; samples/s, median / worst of the rounds; ratio paired per round")
+    report.table(["variant", "samples/s"], [[n, h.mw(v)] for n, v in got.items()] + [
+        ["ratio TorchScript / built-in", h.mw(ratio, 3)],
+    ])
+    report("target: ratio >= 0.9 (issue 13)")
+    return {"batch": batch, "threads": r.threads, "samples_per_s": got, "ratio": ratio}

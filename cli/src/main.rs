@@ -183,6 +183,9 @@ enum Cmd {
         /// cpu or cuda (a GPU step syncs once per step to read the loss, as the peer does)
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// With `--model torchscript`: the module's file (it takes [B, 3, 32, 32], 10 classes).
+        #[arg(long)]
+        torchscript: Option<PathBuf>,
         /// Write the result as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -560,10 +563,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Watch(args) => cluster_cmd::watch(args, cli.quiet),
         Cmd::Cancel(args) => cluster_cmd::cancel(args),
         Cmd::Local(args) => cluster_cmd::local(args, cli.quiet),
-        Cmd::BenchStep { model, width, batch_size, threads, steps, warmup, device, json } => {
+        Cmd::BenchStep { model, width, batch_size, threads, steps, warmup, device, torchscript, json } => {
             let device = parse_device(&device)?;
+            let module = match (&torchscript, model == cyclotron_core::spec::TORCHSCRIPT_ARCH) {
+                (Some(path), true) => {
+                    Some(std::fs::read(path).with_context(|| format!("--torchscript {}", path.display()))?)
+                }
+                (None, false) => None,
+                _ => anyhow::bail!(
+                    "bench-step: --torchscript FILE goes with --model torchscript, and only with it"
+                ),
+            };
             let r = cyclotron_worker::bench::step_throughput(
-                &model, width, batch_size, threads, steps, warmup, device,
+                &model,
+                width,
+                batch_size,
+                threads,
+                steps,
+                warmup,
+                device,
+                module.as_deref(),
             )?;
             println!("cyclotron {model} batch {batch_size} threads {threads}: {:.1} samples/s (median step {:.2} ms)", r.samples_per_s, r.step_ms_median);
             if let Some(path) = json {

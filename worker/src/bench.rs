@@ -49,10 +49,15 @@ pub(crate) fn bench_learner(
     device: Device,
 ) -> Result<Learner> {
     let net = models::build(arch, width, train.channels as i64, classes, device)?;
+    Ok(learner_of(net, (train, batch_size)))
+}
+
+/// A learner of `net` on `train` (1 item of validation data) with the benchmarks' SGD.
+fn learner_of(net: models::Net, (train, batch_size): (crate::data::Dataset, usize)) -> Learner {
     let valid = train.take(1);
     let task = ImageClassification::new(net, ImageData::new(train, valid, batch_size, 2), 0, None);
     let spec = OptimizerSpec { momentum: 0.9, weight_decay: 5e-4, ..Default::default() };
-    Ok(Learner::new(Box::new(task), &spec, 0))
+    Learner::new(Box::new(task), &spec, 0)
 }
 
 /// A batch of `b` random `[c, side, side]` images with labels in `0..classes`, on `device`.
@@ -63,6 +68,8 @@ pub(crate) fn random_batch(b: i64, (c, side): (i64, i64), classes: i64, device: 
 
 /// Time `steps` training steps (after `warmup`) of `arch` on random [B, C, S, S] inputs: the
 /// learner's step on the same batch every time.
+/// `module`: the bytes of a TorchScript module (`arch` "torchscript") taking [B, 3, 32, 32].
+#[allow(clippy::too_many_arguments)]
 pub fn step_throughput(
     arch: &str,
     width: i64,
@@ -71,12 +78,20 @@ pub fn step_throughput(
     steps: usize,
     warmup: usize,
     device: Device,
+    module: Option<&[u8]>,
 ) -> Result<StepBench> {
     tch::set_num_threads(threads);
     tch::manual_seed(0);
     let (channels, side) = synthetic_input(arch);
     let items = crate::metrics::synthetic(1, channels as usize, side as usize, 0);
-    let mut l = bench_learner(arch, width, 10, (items, 1), device)?;
+    let mut l = match module {
+        Some(bytes) => {
+            let net =
+                models::build_torchscript(bytes, "bench module", None, [channels, side, side], 10, device)?;
+            learner_of(net, (items, 1))
+        }
+        None => bench_learner(arch, width, 10, (items, 1), device)?,
+    };
     let batch = random_batch(batch_size, (channels, side), 10, device);
     let lrs = [0.01; GROUPS];
     for _ in 0..warmup {
