@@ -58,6 +58,16 @@ device = "cpu"
     )
 }
 
+/// A work folder with the fixtures scripted into `modules/`; `None` without Fashion-MNIST.
+fn work_with_modules() -> Option<tempfile::TempDir> {
+    if !fashion_mnist_present() {
+        return None;
+    }
+    let work = tempfile::tempdir().unwrap();
+    torchscript_fixtures(&["make", work.path().join("modules").to_str().unwrap()], work.path());
+    Some(work)
+}
+
 /// The first `n` images of the test set as an idx file.
 fn first_test_images(n: usize) -> Vec<u8> {
     let mut all = vec![];
@@ -72,12 +82,8 @@ fn first_test_images(n: usize) -> Vec<u8> {
 
 #[test]
 fn a_scripted_cnn_trains_and_loads_back_into_pytorch() {
-    if !fashion_mnist_present() {
-        return;
-    }
-    let work = tempfile::tempdir().unwrap();
+    let Some(work) = work_with_modules() else { return };
     let dir = work.path();
-    torchscript_fixtures(&["make", dir.join("modules").to_str().unwrap()], dir);
     let module = dir.join("modules/bn_cnn.pt");
     std::fs::write(dir.join("job.toml"), job(&module)).unwrap();
     let ran = run(&["train", "job.toml", "--out", "out", "--run", "r1"], dir, Duration::from_secs(900));
@@ -150,12 +156,8 @@ fn a_scripted_cnn_trains_and_loads_back_into_pytorch() {
 /// module's running statistics; without them the resumed run's evaluations differ).
 #[test]
 fn a_scripted_cnn_resumes_exactly() {
-    if !fashion_mnist_present() {
-        return;
-    }
-    let work = tempfile::tempdir().unwrap();
+    let Some(work) = work_with_modules() else { return };
     let dir = work.path();
-    torchscript_fixtures(&["make", dir.join("modules").to_str().unwrap()], dir);
     let spec = format!(
         r#"name = "ts-resume"
 seed = 11
@@ -219,12 +221,8 @@ keep_last = 1
 /// (TCP ring on loopback) take the per-step losses of one process with batch 64.
 #[test]
 fn two_ranks_train_a_scripted_cnn_like_one_process_with_twice_the_batch() {
-    if !fashion_mnist_present() {
-        return;
-    }
-    let work = tempfile::tempdir().unwrap();
+    let Some(work) = work_with_modules() else { return };
     let dir = work.path();
-    torchscript_fixtures(&["make", dir.join("modules").to_str().unwrap()], dir);
     // the pair's lr 0.05 is scaled by 2 for its global batch (SGD's linear rule)
     let spec = |batch: usize, lr: f64| {
         let text = format!(
@@ -293,12 +291,8 @@ fn two_ranks_train_a_scripted_cnn_like_one_process_with_twice_the_batch() {
 /// and a built-in model each get a range test, and the one with the lower loss trains.
 #[test]
 fn a_users_module_and_a_built_in_model_compete_in_one_lr_sweep() {
-    if !fashion_mnist_present() {
-        return;
-    }
-    let work = tempfile::tempdir().unwrap();
+    let Some(work) = work_with_modules() else { return };
     let dir = work.path();
-    torchscript_fixtures(&["make", dir.join("modules").to_str().unwrap()], dir);
     let spec = format!(
         "name = \"ts-sweep\"\noutput = \"file://./store\"\n[data]\nsource = \"fashion_mnist\"\nlimit_train = 512\n\
          limit_eval = 256\nbatch_size = 64\n[model]\narch = \"torchscript\"\ntorchscript = \"file://{}\"\n\

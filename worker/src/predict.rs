@@ -56,6 +56,18 @@ pub struct Member {
     pub(crate) module: Option<Vec<u8>>,
 }
 
+/// Load a snapshot's `weights` into `model`, built from that snapshot (from its `model.pt` when
+/// `scripted`). A TorchScript snapshot written before buffers were saved beside the parameters
+/// lacks them in `weights`; its `model.pt` holds them, so they keep the module's values.
+pub(crate) fn load_member(
+    model: &dyn Model,
+    weights: &[(String, Tensor)],
+    url: &str,
+    scripted: bool,
+) -> Result<()> {
+    load_into_keeping(model.vs(), weights, url, &|n| scripted && !model.is_parameter(n))
+}
+
 /// A run's model, ready to predict.
 pub struct Predictor {
     /// What the inputs must look like and what the outputs mean (the first member's card; every
@@ -306,8 +318,7 @@ impl Predictor {
                 }
                 None => crate::models::build(&spec.model.arch, spec.model.width, channels, classes, device)?,
             };
-            // a snapshot's model.pt keeps the module's buffers even where model.safetensors does not
-            load_into_keeping(&net.vs, &m.weights, &m.url, &|n| m.module.is_some() && !net.is_parameter(n))?;
+            load_member(&net, &m.weights, &m.url, m.module.is_some())?;
             let data = ImageData {
                 train: inputs.clone(),
                 valid: inputs.clone(),

@@ -178,27 +178,29 @@ pub fn load(
                 t.kind()
             )));
         }
-        let parts: Vec<&str> = name.split('.').collect();
-        let Some((last, modules)) = parts.split_last() else { continue };
-        if parts.iter().any(|p| p.is_empty()) {
-            return Err(invalid(format!("{what}: parameter name {name:?} has an empty part")));
-        }
-        let path = modules.iter().fold(root.clone(), |p, m| p.sub(*m));
-        let _ = path.add(last, t, true);
+        add_var(&root, what, "parameter", &name, t, true)?;
     }
     for (name, t) in
         super::module_buffers::named_buffers(&module).map_err(|m| invalid(format!("{what}: {m}")))?
     {
-        let parts: Vec<&str> = name.split('.').collect();
-        let Some((last, modules)) = parts.split_last() else { continue };
-        if parts.iter().any(|p| p.is_empty()) {
-            return Err(invalid(format!("{what}: buffer name {name:?} has an empty part")));
-        }
-        let path = modules.iter().fold(root.clone(), |p, m| p.sub(*m));
-        let _ = path.add(last, t, false);
+        add_var(&root, what, "buffer", &name, t, false)?;
     }
     let module = ScriptModule { module: Mutex::new((module, true)), num_classes };
     Ok((module, names.into_iter().zip(group_list).collect()))
+}
+
+/// Add `t` (a module's `kind`, "parameter" or "buffer", named `name` as in its `state_dict`) to
+/// the VarStore under `root` at that name, sharing its storage.
+fn add_var(root: &nn::Path, what: &str, kind: &str, name: &str, t: Tensor, trainable: bool) -> Result<()> {
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(invalid(format!("{what}: {kind} name {name:?} has an empty part")));
+    }
+    if let Some((last, modules)) = parts.split_last() {
+        let path = modules.iter().fold(root.clone(), |p, m| p.sub(*m));
+        let _ = path.add(last, t, trainable);
+    }
+    Ok(())
 }
 
 /// The layer group of each parameter of `names` (in the module's order): by the prefixes of

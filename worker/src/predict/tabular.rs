@@ -16,10 +16,9 @@ use crate::data::tabular::preprocess::{Preprocessing, Table, TargetMap, Targets}
 use crate::data::tabular::{is_missing, read_csv, read_header};
 use crate::error::Result;
 use crate::models::tabular::TabularModel;
-use crate::models::Model;
 use crate::task::image::SCRIPT_MODULE;
 use crate::task::tabular::{builtin_net, script_net, TabularData, TabularTask, TABULAR_CARD};
-use crate::tensor_io::{from_safetensors, load_into_keeping};
+use crate::tensor_io::from_safetensors;
 
 /// A tabular run's model, ready to predict.
 pub struct TabularPredictor {
@@ -156,8 +155,7 @@ impl TabularPredictor {
                 Some(bytes) => script_net(bytes, &m.url, &m.spec, &self.prep, device)?,
                 None => TabularModel::Builtin(Box::new(builtin_net(&m.spec, &self.prep, device)?)),
             };
-            // a snapshot's model.pt keeps the module's buffers even where model.safetensors does not
-            load_into_keeping(net.vs(), &m.weights, &m.url, &|n| m.module.is_some() && !net.is_parameter(n))?;
+            crate::predict::load_member(&net, &m.weights, &m.url, m.module.is_some())?;
             let data = TabularData {
                 train: Rc::clone(&rows),
                 valid: Rc::clone(&rows),
