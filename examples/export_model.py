@@ -2,7 +2,7 @@
 28×28 images, 10 classes), scripted with torch.jit.script and saved with torch.jit.save.
 
     python examples/export_model.py resnet18_fmnist.pt [SEED]
-    cyclotron train examples/torchscript.toml
+    cyclotron train examples/torchscript.toml --out runs/ts
 
 Any module works the same way: its forward takes one tensor of images [B, C, H, W] (normalised by
 Cyclotron with the training split's channel statistics) and returns logits [B, classes]; its

@@ -3,7 +3,7 @@ examples/tabular_torchscript.toml (txhousing: city, month and the two missing-va
 year, listings, inventory), scripted with torch.jit.script and saved with torch.jit.save.
 
     python examples/export_tabular_model.py txhousing_mlp.pt [--card RUN/snapshots/cycle-0/tabular.json]
-    cyclotron train examples/tabular_torchscript.toml
+    cyclotron train examples/tabular_torchscript.toml --out runs/tab-ts
 
 forward(cats, conts): cats [B, n_cat] int64 level indices (0 = a level unseen in training),
 conts [B, n_cont] float32 (normalised), columns in the order of a snapshot's tabular.json; it
