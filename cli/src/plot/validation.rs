@@ -11,6 +11,9 @@ use plotters::prelude::*;
 use super::style::{self, FONT};
 use super::NoData;
 
+/// Extra height above the data, as a fraction of its range: the legend's band.
+const LEGEND_BAND: f64 = 0.3;
+
 /// Draw `results`' per-epoch validation curve to the PNG at `path`. [`NoData`] without an epoch
 /// whose metric is finite.
 pub fn validation_png(results: &TrainResults, path: &Path) -> Result<()> {
@@ -35,6 +38,8 @@ pub fn validation_png(results: &TrainResults, path: &Path) -> Result<()> {
         style::min_max(train.iter().map(|p| p.1)).map_or(0.0, |m| m.0),
         style::min_max(train.iter().map(|p| p.1)).map_or(1.0, |m| m.1),
     );
+    // headroom above both curves for the legend (upper right), so it never hides the last epochs
+    let (y_hi, l_hi) = (y_hi + LEGEND_BAND * (y_hi - y_lo), l_hi + LEGEND_BAND * (l_hi - l_lo));
     let x_hi = epochs.len() as f64 + 0.5;
 
     style::ensure_font()?;
