@@ -2,8 +2,9 @@
 """The text examples side by side in one run (issue 12's "must show"):
 
 1. examples/text_lm.toml: the language model (perplexity vs a unigram model of the same tokens);
-2. examples/sentiment.toml (encoder from 1) and examples/sentiment_scratch.toml (no pretraining),
-   same data, stages and epochs, for each of --seeds seeds; test accuracy of the final model and of
+2. examples/sentiment.toml (encoder from 1), examples/sentiment_gradual.toml (the same encoder,
+   ULMFiT's gradual unfreezing) and examples/sentiment_scratch.toml (no pretraining), same data and
+   epochs, for each of --seeds seeds; test accuracy of the final model and of
    the snapshot ensemble;
 3. bench/text_baseline.py: a TF-IDF bag-of-words logistic regression on the same split.
 
@@ -83,9 +84,11 @@ def main():
         shutil.copy(os.path.join(a.work, "lm-out", name), os.path.join(pngs, f"lm_{name}"))
 
     # 2. classifiers, pretrained and scratch, per seed
-    rows = {"pretrained": [], "scratch": []}
+    kinds = (("pretrained", "sentiment.toml"), ("gradual", "sentiment_gradual.toml"),
+             ("scratch", "sentiment_scratch.toml"))
+    rows = {kind: [] for kind, _ in kinds}
     for seed in seeds:
-        for kind, spec in (("pretrained", "sentiment.toml"), ("scratch", "sentiment_scratch.toml")):
+        for kind, spec in kinds:
             name = f"{kind}-{seed}.toml"
             with_seed(os.path.join(ex, spec), os.path.join(a.work, name), seed)
             out = f"{kind}-{seed}-out"
@@ -102,16 +105,20 @@ def main():
 
     lines += ["## Sentiment (Rotten Tomatoes snippets, test split of 1,281)", "",
               "| classifier | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |", "|---|" + "---|" * (len(seeds) + 1)]
-    for kind in ("pretrained", "scratch"):
+    labels = {"pretrained": "LM encoder, fine-tuned whole (sentiment.toml)",
+              "gradual": "LM encoder, gradual unfreezing (sentiment_gradual.toml)",
+              "scratch": "random encoder, same stages (sentiment_scratch.toml)"}
+    for kind, _ in kinds:
         for what in ("final", "ensemble"):
             vals = [x[what] for x in rows[kind]]
-            lines.append(f"| {kind} encoder, {what} | " + " | ".join(f"{100 * v:.2f} %" for v in vals)
+            lines.append(f"| {labels[kind]}, {what} | " + " | ".join(f"{100 * v:.2f} %" for v in vals)
                          + f" | **{100 * statistics.mean(vals):.2f} %** |")
     lines.append(f"| bag-of-words logistic regression (TF-IDF 1-2 grams, C={bow['C']} chosen on valid) | "
                  + " | ".join("" for _ in seeds) + f" | **{100 * bow['test_accuracy']:.2f} %** |")
     mins = [x["minutes"] for k in rows for x in rows[k]]
     lines += ["", f"Each classifier run took {min(mins):.1f}–{max(mins):.1f} min (lr_find, 4 epochs, ensemble).",
-              "", "![pretrained](text/pretrained_validation.png) ![scratch](text/scratch_validation.png)", ""]
+              "", "![pretrained](text/pretrained_validation.png) ![gradual](text/gradual_validation.png) "
+              "![scratch](text/scratch_validation.png)", ""]
     open(a.out, "w").write("\n".join(lines) + "\n")
     print("\n".join(lines))
 

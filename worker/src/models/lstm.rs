@@ -36,6 +36,9 @@ pub struct LstmConfig {
     pub output_dropout: f64,
 }
 
+/// Standard deviation of the embedding's initial values (see [`Encoder::new`]).
+pub const EMBEDDING_STD: f64 = 0.3;
+
 /// Hidden and cell state of every layer.
 pub type State = Vec<nn::LSTMState>;
 
@@ -69,11 +72,19 @@ fn sequence_dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
 }
 
 impl Encoder {
-    /// Under `p` (`encoder`), with torch's initialisation of embeddings (N(0, 1) scaled down, as
-    /// AWD-LSTM's uniform ±0.1) and LSTMs (uniform ±1/√hidden).
+    /// Under `p` (`encoder`): embeddings N(0, 0.3²), LSTMs uniform ±1/√hidden (torch's).
+    ///
+    /// The embedding's scale decides how long a language model sits on the unigram plateau. With
+    /// AWD-LSTM's uniform ±0.1 (std 0.058) at 128 dimensions the LSTM's inputs are so small that
+    /// examples/text_lm.toml stayed at the unigram perplexity (≈ 740) for 4 epochs, in Cyclotron and
+    /// in PyTorch alike (bench/results/text-cpu-2core-2026-12-03b.md); with std 0.3 PyTorch's
+    /// same model reached 434 after one epoch and 249 after three (std 0.5: 493, std 1: 497).
     pub fn new(p: &nn::Path, cfg: LstmConfig) -> Encoder {
-        let embedding =
-            p.sub("embedding").var("weight", &[cfg.vocab, cfg.emb], nn::Init::Uniform { lo: -0.1, up: 0.1 });
+        let embedding = p.sub("embedding").var(
+            "weight",
+            &[cfg.vocab, cfg.emb],
+            nn::Init::Randn { mean: 0.0, stdev: EMBEDDING_STD },
+        );
         let rnns = (0..cfg.layers)
             .map(|i| {
                 let input = if i == 0 { cfg.emb } else { cfg.hidden };
