@@ -35,7 +35,7 @@ class LanguageModel(nn.Module):
     def __init__(self, vocab, emb, hidden, layers, pe=0.05, pi=0.2, ph=0.15, po=0.25):
         super().__init__()
         self.embedding = nn.Embedding(vocab, emb)
-        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        nn.init.normal_(self.embedding.weight, 0, 0.3)  # as worker/src/models/lstm.rs EMBEDDING_STD
         self.rnns = nn.ModuleList(
             nn.LSTM(emb if i == 0 else hidden, emb if i == layers - 1 else hidden) for i in range(layers))
         self.pe = pe

@@ -8,7 +8,8 @@ A diagnostic for worker/src/models/lstm.rs's embedding initialisation (issue 12)
     PYTHONPATH=/tmp/pylib python bench/pytorch_lm_plateau.py \
         --tokenizer runs/text-lm/<run>/snapshots/cycle-0/tokenizer.json --steps 150 --emb-std 0.3
 
---emb-std 0 keeps AWD-LSTM's uniform ±0.1 of pytorch_lm.py. The documents, split and batching
+--emb-std 0 gives AWD-LSTM's uniform ±0.1 (Cyclotron's init before 2026-12-03; pytorch_lm.py now
+starts at N(0, 0.3²) like Cyclotron). The documents, split and batching
 follow the task (every non-empty line of every .txt under --data, 10 % of them held out, <bos>
 before each, batch 32, bptt 70), though the split's shuffle is Python's, not Cyclotron's.
 """
@@ -67,6 +68,8 @@ V = tok.get_vocab_size()
 m = LanguageModel(V, 128, 256, 2, *((0, 0, 0, 0) if a.no_dropout else (0.05, 0.2, 0.15, 0.25)))
 if a.emb_std > 0:
     torch.nn.init.normal_(m.embedding.weight, 0, a.emb_std)
+else:
+    torch.nn.init.uniform_(m.embedding.weight, -0.1, 0.1)
 if a.opt == "adamw":
     opt = torch.optim.AdamW(m.parameters(), lr=a.lr, weight_decay=0.01)
 else:

@@ -77,8 +77,8 @@ impl Encoder {
     /// The embedding's scale decides how long a language model sits on the unigram plateau. With
     /// AWD-LSTM's uniform ±0.1 (std 0.058) at 128 dimensions the LSTM's inputs are so small that
     /// examples/text_lm.toml stayed at the unigram perplexity (≈ 740) for 4 epochs, in Cyclotron and
-    /// in PyTorch alike (bench/results/text-cpu-2core-2026-12-03b.md); with std 0.3 PyTorch's
-    /// same model reached 434 after one epoch and 249 after three (std 0.5: 493, std 1: 497).
+    /// in PyTorch alike (bench/results/text-cpu-2core-2026-12-03b.md). PyTorch's same model after
+    /// 150 steps: 760–851 with ±0.1 at lr 1e-3…1e-2, 479 with std 0.3, 493 with 0.5, 497 with 1.
     pub fn new(p: &nn::Path, cfg: LstmConfig) -> Encoder {
         let embedding = p.sub("embedding").var(
             "weight",
