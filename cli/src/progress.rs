@@ -145,6 +145,9 @@ impl Observer for Progress {
 /// `suggests 7.92e-3 (minimum_or_valley: minimum/10)`: the LR rule `kind` takes from `report`
 /// (what `lr = "auto"` trains at), and which of its branches gave it.
 fn suggests(report: &LrFindReport, kind: SuggestionKind) -> String {
+    if report.suggestion.is_some() && report.never_fell() {
+        return "no suggestion (the loss never fell below its first values: lower lr_find.start)".into();
+    }
     let (Some(lr), Some(s)) = (report.lr(kind), report.suggestion) else { return String::new() };
     let branch = match kind {
         SuggestionKind::MinimumOrValley if lr == s.minimum => ": minimum/10",

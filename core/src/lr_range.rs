@@ -147,6 +147,18 @@ pub fn still_falling(lrs: &[f64], losses: &[f64]) -> bool {
     best + (n / 20).max(2) >= n && last - lowest <= 0.5 * lowest.abs()
 }
 
+/// Whether the curve never fell: its lowest (finite) loss lies in the first 5% (at least the
+/// first 2) of its points. Then the test says nothing about a good rate, only that every rate it
+/// tried was no better than where it started; `minimum/10` would even lie below the range.
+pub fn never_fell(lrs: &[f64], losses: &[f64]) -> bool {
+    let len = lrs.len().min(losses.len());
+    let n = (0..len).rev().find(|&i| losses[i].is_finite()).map_or(0, |i| i + 1);
+    if n < 3 {
+        return false;
+    }
+    argmin(&losses[..n]) < (n / 20).max(2)
+}
+
 /// Suggest learning rates from a curve (`lrs` increasing, `losses` smoothed, same length).
 /// Returns `None` when the curve has fewer than 3 finite points: nothing can be said.
 pub fn suggest(lrs: &[f64], losses: &[f64]) -> Option<Suggestions> {
@@ -248,9 +260,27 @@ impl LrFindReport {
         LrFindReport { lrs: f.lrs, losses: f.losses, raw_losses: f.raw_losses, suggestion, diverged }
     }
 
-    /// The learning rate suggestion `kind` picks from this test, if it gave suggestions.
+    /// The learning rate suggestion `kind` picks from this test: `None` when the test gave no
+    /// suggestions (it diverged at once) or its loss [`never_fell`] (nothing to pick from).
     pub fn lr(&self, kind: SuggestionKind) -> Option<f64> {
+        if self.never_fell() {
+            return None;
+        }
         self.suggestion.map(|s| choose(kind, &s, &self.lrs, &self.losses))
+    }
+
+    /// See [`never_fell`].
+    pub fn never_fell(&self) -> bool {
+        never_fell(&self.lrs, &self.losses)
+    }
+
+    /// Why [`LrFindReport::lr`] is `None`, and what to change, for error messages.
+    pub fn why_no_suggestion(&self) -> &'static str {
+        if self.never_fell() {
+            "its loss never fell below its first values, so it cannot say which rate trains; lower lr_find.start (the curve should fall before it rises) or set lr explicitly"
+        } else {
+            "it diverged at once; set lr explicitly or lower lr_find.start"
+        }
     }
 }
 
@@ -291,6 +321,35 @@ mod tests {
         assert!(still_falling(&lrs[..62], &flat), "lowest at 60 of 62 points, no turn up");
         assert!(!still_falling(&lrs, &[]));
         assert_eq!(SuggestionKind::default(), SuggestionKind::MinimumOrValley);
+    }
+
+    #[test]
+    fn a_curve_that_never_fell_suggests_no_rate() {
+        let lrs = ramp(60);
+        // the sentiment classifier's shape: lowest at the second point, then noisy and rising
+        let rising: Vec<f64> =
+            (0..60).map(|i| 0.69 + 0.002 * i as f64 + if i == 1 { -0.01 } else { 0.0 }).collect();
+        assert!(never_fell(&lrs, &rising));
+        let report = LrFindReport {
+            suggestion: suggest(&lrs, &rising),
+            lrs: lrs.clone(),
+            losses: rising.clone(),
+            raw_losses: rising,
+            diverged: false,
+        };
+        assert!(report.suggestion.is_some(), "the three marks are still drawn");
+        assert!(report.suggestion.unwrap().minimum < lrs[0], "minimum/10 lies below the range");
+        assert_eq!(report.lr(SuggestionKind::MinimumOrValley), None);
+        assert_eq!(report.lr(SuggestionKind::Valley), None);
+        assert!(report.why_no_suggestion().contains("never fell"));
+        // a U-shaped curve, or one lowest at its 4th of 60 points, did fall
+        let u: Vec<f64> = (0..60).map(|i| 1.0 + ((i as f64 - 40.0) / 20.0).powi(2)).collect();
+        assert!(!never_fell(&lrs, &u));
+        let early: Vec<f64> = (0..60).map(|i| if i == 3 { 0.5 } else { 1.0 + i as f64 * 1e-3 }).collect();
+        assert!(!never_fell(&lrs, &early));
+        // too short to say, or nothing finite: not "never fell" (no suggestion anyway)
+        assert!(!never_fell(&lrs[..2], &[1.0, 2.0]));
+        assert!(!never_fell(&lrs[..3], &[f64::NAN, f64::NAN, f64::NAN]));
     }
 
     #[test]

@@ -323,7 +323,7 @@ pub fn conclude(
         .min_by(|a, b| a.1.best_loss.total_cmp(&b.1.best_loss))
         .map(|(i, _)| i)
         .ok_or_else(|| {
-            "no LR sweep gave a usable curve (every curve diverged at once or has fewer than 3 usable points); lower lr_find.start, raise lr_find.grid, or set the stages' lr explicitly".to_string()
+            "no LR sweep gave a usable curve (every curve diverged at once, has fewer than 3 usable points, or never fell below its first values); lower lr_find.start, raise lr_find.grid, or set the stages' lr explicitly".to_string()
         })?;
     Ok(SweepOutcome { candidates: outcomes, chosen, suggestion: f.suggestion, grid: f.grid })
 }

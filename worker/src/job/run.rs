@@ -271,7 +271,7 @@ impl<'a> JobRun<'a> {
         let (_, report) = self.lr_finds.last().ok_or_else(no_test)?;
         report.lr(range_of(self.spec).1.suggestion).ok_or_else(|| Error::Invalid {
             what: format!("stage {}: lr = \"auto\"", si + 1),
-            message: "the LR-range test gave no suggestion (it diverged at once); set lr explicitly or lower lr_find.start".into(),
+            message: format!("the LR-range test gave no suggestion: {}", report.why_no_suggestion()),
         })
     }
 
