@@ -147,17 +147,22 @@ pub fn still_falling(lrs: &[f64], losses: &[f64]) -> bool {
     best + (n / 20).max(2) >= n && last - lowest <= 0.5 * lowest.abs()
 }
 
-/// Whether the curve never fell: its lowest (finite) loss lies in the first 5% (at least the
-/// first 2) of its points. Then the test says nothing about a good rate, only that every rate it
-/// tried was no better than where it started; `minimum/10` would even lie below the range.
+/// Whether a ramp's curve never fell: it has at least [`NEVER_FELL_MIN_POINTS`] finite points and
+/// its lowest loss lies in the first 5% (at least the first 2) of them. Then the test says nothing
+/// about a good rate, only that every rate it tried was no better than where it started;
+/// `minimum/10` would even lie below the range. A shorter curve (a sweep's grid of a few
+/// fixed-rate runs, a test's 12-step ramp) is not judged: its lowest rate being best is an answer.
 pub fn never_fell(lrs: &[f64], losses: &[f64]) -> bool {
     let len = lrs.len().min(losses.len());
     let n = (0..len).rev().find(|&i| losses[i].is_finite()).map_or(0, |i| i + 1);
-    if n < 3 {
+    if n < NEVER_FELL_MIN_POINTS {
         return false;
     }
     argmin(&losses[..n]) < (n / 20).max(2)
 }
+
+/// Fewest points of a curve [`never_fell`] judges.
+pub const NEVER_FELL_MIN_POINTS: usize = 20;
 
 /// Suggest learning rates from a curve (`lrs` increasing, `losses` smoothed, same length).
 /// Returns `None` when the curve has fewer than 3 finite points: nothing can be said.
@@ -323,6 +328,10 @@ mod tests {
         assert_eq!(SuggestionKind::default(), SuggestionKind::MinimumOrValley);
     }
 
+    fn rising_prefix(n: usize) -> Vec<f64> {
+        (0..n).map(|i| 1.0 + i as f64 * 0.01).collect()
+    }
+
     #[test]
     fn a_curve_that_never_fell_suggests_no_rate() {
         let lrs = ramp(60);
@@ -347,8 +356,10 @@ mod tests {
         assert!(!never_fell(&lrs, &u));
         let early: Vec<f64> = (0..60).map(|i| if i == 3 { 0.5 } else { 1.0 + i as f64 * 1e-3 }).collect();
         assert!(!never_fell(&lrs, &early));
-        // too short to say, or nothing finite: not "never fell" (no suggestion anyway)
-        assert!(!never_fell(&lrs[..2], &[1.0, 2.0]));
+        // too short to judge (a sweep's 3-point grid), or nothing finite: not "never fell"
+        assert!(!never_fell(&lrs[..3], &[1.0, 2.0, 3.0]));
+        assert!(!never_fell(&lrs[..19], &rising_prefix(19)));
+        assert!(never_fell(&lrs[..20], &rising_prefix(20)));
         assert!(!never_fell(&lrs[..3], &[f64::NAN, f64::NAN, f64::NAN]));
     }
 
