@@ -56,9 +56,7 @@ pub fn default_run_id() -> String {
 
 pub fn print_lr_find(r: &LrFindReport) {
     match r.suggestion {
-        Some(_) if r.never_fell() => {
-            println!("no suggestion: the loss never fell below its first values; lower lr_find.start")
-        }
+        Some(_) if r.never_fell() => println!("no suggestion: {}", cyclotron_core::lr_range::NEVER_FELL),
         Some(s) => println!(
             "suggested learning rates: steep {:.3e}  valley {:.3e}  minimum/10 {:.3e}",
             s.steep, s.valley, s.minimum

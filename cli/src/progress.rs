@@ -146,7 +146,7 @@ impl Observer for Progress {
 /// (what `lr = "auto"` trains at), and which of its branches gave it.
 fn suggests(report: &LrFindReport, kind: SuggestionKind) -> String {
     if report.suggestion.is_some() && report.never_fell() {
-        return "no suggestion (the loss never fell below its first values: lower lr_find.start)".into();
+        return format!("no suggestion ({})", cyclotron_core::lr_range::NEVER_FELL);
     }
     let (Some(lr), Some(s)) = (report.lr(kind), report.suggestion) else { return String::new() };
     let branch = match kind {

@@ -138,7 +138,7 @@ pub fn choose(kind: SuggestionKind, s: &Suggestions, lrs: &[f64], losses: &[f64]
 /// non-finite loss (the divergence stop) and the last loss within 50% of the lowest.
 pub fn still_falling(lrs: &[f64], losses: &[f64]) -> bool {
     let len = lrs.len().min(losses.len());
-    let n = (0..len).rev().find(|&i| losses[i].is_finite()).map_or(0, |i| i + 1);
+    let n = finite_len(lrs, losses);
     if n == 0 || n < len {
         return false;
     }
@@ -153,13 +153,15 @@ pub fn still_falling(lrs: &[f64], losses: &[f64]) -> bool {
 /// `minimum/10` would even lie below the range. A shorter curve (a sweep's grid of a few
 /// fixed-rate runs, a test's 12-step ramp) is not judged: its lowest rate being best is an answer.
 pub fn never_fell(lrs: &[f64], losses: &[f64]) -> bool {
-    let len = lrs.len().min(losses.len());
-    let n = (0..len).rev().find(|&i| losses[i].is_finite()).map_or(0, |i| i + 1);
+    let n = finite_len(lrs, losses);
     if n < NEVER_FELL_MIN_POINTS {
         return false;
     }
     argmin(&losses[..n]) < (n / 20).max(2)
 }
+
+/// What a curve that [`never_fell`] means, and what to change (errors and the CLI say it).
+pub const NEVER_FELL: &str = "its loss never fell below its first values, so it cannot say which rate trains; lower lr_find.start (the curve should fall before it rises) or set lr explicitly";
 
 /// Fewest points of a curve [`never_fell`] judges.
 pub const NEVER_FELL_MIN_POINTS: usize = 20;
@@ -167,9 +169,7 @@ pub const NEVER_FELL_MIN_POINTS: usize = 20;
 /// Suggest learning rates from a curve (`lrs` increasing, `losses` smoothed, same length).
 /// Returns `None` when the curve has fewer than 3 finite points: nothing can be said.
 pub fn suggest(lrs: &[f64], losses: &[f64]) -> Option<Suggestions> {
-    let n = lrs.len().min(losses.len());
-    // a trailing NaN (the divergence stop) carries no information
-    let n = (0..n).rev().find(|&i| losses[i].is_finite()).map_or(0, |i| i + 1);
+    let n = finite_len(lrs, losses);
     if n < 3 {
         return None;
     }
@@ -179,6 +179,13 @@ pub fn suggest(lrs: &[f64], losses: &[f64]) -> Option<Suggestions> {
         valley: lrs[valley_index(losses)],
         minimum: lrs[argmin(losses)] / 10.0,
     })
+}
+
+/// How many points of the curve count: up to its last finite loss (a trailing NaN, the
+/// divergence stop, carries no information).
+fn finite_len(lrs: &[f64], losses: &[f64]) -> usize {
+    let len = lrs.len().min(losses.len());
+    (0..len).rev().find(|&i| losses[i].is_finite()).map_or(0, |i| i + 1)
 }
 
 fn argmin(xs: &[f64]) -> usize {
@@ -282,7 +289,7 @@ impl LrFindReport {
     /// Why [`LrFindReport::lr`] is `None`, and what to change, for error messages.
     pub fn why_no_suggestion(&self) -> &'static str {
         if self.never_fell() {
-            "its loss never fell below its first values, so it cannot say which rate trains; lower lr_find.start (the curve should fall before it rises) or set lr explicitly"
+            NEVER_FELL
         } else {
             "it diverged at once; set lr explicitly or lower lr_find.start"
         }
