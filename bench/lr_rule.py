@@ -3,7 +3,7 @@
 
 For each example job (shortened so that one training run takes well under a minute on 2 cores) this
 trains once with `lr = "auto"` to record the range test's three suggestions (steep, valley,
-minimum/10), then trains the same job at every learning rate of a small log grid and at each
+minimum), then trains the same job at every learning rate of a small log grid and at each
 suggestion. It prints a markdown table: each rule's LR and validation score next to the best grid
 LR's, and how far (in grid steps and in score) each rule lands from the best. Scores are the last
 epoch's validation metric (accuracy, or RMSPE for regression), never the test split.

@@ -58,8 +58,11 @@ pub fn print_lr_find(r: &LrFindReport) {
     match r.suggestion {
         Some(_) if r.never_fell() => println!("no suggestion: {}", cyclotron_core::lr_range::NEVER_FELL),
         Some(s) => println!(
-            "suggested learning rates: steep {:.3e}  valley {:.3e}  minimum/10 {:.3e}",
-            s.steep, s.valley, s.minimum
+            "suggested learning rates: steep {:.3e}  valley {:.3e}  {} {:.3e}",
+            s.steep,
+            s.valley,
+            r.minimum_label(),
+            s.minimum
         ),
         None => println!("no suggestion: the loss diverged at once; lower lr_find.start"),
     }

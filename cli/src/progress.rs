@@ -96,10 +96,11 @@ impl Observer for Progress {
                 self.finish();
                 let s = report.suggestion.map_or("no suggestion (diverged at once)".to_string(), |s| {
                     format!(
-                        "{}; steep {:.2e}, valley {:.2e}, minimum/10 {:.2e}",
+                        "{}; steep {:.2e}, valley {:.2e}, {} {:.2e}",
                         suggests(report, self.suggestion),
                         s.steep,
                         s.valley,
+                        report.minimum_label(),
                         s.minimum
                     )
                 });
@@ -142,7 +143,7 @@ impl Observer for Progress {
     }
 }
 
-/// `suggests 7.92e-3 (minimum_or_valley: minimum/10)`: the LR rule `kind` takes from `report`
+/// `suggests 7.92e-3 (minimum_or_valley: minimum/3)`: the LR rule `kind` takes from `report`
 /// (what `lr = "auto"` trains at), and which of its branches gave it.
 fn suggests(report: &LrFindReport, kind: SuggestionKind) -> String {
     if report.suggestion.is_some() && report.never_fell() {
@@ -150,9 +151,9 @@ fn suggests(report: &LrFindReport, kind: SuggestionKind) -> String {
     }
     let (Some(lr), Some(s)) = (report.lr(kind), report.suggestion) else { return String::new() };
     let branch = match kind {
-        SuggestionKind::MinimumOrValley if lr == s.minimum => ": minimum/10",
-        SuggestionKind::MinimumOrValley => ": valley, the loss was still falling at the range's end",
-        _ => "",
+        SuggestionKind::MinimumOrValley if lr == s.minimum => format!(": {}", report.minimum_label()),
+        SuggestionKind::MinimumOrValley => ": valley, the loss was still falling at the range's end".into(),
+        _ => String::new(),
     };
     format!("suggests {lr:.2e} ({kind}{branch})")
 }
@@ -165,16 +166,18 @@ mod tests {
         let lrs: Vec<f64> = (0..losses.len()).map(|i| 1e-5 * 10f64.powf(i as f64 / 10.0)).collect();
         let suggestion =
             Some(cyclotron_core::lr_range::Suggestions { steep: 1e-3, valley: 2e-3, minimum: 3e-3 });
-        LrFindReport { lrs, raw_losses: losses.clone(), losses, suggestion, diverged: false }
+        // a ramp: its raw losses differ from the smoothed ones (equal ones would make it a grid)
+        let raw_losses = losses.iter().map(|l| l + 0.01).collect();
+        LrFindReport { lrs, raw_losses, losses, suggestion, diverged: false }
     }
 
     #[test]
     fn the_line_names_the_lr_the_rule_takes_and_why() {
-        // a curve that turned up after its minimum: minimum/10
+        // a curve that turned up after its minimum: minimum/3
         let u: Vec<f64> = (0..60).map(|i| 1.0 + ((i as f64 - 30.0) / 10.0).powi(2)).collect();
         assert_eq!(
             suggests(&report(u.clone()), SuggestionKind::MinimumOrValley),
-            "suggests 3.00e-3 (minimum_or_valley: minimum/10)"
+            "suggests 3.00e-3 (minimum_or_valley: minimum/3)"
         );
         assert_eq!(suggests(&report(u), SuggestionKind::Valley), "suggests 2.00e-3 (valley)");
         // still falling at the range's end: valley

@@ -22,6 +22,10 @@ pub enum TrainEvent {
         steep: Option<f64>,
         valley: Option<f64>,
         minimum: Option<f64>,
+        /// Whether the loss was still falling at the range's end (`minimum_or_valley` then takes
+        /// `valley`), judged by the worker on the raw losses this event does not carry.
+        #[serde(default)]
+        still_falling: bool,
     },
     /// An epoch ended (`epoch`: epochs completed within its stage; `step`: global step).
     Epoch {
@@ -103,6 +107,7 @@ mod tests {
                 steep: Some(1e-3),
                 valley: None,
                 minimum: Some(1e-2),
+                still_falling: true,
             },
             TrainEvent::Epoch {
                 stage: 0,

@@ -86,18 +86,21 @@ pub struct Suggestions {
     pub steep: f64,
     /// fastai v2 `valley`: halfway along the longest decreasing run of the curve.
     pub valley: f64,
-    /// The lr of the minimum loss, divided by 10.
+    /// The LR of the lowest point of the [`centred`] raw losses, divided by [`MINIMUM_DIVISOR`]
+    /// (fastai's `minimum/10` of the EMA curve, without the EMA's lag and noise).
     pub minimum: f64,
 }
 
 /// Which suggestion an `lr = "auto"` stage takes.
 ///
 /// The default, `minimum_or_valley`, was chosen by measurement (`bench/lr_rule.py`, table in
-/// `bench/results/lr-rule-cpu-2core-2026-12-03.md`): the lowest loss's LR / 10 (fastai v1's rule)
-/// landed within 0.2–0.4 decades of the best LR of a grid on three of four jobs, where `valley`
-/// sat 0.5–1.3 decades too low on the three image jobs and `steep` was erratic. On the fourth
-/// (tabular) the loss was still falling at the end of the range, so "the minimum" was only the
-/// range's end; there `valley` was best, and that is the fallback.
+/// `bench/results/lr-rule-cpu-2core-2026-12-03.md`): the lowest loss's LR / 10 (fastai v1's
+/// rule, since made steadier: see [`MINIMUM_DIVISOR`]) landed within 0.2–0.4 decades of the best
+/// LR of a grid on three of four jobs, where `valley` sat 0.5–1.3 decades too low on the three
+/// image jobs and `steep` was erratic. On the fourth (tabular) the loss was still falling at the
+/// end of the range, so "the minimum" was only the range's end; there `valley` was best, and that
+/// is the fallback. (Judged on the lag-free curve, that job's loss did turn up: it now asks for
+/// `valley` in its spec; `bench/results/lr-rule-seeds-cpu-2core-2026-12-03.md`.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum SuggestionKind {
@@ -122,13 +125,20 @@ impl std::fmt::Display for SuggestionKind {
     }
 }
 
-/// The learning rate suggestion `kind` picks from a curve with suggestions `s`.
+/// The learning rate suggestion `kind` picks from a curve with suggestions `s`, judging
+/// [`still_falling`] on `losses` (a ramp's [`LrFindReport::judged_losses`]).
 pub fn choose(kind: SuggestionKind, s: &Suggestions, lrs: &[f64], losses: &[f64]) -> f64 {
+    pick(kind, s, still_falling(lrs, losses))
+}
+
+/// The learning rate suggestion `kind` picks from `s`, given whether the curve was still falling
+/// at the range's end.
+pub fn pick(kind: SuggestionKind, s: &Suggestions, still_falling: bool) -> f64 {
     match kind {
         SuggestionKind::Steep => s.steep,
         SuggestionKind::Valley => s.valley,
         SuggestionKind::Minimum => s.minimum,
-        SuggestionKind::MinimumOrValley if still_falling(lrs, losses) => s.valley,
+        SuggestionKind::MinimumOrValley if still_falling => s.valley,
         SuggestionKind::MinimumOrValley => s.minimum,
     }
 }
@@ -150,7 +160,7 @@ pub fn still_falling(lrs: &[f64], losses: &[f64]) -> bool {
 /// Whether a ramp's curve never fell: it has at least [`NEVER_FELL_MIN_POINTS`] finite points and
 /// its lowest loss lies in the first 5% (at least the first 2) of them. Then the test says nothing
 /// about a good rate, only that every rate it tried was no better than where it started;
-/// `minimum/10` would even lie below the range. A shorter curve (a sweep's grid of a few
+/// `minimum` may even lie below the range. A shorter curve (a sweep's grid of a few
 /// fixed-rate runs, a test's 12-step ramp) is not judged: its lowest rate being best is an answer.
 pub fn never_fell(lrs: &[f64], losses: &[f64]) -> bool {
     let n = finite_len(lrs, losses);
@@ -166,19 +176,68 @@ pub const NEVER_FELL: &str = "its loss never fell below its first values, so it 
 /// Fewest points of a curve [`never_fell`] judges.
 pub const NEVER_FELL_MIN_POINTS: usize = 20;
 
-/// Suggest learning rates from a curve (`lrs` increasing, `losses` smoothed, same length).
-/// Returns `None` when the curve has fewer than 3 finite points: nothing can be said.
-pub fn suggest(lrs: &[f64], losses: &[f64]) -> Option<Suggestions> {
+/// Suggest learning rates from a curve (`lrs` increasing; `losses` the EMA-smoothed losses and
+/// `raw` the raw ones, same length). `steep` and `valley` read the smoothed curve (fastai's rules,
+/// made for it); `minimum` reads [`centred`]`(raw)`: see [`MINIMUM_DIVISOR`]. Returns `None` when
+/// the curve has fewer than 3 finite points: nothing can be said.
+pub fn suggest(lrs: &[f64], losses: &[f64], raw: &[f64]) -> Option<Suggestions> {
     let n = finite_len(lrs, losses);
     if n < 3 {
         return None;
     }
     let (lrs, losses) = (&lrs[..n], &losses[..n]);
+    // a report without its raw losses (none is written so) is read as its own raw curve
+    let raw = if raw.len() >= n { &raw[..n] } else { losses };
+    let minimum = lrs[centred_minimum_index(&centred(raw))];
     Some(Suggestions {
         steep: lrs[steepest_index(lrs, losses)],
         valley: lrs[valley_index(losses)],
-        minimum: lrs[argmin(losses)] / 10.0,
+        minimum: minimum / MINIMUM_DIVISOR,
     })
+}
+
+/// `minimum` is the LR of the lowest point of the [`centred`] curve divided by this.
+///
+/// fastai's `minimum/10` reads the EMA (β = 0.98), whose value at a step is a weighted mean of the
+/// ~50 steps before it (on a 100-step ramp over 6 decades, up to 3 decades of LR), so its lowest
+/// point lies wherever the raw loss's blow-up finally outweighs that history: over 5 seeds of one
+/// job it spread over 0.18–0.79 decades (max − min). The centred curve has no lag; its lowest point
+/// spread over 0.12–0.24 decades, and on the 35 curves of
+/// `bench/results/lr-rule-seeds-cpu-2core-2026-12-03.md` it lay a factor 3.2 (median; 2.3 at
+/// least) below the EMA's. So `/3` keeps the rule's measured place against the grid's best LR
+/// (`bench/results/lr-rule-cpu-2core-2026-12-03.md`) and sheds most of its noise.
+pub const MINIMUM_DIVISOR: f64 = 3.0;
+
+/// The curve's lowest point after its first 10% (where the ramp has not moved the loss yet).
+fn centred_minimum_index(centred: &[f64]) -> usize {
+    let lo = centred.len() / 10;
+    lo + argmin(&centred[lo..])
+}
+
+/// The raw losses smoothed without lag: a Gaussian kernel centred on each point, σ = 4% of the
+/// points (at least 1.5), truncated at 4σ and renormalised at the ends; non-finite losses carry no
+/// weight (a point whose whole window is non-finite stays NaN).
+pub fn centred(raw: &[f64]) -> Vec<f64> {
+    let n = raw.len();
+    let sigma = (0.04 * n as f64).max(1.5);
+    let reach = (4.0 * sigma).ceil() as usize;
+    (0..n)
+        .map(|i| {
+            let (mut sum, mut weight) = (0.0, 0.0);
+            for (j, x) in raw.iter().enumerate().take((i + reach + 1).min(n)).skip(i.saturating_sub(reach)) {
+                if x.is_finite() {
+                    let w = (-0.5 * ((j as f64 - i as f64) / sigma).powi(2)).exp();
+                    sum += w * x;
+                    weight += w;
+                }
+            }
+            if weight > 0.0 {
+                sum / weight
+            } else {
+                f64::NAN
+            }
+        })
+        .collect()
 }
 
 /// How many points of the curve count: up to its last finite loss (a trailing NaN, the
@@ -268,7 +327,7 @@ pub struct LrFindReport {
 
 impl LrFindReport {
     pub fn from_finder(f: LrFinder, diverged: bool) -> Self {
-        let suggestion = suggest(&f.lrs, &f.losses);
+        let suggestion = suggest(&f.lrs, &f.losses, &f.raw_losses);
         LrFindReport { lrs: f.lrs, losses: f.losses, raw_losses: f.raw_losses, suggestion, diverged }
     }
 
@@ -278,7 +337,46 @@ impl LrFindReport {
         if self.never_fell() {
             return None;
         }
-        self.suggestion.map(|s| choose(kind, &s, &self.lrs, &self.losses))
+        self.suggestion.map(|s| pick(kind, &s, self.still_falling()))
+    }
+
+    /// Whether the loss was still falling at the range's end ([`still_falling`]), judged on
+    /// [`LrFindReport::judged_losses`].
+    pub fn still_falling(&self) -> bool {
+        still_falling(&self.lrs, &self.judged_losses())
+    }
+
+    /// The curve the `minimum_or_valley` fallback is judged on: a ramp's [`centred`] raw losses
+    /// (NaN where the raw loss is, so a divergence stop still ends the curve), a grid's own losses.
+    /// The EMA lags: on 2 of 5 seeds of a data-parallel range test it was still falling at the end
+    /// of a ramp whose raw loss had turned up 22–25 points earlier, and the job trained at
+    /// `valley`, 0.55 decades lower (`bench/results/lr-rule-seeds-cpu-2core-2026-12-03.md`).
+    pub fn judged_losses(&self) -> Vec<f64> {
+        if self.is_grid() {
+            return self.losses.clone();
+        }
+        centred(&self.raw_losses)
+            .into_iter()
+            .zip(&self.raw_losses)
+            .map(|(c, raw)| if raw.is_finite() { c } else { f64::NAN })
+            .collect()
+    }
+
+    /// Whether this is a sweep's merged grid (one loss per LR, nothing smoothed) rather than a ramp.
+    pub fn is_grid(&self) -> bool {
+        self.losses.len() > 1
+            && self.losses.len() == self.raw_losses.len()
+            && self.losses.iter().zip(&self.raw_losses).all(|(a, b)| a.total_cmp(b).is_eq())
+    }
+
+    /// How `minimum` is written for a person: `minimum/3` on a ramp, `minimum` on a grid (its
+    /// best point's LR itself).
+    pub fn minimum_label(&self) -> String {
+        if self.is_grid() {
+            "minimum".into()
+        } else {
+            format!("minimum/{MINIMUM_DIVISOR}")
+        }
     }
 
     /// See [`never_fell`].
@@ -310,16 +408,16 @@ mod tests {
         let lrs = ramp(100);
         // U-shaped: the minimum at step 60 of 100, well before the end
         let u: Vec<f64> = (0..100).map(|i| 1.0 + ((i as f64 - 60.0) / 30.0).powi(2)).collect();
-        let s = suggest(&lrs, &u).unwrap();
+        let s = suggest(&lrs, &u, &u).unwrap();
         assert!(!still_falling(&lrs, &u));
-        assert_eq!(choose(SuggestionKind::MinimumOrValley, &s, &lrs, &u), lrs[60] / 10.0);
+        assert_eq!(choose(SuggestionKind::MinimumOrValley, &s, &lrs, &u), lrs[60] / MINIMUM_DIVISOR);
         // still falling at the last step: "the minimum" is only the range's end
         let down: Vec<f64> = (0..100).map(|i| 3.0 - (i as f64 / 40.0).min(2.0) - i as f64 * 1e-3).collect();
-        let s = suggest(&lrs, &down).unwrap();
+        let s = suggest(&lrs, &down, &down).unwrap();
         assert!(still_falling(&lrs, &down));
         assert_eq!(choose(SuggestionKind::MinimumOrValley, &s, &lrs, &down), s.valley);
-        assert_eq!(choose(SuggestionKind::Minimum, &s, &lrs, &down), lrs[99] / 10.0);
-        // the lowest loss just before a divergence stop: the curve did turn up, min/10 stands
+        assert_eq!(choose(SuggestionKind::Minimum, &s, &lrs, &down), lrs[99] / MINIMUM_DIVISOR);
+        // the lowest loss just before a divergence stop: the curve did turn up, `minimum` stands
         let mut nan = u.clone();
         nan.truncate(62);
         nan.push(f64::NAN);
@@ -347,14 +445,13 @@ mod tests {
             (0..60).map(|i| 0.69 + 0.002 * i as f64 + if i == 1 { -0.01 } else { 0.0 }).collect();
         assert!(never_fell(&lrs, &rising));
         let report = LrFindReport {
-            suggestion: suggest(&lrs, &rising),
+            suggestion: suggest(&lrs, &rising, &rising),
             lrs: lrs.clone(),
             losses: rising.clone(),
             raw_losses: rising,
             diverged: false,
         };
         assert!(report.suggestion.is_some(), "the three marks are still drawn");
-        assert!(report.suggestion.unwrap().minimum < lrs[0], "minimum/10 lies below the range");
         assert_eq!(report.lr(SuggestionKind::MinimumOrValley), None);
         assert_eq!(report.lr(SuggestionKind::Valley), None);
         assert!(report.why_no_suggestion().contains("never fell"));
@@ -432,22 +529,103 @@ mod tests {
     fn steep_finds_the_steepest_point() {
         let lrs = ramp(100);
         // put the inflection exactly on grid point 37 (and, separately, half-way between 60 and 61)
-        let s = suggest(&lrs, &synthetic(&lrs, lrs[37].ln())).unwrap();
+        let curve = synthetic(&lrs, lrs[37].ln());
+        let s = suggest(&lrs, &curve, &curve).unwrap();
         assert_eq!(s.steep, lrs[37]);
         let mid = 0.5 * (lrs[60].ln() + lrs[61].ln());
-        let s = suggest(&lrs, &synthetic(&lrs, mid)).unwrap();
+        let curve = synthetic(&lrs, mid);
+        let s = suggest(&lrs, &curve, &curve).unwrap();
         assert!(s.steep == lrs[60] || s.steep == lrs[61], "steep {} not next to the inflection", s.steep);
     }
 
     #[test]
-    fn minimum_is_min_loss_lr_over_ten() {
+    fn minimum_is_the_centred_curves_lowest_lr_over_three() {
         let lrs = ramp(100);
         let losses = synthetic(&lrs, (1e-3f64).ln());
         let i = argmin(&losses);
-        let s = suggest(&lrs, &losses).unwrap();
-        assert_eq!(s.minimum, lrs[i] / 10.0);
+        let s = suggest(&lrs, &losses, &losses).unwrap();
+        let c = centred_minimum_index(&centred(&losses));
+        assert_eq!(s.minimum, lrs[c] / MINIMUM_DIVISOR);
+        // on a smooth curve the centred minimum is the curve's own, moved a few points towards the
+        // flat side of this lopsided valley (the steep wall beyond it weighs on its neighbours)
+        assert!(c <= i && i - c <= 5, "centred minimum at {c}, raw at {i}");
         // the minimum sits between tanh saturation and the quadratic blow-up: x − x0 ≈ 2
         assert!(lrs[i] > 1e-3 * 2f64.exp() / 2.0 && lrs[i] < 1e-3 * 3f64.exp());
+    }
+
+    /// What the centred curve is for: a noisy U whose true lowest point is step 60. The EMA
+    /// (β = 0.98) lags it by a dozen steps or more; the centred curve finds it within a few steps
+    /// under noise that moves the raw curve's own argmin far away.
+    #[test]
+    fn the_centred_minimum_has_no_lag_and_shrugs_off_noise() {
+        let lrs = ramp(100);
+        let u = |i: usize| 1.0 + ((i as f64 - 60.0) / 25.0).powi(2);
+        // deterministic "noise" of ±0.3 with one deep outlier far from the minimum
+        let raw: Vec<f64> = (0..100)
+            .map(|i| u(i) + 0.3 * ((i * 7919 % 13) as f64 / 6.0 - 1.0) - if i == 30 { 2.0 } else { 0.0 })
+            .collect();
+        assert!(argmin(&raw).abs_diff(60) > 10, "the raw argmin is thrown off");
+        let mut f = LrFinder::default();
+        raw.iter().zip(&lrs).for_each(|(l, lr)| {
+            f.record(*lr, *l);
+        });
+        assert!(
+            argmin(&f.losses[10..]) + 10 >= 70,
+            "the EMA's minimum lags: {}",
+            argmin(&f.losses[10..]) + 10
+        );
+        let c = centred_minimum_index(&centred(&raw));
+        assert!(c.abs_diff(60) <= 5, "centred minimum at {c}");
+        let report = LrFindReport::from_finder(f, false);
+        assert_eq!(report.suggestion.unwrap().minimum, lrs[c] / MINIMUM_DIVISOR);
+    }
+
+    /// The data-parallel range test's failure, in miniature: the raw loss bottoms out at step 70
+    /// of 100 and climbs after it, but the EMA is still falling at the end, so `minimum_or_valley`
+    /// used to fall back to `valley`. The report judges its centred raw curve and keeps `minimum`.
+    #[test]
+    fn the_fallback_is_judged_on_the_raw_curve_not_the_lagging_ema() {
+        let lrs = ramp(100);
+        let raw: Vec<f64> = (0..100)
+            .map(|i| if i <= 70 { 2.4 - 1.4 * i as f64 / 70.0 } else { 1.0 + 0.01 * (i - 70) as f64 })
+            .collect();
+        let mut f = LrFinder::default();
+        raw.iter().zip(&lrs).for_each(|(l, lr)| {
+            f.record(*lr, *l);
+        });
+        assert!(still_falling(&f.lrs, &f.losses), "the EMA is still falling at the end");
+        let report = LrFindReport::from_finder(f, false);
+        assert!(!report.still_falling());
+        let s = report.suggestion.unwrap();
+        assert_eq!(report.lr(SuggestionKind::MinimumOrValley), Some(s.minimum));
+        let c = centred_minimum_index(&centred(&raw));
+        assert!(c.abs_diff(70) <= 3, "centred minimum at {c}");
+        // a raw curve still falling at its end is still judged so, and a trailing NaN (the
+        // divergence stop) still ends it
+        let down: Vec<f64> = (0..100).map(|i| 2.4 - 0.01 * i as f64).collect();
+        let grid_like = LrFindReport {
+            lrs: lrs.clone(),
+            losses: down.iter().map(|l| l + 0.1).collect(),
+            raw_losses: down.clone(),
+            suggestion: None,
+            diverged: false,
+        };
+        assert!(grid_like.still_falling());
+        let mut stopped = grid_like.clone();
+        stopped.raw_losses[99] = f64::NAN;
+        assert!(!stopped.still_falling(), "a divergence stop is a turn up");
+        // a grid (losses = raw) is judged on its own points, unsmoothed
+        let grid = LrFindReport { losses: down.clone(), ..grid_like };
+        assert!(grid.is_grid() && grid.judged_losses() == down);
+    }
+
+    #[test]
+    fn centred_ignores_non_finite_points_and_keeps_constants() {
+        assert_eq!(centred(&[2.0; 7]), vec![2.0; 7]);
+        let c = centred(&[1.0, f64::NAN, 1.0, f64::INFINITY, 1.0]);
+        assert!(c.iter().all(|x| (x - 1.0).abs() < 1e-12), "{c:?}");
+        assert!(centred(&[f64::NAN]).iter().all(|x| x.is_nan()));
+        assert!(centred(&[]).is_empty());
     }
 
     #[test]
@@ -468,7 +646,7 @@ mod tests {
         // 79; fastai's rule: start = end − length, idx = start + ⌊L/3⌋ + ⌊L/6⌋
         let idx = valley_index(&losses);
         assert!((45..=52).contains(&idx), "valley index {idx}");
-        let s = suggest(&lrs, &losses).unwrap();
+        let s = suggest(&lrs, &losses, &losses).unwrap();
         assert_eq!(s.valley, lrs[idx]);
     }
 
@@ -492,11 +670,11 @@ mod tests {
     fn trailing_nan_is_ignored_and_short_curves_give_nothing() {
         let lrs = ramp(30);
         let mut losses = synthetic(&lrs, (1e-4f64).ln());
-        let clean = suggest(&lrs[..29], &losses[..29]).unwrap();
+        let clean = suggest(&lrs[..29], &losses[..29], &losses[..29]).unwrap();
         losses[29] = f64::NAN;
-        assert_eq!(suggest(&lrs, &losses).unwrap(), clean);
-        assert_eq!(suggest(&lrs[..2], &losses[..2]), None);
-        assert_eq!(suggest(&[], &[]), None);
+        assert_eq!(suggest(&lrs, &losses, &losses).unwrap(), clean);
+        assert_eq!(suggest(&lrs[..2], &losses[..2], &losses[..2]), None);
+        assert_eq!(suggest(&[], &[], &[]), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `lr_find.png`: the smoothed loss of an LR-range test against the learning rate on a log axis,
-//! the raw loss faint behind it, and a marker for each suggestion; a sweep's merged grid is drawn
-//! as its points.
+//! the raw loss faint behind it, its centred (lag-free) smoothing that `minimum` reads, and a marker
+//! for each suggestion; a sweep's merged grid is drawn as its points.
 
 use std::path::Path;
 
@@ -23,16 +23,22 @@ pub fn lr_find_png(report: &LrFindReport, path: &Path) -> Result<()> {
         .into());
     }
     let raw = finite_points(&report.lrs, &report.raw_losses);
+    // a grid merged by the sweep has one loss per point, no smoothing: raw and smoothed are equal
+    let grid = report.is_grid();
+    // a ramp's centred curve, which `minimum` reads: the loss axis shows its lowest point too
+    let centred =
+        if grid || raw.len() < 2 { vec![] } else { finite_points(&report.lrs, &report.judged_losses()) };
     let (x_lo, x_hi) = lr_window(&smooth);
-    let (y_lo, y_hi) = loss_window(&smooth);
+    let (y_lo, y_hi) = if centred.is_empty() {
+        loss_window(&smooth)
+    } else {
+        let ((a, b), (c, d)) = (loss_window(&smooth), loss_window(&centred));
+        (a.min(c), b.max(d))
+    };
 
     style::ensure_font()?;
     let root = BitMapBackend::new(path, style::LR_FIND_SIZE).into_drawing_area();
     root.fill(&WHITE)?;
-    // a grid merged by the sweep has one loss per point, no smoothing: raw and smoothed are equal
-    let grid = report.losses.len() > 1
-        && report.losses.len() == report.raw_losses.len()
-        && report.losses.iter().zip(&report.raw_losses).all(|(a, b)| a.total_cmp(b).is_eq());
     let caption = match (grid, report.diverged) {
         (true, _) => "LR grid sweep (one point per LR)",
         (false, true) => "LR range test (stopped when the loss diverged)",
@@ -54,6 +60,19 @@ pub fn lr_find_png(report: &LrFindReport, path: &Path) -> Result<()> {
         .draw_series(runs.into_iter().map(|run| PathElement::new(run, line)))?
         .label(if grid { "loss after each point's steps" } else { "smoothed loss (EMA, β = 0.98)" })
         .legend(style::legend_line(line));
+    if let Some(&lowest) = centred.iter().skip(centred.len() / 10).min_by(|a, b| a.1.total_cmp(&b.1)) {
+        let thin = style::PURPLE.stroke_width(2);
+        let runs = clip_to_band(&centred, (y_lo, y_hi), true);
+        chart
+            .draw_series(runs.into_iter().map(|run| PathElement::new(run, thin)))?
+            .label("centred smoothing (no lag), which `minimum` reads")
+            .legend(style::legend_line(thin));
+        let ring = style::RED_T.stroke_width(2);
+        chart
+            .draw_series(std::iter::once(Circle::new(lowest, 7, ring)))?
+            .label(format!("its lowest point: {}", style::fmt_sci(lowest.0)))
+            .legend(move |(x, y)| Circle::new((x + 10, y), 6, ring));
+    }
     if grid {
         let inside = smooth.iter().filter(|p| (y_lo..=y_hi).contains(&p.1));
         chart.draw_series(inside.map(|&p| Circle::new(p, 4, style::BLUE_T.filled())))?;
@@ -64,10 +83,11 @@ pub fn lr_find_png(report: &LrFindReport, path: &Path) -> Result<()> {
     }
 
     if let Some(s) = report.suggestion {
+        let minimum = report.minimum_label();
         let marks = [
             ("steep", s.steep, style::GREEN_T),
             ("valley", s.valley, style::ORANGE),
-            ("minimum/10", s.minimum, style::RED_T),
+            (minimum.as_str(), s.minimum, style::RED_T),
         ];
         for (name, lr, colour) in marks {
             // the marker sits on the curve at the suggested lr, when that point is on the plot
@@ -171,6 +191,7 @@ mod tests {
         lr_find_png(&report, &path).unwrap();
         let img = assert_png(&path, style::LR_FIND_SIZE);
         assert!(count_colour(&img, style::BLUE_T) > 500, "no smoothed curve");
+        assert!(count_colour(&img, style::PURPLE) > 500, "no centred curve");
         for colour in [style::GREEN_T, style::ORANGE, style::RED_T] {
             // a marker on the curve plus its legend mark
             assert!(count_colour(&img, colour) > 150, "no marker of colour {colour:?}");

@@ -457,6 +457,7 @@ fn conclude_sweep(j: &mut JobState) -> Result<(), String> {
         steep: s.map_or(f64::NAN, |s| s.steep),
         valley: s.map_or(f64::NAN, |s| s.valley),
         minimum: s.map_or(f64::NAN, |s| s.minimum),
+        still_falling: Some(chosen.report.still_falling()),
         from: Some(format!("sweep of {}", chosen.label)),
     });
     j.events.push(JobEvent::SweepConcluded {

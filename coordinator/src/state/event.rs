@@ -34,6 +34,11 @@ pub enum JobEvent {
         valley: f64,
         #[serde(with = "cyclotron_core::serde_nan")]
         minimum: f64,
+        /// The worker's judgement of whether the loss was still falling at the range's end (on the
+        /// raw losses, which the event does not carry); `None` in events of older workers, whose
+        /// `losses` are judged instead.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        still_falling: Option<bool>,
         /// Which task reported it, when the job runs several (`run 1`, `sweep 3`); set by the
         /// state machine.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -141,8 +146,9 @@ mod tests {
             r#"{"type":"lr_find","stage":0,"lrs":[1e-5,1.0],"losses":[2.3,null],"steep":0.01,"valley":0.003,"minimum":null}"#,
         )
         .unwrap();
-        let JobEvent::LrFind { losses, minimum, .. } = &e else { panic!("{e:?}") };
+        let JobEvent::LrFind { losses, minimum, still_falling, .. } = &e else { panic!("{e:?}") };
         assert!(losses[1].is_nan() && minimum.is_nan());
+        assert_eq!(*still_falling, None, "an older worker's event has no judgement");
         let text = serde_json::to_string(&e).unwrap();
         assert!(text.contains(r#""losses":[2.3,null]"#), "{text}");
         assert!(serde_json::from_str::<JobEvent>(&text).is_ok());

@@ -367,19 +367,19 @@ fn charts(job: &JobState, live: &[(usize, TaskLive)], results: Option<&Value>) -
     lr.log_x = true;
     let kind = job.spec.lr_find.clone().unwrap_or_default().suggestion;
     for e in &job.events {
-        if let JobEvent::LrFind { stage, lrs, losses, steep, valley, minimum, from } = e {
+        if let JobEvent::LrFind { stage, lrs, losses, steep, valley, minimum, still_falling, from } = e {
             let name =
                 format!("{}stage {}", from.as_ref().map(|f| format!("{f} ")).unwrap_or_default(), stage + 1);
             lr.series.push(Series {
                 name: name.clone(),
                 points: lrs.iter().copied().zip(losses.iter().copied()).collect(),
             });
-            let chosen = cyclotron_core::lr_range::choose(
-                kind,
-                &cyclotron_core::lr_range::Suggestions { steep: *steep, valley: *valley, minimum: *minimum },
-                lrs,
-                losses,
-            );
+            let s =
+                cyclotron_core::lr_range::Suggestions { steep: *steep, valley: *valley, minimum: *minimum };
+            let chosen = match still_falling {
+                Some(falling) => cyclotron_core::lr_range::pick(kind, &s, *falling),
+                None => cyclotron_core::lr_range::choose(kind, &s, lrs, losses),
+            };
             if chosen.is_finite() && !job.events.iter().any(|e| matches!(e, JobEvent::SweepConcluded { .. }))
             {
                 lr.markers.push(Marker { x: chosen, label: format!("{name}: {kind} {}", sci(chosen)) });

@@ -197,13 +197,13 @@ pub fn merge_grid(points: &[GridPoint]) -> LrFindReport {
 }
 
 /// Suggestions from a grid curve (`lrs` increasing, all finite). A ramp's loss at an LR carries the
-/// history of every smaller LR and bottoms out just before divergence, hence its `minimum/10` and
+/// history of every smaller LR and bottoms out just before divergence, hence its `minimum` and
 /// `valley` rules; a grid point trained at its own LR from the start, so its loss measures that LR
 /// directly. So on a grid: `minimum` is the best point's LR itself, `valley` refines it with the
 /// vertex of a parabola through it and its neighbours (in log LR; the best point when it lies at
 /// an end of the curve), and `steep` is the ramp's rule. `None` with fewer than 3 points.
 pub fn grid_suggestions(lrs: &[f64], losses: &[f64]) -> Option<Suggestions> {
-    let ramp = suggest(lrs, losses)?;
+    let ramp = suggest(lrs, losses, losses)?;
     let n = lrs.len().min(losses.len());
     let best = (0..n).min_by(|&a, &b| losses[a].total_cmp(&losses[b]))?;
     let valley = if best == 0 || best + 1 == n {

@@ -133,6 +133,7 @@ pub fn to_train_event(e: &Event, stage: &mut usize) -> Option<TrainEvent> {
             steep: report.suggestion.map(|s| s.steep),
             valley: report.suggestion.map(|s| s.valley),
             minimum: report.suggestion.map(|s| s.minimum),
+            still_falling: report.still_falling(),
         },
         Event::EpochEnd { record: r } => TrainEvent::Epoch {
             stage: r.stage,

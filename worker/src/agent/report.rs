@@ -51,9 +51,9 @@ pub fn progress_json(e: &TrainEvent) -> Option<String> {
         TrainEvent::StageStarted { stage, name, epochs, .. } => {
             json!({"type": "stage_started", "stage": stage, "name": name, "epochs": epochs})
         }
-        TrainEvent::LrFind { stage, lrs, losses, steep, valley, minimum } => json!({
+        TrainEvent::LrFind { stage, lrs, losses, steep, valley, minimum, still_falling } => json!({
             "type": "lr_find", "stage": stage, "lrs": lrs, "losses": losses,
-            "steep": steep, "valley": valley, "minimum": minimum,
+            "steep": steep, "valley": valley, "minimum": minimum, "still_falling": still_falling,
         }),
         TrainEvent::Epoch { stage, epoch, step, train_loss, valid_loss, valid_accuracy, seconds } => json!({
             "type": "epoch", "stage": stage, "epoch": epoch, "step": step, "train_loss": train_loss,
@@ -189,9 +189,11 @@ mod tests {
             steep: None,
             valley: None,
             minimum: None,
+            still_falling: true,
         };
         let v: serde_json::Value = serde_json::from_str(&progress_json(&lr).unwrap()).unwrap();
         assert!(v["steep"].is_null(), "no suggestion travels as null");
+        assert_eq!(v["still_falling"], true);
         assert_eq!(progress_json(&TrainEvent::Failed { permanent: true, message: "m".into() }), None);
     }
 }
