@@ -1,7 +1,7 @@
 """PyTorch eager peer of `make demo` for time to accuracy (issue 16): the same model, data, recipe.
 
     python bench/pytorch_fashion_recipe.py --width 24 --batch-size 256 --lr 0.0933 \
-        --cycles 4 --cycle-len 2 --threads 2 --json OUT.json
+        --cycles 4 --cycle-len 2 --threads 2 --malloc-tuning --json OUT.json
 
 small_resnet (bench/pytorch_step.py's twin of Cyclotron's), SGD momentum 0.9, weight decay 5e-4,
 SGDR as Cyclotron's (`core/src/schedule/sgdr.rs`: lr/100 for the first 1/20 of each cycle, else cosine
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pytorch_step import SmallResNet
+from pytorch_step import SmallResNet, tune_malloc
 
 DATA = pathlib.Path("/usr/share/datasets/fashion-mnist")
 
@@ -69,7 +69,10 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--json")
+    ap.add_argument("--malloc-tuning", action="store_true", help="apply Cyclotron's mallopt settings first")
     a = ap.parse_args()
+    if a.malloc_tuning and not tune_malloc():
+        raise SystemExit("--malloc-tuning: glibc refused the mallopt settings")
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
@@ -109,7 +112,7 @@ def main():
             acc, acc_tta = accuracy(model, x_test, y_test, False), accuracy(model, x_test, y_test, True)
             cycles.append(dict(epoch=epoch + 1, train_seconds=train_s, test_accuracy=acc, test_accuracy_tta=acc_tta))
             print(f"epoch {epoch + 1}: {train_s:.0f} s of training, test {acc:.2%} (flip TTA {acc_tta:.2%})", flush=True)
-    out = dict(torch=torch.__version__, threads=a.threads, width=a.width, batch_size=a.batch_size, lr=a.lr, cycles=cycles)
+    out = dict(torch=torch.__version__, malloc_tuning=a.malloc_tuning, threads=a.threads, width=a.width, batch_size=a.batch_size, lr=a.lr, cycles=cycles)
     if a.json:
         pathlib.Path(a.json).write_text(json.dumps(out, indent=1))
 
