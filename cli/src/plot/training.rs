@@ -118,8 +118,10 @@ fn loss_panel(area: &Area, x: (f64, f64), h: &Curves) -> Result<()> {
         .light_line_style(BLACK.mix(0.04))
         .draw()?;
     draw_events(&mut chart, h, (y_lo, y_hi))?;
+    // numbered from 1, as the CLI and results tables number stages
     for (k, &s) in h.stage_starts.iter().enumerate() {
-        let label = Text::new(format!("stage {k}"), (5, 3), (FONT, 14).into_font().color(&style::PURPLE));
+        let label =
+            Text::new(format!("stage {}", k + 1), (5, 3), (FONT, 14).into_font().color(&style::PURPLE));
         chart.plotting_area().draw(&(EmptyElement::at((s, y_hi)) + label))?;
     }
     let band = (y_lo, y_hi);
