@@ -24,6 +24,8 @@ import re
 import statistics
 import subprocess
 
+import lr_rule
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # (key, title, example, edits [(regex, replacement)], batch_size or None, ranks)
@@ -42,14 +44,11 @@ JOBS = [
 
 
 def spec_text(example, edits, seed, batch, ranks, store):
-    text = (ROOT / example).read_text()
-    for pattern, repl in edits:
-        text, n = re.subn(pattern, repl, text)
-        assert n == 1, f"{example}: {pattern!r} matched {n} times"
+    """lr_rule.py's job text (edits applied, `lr = "auto"`, output in `store`), at `seed`, with
+    `batch` per process and, for a group, one thread per rank."""
+    text = lr_rule.spec_text(example, edits, None, store)
     text, n = re.subn(r"(?m)^seed = .*$", f"seed = {seed}", text)
     assert n == 1, f"{example}: no seed line"
-    text = re.sub(r"(?m)^output = .*$", "", text)
-    text = re.sub(r"(?m)^(name = .*)$", r'\1\noutput = "' + store + '"', text, count=1)
     if batch:
         text, n = re.subn(r"(?m)^batch_size = .*$", f"batch_size = {batch}", text)
         assert n == 1

@@ -185,15 +185,28 @@ pub fn suggest(lrs: &[f64], losses: &[f64], raw: &[f64]) -> Option<Suggestions> 
     if n < 3 {
         return None;
     }
+    let minimum = lrs[centred_minimum(lrs, losses, raw)?.0];
     let (lrs, losses) = (&lrs[..n], &losses[..n]);
-    // a report without its raw losses (none is written so) is read as its own raw curve
-    let raw = if raw.len() >= n { &raw[..n] } else { losses };
-    let minimum = lrs[centred_minimum_index(&centred(raw))];
     Some(Suggestions {
         steep: lrs[steepest_index(lrs, losses)],
         valley: lrs[valley_index(losses)],
         minimum: minimum / MINIMUM_DIVISOR,
     })
+}
+
+/// The point `minimum` reads: the index and value of the lowest point of [`centred`]`(raw)` after
+/// its first 10% (where the ramp has not moved the loss yet), over the curve's finite part (as
+/// [`suggest`] counts it). `None` with fewer than 3 finite points.
+pub fn centred_minimum(lrs: &[f64], losses: &[f64], raw: &[f64]) -> Option<(usize, f64)> {
+    let n = finite_len(lrs, losses);
+    if n < 3 {
+        return None;
+    }
+    // a report without its raw losses (none is written so) is read as its own raw curve
+    let raw = if raw.len() >= n { &raw[..n] } else { &losses[..n] };
+    let centred = centred(raw);
+    let i = centred_minimum_index(&centred);
+    Some((i, centred[i]))
 }
 
 /// `minimum` is the LR of the lowest point of the [`centred`] curve divided by this.
@@ -208,7 +221,7 @@ pub fn suggest(lrs: &[f64], losses: &[f64], raw: &[f64]) -> Option<Suggestions> 
 /// (`bench/results/lr-rule-cpu-2core-2026-12-03.md`) and sheds most of its noise.
 pub const MINIMUM_DIVISOR: f64 = 3.0;
 
-/// The curve's lowest point after its first 10% (where the ramp has not moved the loss yet).
+/// The curve's lowest point after its first 10%.
 fn centred_minimum_index(centred: &[f64]) -> usize {
     let lo = centred.len() / 10;
     lo + argmin(&centred[lo..])
@@ -338,6 +351,14 @@ impl LrFindReport {
             return None;
         }
         self.suggestion.map(|s| pick(kind, &s, self.still_falling()))
+    }
+
+    /// See [`centred_minimum`] (`None` for a grid, whose `minimum` is its best point).
+    pub fn centred_minimum(&self) -> Option<(usize, f64)> {
+        if self.is_grid() {
+            return None;
+        }
+        centred_minimum(&self.lrs, &self.losses, &self.raw_losses)
     }
 
     /// Whether the loss was still falling at the range's end ([`still_falling`]), judged on
@@ -598,6 +619,8 @@ mod tests {
         assert!(!report.still_falling());
         let s = report.suggestion.unwrap();
         assert_eq!(report.lr(SuggestionKind::MinimumOrValley), Some(s.minimum));
+        // the point the plot rings is the one `minimum` divided
+        assert_eq!(report.centred_minimum().map(|(i, _)| lrs[i] / MINIMUM_DIVISOR), Some(s.minimum));
         let c = centred_minimum_index(&centred(&raw));
         assert!(c.abs_diff(70) <= 3, "centred minimum at {c}");
         // a raw curve still falling at its end is still judged so, and a trailing NaN (the

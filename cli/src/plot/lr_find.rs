@@ -60,7 +60,8 @@ pub fn lr_find_png(report: &LrFindReport, path: &Path) -> Result<()> {
         .draw_series(runs.into_iter().map(|run| PathElement::new(run, line)))?
         .label(if grid { "loss after each point's steps" } else { "smoothed loss (EMA, β = 0.98)" })
         .legend(style::legend_line(line));
-    if let Some(&lowest) = centred.iter().skip(centred.len() / 10).min_by(|a, b| a.1.total_cmp(&b.1)) {
+    if let Some((i, loss)) = report.centred_minimum().filter(|_| !centred.is_empty()) {
+        let lowest = (report.lrs[i], loss);
         let thin = style::PURPLE.stroke_width(2);
         let runs = clip_to_band(&centred, (y_lo, y_hi), true);
         chart
