@@ -10,14 +10,15 @@ use cyclotron_tests::{cyclotron_bin, fashion_mnist_present, run, Proc};
 
 /// A BN-free job on a slice of Fashion-MNIST: `epochs` epochs of `limit` items, one SGDR cycle
 /// with a snapshot at the end (the final parameters land in the store).
-fn spec(dir: &Path, batch: usize, limit: usize, stage: &str) -> String {
+/// `batch` is the `[data]` line that sets the batch (`batch_size = 32`, `global_batch_size = 64`).
+fn spec(dir: &Path, batch: &str, limit: usize, stage: &str) -> String {
     let text = format!(
         r#"name = "dp"
 seed = 3
 output = "file://./store"
 [data]
 source = "fashion_mnist"
-batch_size = {batch}
+{batch}
 limit_train = {limit}
 limit_eval = 200
 [model]
@@ -36,7 +37,7 @@ threads = 1
 device = "cpu"
 "#
     );
-    let path = dir.join(format!("dp-{batch}.toml"));
+    let path = dir.join("dp.toml");
     std::fs::write(&path, text).expect("write spec");
     path.to_string_lossy().into_owned()
 }
@@ -115,33 +116,29 @@ fn final_model(dir: &Path) -> Vec<(String, Vec<f32>)> {
     tensors(&dir.join("store/dp/r/snapshots/cycle-0/model.safetensors"))
 }
 
-#[test]
-fn two_ranks_with_batch_b_match_one_process_with_batch_2b_and_the_lr_scaled_for_it() {
-    if !fashion_mnist_present() {
-        return;
-    }
-    // A fixed LR is written for one process's batch; on two ranks SGD scales it linearly
-    // (optimizer.lr_scaling), so two ranks at 0.05 train like one process at 0.1 with their
-    // global batch.
-    // one process, batch 64: 512 items → 8 steps
-    let single = tempfile::tempdir().unwrap();
-    let s = spec(single.path(), 64, 512, "lr = 0.1\ncycles = 1\ncycle_len = 1");
-    let ran =
-        run(&["--quiet", "train", &s, "--out", "out", "--run", "r"], single.path(), Duration::from_secs(300));
+/// Trains `single_spec` in one process and `pair_spec` on two ranks (in their folders); asserts
+/// they end with the same parameters after the same losses and LRs; the LRs of the pair.
+fn assert_pair_trains_like_one_process(
+    single: &Path,
+    single_spec: &str,
+    pair: &Path,
+    pair_spec: &str,
+) -> Vec<f64> {
+    let ran = run(
+        &["--quiet", "train", single_spec, "--out", "out", "--run", "r"],
+        single,
+        Duration::from_secs(300),
+    );
     assert_eq!(ran.code, Some(0), "single process failed:\n{}", ran.stderr);
-
-    // two ranks, batch 32 each: the same 8 global batches
-    let pair = tempfile::tempdir().unwrap();
-    let s = spec(pair.path(), 32, 512, "lr = 0.05\ncycles = 1\ncycle_len = 1");
     let peers = free_ports(2);
-    let mut ranks: Vec<Proc> = (0..2).map(|r| start_rank(pair.path(), &s, r, &peers, &[])).collect();
+    let mut ranks: Vec<Proc> = (0..2).map(|r| start_rank(pair, pair_spec, r, &peers, &[])).collect();
     for (r, p) in ranks.iter_mut().enumerate() {
         let code = wait(p, Duration::from_secs(300), &format!("rank {r}"));
-        assert_eq!(code, Some(0), "rank {r} failed:\n{}", read(&pair.path().join(format!("rank-{r}.err"))));
+        assert_eq!(code, Some(0), "rank {r} failed:\n{}", read(&pair.join(format!("rank-{r}.err"))));
     }
-    assert!(pair.path().join("out/results.json").exists(), "rank 0 writes --out");
+    assert!(pair.join("out/results.json").exists(), "rank 0 writes --out");
 
-    let (a, b) = (final_model(single.path()), final_model(pair.path()));
+    let (a, b) = (final_model(single), final_model(pair));
     assert_eq!(a.iter().map(|t| &t.0).collect::<Vec<_>>(), b.iter().map(|t| &t.0).collect::<Vec<_>>());
     let scale = a.iter().flat_map(|(_, v)| v.iter()).fold(0f32, |m, x| m.max(x.abs()));
     for ((name, x), (_, y)) in a.iter().zip(&b) {
@@ -150,9 +147,9 @@ fn two_ranks_with_batch_b_match_one_process_with_batch_2b_and_the_lr_scaled_for_
     }
     // the parameters did move, so the comparison means something
     let results: serde_json::Value =
-        serde_json::from_str(&read(&pair.path().join("out/results.json"))).expect("results.json");
+        serde_json::from_str(&read(&pair.join("out/results.json"))).expect("results.json");
     let single_results: serde_json::Value =
-        serde_json::from_str(&read(&single.path().join("out/results.json"))).expect("results.json");
+        serde_json::from_str(&read(&single.join("out/results.json"))).expect("results.json");
     let losses = |v: &serde_json::Value| -> Vec<f64> {
         v["history"]["losses"].as_array().expect("losses").iter().map(|l| l.as_f64().unwrap()).collect()
     };
@@ -160,15 +157,47 @@ fn two_ranks_with_batch_b_match_one_process_with_batch_2b_and_the_lr_scaled_for_
     let lrs = |v: &serde_json::Value| -> Vec<f64> {
         v["history"]["lrs"].as_array().expect("lrs").iter().map(|l| l.as_f64().unwrap()).collect()
     };
-    assert_eq!(lrs(&single_results), lrs(&results), "two ranks follow one process's schedule at 0.1");
-    let peak = lrs(&results).into_iter().fold(0.0, f64::max);
-    assert!(peak > 0.075 && peak <= 0.1 + 1e-12, "two ranks at lr 0.05 peak at {peak}, not near 0.05 × 2");
+    assert_eq!(lrs(&single_results), lrs(&results), "two ranks follow one process's schedule");
     assert_eq!(l1.len(), 8);
     assert_eq!(l1.len(), l2.len());
     for (i, (p, q)) in l1.iter().zip(&l2).enumerate() {
         assert!((p - q).abs() <= 1e-4 * p.abs().max(1.0), "step {i}: loss {p} alone vs {q} on two ranks");
     }
     assert!(l1.first() != l1.last(), "training did not change the loss");
+    lrs(&results)
+}
+
+#[test]
+fn two_ranks_with_batch_b_match_one_process_with_batch_2b_and_the_lr_scaled_for_it() {
+    if !fashion_mnist_present() {
+        return;
+    }
+    // A fixed LR is written for one process's batch; on two ranks SGD scales it linearly
+    // (optimizer.lr_scaling), so two ranks at 0.05 train like one process at 0.1 with their
+    // global batch.
+    // one process, batch 64: 512 items → 8 steps; two ranks, batch 32 each: the same 8 global batches
+    let (single, pair) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let one = spec(single.path(), "batch_size = 64", 512, "lr = 0.1\ncycles = 1\ncycle_len = 1");
+    let two = spec(pair.path(), "batch_size = 32", 512, "lr = 0.05\ncycles = 1\ncycle_len = 1");
+    let lrs = assert_pair_trains_like_one_process(single.path(), &one, pair.path(), &two);
+    let peak = lrs.into_iter().fold(0.0, f64::max);
+    assert!(peak > 0.075 && peak <= 0.1 + 1e-12, "two ranks at lr 0.05 peak at {peak}, not near 0.05 × 2");
+}
+
+#[test]
+fn with_a_global_batch_the_same_spec_trains_alike_on_one_process_and_on_two_ranks() {
+    if !fashion_mnist_present() {
+        return;
+    }
+    // `global_batch_size = 64`: one process takes 64 a step, each of two ranks 32, and the LR is
+    // the spec's on both (no scaling for the ranks): the same job, whatever the world size.
+    let (single, pair) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let text = |dir: &Path| spec(dir, "global_batch_size = 64", 512, "lr = 0.1\ncycles = 1\ncycle_len = 1");
+    let (one, two) = (text(single.path()), text(pair.path()));
+    let lrs = assert_pair_trains_like_one_process(single.path(), &one, pair.path(), &two);
+    let peak = lrs.into_iter().fold(0.0, f64::max);
+    // (the helper's 8 steps on both sides say each rank loaded its half: 512 items in 8 steps of 2 × 32)
+    assert!(peak > 0.075 && peak <= 0.1 + 1e-12, "the pair's peak LR is {peak}, not the spec's 0.1");
 }
 
 #[test]
@@ -177,7 +206,7 @@ fn killing_one_rank_fails_the_other_clearly_and_in_time() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let s = spec(dir.path(), 16, 4096, "lr = 0.05\nepochs = 100");
+    let s = spec(dir.path(), "batch_size = 16", 4096, "lr = 0.05\nepochs = 100");
     let peers = free_ports(2);
     let timeout = ["--collective-timeout", "20"];
     let mut rank0 = start_rank(dir.path(), &s, 0, &peers, &timeout);

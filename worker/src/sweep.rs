@@ -22,6 +22,7 @@ pub fn run_sweep_point(
     opts: &TrainOptions,
     obs: &mut dyn Observer,
 ) -> Result<PointReport> {
+    let spec = &crate::job::rank_spec(spec, opts)?;
     let mut l = build_learner(spec, obs)?;
     join_group(spec, &mut l, opts)?;
     if let Some(first) = spec.stages.first() {

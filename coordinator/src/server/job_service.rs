@@ -94,6 +94,10 @@ pub(crate) async fn submit(
     let spec = parse_spec(spec_toml)?;
     shared.require_leader()?;
     let workers_per_run = workers_per_run.max(1) as usize;
+    let problems = spec.world_problems(workers_per_run);
+    if !problems.is_empty() {
+        return Err(ServiceError::InvalidSpec { problems });
+    }
     let max_restarts = if max_restarts == 0 { DEFAULT_MAX_RESTARTS } else { max_restarts };
     // a retry of a submission that already committed: its job, nothing new
     let first = |state: &crate::state::ClusterState| {

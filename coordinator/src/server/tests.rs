@@ -271,6 +271,19 @@ async fn bad_input_gets_the_right_code_and_names_the_problem() {
     let e = c.jobs.submit_job(garbage).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("cannot parse the job spec"), "{}", e.message());
+    // a global batch that the job's workers cannot share evenly is refused at submission
+    let global = |workers_per_run| pb::SubmitJobRequest {
+        request_id: String::new(),
+        spec_toml: SPEC
+            .replace("source = \"fashion_mnist\"", "source = \"fashion_mnist\"\nglobal_batch_size = 128"),
+        workers_per_run,
+        max_restarts: 0,
+    };
+    let e = c.jobs.submit_job(global(3)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("128 does not split evenly over 3 workers"), "{}", e.message());
+    assert!(c.jobs.list_jobs(pb::ListJobsRequest {}).await.unwrap().into_inner().jobs.is_empty());
+    c.jobs.submit_job(global(2)).await.expect("128 splits over 2 workers");
     for e in [
         c.jobs.get_job(pb::GetJobRequest { job_id: "nope-1".into() }).await.unwrap_err(),
         c.jobs

@@ -124,8 +124,17 @@ pub struct DataSpec {
     /// Folder of the data; defaults to Debian's Fashion-MNIST folder for `fashion_mnist`.
     #[serde(default)]
     pub path: Option<String>,
+    /// Items per optimiser step on each process (the batch each data-parallel rank loads).
+    /// With `global_batch_size` set it is derived: `global_batch_size / world` on each rank.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Items per optimiser step across the whole data-parallel group (DeepSpeed's
+    /// `train_batch_size`): each of N ranks loads `global_batch_size / N`, so a job takes the same
+    /// steps with the same batch on any number of workers, and a fixed `lr` is not rescaled for N
+    /// (`optimizer.lr_scaling` does not apply). Absent: `batch_size` is each rank's and the global
+    /// batch grows with N.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_batch_size: Option<usize>,
     /// Share of the training set held out for validation (and ensemble member selection) when the
     /// source has no validation split of its own.
     #[serde(default = "default_valid_pct")]
@@ -277,6 +286,7 @@ pub struct OptimizerSpec {
     /// times larger and the LR is multiplied by N (`linear`, Goyal et al. 2017, with SGDR's
     /// warm-up), by √N (`sqrt`) or left alone (`none`). Absent: `linear` for SGD, `sqrt` for
     /// AdamW. `lr = "auto"` is never scaled: its range test already runs at the global batch.
+    /// Nor is any LR when `data.global_batch_size` keeps the global batch the same on every N.
     #[serde(default)]
     pub lr_scaling: Option<LrScaling>,
 }
@@ -476,8 +486,68 @@ impl JobSpec {
             let message = format!("the spec is {} bytes; at most {MAX_SPEC_BYTES} are accepted", text.len());
             return Err(Error::SpecParse { origin: origin.to_string(), message });
         }
-        toml::from_str(text)
-            .map_err(|e| Error::SpecParse { origin: origin.to_string(), message: e.to_string() })
+        let parse_error = |message: String| Error::SpecParse { origin: origin.to_string(), message };
+        let mut spec: JobSpec = toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+        if let Some(global) = spec.data.global_batch_size {
+            // one process sees the whole global batch; ranks of a group take their share later
+            // ([`JobSpec::per_rank`]). A spec that names both must agree (a serialised spec does).
+            let table: toml::Table = toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+            let written = table.get("data").and_then(|d| d.get("batch_size")).and_then(|b| b.as_integer());
+            if written.is_some_and(|b| b != global as i64) {
+                return Err(parse_error(format!(
+                    "data.batch_size = {} and data.global_batch_size = {global}: set one of them \
+                     (batch_size is each worker's batch; global_batch_size is split over the workers)",
+                    written.unwrap_or(0)
+                )));
+            }
+            spec.data.batch_size = global;
+        }
+        Ok(spec)
+    }
+
+    /// Why this spec cannot train on groups of `world` data-parallel ranks (empty: it can): a
+    /// `global_batch_size` (or a candidate batch size) that does not split evenly over them.
+    pub fn world_problems(&self, world: usize) -> Vec<String> {
+        let world = world.max(1);
+        let Some(global) = self.data.global_batch_size else { return vec![] };
+        let mut sizes = vec![global];
+        if let Some(c) = self.lr_find.as_ref().and_then(|f| f.candidates.as_ref()) {
+            sizes.extend(&c.batch_size);
+        }
+        sizes
+            .into_iter()
+            .filter(|b| b % world != 0 || *b < world)
+            .map(|b| {
+                format!(
+                    "data.global_batch_size: {b} does not split evenly over {world} workers; \
+                     use a multiple of {world} (e.g. {}) or another number of workers",
+                    (b / world).max(1) * world
+                )
+            })
+            .collect()
+    }
+
+    /// The spec one rank of `world` trains: with `data.global_batch_size`, `data.batch_size`
+    /// becomes the rank's share. The error says why it does not split.
+    pub fn per_rank(&self, world: usize) -> std::result::Result<JobSpec, String> {
+        let mut spec = self.clone();
+        if let Some(global) = spec.data.global_batch_size {
+            if let Some(problem) = self.world_problems(world).into_iter().next() {
+                return Err(problem);
+            }
+            spec.data.batch_size = global / world.max(1);
+        }
+        Ok(spec)
+    }
+
+    /// The factor a stage's fixed `lr` is multiplied by on `world` ranks: `optimizer.lr_scaling`
+    /// when the global batch grows with the ranks, 1 when `data.global_batch_size` fixes it.
+    pub fn fixed_lr_scale(&self, world: usize) -> f64 {
+        if self.data.global_batch_size.is_some() {
+            1.0
+        } else {
+            self.optimizer.lr_scale(world)
+        }
     }
 
     /// Read, parse and validate a job spec file.
@@ -535,5 +605,71 @@ mod lr_scaling_tests {
         assert_eq!(off.lr_scale(8), 1.0);
         assert_eq!(opt("lr_scaling = \"sqrt\"").lr_scale(9), 3.0);
         assert!(toml::from_str::<OptimizerSpec>("lr_scaling = \"cubic\"").is_err());
+    }
+}
+
+#[cfg(test)]
+mod global_batch_tests {
+    use super::*;
+
+    fn job(data: &str, extra: &str) -> std::result::Result<JobSpec, String> {
+        let text = format!("name = \"g\"\n[data]\nsource = \"fashion_mnist\"\n{data}\n[model]\narch = \"small_resnet\"\n{extra}[[stage]]\nlr = 0.1\nepochs = 1\n");
+        JobSpec::from_toml_str(&text, "t.toml").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_global_batch_is_split_over_the_ranks_and_keeps_fixed_lrs_as_written() {
+        let spec = job("global_batch_size = 128", "").unwrap();
+        assert!(spec.validate().is_ok());
+        // one process takes the whole global batch
+        assert_eq!(spec.data.batch_size, 128);
+        assert_eq!(spec.per_rank(1).unwrap().data.batch_size, 128);
+        assert_eq!(spec.per_rank(2).unwrap().data.batch_size, 64);
+        assert_eq!(spec.per_rank(4).unwrap().data.batch_size, 32);
+        // the global batch is the same on any world size, so a fixed LR is not rescaled
+        assert_eq!((spec.fixed_lr_scale(1), spec.fixed_lr_scale(4)), (1.0, 1.0));
+        // without it, batch_size is each rank's and SGD scales linearly
+        let per_rank = job("batch_size = 64", "").unwrap();
+        assert_eq!(per_rank.per_rank(4).unwrap().data.batch_size, 64);
+        assert_eq!(per_rank.fixed_lr_scale(4), 4.0);
+        assert!(per_rank.world_problems(3).is_empty());
+    }
+
+    #[test]
+    fn a_global_batch_that_does_not_split_is_refused_with_what_would() {
+        let spec = job("global_batch_size = 128", "").unwrap();
+        let problems = spec.world_problems(3);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("128 does not split evenly over 3 workers"), "{}", problems[0]);
+        assert!(problems[0].contains("e.g. 126"), "{}", problems[0]);
+        assert!(spec.per_rank(3).unwrap_err().contains("over 3 workers"));
+        assert!(job("global_batch_size = 2", "").unwrap().world_problems(4)[0].contains("e.g. 4"));
+        // candidate batch sizes are global too, and must split as well
+        let sweep = job(
+            "global_batch_size = 64",
+            "[lr_find]\ngrid = 2\n[lr_find.candidates]\nbatch_size = [64, 100]\n",
+        )
+        .unwrap();
+        let problems = sweep.world_problems(8);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("100 does not split evenly over 8 workers"), "{}", problems[0]);
+        let mut chosen = sweep.clone();
+        crate::sweep::Candidate { batch_size: Some(32), ..Default::default() }.apply(&mut chosen);
+        assert_eq!(chosen.data.global_batch_size, Some(32));
+        assert_eq!(chosen.per_rank(2).unwrap().data.batch_size, 16);
+    }
+
+    #[test]
+    fn both_batch_keys_must_agree_and_a_serialised_spec_parses_back() {
+        let e = job("batch_size = 64\nglobal_batch_size = 128", "").unwrap_err();
+        assert!(e.contains("data.batch_size = 64 and data.global_batch_size = 128: set one of them"), "{e}");
+        let spec = job("global_batch_size = 128", "").unwrap();
+        // the coordinator hands workers toml::to_string of the parsed spec: both keys, agreeing
+        let text = toml::to_string(&spec).unwrap();
+        assert!(text.contains("global_batch_size = 128"), "{text}");
+        let back = JobSpec::from_toml_str(&text, "worker copy").unwrap();
+        assert_eq!(back.per_rank(2).unwrap().data.batch_size, 64);
+        let e = job("global_batch_size = 0", "").unwrap().validate().unwrap_err().to_string();
+        assert!(e.contains("data.global_batch_size: must be between 1 and"), "{e}");
     }
 }

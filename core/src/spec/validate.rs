@@ -155,7 +155,8 @@ fn data(spec: &JobSpec, p: &mut Vec<String>) {
         p.push("data.path: required for source = \"image_folder\" (a folder with train/<class>/ and valid/<class>/)".into());
     }
     if !(1..=MAX_BATCH_SIZE).contains(&d.batch_size) {
-        p.push(format!("data.batch_size: must be between 1 and {MAX_BATCH_SIZE}, got {}", d.batch_size));
+        let key = if d.global_batch_size.is_some() { "global_batch_size" } else { "batch_size" };
+        p.push(format!("data.{key}: must be between 1 and {MAX_BATCH_SIZE}, got {}", d.batch_size));
     }
     if !(0.0..1.0).contains(&d.valid_pct) {
         p.push(format!("data.valid_pct: must be in [0, 1), got {}", d.valid_pct));

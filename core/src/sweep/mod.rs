@@ -41,6 +41,10 @@ impl Candidate {
     pub fn apply(&self, spec: &mut JobSpec) {
         if let Some(b) = self.batch_size {
             spec.data.batch_size = b;
+            // a candidate's batch is the global one when the spec sets the global batch
+            if spec.data.global_batch_size.is_some() {
+                spec.data.global_batch_size = Some(b);
+            }
         }
         if let Some(wd) = self.weight_decay {
             spec.optimizer.weight_decay = wd;

@@ -61,6 +61,13 @@ pub fn join_group(spec: &JobSpec, l: &mut Learner, opts: &TrainOptions) -> Resul
     l.join(grads)
 }
 
+/// The spec this process trains as one rank of `opts.group` (or alone): `data.global_batch_size`
+/// split over the group's ranks ([`JobSpec::per_rank`]).
+pub fn rank_spec(spec: &JobSpec, opts: &TrainOptions) -> Result<JobSpec> {
+    let world = opts.group.as_ref().map_or(1, |g| g.world_size);
+    spec.per_rank(world).map_err(|message| Error::Invalid { what: "--world-size".into(), message })
+}
+
 /// The job's store, with the `[checkpoint]` section's transfer and S3 settings.
 pub fn open_store(spec: &JobSpec) -> Result<CheckpointStore> {
     Ok(CheckpointStore::open_with(&spec.output, &store_options(spec))?)
@@ -93,6 +100,7 @@ pub fn run_train_with(
     opts: &TrainOptions,
     obs: &mut dyn Observer,
 ) -> Result<TrainResults> {
+    let spec = &rank_spec(spec, opts)?;
     let mut run = JobRun::start(spec, run_id, opts, obs)?;
     let from = if opts.resume { run.resume()? } else { Default::default() };
     for stage in 0..spec.stages.len() {

@@ -258,11 +258,11 @@ impl<'a> JobRun<'a> {
     }
 
     /// The stage's peak learning rate: its own (scaled for the global batch by
-    /// `optimizer.lr_scaling`), or the suggestion of the latest LR-range test (which ran at the
+    /// `optimizer.lr_scaling` unless `data.global_batch_size` fixes that batch), or the suggestion of the latest LR-range test (which ran at the
     /// global batch, so it is used as it is).
     fn stage_lr(&self, si: usize, stage: &StageSpec) -> Result<f64> {
         if let Some(lr) = stage.fixed_lr() {
-            return Ok(lr * self.spec.optimizer.lr_scale(self.l.shard().world));
+            return Ok(lr * self.spec.fixed_lr_scale(self.l.shard().world));
         }
         let no_test = || Error::Invalid {
             what: format!("stage {}: lr = \"auto\"", si + 1),
