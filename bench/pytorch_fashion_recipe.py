@@ -1,7 +1,7 @@
 """PyTorch eager peer of `make demo` for time to accuracy (issue 16): the same model, data, recipe.
 
-    python bench/pytorch_fashion_recipe.py --width 24 --batch-size 256 --lr 0.0933 \
-        --cycles 4 --cycle-len 2 --threads 2 --malloc-tuning --json OUT.json
+    python bench/pytorch_fashion_recipe.py --width 24 --batch-size 128 --lr 0.135 \
+        --cycles 4 --cycle-len 1 --cycle-mult 2 --threads 2 --malloc-tuning --json OUT.json
 
 small_resnet (bench/pytorch_step.py's twin of Cyclotron's), SGD momentum 0.9, weight decay 5e-4,
 SGDR as Cyclotron's (`core/src/schedule/sgdr.rs`: lr/100 for the first 1/20 of each cycle, else cosine
@@ -36,13 +36,43 @@ def idx(name):
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def sgdr_lr(step, lr, spe, cycles, cycle_len):
-    """Cyclotron's SGDR with warm-up at step `step` (cycle_mult 1, lr_min 0)."""
-    cycle_steps = spe * cycle_len
-    t = step % cycle_steps
+def cycle_ends(cycles, cycle_len, cycle_mult):
+    """The epochs at which SGDR's cycles end: cycle i lasts cycle_len * cycle_mult**i epochs."""
+    ends, e = [], 0
+    for i in range(cycles):
+        e += cycle_len * cycle_mult**i
+        ends.append(e)
+    return ends
+
+
+def sgdr_lr(step, lr, spe, ends):
+    """Cyclotron's SGDR with warm-up at step `step` (lr_min 0): lr/100 for the first 1/20 of each
+    cycle, else cosine from lr to 0 over the cycle."""
+    start = 0
+    for end in ends:
+        if step < end * spe:
+            break
+        start = end
+    cycle_steps = (end - start) * spe
+    t = step - start * spe
     if 20 * t < cycle_steps:
         return lr / 100.0
     return 0.5 * lr * (1.0 + math.cos(math.pi * t / cycle_steps))
+
+
+def crop_pad(xb, pad, fill, rng):
+    """Cyclotron's `crop_pad:<pad>`: pad every side with `fill` (black, normalised), then crop back
+    at an offset uniform in [-pad, pad] on each axis, per image."""
+    n, _, h, w = xb.shape
+    padded = F.pad(xb, (pad, pad, pad, pad), value=fill)
+    dy, dx = rng.integers(0, 2 * pad + 1, n), rng.integers(0, 2 * pad + 1, n)
+    out = torch.empty_like(xb)
+    for oy in range(2 * pad + 1):
+        for ox in range(2 * pad + 1):
+            sel = torch.from_numpy(np.nonzero((dy == oy) & (dx == ox))[0])
+            if len(sel):
+                out[sel] = padded[sel, :, oy : oy + h, ox : ox + w]
+    return out
 
 
 def accuracy(model, x, y, tta, batch=1000):
@@ -66,6 +96,8 @@ def main():
     ap.add_argument("--lr", type=float, required=True)
     ap.add_argument("--cycles", type=int, default=4)
     ap.add_argument("--cycle-len", type=int, default=2)
+    ap.add_argument("--cycle-mult", type=int, default=1)
+    ap.add_argument("--crop-pad", type=int, default=0, help="Cyclotron's crop_pad:<n> after the flip (0: none)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--json")
@@ -92,7 +124,9 @@ def main():
     opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, weight_decay=5e-4)
     spe = len(x_train) // a.batch_size
     step, train_s, cycles = 0, 0.0, []
-    for epoch in range(a.cycles * a.cycle_len):
+    ends = cycle_ends(a.cycles, a.cycle_len, a.cycle_mult)
+    fill = float((0.0 - mean) / std)
+    for epoch in range(ends[-1]):
         t0 = time.perf_counter()
         perm = torch.from_numpy(rng.permutation(len(x_train)))
         for b in range(spe):
@@ -100,19 +134,21 @@ def main():
             xb, yb = x_train[ids], y_train[ids]
             flip = torch.from_numpy(rng.random(len(ids)) < 0.5)
             xb = torch.where(flip[:, None, None, None], torch.flip(xb, dims=[3]), xb)
+            if a.crop_pad:
+                xb = crop_pad(xb, a.crop_pad, fill, rng)
             for g in opt.param_groups:
-                g["lr"] = sgdr_lr(step, a.lr, spe, a.cycles, a.cycle_len)
+                g["lr"] = sgdr_lr(step, a.lr, spe, ends)
             loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
         train_s += time.perf_counter() - t0
-        if (epoch + 1) % a.cycle_len == 0:
+        if epoch + 1 in ends:
             acc, acc_tta = accuracy(model, x_test, y_test, False), accuracy(model, x_test, y_test, True)
             cycles.append(dict(epoch=epoch + 1, train_seconds=train_s, test_accuracy=acc, test_accuracy_tta=acc_tta))
             print(f"epoch {epoch + 1}: {train_s:.0f} s of training, test {acc:.2%} (flip TTA {acc_tta:.2%})", flush=True)
-    out = dict(torch=torch.__version__, malloc_tuning=a.malloc_tuning, threads=a.threads, width=a.width, batch_size=a.batch_size, lr=a.lr, cycles=cycles)
+    out = dict(torch=torch.__version__, malloc_tuning=a.malloc_tuning, threads=a.threads, width=a.width, batch_size=a.batch_size, lr=a.lr, cycle_ends=ends, crop_pad=a.crop_pad, cycles=cycles)
     if a.json:
         pathlib.Path(a.json).write_text(json.dumps(out, indent=1))
 
