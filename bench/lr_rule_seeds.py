@@ -50,7 +50,7 @@ def spec_text(example, edits, seed, batch, ranks, store):
     text, n = re.subn(r"(?m)^seed = .*$", f"seed = {seed}", text)
     assert n == 1, f"{example}: no seed line"
     if batch:
-        text, n = re.subn(r"(?m)^batch_size = .*$", f"batch_size = {batch}", text)
+        text, n = re.subn(r"(?m)^(global_)?batch_size = .*$", f"batch_size = {batch}", text)
         assert n == 1
     if ranks > 1:
         text += "\n[runtime]\nthreads = 1\n"  # as `cyclotron local` shares 2 cores between 2 workers

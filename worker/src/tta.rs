@@ -5,9 +5,11 @@
 //!   = `(1 − β)·aug_mean + β·original`;
 //! - `beta = None` (fastai 0.7): the plain mean of the original and the `n` augmented views.
 //!
-//! View `k` draws its augmentation from the task's seed with the reserved epoch
-//! [`crate::data::augment::TTA_EPOCH`]` + k`, so every snapshot sees the same views and a rerun
-//! repeats them.
+//! View `k` takes the `(k + 1)`-th of the training pipeline's flips and right-angle rotations for
+//! every item ([`crate::data::Augmenter::tta_view`]: with flips only, view 0 is the mirror image,
+//! so `n = 1` is the classic flip TTA) and draws its other transforms from the task's seed with the
+//! reserved epoch [`crate::data::augment::TTA_EPOCH`]` + k`, so every snapshot sees the same views
+//! and a rerun repeats them.
 //! With `n = 0` the result is exactly the plain prediction.
 
 use cyclotron_core::spec::TtaSpec;

@@ -74,6 +74,9 @@ pub struct JobSpec {
     pub model: ModelSpec,
     #[serde(default)]
     pub optimizer: OptimizerSpec,
+    /// The training loss's settings (`[loss]`); absent: plain cross-entropy.
+    #[serde(default, skip_serializing_if = "LossSpec::is_default")]
+    pub loss: LossSpec,
     /// The LR-range test settings; present means "run one before the first stage".
     #[serde(default)]
     pub lr_find: Option<LrFindSpec>,
@@ -289,6 +292,25 @@ pub struct OptimizerSpec {
     /// Nor is any LR when `data.global_batch_size` keeps the global batch the same on every N.
     #[serde(default)]
     pub lr_scaling: Option<LrScaling>,
+}
+
+/// `[loss]`: how classification jobs (images, text classifiers) score a training batch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossSpec {
+    /// Label smoothing ε of the cross-entropy (Szegedy et al. 2016; PyTorch's
+    /// `CrossEntropyLoss(label_smoothing=ε)`, fastai's `LabelSmoothingCrossEntropy`): the target is
+    /// 1 − ε on the label plus ε spread evenly over every class. Only the training loss (and the
+    /// LR-range test, which trains) uses it; validation and test losses stay plain cross-entropy,
+    /// so ensembles are still chosen on the true log-loss. 0 (default): none.
+    #[serde(default)]
+    pub label_smoothing: f64,
+}
+
+impl LossSpec {
+    pub fn is_default(&self) -> bool {
+        self == &LossSpec::default()
+    }
 }
 
 /// See [`OptimizerSpec::lr_scaling`].

@@ -49,6 +49,21 @@ pub(super) fn problems(spec: &JobSpec) -> Vec<String> {
             spec.name.chars().count()
         ));
     }
+    let ls = spec.loss.label_smoothing;
+    if !(0.0..1.0).contains(&ls) {
+        p.push(format!("loss.label_smoothing: must be in [0, 1) (0.1 is usual), got {ls}"));
+    } else if ls > 0.0 {
+        let other = match spec.data.source {
+            DataSource::TextCorpus => Some("text_corpus\" trains a language model"),
+            DataSource::TabularCsv => Some("tabular_csv\" trains a tabular model"),
+            _ => None,
+        };
+        if let Some(other) = other {
+            p.push(format!(
+                "loss.label_smoothing: {ls} applies to classifiers of images and texts; source = \"{other}: leave it out"
+            ));
+        }
+    }
     if spec.seed > MAX_SEED {
         p.push(format!("seed: must be at most 2^53 = {MAX_SEED}, got {}", spec.seed));
     }
@@ -427,6 +442,24 @@ arch = "small_resnet"
     }
 
     #[test]
+    fn label_smoothing_is_for_classifiers_only() {
+        assert_eq!(
+            check("[[stage]]\nlr = 0.1\nepochs = 1\n[loss]\nlabel_smoothing = 0.1\n"),
+            Vec::<String>::new()
+        );
+        let text = "name = \"t\"\n[data]\nsource = \"text_corpus\"\n[model]\narch = \"awd_lstm\"\n[loss]\nlabel_smoothing = 0.1\n[[stage]]\nlr = 0.1\nepochs = 1\n";
+        let problems = match JobSpec::from_toml_str(text, "<test>").unwrap().validate() {
+            Err(Error::InvalidSpec { problems }) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        };
+        assert!(
+            problems.iter().any(|p| p.starts_with("loss.label_smoothing: 0.1 applies to classifiers")
+                && p.contains("\"text_corpus\" trains a language model")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
     fn a_good_spec_has_no_problems() {
         assert_eq!(
             check("[[stage]]\nlr = 0.01\ncycles = 3\ncycle_len = 1\ncycle_mult = 2\n"),
@@ -471,6 +504,10 @@ arch = "small_resnet"
             (
                 "[[stage]]\nlr = 0.1\nepochs = 1\nprecompute = true\n",
                 "stage 1: precompute = true trains only the head; set freeze = true",
+            ),
+            (
+                "[[stage]]\nlr = 0.1\nepochs = 1\n[loss]\nlabel_smoothing = 1.0\n",
+                "loss.label_smoothing: must be in [0, 1) (0.1 is usual), got 1",
             ),
             (
                 "[[stage]]\nlr = 0.1\nepochs = 1\n[tta]\nn = 2\n",

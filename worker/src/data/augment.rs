@@ -21,6 +21,9 @@ use super::SplitMix64;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Augmenter {
     transforms: Vec<Transform>,
+    /// For a test-time view: which element of the pipeline's discrete symmetries (flips,
+    /// right-angle rotations) every item gets, instead of a random one; see [`Augmenter::tta_view`].
+    symmetry: Option<u64>,
 }
 
 /// What was drawn for one item: source-centred = `a`·output-centred + `t`, then lighting.
@@ -64,7 +67,23 @@ pub fn item_seed(seed: u64, epoch: u64, row: usize) -> u64 {
 
 impl Augmenter {
     pub fn new(transforms: Vec<Transform>) -> Augmenter {
-        Augmenter { transforms }
+        Augmenter { transforms, symmetry: None }
+    }
+
+    /// How many discrete symmetries the pipeline draws from: 2 per flip, 4 for `rot90`, 8 for
+    /// `dihedral` (their product; 1 without any).
+    pub fn symmetries(&self) -> u64 {
+        self.transforms.iter().map(symmetry_count).product()
+    }
+
+    /// The pipeline of test-time view `k` (0-based): its discrete symmetries fixed to element
+    /// `(k + 1) mod symmetries()` for every item, its continuous transforms (crop, zoom, rotation,
+    /// lighting) still drawn. The original image is element 0, so with flips only one view is the
+    /// mirror image and `n = symmetries() − 1` views cover every flip and rotation once — as fastai
+    /// flips every other TTA view rather than leaving it to chance.
+    pub fn tta_view(&self, k: u64) -> Augmenter {
+        let g = self.symmetries();
+        Augmenter { transforms: self.transforms.clone(), symmetry: Some((k + 1) % g) }
     }
 
     /// No transforms: the loader's plain path is used.
@@ -74,26 +93,37 @@ impl Augmenter {
 
     fn draw(&self, rng: &mut SplitMix64, square: bool) -> Draw {
         let mut d = Draw { a: [1.0, 0.0, 0.0, 1.0], t: [0.0, 0.0], lighting: None };
+        // a fixed symmetry (a TTA view) is read digit by digit, one mixed-radix digit per
+        // discrete transform; otherwise each is drawn
+        let mut fixed = self.symmetry;
+        let mut choose = |rng: &mut SplitMix64, n: u64| match fixed.as_mut() {
+            Some(rest) => {
+                let digit = *rest % n;
+                *rest /= n;
+                digit
+            }
+            None => rng.below(n),
+        };
         for t in &self.transforms {
             match *t {
                 Transform::FlipH => {
-                    if rng.below(2) == 1 {
+                    if choose(rng, 2) == 1 {
                         d.a = matmul(d.a, FLIP_H);
                     }
                 }
                 Transform::FlipV => {
-                    if rng.below(2) == 1 {
+                    if choose(rng, 2) == 1 {
                         d.a = matmul(d.a, FLIP_V);
                     }
                 }
                 Transform::Rot90 | Transform::Dihedral => {
-                    let k = rng.below(4);
+                    let k = choose(rng, 4);
                     // a non-square image only keeps its shape under 0° and 180°
                     let quarter = if square { ROT90 } else { ROT180 };
                     for _ in 0..(if square { k } else { k % 2 }) {
                         d.a = matmul(d.a, quarter);
                     }
-                    if matches!(t, Transform::Dihedral) && rng.below(2) == 1 {
+                    if matches!(t, Transform::Dihedral) && choose(rng, 2) == 1 {
                         d.a = matmul(d.a, FLIP_H);
                     }
                 }
@@ -165,6 +195,16 @@ impl Augmenter {
                 *v = x * sc + off;
             }
         }
+    }
+}
+
+/// The discrete symmetries transform `t` draws from (1 for a continuous one).
+fn symmetry_count(t: &Transform) -> u64 {
+    match t {
+        Transform::FlipH | Transform::FlipV => 2,
+        Transform::Rot90 => 4,
+        Transform::Dihedral => 8,
+        _ => 1,
     }
 }
 
@@ -264,6 +304,40 @@ mod tests {
         assert_eq!(a.len(), img.len());
         assert!(a.iter().all(|v| (-1e-3..=255.001).contains(v)));
         assert_ne!(a, run(&t, &img, [3, 8, 8], 2));
+    }
+
+    #[test]
+    fn tta_views_take_each_flip_and_rotation_in_turn_and_still_draw_the_rest() {
+        let img: Vec<u8> = (0..16).map(|i| (i * 13 % 256) as u8).collect();
+        let aug = Augmenter::new(vec![Transform::FlipH]);
+        assert_eq!(aug.symmetries(), 2);
+        // pixel values back in 0–255, rounded: flips and rotations only move pixels
+        let view = |a: &Augmenter, seed| -> Vec<f32> {
+            let mut out = vec![0.0; img.len()];
+            a.apply(&img, [1, 4, 4], seed, &[1.0], &[0.0], &mut out);
+            out.iter().map(|v| (v * 255.0).round()).collect()
+        };
+        let original: Vec<f32> = img.iter().map(|&v| f32::from(v)).collect();
+        let mirrored: Vec<f32> = (0..16).map(|i| original[i / 4 * 4 + 3 - i % 4]).collect();
+        for seed in 0..20 {
+            // view 0 is the mirror image for every item, view 1 the original again
+            assert_eq!(view(&aug.tta_view(0), seed), mirrored, "seed {seed}");
+            assert_eq!(view(&aug.tta_view(1), seed), original, "seed {seed}");
+        }
+        // the dihedral group: 7 views and the original are the 8 distinct images
+        let d4 = Augmenter::new(vec![Transform::Dihedral]);
+        assert_eq!(d4.symmetries(), 8);
+        let mut seen: Vec<Vec<f32>> = (0..7).map(|k| view(&d4.tta_view(k), 3)).collect();
+        seen.push(original.clone());
+        for (i, a) in seen.iter().enumerate() {
+            for b in &seen[i + 1..] {
+                assert_ne!(a, b, "two dihedral views coincide");
+            }
+        }
+        // continuous transforms are still drawn per item: crops differ between seeds
+        let crop = Augmenter::new(vec![Transform::FlipH, Transform::CropPad { pad: 2 }]);
+        let views: Vec<Vec<f32>> = (0..20).map(|seed| view(&crop.tta_view(0), seed)).collect();
+        assert!(views.iter().any(|v| v != &views[0]), "the crop offset was fixed too");
     }
 
     #[test]

@@ -89,12 +89,31 @@ pub struct ImageClassification {
     augmenter: Option<Arc<Augmenter>>,
     /// Whether training batches are augmented now (set per stage).
     augment_train: bool,
+    /// `[loss] label_smoothing` of the training loss.
+    label_smoothing: f64,
 }
 
 impl ImageClassification {
     /// `seed` orders the epochs and draws the augmentations.
     pub fn new(net: Net, data: ImageData, seed: u64, augmenter: Option<Arc<Augmenter>>) -> Self {
-        ImageClassification { net: Rc::new(net), data, seed, augmenter, augment_train: false }
+        ImageClassification {
+            net: Rc::new(net),
+            data,
+            seed,
+            augmenter,
+            augment_train: false,
+            label_smoothing: 0.0,
+        }
+    }
+
+    /// This task with label smoothing `eps` in its training loss.
+    pub fn with_label_smoothing(mut self, eps: f64) -> Self {
+        self.label_smoothing = eps;
+        self
+    }
+
+    pub fn label_smoothing(&self) -> f64 {
+        self.label_smoothing
     }
 
     pub fn net(&self) -> &Net {
@@ -195,15 +214,17 @@ impl Task for ImageClassification {
     fn loss(&mut self, batch: &Batch) -> Result<Tensor> {
         let x = batch.inputs[0].to_device(self.device());
         let y = batch.target.to_device(self.device());
-        Ok(self.net.forward_t(&x, true)?.cross_entropy_for_logits(&y))
+        Ok(super::classification_loss(&self.net.forward_t(&x, true)?, &y, self.label_smoothing))
     }
 
     fn predict(&self, split: Split, abort: &AtomicBool) -> Result<Tensor> {
         self.probabilities(self.data.split(split), 0, None, abort)
     }
 
-    /// View `k` draws its augmentation from the task's seed with the reserved epoch
-    /// [`TTA_EPOCH`]` + k`, so every snapshot sees the same views and a rerun repeats them.
+    /// View `k` takes the `k + 1`-th of the pipeline's flips and rotations for every item
+    /// ([`Augmenter::tta_view`]) and draws its other transforms from the task's seed with the
+    /// reserved epoch [`TTA_EPOCH`]` + k`, so every snapshot sees the same views and a rerun
+    /// repeats them.
     fn predict_augmented(&self, split: Split, view: u64, abort: &AtomicBool) -> Result<Tensor> {
         let Some(aug) = &self.augmenter else {
             return Err(Error::Invalid {
@@ -211,7 +232,8 @@ impl Task for ImageClassification {
                 message: "the job has no [data.augment]".into(),
             });
         };
-        self.probabilities(self.data.split(split), TTA_EPOCH + view, Some(aug), abort)
+        let aug = Arc::new(aug.tta_view(view));
+        self.probabilities(self.data.split(split), TTA_EPOCH + view, Some(&aug), abort)
     }
 
     fn has_augmentation(&self) -> bool {

@@ -150,6 +150,16 @@ pub fn check_abort(abort: &AtomicBool) -> Result<()> {
     Ok(())
 }
 
+/// The training loss of a classifier: cross-entropy of `logits` against the labels `y`, with
+/// label smoothing `eps` (`[loss] label_smoothing`; 0 is the plain loss, computed as before).
+pub fn classification_loss(logits: &Tensor, y: &Tensor, eps: f64) -> Tensor {
+    if eps > 0.0 {
+        logits.cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Mean, -100, eps)
+    } else {
+        logits.cross_entropy_for_logits(y)
+    }
+}
+
 /// Optimiser steps in an epoch of `items` training items when `world` ranks each take a batch of
 /// `batch` per step: the full batches only. Not even one is an error naming `data.batch_size`;
 /// `unit` names the items (`items`, `examples`) and `advice` says what else may change.
@@ -172,4 +182,24 @@ pub fn classification_metrics(probs: &Tensor, labels: &Tensor) -> Metrics {
     let accuracy =
         probs.argmax(-1, false).eq_tensor(labels).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
     Metrics::classification(loss, accuracy)
+}
+
+#[cfg(test)]
+mod loss_tests {
+    use super::*;
+
+    #[test]
+    fn label_smoothing_mixes_the_uniform_target_into_the_cross_entropy() {
+        let logits = Tensor::from_slice(&[2.0f32, 0.5, -1.0, 0.0, 1.0, 3.0]).view([2, 3]);
+        let y = Tensor::from_slice(&[0i64, 2]);
+        let plain = classification_loss(&logits, &y, 0.0).double_value(&[]);
+        assert!((plain - logits.cross_entropy_for_logits(&y).double_value(&[])).abs() < 1e-12);
+        // (1 − ε)·CE + ε·mean over classes of −log p
+        let eps = 0.1;
+        let uniform = -logits.log_softmax(-1, Kind::Float).mean(Kind::Float).double_value(&[]);
+        let want = (1.0 - eps) * plain + eps * uniform;
+        let got = classification_loss(&logits, &y, eps).double_value(&[]);
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        assert!(got > plain, "smoothing raises the loss of confident right answers: {got} vs {plain}");
+    }
 }

@@ -90,7 +90,8 @@ impl Task for HeadOnFeatures {
     }
 
     fn loss(&mut self, batch: &Batch) -> Result<Tensor> {
-        Ok(self.image.net().forward_head(&batch.inputs[0], true)?.cross_entropy_for_logits(&batch.target))
+        let logits = self.image.net().forward_head(&batch.inputs[0], true)?;
+        Ok(super::classification_loss(&logits, &batch.target, self.image.label_smoothing()))
     }
 
     fn predict(&self, split: Split, abort: &AtomicBool) -> Result<Tensor> {

@@ -57,7 +57,8 @@ pub fn image_classification(spec: &JobSpec, obs: &mut dyn Observer) -> Result<Im
         batch_size: spec.data.batch_size,
         prefetch: spec.data.prefetch,
     };
-    Ok(ImageClassification::new(net, data, spec.seed, augmenter(spec)?))
+    Ok(ImageClassification::new(net, data, spec.seed, augmenter(spec)?)
+        .with_label_smoothing(spec.loss.label_smoothing))
 }
 
 /// The job's augmentation pipeline, `None` without `[data.augment]`.

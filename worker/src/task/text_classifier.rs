@@ -54,6 +54,8 @@ pub struct TextClassifier {
     data: TextData,
     tokenizer: Rc<Tokenizer>,
     seed: u64,
+    /// `[loss] label_smoothing` of the training loss.
+    label_smoothing: f64,
 }
 
 /// Right-padded tokens `[T, B]`, lengths `[B]` of the examples at `rows`.
@@ -71,7 +73,13 @@ pub fn pad(examples: &Examples, rows: &[usize]) -> (Tensor, Tensor) {
 
 impl TextClassifier {
     pub fn new(net: ClassifierNet, data: TextData, tokenizer: Tokenizer, seed: u64) -> Self {
-        TextClassifier { net: Rc::new(net), data, tokenizer: Rc::new(tokenizer), seed }
+        TextClassifier { net: Rc::new(net), data, tokenizer: Rc::new(tokenizer), seed, label_smoothing: 0.0 }
+    }
+
+    /// This task with label smoothing `eps` in its training loss.
+    pub fn with_label_smoothing(mut self, eps: f64) -> Self {
+        self.label_smoothing = eps;
+        self
     }
 
     pub fn net(&self) -> &ClassifierNet {
@@ -147,7 +155,7 @@ impl Task for TextClassifier {
     fn loss(&mut self, batch: &Batch) -> Result<Tensor> {
         let device = self.device();
         let logits = self.net.forward(&batch.inputs[0].to_device(device), &batch.inputs[1], true);
-        Ok(logits.cross_entropy_for_logits(&batch.target.to_device(device)))
+        Ok(super::classification_loss(&logits, &batch.target.to_device(device), self.label_smoothing))
     }
 
     fn predict(&self, split: Split, abort: &AtomicBool) -> Result<Tensor> {
@@ -307,7 +315,7 @@ pub fn build(
     if let Some(snap) = &encoder {
         load_encoder(&net, snap, vocab)?;
     }
-    Ok(TextClassifier::new(net, data, tokenizer, spec.seed))
+    Ok(TextClassifier::new(net, data, tokenizer, spec.seed).with_label_smoothing(spec.loss.label_smoothing))
 }
 
 /// Copy the `encoder.*` weights of a language model's snapshot into `net`: every encoder variable
