@@ -532,16 +532,16 @@ impl JobSpec {
     pub fn world_problems(&self, world: usize) -> Vec<String> {
         let world = world.max(1);
         let Some(global) = self.data.global_batch_size else { return vec![] };
-        let mut sizes = vec![global];
+        let mut sizes = vec![("data.global_batch_size", global)];
         if let Some(c) = self.lr_find.as_ref().and_then(|f| f.candidates.as_ref()) {
-            sizes.extend(&c.batch_size);
+            sizes.extend(c.batch_size.iter().map(|&b| ("lr_find.candidates.batch_size (global)", b)));
         }
         sizes
             .into_iter()
-            .filter(|b| b % world != 0 || *b < world)
-            .map(|b| {
+            .filter(|(_, b)| b % world != 0 || *b < world)
+            .map(|(what, b)| {
                 format!(
-                    "data.global_batch_size: {b} does not split evenly over {world} workers; \
+                    "{what}: {b} does not split evenly over {world} workers; \
                      use a multiple of {world} (e.g. {}) or another number of workers",
                     (b / world).max(1) * world
                 )
@@ -674,7 +674,13 @@ mod global_batch_tests {
         .unwrap();
         let problems = sweep.world_problems(8);
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].contains("100 does not split evenly over 8 workers"), "{}", problems[0]);
+        assert!(
+            problems[0].starts_with(
+                "lr_find.candidates.batch_size (global): 100 does not split evenly over 8 workers"
+            ),
+            "{}",
+            problems[0]
+        );
         let mut chosen = sweep.clone();
         crate::sweep::Candidate { batch_size: Some(32), ..Default::default() }.apply(&mut chosen);
         assert_eq!(chosen.data.global_batch_size, Some(32));
