@@ -99,6 +99,8 @@ def main():
     ap.add_argument("--cycle-mult", type=int, default=1)
     ap.add_argument("--label-smoothing", type=float, default=0.0, help="Cyclotron's [loss] label_smoothing")
     ap.add_argument("--crop-pad", type=int, default=0, help="Cyclotron's crop_pad:<n> after the flip (0: none)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="bf16: torch.autocast around the training forward pass and loss (Cyclotron's [runtime] precision); evaluations stay fp32")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--json")
@@ -139,7 +141,8 @@ def main():
                 xb = crop_pad(xb, a.crop_pad, fill, rng)
             for g in opt.param_groups:
                 g["lr"] = sgdr_lr(step, a.lr, spe, ends)
-            loss = F.cross_entropy(model(xb), yb, label_smoothing=a.label_smoothing)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+                loss = F.cross_entropy(model(xb), yb, label_smoothing=a.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -149,7 +152,7 @@ def main():
             acc, acc_tta = accuracy(model, x_test, y_test, False), accuracy(model, x_test, y_test, True)
             cycles.append(dict(epoch=epoch + 1, train_seconds=train_s, test_accuracy=acc, test_accuracy_tta=acc_tta))
             print(f"epoch {epoch + 1}: {train_s:.0f} s of training, test {acc:.2%} (flip TTA {acc_tta:.2%})", flush=True)
-    out = dict(torch=torch.__version__, malloc_tuning=a.malloc_tuning, threads=a.threads, width=a.width, batch_size=a.batch_size, lr=a.lr, cycle_ends=ends, crop_pad=a.crop_pad, label_smoothing=a.label_smoothing, cycles=cycles)
+    out = dict(torch=torch.__version__, malloc_tuning=a.malloc_tuning, threads=a.threads, width=a.width, batch_size=a.batch_size, lr=a.lr, cycle_ends=ends, crop_pad=a.crop_pad, label_smoothing=a.label_smoothing, precision=a.precision, cycles=cycles)
     if a.json:
         pathlib.Path(a.json).write_text(json.dumps(out, indent=1))
 

@@ -6,7 +6,8 @@
 Trains with SGD(lr=0.01, momentum=0.9, weight_decay=5e-4) and cross-entropy on one fixed random
 batch with random labels for 10 classes: [B,1,28,28] for small_resnet, [B,3,32,32] for resnet18.
 --malloc-tuning applies the glibc settings Cyclotron applies at start (worker/src/allocator.rs);
---fused uses torch's fused SGD kernel (one pass over each tensor) instead of the default for-loop.
+--fused uses torch's fused SGD kernel (one pass over each tensor) instead of the default for-loop;
+--precision bf16 runs the forward pass and loss under torch.autocast (Cyclotron's `[runtime] precision`).
 Writes {"samples_per_s", "step_ms_median", "torch", "threads", ...} to --json and prints one line.
 Module names match Cyclotron's variable names (worker/src/models/small_resnet.rs; resnet18 uses
 torchvision's layout, as tch::vision::resnet does), so checkpoints could be exchanged.
@@ -127,6 +128,8 @@ def main():
     ap.add_argument("--json", help="write the result here")
     ap.add_argument("--malloc-tuning", action="store_true", help="apply Cyclotron's mallopt settings first")
     ap.add_argument("--fused", action="store_true", help="SGD(fused=True)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="bf16: torch.autocast around the forward pass and loss, as Cyclotron's [runtime] precision")
     args = ap.parse_args()
     if args.malloc_tuning and not tune_malloc():
         raise SystemExit("--malloc-tuning: glibc refused the mallopt settings")
@@ -148,7 +151,8 @@ def main():
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(net(x), y)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            loss = F.cross_entropy(net(x), y)
         loss.backward()
         opt.step()
         if dev.type == "cuda":
@@ -170,11 +174,12 @@ def main():
               "samples_per_s": args.steps * args.batch_size / sum(times),
               "step_ms_median": 1000 * statistics.median(times),
               "torch": torch.__version__, "threads": args.threads, "device": args.device,
-              "malloc_tuning": args.malloc_tuning, "fused": args.fused}
+              "malloc_tuning": args.malloc_tuning, "fused": args.fused,
+              "precision": args.precision}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
-    print(f"pytorch {args.model} batch {args.batch_size} threads {args.threads}: "
+    print(f"pytorch {args.model} batch {args.batch_size} threads {args.threads} {args.precision}: "
           f"{result['samples_per_s']:.1f} samples/s, median step {result['step_ms_median']:.2f} ms "
           f"(torch {torch.__version__})")
 

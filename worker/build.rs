@@ -4,11 +4,13 @@
 //! machine. torch-sys publishes the folder as `DEP_TCH_LIBTORCH_LIB` (`links = "tch"`).
 //!
 //! Also compiles `csrc/module_buffers.cpp` (a TorchScript module's buffers, which tch does not
-//! list) against that libtorch's headers, with torch-sys's flags.
+//! list) and `csrc/autocast.cpp` (autocast per device type and dtype, which tch does not set)
+//! against that libtorch's headers, with torch-sys's flags.
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-changed=csrc/module_buffers.cpp");
+    println!("cargo:rerun-if-changed=csrc/autocast.cpp");
     let Some(lib) = std::env::var_os("DEP_TCH_LIBTORCH_LIB") else {
         panic!("torch-sys did not say where libtorch is (DEP_TCH_LIBTORCH_LIB); build with LIBTORCH_USE_PYTORCH=1 and the venv's python on PATH (scripts/env.sh)")
     };
@@ -32,7 +34,8 @@ fn main() {
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("csrc/module_buffers.cpp")
-        .compile("cyclotron_module_buffers");
+        .file("csrc/autocast.cpp")
+        .compile("cyclotron_csrc");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     // the wheel's NCCL (site-packages/nvidia/nccl/lib), dlopened by cudarc for the `nccl` feature
     let nccl = lib.join("../../nvidia/nccl/lib");

@@ -186,6 +186,9 @@ enum Cmd {
         /// With `--model torchscript`: the module's file (it takes [B, 3, 32, 32], 10 classes).
         #[arg(long)]
         torchscript: Option<PathBuf>,
+        /// fp32, or bf16 (autocast around the forward pass and loss, as `[runtime] precision`)
+        #[arg(long, default_value = "fp32")]
+        precision: String,
         /// Write the result as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -563,8 +566,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Watch(args) => cluster_cmd::watch(args, cli.quiet),
         Cmd::Cancel(args) => cluster_cmd::cancel(args),
         Cmd::Local(args) => cluster_cmd::local(args, cli.quiet),
-        Cmd::BenchStep { model, width, batch_size, threads, steps, warmup, device, torchscript, json } => {
+        Cmd::BenchStep {
+            model,
+            width,
+            batch_size,
+            threads,
+            steps,
+            warmup,
+            device,
+            torchscript,
+            precision,
+            json,
+        } => {
             let device = parse_device(&device)?;
+            let precision = match precision.as_str() {
+                "fp32" => cyclotron_core::spec::Precision::Fp32,
+                "bf16" => cyclotron_core::spec::Precision::Bf16,
+                other => anyhow::bail!("bench-step: --precision {other:?}: fp32 or bf16"),
+            };
             let module = match (&torchscript, model == cyclotron_core::spec::TORCHSCRIPT_ARCH) {
                 (Some(path), true) => {
                     Some(std::fs::read(path).with_context(|| format!("--torchscript {}", path.display()))?)
@@ -583,8 +602,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 warmup,
                 device,
                 module.as_deref(),
+                precision,
             )?;
-            println!("cyclotron {model} batch {batch_size} threads {threads}: {:.1} samples/s (median step {:.2} ms)", r.samples_per_s, r.step_ms_median);
+            println!("cyclotron {model} batch {batch_size} threads {threads} {precision:?}: {:.1} samples/s (median step {:.2} ms)", r.samples_per_s, r.step_ms_median);
             if let Some(path) = json {
                 output::write_json(&path, &r)?;
             }

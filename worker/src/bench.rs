@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use cyclotron_core::spec::OptimizerSpec;
+use cyclotron_core::spec::{OptimizerSpec, Precision};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
@@ -25,6 +25,7 @@ pub struct StepBench {
     pub threads: i32,
     pub steps: usize,
     pub device: String,
+    pub precision: Precision,
     pub samples_per_s: f64,
     pub step_ms_median: f64,
 }
@@ -79,6 +80,7 @@ pub fn step_throughput(
     warmup: usize,
     device: Device,
     module: Option<&[u8]>,
+    precision: Precision,
 ) -> Result<StepBench> {
     tch::set_num_threads(threads);
     tch::manual_seed(0);
@@ -92,6 +94,7 @@ pub fn step_throughput(
         }
         None => bench_learner(arch, width, 10, (items, 1), device)?,
     };
+    l.precision = precision;
     let batch = random_batch(batch_size, (channels, side), 10, device);
     let lrs = [0.01; GROUPS];
     for _ in 0..warmup {
@@ -112,6 +115,7 @@ pub fn step_throughput(
         threads,
         steps,
         device: format!("{device:?}").to_lowercase(),
+        precision,
         samples_per_s: (steps as f64 * batch_size as f64) / total,
         step_ms_median: 1000.0 * times[times.len() / 2],
     })

@@ -28,6 +28,7 @@ pub mod learner;
 pub mod metrics;
 pub mod models;
 pub mod optim;
+pub mod precision;
 pub mod predict;
 pub mod runtime;
 pub mod sweep;

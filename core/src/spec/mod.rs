@@ -492,6 +492,24 @@ pub struct RuntimeSpec {
     pub threads: Option<usize>,
     #[serde(default)]
     pub device: DeviceSpec,
+    /// The forward pass's arithmetic: `fp32`, or `bf16` autocast (convolutions and matrix
+    /// products in bfloat16, fp32 weights, optimiser and loss). `fp16` is refused until loss
+    /// scaling exists.
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+/// `[runtime] precision`: what the forward pass computes in (torch.autocast's choice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    /// Automatic mixed precision in bfloat16: fp32's range, so no loss scaling. Fast on CPUs with
+    /// AMX or AVX-512 BF16 and on GPUs from Ampere on.
+    Bf16,
+    /// Half precision: needs dynamic loss scaling, which is not built; refused by validation.
+    Fp16,
 }
 
 impl JobSpec {

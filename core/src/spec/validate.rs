@@ -67,6 +67,13 @@ pub(super) fn problems(spec: &JobSpec) -> Vec<String> {
     if spec.seed > MAX_SEED {
         p.push(format!("seed: must be at most 2^53 = {MAX_SEED}, got {}", spec.seed));
     }
+    if spec.runtime.precision == super::Precision::Fp16 {
+        p.push(
+            "runtime.precision = \"fp16\" needs dynamic loss scaling, which Cyclotron does not have yet; \
+             use \"bf16\" (fp32's range, no scaling) or \"fp32\""
+                .to_string(),
+        );
+    }
     if matches!(spec.runtime.threads, Some(t) if !(1..=MAX_THREADS).contains(&t)) {
         p.push(format!(
             "runtime.threads: must be between 1 and {MAX_THREADS} (leave it out to use every core), got {}",
@@ -543,6 +550,10 @@ arch = "small_resnet"
                 "lr_find: the sweep has 80 tasks",
             ),
             ("[[stage]]\nlr = 0.1\nepochs = 1\n[ensemble]\nruns = 0\n", "ensemble.runs: independent runs must be between 1 and 64"),
+            (
+                "[[stage]]\nlr = 0.1\nepochs = 1\n[runtime]\nprecision = \"fp16\"\n",
+                "runtime.precision = \"fp16\" needs dynamic loss scaling",
+            ),
         ];
         for (extra, want) in cases {
             let got = check(extra);

@@ -39,7 +39,9 @@ pub struct TrainOptions {
 /// its optimiser, alone until it joins a group.
 pub fn build_learner(spec: &JobSpec, obs: &mut dyn Observer) -> Result<Learner> {
     let task = crate::task::registry::build(spec, obs)?;
-    Ok(Learner::new(task, &spec.optimizer, spec.seed))
+    let mut learner = Learner::new(task, &spec.optimizer, spec.seed);
+    learner.precision = spec.runtime.precision;
+    Ok(learner)
 }
 
 /// Join the data-parallel group of `opts` (if any): the same initial weights as rank 0, gradients
