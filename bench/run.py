@@ -22,6 +22,7 @@ import sections_system  # noqa: E402
 
 SECTIONS = {
     "step": sections_train.step,
+    "step_bf16": sections_train.step_bf16,
     "metrics": sections_train.metrics,
     "head": sections_train.head,
     "lm": sections_train.lm,

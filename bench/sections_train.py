@@ -59,6 +59,51 @@ def step(r, report):
     return out
 
 
+BF16_CONFIGS = [("small_resnet", 24, 128), ("resnet18", 0, 64)]
+
+
+def step_bf16(r, report):
+    """Samples/s of the training step under bf16 autocast (`[runtime] precision = "bf16"`) against
+    PyTorch's torch.autocast, both with the same allocator settings, and each against its own
+    fp32 step in the same round (what mixed precision buys on this CPU)."""
+    steps = os.environ.get("BENCH_STEPS", "40")
+    report("== bf16 autocast training step: Cyclotron vs PyTorch eager (same model, batch, threads, allocator) ==")
+    report("samples/s, median / worst of the rounds; ratios are paired per round")
+    out = {"configs": []}
+    for model, width, batch in BF16_CONFIGS:
+        common = ["--model", model, "--width", str(width), "--batch-size", str(batch),
+                  "--threads", str(r.threads), "--steps", steps]
+        ours = [r.bin, "bench-step"] + common
+        theirs = [r.py, os.path.join(HERE, "pytorch_step.py"), "--malloc-tuning"] + common
+        variants = [
+            ("cyclotron_bf16", ours + ["--precision", "bf16"], None),
+            ("cyclotron_fp32", ours, None),
+            ("pytorch_bf16", theirs + ["--precision", "bf16"], None),
+            ("pytorch_fp32", theirs, None),
+        ]
+        got = {name: [] for name, _, _ in variants}
+        for i in range(r.rounds):
+            for name, argv, env in h.rotated(variants, i):
+                got[name].append(r.run_json(f"bf16-{model}-{batch}-{name}", argv, env=env)["samples_per_s"])
+        ratio = lambda a, b: [x / y for x, y in zip(got[a], got[b])]  # noqa: E731
+        ratios = {
+            "cyclotron_vs_pytorch_bf16": ratio("cyclotron_bf16", "pytorch_bf16"),
+            "cyclotron_bf16_vs_fp32": ratio("cyclotron_bf16", "cyclotron_fp32"),
+            "pytorch_bf16_vs_fp32": ratio("pytorch_bf16", "pytorch_fp32"),
+        }
+        report()
+        report(f"{model} batch {batch}" + (f" width {width}" if model == "small_resnet" else "") + f", {r.threads} threads")
+        report.table(["variant", "samples/s"], [[name, h.mw(v)] for name, v in got.items()] + [
+            ["ratio, Cyclotron bf16 / PyTorch bf16", h.mw(ratios["cyclotron_vs_pytorch_bf16"], 3)],
+            ["ratio, Cyclotron bf16 / its fp32", h.mw(ratios["cyclotron_bf16_vs_fp32"], 3)],
+            ["ratio, PyTorch bf16 / its fp32", h.mw(ratios["pytorch_bf16_vs_fp32"], 3)],
+        ])
+        out["configs"].append({"model": model, "width": width, "batch": batch, "threads": r.threads,
+                               "samples_per_s": got, "ratios": ratios})
+    report("target: Cyclotron bf16 / PyTorch bf16 >= 1.0")
+    return out
+
+
 def metrics(r, report):
     """The learner's step with vs without what observes it in a worker's training child
     (Prometheus metrics, and the event stream to the agent with its step summaries for the

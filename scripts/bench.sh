@@ -5,7 +5,7 @@
 # the target folder, changes it part-way. bench/run.py then runs every section with its rounds
 # alternating and prints median / worst of each figure; it writes bench/results/<section>.json,
 # summary.json and last-run.md (the printed report).
-#   BENCH_ROUNDS (5), BENCH_SECTIONS (all: step,metrics,head,lm,tabular,torchscript,allreduce,ddp,checkpoint,sweep,coordinator),
+#   BENCH_ROUNDS (5), BENCH_SECTIONS (all: step,step_bf16,metrics,head,lm,tabular,torchscript,allreduce,ddp,checkpoint,sweep,coordinator),
 #   BENCH_THREADS (nproc), BENCH_STEPS and the other BENCH_* knobs of bench/*.py
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"

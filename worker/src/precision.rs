@@ -104,5 +104,25 @@ impl Drop for Autocast {
     }
 }
 
+/// Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX, per /proc/cpuinfo's flags);
+/// without either libtorch converts to fp32 and back, and a bf16 step can be slower than fp32's.
+/// `None` where the flags cannot be read.
+pub fn cpu_has_native_bf16() -> Option<bool> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let flags = info.lines().find(|l| l.starts_with("flags"))?;
+    Some(flags.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16"))
+}
+
+/// A warning for `precision` on `device` when it is likely to be slower than fp32.
+pub fn slow_precision_warning(precision: Precision, device: Device) -> Option<String> {
+    (precision == Precision::Bf16 && device == Device::Cpu && cpu_has_native_bf16() == Some(false)).then(
+        || {
+            "runtime.precision = \"bf16\" on a CPU without AVX-512 BF16 or AMX: libtorch emulates bfloat16 \
+         and training may be slower than in fp32; set precision = \"fp32\" on this machine"
+                .to_string()
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests;

@@ -41,6 +41,9 @@ pub fn build_learner(spec: &JobSpec, obs: &mut dyn Observer) -> Result<Learner> 
     let task = crate::task::registry::build(spec, obs)?;
     let mut learner = Learner::new(task, &spec.optimizer, spec.seed);
     learner.precision = spec.runtime.precision;
+    if let Some(warning) = crate::precision::slow_precision_warning(learner.precision, learner.device()) {
+        tracing::warn!("{warning}");
+    }
     Ok(learner)
 }
 

@@ -60,3 +60,11 @@ fn each_scope_casts_the_weights_as_they_are_now_not_as_an_earlier_scope_cached_t
     assert_eq!(lin.ws.grad().kind(), Kind::Float);
     assert_eq!(lin.ws.grad().sum(Kind::Float).double_value(&[]), 3.0);
 }
+
+#[test]
+fn a_cpu_without_native_bf16_is_warned_about_and_fp32_never_is() {
+    assert_eq!(super::slow_precision_warning(Precision::Fp32, Device::Cpu), None);
+    let native = super::cpu_has_native_bf16();
+    let warning = super::slow_precision_warning(Precision::Bf16, Device::Cpu);
+    assert_eq!(warning.is_some(), native == Some(false), "{native:?} {warning:?}");
+}
