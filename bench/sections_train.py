@@ -12,6 +12,16 @@ STEP_CONFIGS = [("small_resnet", 32, 128), ("small_resnet", 16, 256), ("resnet18
 UNTUNED = {"CYCLOTRON_MALLOC_TUNING": "0"}
 
 
+def samples_per_s(r, variants, tag):
+    """{variant: [samples/s of each round]}: every (name, argv, env) variant once a round, the
+    order rotated from round to round."""
+    got = {name: [] for name, _, _ in variants}
+    for i in range(r.rounds):
+        for name, argv, env in h.rotated(variants, i):
+            got[name].append(r.run_json(f"{tag}-{name}", argv, env=env)["samples_per_s"])
+    return got
+
+
 def step(r, report):
     """Samples/s of the training step, five variants per round: Cyclotron (allocator tuning on,
     its default, and off), PyTorch eager with glibc's defaults, with the same mallopt settings as
@@ -32,10 +42,7 @@ def step(r, report):
             ("pytorch_tuned", theirs + ["--malloc-tuning"], None),
             ("pytorch_tuned_fused", theirs + ["--malloc-tuning", "--fused"], None),
         ]
-        got = {name: [] for name, _, _ in variants}
-        for i in range(r.rounds):
-            for name, argv, env in h.rotated(variants, i):
-                got[name].append(r.run_json(f"step-{model}-{batch}-{name}", argv, env=env)["samples_per_s"])
+        got = samples_per_s(r, variants, f"step-{model}-{batch}")
         ratio = lambda a, b: [x / y for x, y in zip(got[a], got[b])]  # noqa: E731
         ratios = {
             "same_settings": ratio("cyclotron", "pytorch_tuned"),
@@ -81,10 +88,7 @@ def step_bf16(r, report):
             ("pytorch_bf16", theirs + ["--precision", "bf16"], None),
             ("pytorch_fp32", theirs, None),
         ]
-        got = {name: [] for name, _, _ in variants}
-        for i in range(r.rounds):
-            for name, argv, env in h.rotated(variants, i):
-                got[name].append(r.run_json(f"bf16-{model}-{batch}-{name}", argv, env=env)["samples_per_s"])
+        got = samples_per_s(r, variants, f"bf16-{model}-{batch}")
         ratio = lambda a, b: [x / y for x, y in zip(got[a], got[b])]  # noqa: E731
         ratios = {
             "cyclotron_vs_pytorch_bf16": ratio("cyclotron_bf16", "pytorch_bf16"),
