@@ -12,6 +12,18 @@ STEP_CONFIGS = [("small_resnet", 32, 128), ("small_resnet", 16, 256), ("resnet18
 UNTUNED = {"CYCLOTRON_MALLOC_TUNING": "0"}
 
 
+def step_commands(r, model, width, batch):
+    """The command lines of `cyclotron bench-step` and its PyTorch peer for one configuration."""
+    common = ["--model", model, "--width", str(width), "--batch-size", str(batch),
+              "--threads", str(r.threads), "--steps", os.environ.get("BENCH_STEPS", "40")]
+    return [r.bin, "bench-step"] + common, [r.py, os.path.join(HERE, "pytorch_step.py")] + common
+
+
+def paired_ratios(got, **pairs):
+    """{name: [a / b of each round]} for every name=(a, b) of `pairs`, over `got`'s variants."""
+    return {name: [x / y for x, y in zip(got[a], got[b])] for name, (a, b) in pairs.items()}
+
+
 def samples_per_s(r, variants, tag):
     """{variant: [samples/s of each round]}: every (name, argv, env) variant once a round, the
     order rotated from round to round."""
@@ -26,15 +38,11 @@ def step(r, report):
     """Samples/s of the training step, five variants per round: Cyclotron (allocator tuning on,
     its default, and off), PyTorch eager with glibc's defaults, with the same mallopt settings as
     Cyclotron, and with those plus its fused SGD (PyTorch at its fastest on this CPU)."""
-    steps = os.environ.get("BENCH_STEPS", "40")
     report("== single-process training step: Cyclotron vs PyTorch eager (same model, batch, threads, libtorch, SGD) ==")
     report("samples/s, median / worst of the rounds; ratios are paired per round")
     out = {"configs": []}
     for model, width, batch in STEP_CONFIGS:
-        common = ["--model", model, "--width", str(width), "--batch-size", str(batch),
-                  "--threads", str(r.threads), "--steps", steps]
-        ours = [r.bin, "bench-step"] + common
-        theirs = [r.py, os.path.join(HERE, "pytorch_step.py")] + common
+        ours, theirs = step_commands(r, model, width, batch)
         variants = [
             ("cyclotron", ours, None),
             ("cyclotron_untuned", ours, UNTUNED),
@@ -43,13 +51,8 @@ def step(r, report):
             ("pytorch_tuned_fused", theirs + ["--malloc-tuning", "--fused"], None),
         ]
         got = samples_per_s(r, variants, f"step-{model}-{batch}")
-        ratio = lambda a, b: [x / y for x, y in zip(got[a], got[b])]  # noqa: E731
-        ratios = {
-            "same_settings": ratio("cyclotron", "pytorch_tuned"),
-            "as_before": ratio("cyclotron", "pytorch"),
-            "both_untuned": ratio("cyclotron_untuned", "pytorch"),
-            "vs_fused": ratio("cyclotron", "pytorch_tuned_fused"),
-        }
+        ratios = paired_ratios(got, same_settings=("cyclotron", "pytorch_tuned"), as_before=("cyclotron", "pytorch"),
+                               both_untuned=("cyclotron_untuned", "pytorch"), vs_fused=("cyclotron", "pytorch_tuned_fused"))
         report()
         report(f"{model} batch {batch}" + (f" width {width}" if model == "small_resnet" else "") + f", {r.threads} threads")
         h_rows = [[name, h.mw(v)] for name, v in got.items()]
@@ -73,15 +76,12 @@ def step_bf16(r, report):
     """Samples/s of the training step under bf16 autocast (`[runtime] precision = "bf16"`) against
     PyTorch's torch.autocast, both with the same allocator settings, and each against its own
     fp32 step in the same round (what mixed precision buys on this CPU)."""
-    steps = os.environ.get("BENCH_STEPS", "40")
     report("== bf16 autocast training step: Cyclotron vs PyTorch eager (same model, batch, threads, allocator) ==")
     report("samples/s, median / worst of the rounds; ratios are paired per round")
     out = {"configs": []}
     for model, width, batch in BF16_CONFIGS:
-        common = ["--model", model, "--width", str(width), "--batch-size", str(batch),
-                  "--threads", str(r.threads), "--steps", steps]
-        ours = [r.bin, "bench-step"] + common
-        theirs = [r.py, os.path.join(HERE, "pytorch_step.py"), "--malloc-tuning"] + common
+        ours, theirs = step_commands(r, model, width, batch)
+        theirs = theirs + ["--malloc-tuning"]
         variants = [
             ("cyclotron_bf16", ours + ["--precision", "bf16"], None),
             ("cyclotron_fp32", ours, None),
@@ -89,12 +89,9 @@ def step_bf16(r, report):
             ("pytorch_fp32", theirs, None),
         ]
         got = samples_per_s(r, variants, f"bf16-{model}-{batch}")
-        ratio = lambda a, b: [x / y for x, y in zip(got[a], got[b])]  # noqa: E731
-        ratios = {
-            "cyclotron_vs_pytorch_bf16": ratio("cyclotron_bf16", "pytorch_bf16"),
-            "cyclotron_bf16_vs_fp32": ratio("cyclotron_bf16", "cyclotron_fp32"),
-            "pytorch_bf16_vs_fp32": ratio("pytorch_bf16", "pytorch_fp32"),
-        }
+        ratios = paired_ratios(got, cyclotron_vs_pytorch_bf16=("cyclotron_bf16", "pytorch_bf16"),
+                               cyclotron_bf16_vs_fp32=("cyclotron_bf16", "cyclotron_fp32"),
+                               pytorch_bf16_vs_fp32=("pytorch_bf16", "pytorch_fp32"))
         report()
         report(f"{model} batch {batch}" + (f" width {width}" if model == "small_resnet" else "") + f", {r.threads} threads")
         report.table(["variant", "samples/s"], [[name, h.mw(v)] for name, v in got.items()] + [
