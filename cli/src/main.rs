@@ -54,7 +54,8 @@ enum Cmd {
         job: PathBuf,
         #[arg(long)]
         out: PathBuf,
-        /// Run name in the checkpoint store (default: run-<unix time>).
+        /// Run name in the checkpoint store (default: run-<unix time>-<pid>; the ranks of a group
+        /// started by hand should all be given the same one).
         #[arg(long)]
         run: Option<String>,
         /// Continue the run (`--run`) from its newest valid checkpoint.
@@ -521,7 +522,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if writer {
                 output::prepare_dir(&out)?;
             }
-            let run = run.unwrap_or_else(output::default_run_id);
+            let run = run.unwrap_or_else(|| output::default_run_id(group.is_none()));
             let rank = group.as_ref().map_or(0, |g| g.rank);
             let (metrics, _server) = metrics::serve(metrics_addr, &spec.name, rank)?;
             let opts = job::TrainOptions { resume, stop_after_epochs, group, metrics, lr_find };

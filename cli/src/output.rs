@@ -49,9 +49,17 @@ pub fn absolute_store(store: &str) -> String {
     }
 }
 
-pub fn default_run_id() -> String {
+/// The run name `train` uses without `--run`: `run-<unix time>-<pid>` for a process alone, so two
+/// runs of one job started in the same second get their own folders in the store (with the time
+/// alone they shared one and overwrote each other's snapshots); `run-<unix time>` for a rank of
+/// a hand-launched group, whose ranks must agree on it (give them `--run` to be sure).
+pub fn default_run_id(alone: bool) -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    format!("run-{secs}")
+    if alone {
+        format!("run-{secs}-{}", std::process::id())
+    } else {
+        format!("run-{secs}")
+    }
 }
 
 pub fn print_lr_find(r: &LrFindReport) {

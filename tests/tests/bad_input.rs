@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cyclotron_tests::{fashion_mnist_present, run, Ran};
+use cyclotron_tests::{fashion_mnist_present, run, tiny_job, Ran};
 
 const GOOD: &str = r#"
 name = "bad-input"
@@ -176,4 +176,33 @@ fn batch_larger_than_the_data_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let ran = train(&GOOD.replace("batch_size = 64", "batch_size = 4096"), dir.path(), "out");
     assert_clear_failure(&ran, "data.batch_size: 4096 is larger than the training split");
+}
+
+/// Two `train` runs of one job started together without `--run` (a script launching variants,
+/// parallel CI jobs) each get their own run in the store: the default name used to be the
+/// second it started, so both wrote their snapshots and checkpoints into one folder.
+#[test]
+fn two_runs_of_one_job_started_together_keep_their_own_snapshots() {
+    if !fashion_mnist_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("job.toml"), tiny_job("twins", 256, 1)).unwrap();
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| run(&["train", "job.toml", "--out", "a"], dir.path(), Duration::from_secs(300)));
+        let b = s.spawn(|| run(&["train", "job.toml", "--out", "b"], dir.path(), Duration::from_secs(300)));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert_eq!(a.code, Some(0), "{}", a.stderr);
+    assert_eq!(b.code, Some(0), "{}", b.stderr);
+    let runs: Vec<String> = std::fs::read_dir(dir.path().join("store/twins"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(runs.len(), 2, "one folder per run in the store, got {runs:?}");
+    for r in &runs {
+        let snapshot = dir.path().join("store/twins").join(r).join("snapshots/cycle-0/MANIFEST.json");
+        assert!(snapshot.exists(), "{} missing; runs {runs:?}", snapshot.display());
+    }
 }
