@@ -189,7 +189,7 @@ enum Cmd {
         torchscript: Option<PathBuf>,
         /// fp32, or bf16 (autocast around the forward pass and loss, as `[runtime] precision`)
         #[arg(long, default_value = "fp32")]
-        precision: String,
+        precision: cyclotron_core::spec::Precision,
         /// Write the result as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -580,11 +580,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             let device = parse_device(&device)?;
-            let precision = match precision.as_str() {
-                "fp32" => cyclotron_core::spec::Precision::Fp32,
-                "bf16" => cyclotron_core::spec::Precision::Bf16,
-                other => anyhow::bail!("bench-step: --precision {other:?}: fp32 or bf16"),
-            };
             let module = match (&torchscript, model == cyclotron_core::spec::TORCHSCRIPT_ARCH) {
                 (Some(path), true) => {
                     Some(std::fs::read(path).with_context(|| format!("--torchscript {}", path.display()))?)

@@ -42,8 +42,8 @@ fn device_type(device: Device) -> c_int {
     }
 }
 
-/// A libtorch message returned by the shim, freed.
-fn take_message(err: *mut c_char) -> Option<String> {
+/// A libtorch message returned by a `csrc/` shim function (a malloc'd string, or null), freed.
+pub(crate) fn take_message(err: *mut c_char) -> Option<String> {
     if err.is_null() {
         return None;
     }

@@ -512,6 +512,21 @@ pub enum Precision {
     Fp16,
 }
 
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    /// The spec's names (`fp32`, `bf16`, `fp16`), for command-line flags.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        #[derive(Deserialize)]
+        struct Named {
+            precision: Precision,
+        }
+        toml::from_str::<Named>(&format!("precision = {s:?}")).map(|n| n.precision).map_err(|_| {
+            format!("unknown precision {s:?}: fp32 or bf16 (fp16 needs loss scaling, not built)")
+        })
+    }
+}
+
 impl JobSpec {
     /// This spec with another seed (weights, shuffling, augmentation) and the same validation split.
     pub fn with_seed(mut self, seed: u64) -> JobSpec {
@@ -717,5 +732,19 @@ mod global_batch_tests {
         assert_eq!(back.per_rank(2).unwrap().data.batch_size, 64);
         let e = job("global_batch_size = 0", "").unwrap().validate().unwrap_err().to_string();
         assert!(e.contains("data.global_batch_size: must be between 1 and"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod precision_tests {
+    use super::Precision;
+
+    #[test]
+    fn precision_flags_parse_the_spec_names_and_refuse_others() {
+        assert_eq!("fp32".parse::<Precision>(), Ok(Precision::Fp32));
+        assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Bf16));
+        assert_eq!("fp16".parse::<Precision>(), Ok(Precision::Fp16));
+        let err = "half".parse::<Precision>().unwrap_err();
+        assert!(err.contains("\"half\"") && err.contains("bf16"), "{err}");
     }
 }

@@ -37,10 +37,8 @@ pub fn named_buffers(module: &CModule) -> Result<Vec<(String, Tensor)>, String> 
     let err = unsafe {
         cyclotron_module_named_buffers(raw, (&mut out as *mut Vec<(String, Tensor)>).cast(), push_buffer)
     };
-    if !err.is_null() {
-        let message = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
-        unsafe { libc::free(err.cast()) };
-        return Err(format!("listing the module's buffers: {message}"));
+    match crate::precision::take_message(err) {
+        Some(message) => Err(format!("listing the module's buffers: {message}")),
+        None => Ok(out),
     }
-    Ok(out)
 }
