@@ -92,6 +92,7 @@ def accuracy(model, x, y, tta, batch=1000):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--width", type=int, default=24)
+    ap.add_argument("--blocks", type=int, default=1, help="Cyclotron's [model] blocks (residual blocks per stage)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--lr", type=float, required=True)
     ap.add_argument("--cycles", type=int, default=4)
@@ -123,7 +124,7 @@ def main():
     x_test = norm(idx("t10k-images-idx3-ubyte.gz").astype(np.float32) / 255.0)
     y_test = torch.from_numpy(idx("t10k-labels-idx1-ubyte.gz").astype(np.int64))
 
-    model = SmallResNet(a.width)
+    model = SmallResNet(a.width, blocks=a.blocks)
     opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, weight_decay=5e-4)
     spe = len(x_train) // a.batch_size
     step, train_s, cycles = 0, 0.0, []
@@ -152,7 +153,7 @@ def main():
             acc, acc_tta = accuracy(model, x_test, y_test, False), accuracy(model, x_test, y_test, True)
             cycles.append(dict(epoch=epoch + 1, train_seconds=train_s, test_accuracy=acc, test_accuracy_tta=acc_tta))
             print(f"epoch {epoch + 1}: {train_s:.0f} s of training, test {acc:.2%} (flip TTA {acc_tta:.2%})", flush=True)
-    out = dict(torch=torch.__version__, malloc_tuning=a.malloc_tuning, threads=a.threads, width=a.width, batch_size=a.batch_size, lr=a.lr, cycle_ends=ends, crop_pad=a.crop_pad, label_smoothing=a.label_smoothing, precision=a.precision, cycles=cycles)
+    out = dict(torch=torch.__version__, malloc_tuning=a.malloc_tuning, threads=a.threads, width=a.width, blocks=a.blocks, batch_size=a.batch_size, lr=a.lr, cycle_ends=ends, crop_pad=a.crop_pad, label_smoothing=a.label_smoothing, precision=a.precision, cycles=cycles)
     if a.json:
         pathlib.Path(a.json).write_text(json.dumps(out, indent=1))
 

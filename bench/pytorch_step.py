@@ -58,17 +58,28 @@ class BasicBlock(nn.Module):
 
 
 class SmallResNet(nn.Module):
-    def __init__(self, width, in_channels=1, num_classes=10):
+    """Cyclotron's small_resnet: a stem, two stages (a downsampling block, then `blocks` - 1
+    identity blocks named `block1_1`, `block1_2`, ...), pooling and a linear head."""
+
+    def __init__(self, width, in_channels=1, num_classes=10, blocks=1):
         super().__init__()
         w = width
+        self.blocks = blocks
         self.stem = conv_bn(in_channels, w, 3)
         self.block1 = BasicBlock(w, 2 * w, 2)
+        for k in range(1, blocks):
+            self.add_module(f"block1_{k}", BasicBlock(2 * w, 2 * w, 1, True))
         self.block2 = BasicBlock(2 * w, 4 * w, 2)
+        for k in range(1, blocks):
+            self.add_module(f"block2_{k}", BasicBlock(4 * w, 4 * w, 1, True))
         self.head = nn.Sequential(OrderedDict(fc=nn.Linear(4 * w, num_classes)))
 
     def forward(self, x):
         x = F.relu(self.stem(x))
-        x = self.block2(self.block1(x))
+        for stage in ("block1", "block2"):
+            x = getattr(self, stage)(x)
+            for k in range(1, self.blocks):
+                x = getattr(self, f"{stage}_{k}")(x)
         return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 

@@ -316,7 +316,7 @@ impl Predictor {
                     let groups = spec.model.torchscript_groups.as_deref();
                     crate::models::build_torchscript(bytes, &m.url, groups, input, classes, device)?
                 }
-                None => crate::models::build(&spec.model.arch, spec.model.width, channels, classes, device)?,
+                None => crate::models::build_for(&spec.model, channels, classes, device)?,
             };
             load_member(&net, &m.weights, &m.url, m.module.is_some())?;
             let data = ImageData {

@@ -225,6 +225,11 @@ pub struct ModelSpec {
     /// Base width (channels of the first block) of `small_resnet`.
     #[serde(default = "default_width")]
     pub width: i64,
+    /// Residual blocks in each of `small_resnet`'s two stages: 1 is the five-convolution net;
+    /// each one more adds an identity-shortcut block at that stage's resolution (2: nine
+    /// convolutions, about 1.6x the step).
+    #[serde(default = "default_blocks")]
+    pub blocks: i64,
     /// Weights to start from: a safetensors file with torchvision's names (or a snapshot's
     /// `model.safetensors`) at `file://PATH` or a plain path; a head of another size is skipped.
     #[serde(default)]
@@ -255,6 +260,10 @@ pub struct ModelSpec {
 
 fn default_width() -> i64 {
     32
+}
+
+fn default_blocks() -> i64 {
+    1
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

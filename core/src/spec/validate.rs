@@ -135,6 +135,17 @@ pub(super) fn problems(spec: &JobSpec) -> Vec<String> {
     if spec.model.width < 1 || spec.model.width > 1024 {
         p.push(format!("model.width: must be between 1 and 1024, got {}", spec.model.width));
     }
+    if !(1..=8).contains(&spec.model.blocks) {
+        p.push(format!(
+            "model.blocks: must be between 1 and 8 (residual blocks per stage), got {}",
+            spec.model.blocks
+        ));
+    } else if spec.model.blocks != 1 && spec.model.arch != "small_resnet" {
+        p.push(format!(
+            "model.blocks: only small_resnet takes a number of blocks per stage; remove it for {:?}",
+            spec.model.arch
+        ));
+    }
     let o = &spec.optimizer;
     if !(0.0..1.0).contains(&o.momentum) {
         p.push(format!("optimizer.momentum: must be in [0, 1), got {}", o.momentum));
@@ -464,6 +475,26 @@ arch = "small_resnet"
                 && p.contains("\"text_corpus\" trains a language model")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn blocks_per_stage_are_for_small_resnet_and_bounded() {
+        let stage = "[[stage]]\nlr = 0.1\nepochs = 1\n";
+        assert_eq!(check(&format!("blocks = 2\n{stage}")), Vec::<String>::new());
+        for bad in [0, 9] {
+            assert_eq!(
+                check(&format!("blocks = {bad}\n{stage}")),
+                vec![format!("model.blocks: must be between 1 and 8 (residual blocks per stage), got {bad}")]
+            );
+        }
+        let text = format!("name = \"t\"\n[data]\nsource = \"fashion_mnist\"\n[model]\narch = \"resnet18\"\nblocks = 2\n{stage}");
+        match JobSpec::from_toml_str(&text, "<test>").unwrap().validate() {
+            Err(Error::InvalidSpec { problems }) => assert_eq!(
+                problems,
+                vec!["model.blocks: only small_resnet takes a number of blocks per stage; remove it for \"resnet18\"".to_string()]
+            ),
+            other => panic!("expected problems, got {other:?}"),
+        }
     }
 
     #[test]

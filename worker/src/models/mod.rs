@@ -184,12 +184,28 @@ impl Model for Net {
 /// Build `arch` (looked up in [`ARCHS`]) for `in_channels`-channel images and `num_classes`
 /// classes on `device`.
 pub fn build(arch: &str, width: i64, in_channels: i64, num_classes: i64, device: Device) -> Result<Net> {
+    build_shaped(arch, registry::Shape { in_channels, width, blocks: 1, num_classes }, device)
+}
+
+/// Build the model a job spec's `[model]` names (arch, width, blocks) for `in_channels`-channel
+/// images and `num_classes` classes on `device`.
+pub fn build_for(
+    model: &cyclotron_core::spec::ModelSpec,
+    in_channels: i64,
+    num_classes: i64,
+    device: Device,
+) -> Result<Net> {
+    let shape = registry::Shape { in_channels, width: model.width, blocks: model.blocks, num_classes };
+    build_shaped(&model.arch, shape, device)
+}
+
+fn build_shaped(arch: &str, shape: registry::Shape, device: Device) -> Result<Net> {
     let Some((_, builder)) = ARCHS.iter().find(|(name, _)| *name == arch) else {
         return Err(Error::UnknownModel { arch: arch.to_string() });
     };
     let vs = nn::VarStore::new(device);
     let frozen = FrozenGroups::default();
-    let shape = registry::Shape { in_channels, width, num_classes };
+    let in_channels = shape.in_channels;
     let Built { body, head, in_channels: in_ch, group_of } = builder(&vs.root(), shape, &frozen);
     if in_channels != in_ch && in_channels != 1 {
         return Err(Error::Shape {
@@ -280,6 +296,48 @@ mod tests {
         for (name, g, t) in net.parameters() {
             assert_eq!(t.grad().defined(), g == 2, "{name} (group {g})");
         }
+    }
+
+    #[test]
+    fn more_blocks_add_identity_blocks_to_each_stage_of_small_resnet() {
+        let spec = |blocks| cyclotron_core::spec::ModelSpec {
+            arch: "small_resnet".into(),
+            width: 4,
+            blocks,
+            pretrained: None,
+            lstm: None,
+            encoder: None,
+            tabular: None,
+            torchscript: None,
+            torchscript_groups: None,
+        };
+        let count = |net: &Net| net.parameters().iter().map(|(_, _, t)| t.numel()).sum::<usize>();
+        let (one, three) = (
+            build_for(&spec(1), 1, 10, Device::Cpu).unwrap(),
+            build_for(&spec(3), 1, 10, Device::Cpu).unwrap(),
+        );
+        // the default is the five-convolution net `build` makes
+        assert_eq!(count(&one), count(&build("small_resnet", 4, 1, 10, Device::Cpu).unwrap()));
+        // each identity block: two 3x3 convolutions (no bias) and two BatchNorms (weight, bias)
+        let identity = |c: usize| 2 * c * c * 9 + 2 * 2 * c;
+        assert_eq!(count(&three) - count(&one), 2 * identity(8) + 2 * identity(16));
+        let names: Vec<String> = three.named_groups().into_iter().map(|(n, _, _)| n).collect();
+        for want in [
+            "block1_1.conv1.weight",
+            "block1_2.bn2.running_var",
+            "block2_2.conv2.weight",
+            "block2.shortcut.conv.weight",
+        ] {
+            assert!(names.iter().any(|n| n == want), "missing {want}");
+        }
+        assert!(
+            !names.iter().any(|n| n.starts_with("block1_1.shortcut")),
+            "an identity block has no shortcut conv"
+        );
+        assert_eq!(three.group_of("block1_2.conv1.weight"), 0);
+        assert_eq!(three.group_of("block2_1.conv1.weight"), 1);
+        let x = Tensor::randn([2, 1, 28, 28], (tch::Kind::Float, Device::Cpu));
+        assert_eq!(three.forward_t(&x, true).unwrap().size(), vec![2, 10]);
     }
 
     #[test]

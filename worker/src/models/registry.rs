@@ -14,6 +14,8 @@ pub struct Shape {
     pub in_channels: i64,
     /// Base width of the models that have one (`small_resnet`, `small_cnn`).
     pub width: i64,
+    /// Residual blocks per stage (`small_resnet`; 1 elsewhere, where validation keeps it).
+    pub blocks: i64,
     pub num_classes: i64,
 }
 
@@ -42,7 +44,8 @@ fn vgg16(bn: bool, root: &nn::Path, s: Shape, f: &FrozenGroups) -> Built {
 /// Every architecture a worker can build, by name.
 pub const ARCHS: &[(&str, Builder)] = &[
     ("small_resnet", |root, s, f| {
-        let (body, head) = small_resnet::small_resnet(root, s.in_channels, s.width, s.num_classes, f);
+        let (body, head) =
+            small_resnet::small_resnet(root, s.in_channels, (s.width, s.blocks), s.num_classes, f);
         Built {
             body: Box::new(body),
             head: Box::new(head),

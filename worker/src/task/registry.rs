@@ -41,7 +41,7 @@ pub fn image_classification(spec: &JobSpec, obs: &mut dyn Observer) -> Result<Im
             let groups = spec.model.torchscript_groups.as_deref();
             models::build_torchscript(&bytes, url, groups, input, classes, device)?
         }
-        None => models::build(&spec.model.arch, spec.model.width, t.channels as i64, classes, device)?,
+        None => models::build_for(&spec.model, t.channels as i64, classes, device)?,
     };
     if let Some(url) = &spec.model.pretrained {
         let skipped = models::pretrained::load_pretrained(&net, url, &store_options(spec))?;
