@@ -21,40 +21,16 @@ with the CPU runs.
 """
 
 import argparse
-import gzip
 import json
 import math
-import pathlib
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pytorch_fashion_recipe import idx, sgdr_lr
 from pytorch_step import SmallResNet
-
-DATA = pathlib.Path("/usr/share/datasets/fashion-mnist")
-
-
-def idx(name):
-    raw = gzip.open(DATA / name).read()
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def sgdr_lr(step, lr, spe, ends):
-    """Cyclotron's SGDR: lr/100 for the first 1/20 of each cycle, else cosine from lr to 0."""
-    start = 0
-    for end in ends:
-        if step < end * spe:
-            break
-        start = end
-    cycle_steps = (end - start) * spe
-    t = step - start * spe
-    if 20 * t < cycle_steps:
-        return lr / 100.0
-    return 0.5 * lr * (1.0 + math.cos(math.pi * t / cycle_steps))
 
 
 def random_erase(xb, p, gen):
