@@ -61,6 +61,7 @@ pub fn evaluate_runs(
                 cycle: s.cycle,
                 epoch: s.epoch,
                 run: Some(run.clone()),
+                step: None,
             };
             let t = score_snapshot(&l, spec.tta.as_ref(), at)?;
             tracing::info!(run = %run, snapshot = s.index, accuracy = t.result.accuracy, "snapshot evaluated");

@@ -50,9 +50,7 @@ pub fn predict(
     if !l.task.has_augmentation() {
         return Ok(None);
     }
-    let views = (0..spec.n as u64)
-        .map(|k| l.task.predict_augmented(split, k, &l.abort))
-        .collect::<Result<Vec<_>>>()?;
+    let views = (0..spec.n as u64).map(|k| l.predict_augmented(split, k)).collect::<Result<Vec<_>>>()?;
     let original = match original {
         Some(p) => p,
         None => l.predict(split)?,

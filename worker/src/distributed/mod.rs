@@ -114,7 +114,7 @@ mod tests {
     use crate::collective::{Ring, RingConfig};
     use crate::learner::Learner;
     use crate::models::GROUPS;
-    use crate::task::Batch;
+    use crate::task::{Batch, Shard, Split};
 
     /// The global torch RNG is shared by the rank threads: seed and build under a lock.
     static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -192,6 +192,84 @@ mod tests {
                 assert!((a - b).abs() < 1e-5, "loss {a} vs {b}");
             }
         }
+    }
+
+    /// An image learner whose validation split (40 items, evaluation batches of 16) has three
+    /// batches, with flips and random shifts to draw TTA views from.
+    fn image_learner() -> Learner {
+        use cyclotron_core::spec::{OptimizerSpec, Transform};
+
+        use crate::data::{Augmenter, Dataset};
+        use crate::task::image::{ImageClassification, ImageData};
+        let _guard = INIT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        tch::manual_seed(3);
+        let mut rng = crate::data::SplitMix64::new(9);
+        let images: Vec<u8> = (0..40 * 64).map(|_| rng.below(256) as u8).collect();
+        let labels: Vec<i64> = (0..40).map(|i| i % 3).collect();
+        let ds = Dataset::new(images, (1, 8, 8), labels, vec!["a".into(), "b".into(), "c".into()]);
+        let net = crate::models::build("small_resnet", 4, 1, 3, Device::Cpu).unwrap();
+        let aug = std::sync::Arc::new(Augmenter::new(vec![Transform::FlipH, Transform::CropPad { pad: 2 }]));
+        let task = ImageClassification::new(net, ImageData::new(ds.clone(), ds, 8, 2), 1, Some(aug));
+        Learner::new(Box::new(task), &OptimizerSpec::default(), 1)
+    }
+
+    #[test]
+    fn ranks_get_whole_batches_of_a_split_dealt_evenly_or_predict_it_whole() {
+        let rows = |rank, world, items, batch| Shard { rank, world }.rows_of(items, batch);
+        // 3 batches of 16 over 40 items: rank 0 one batch, rank 1 the other two (the last short)
+        assert_eq!(rows(0, 2, 40, 16), Some(0..16));
+        assert_eq!(rows(1, 2, 40, 16), Some(16..40));
+        assert_eq!((0..3).map(|r| rows(r, 3, 100, 10).unwrap().len()).sum::<usize>(), 100);
+        // fewer batches than ranks, or alone: the whole split everywhere
+        assert_eq!(rows(0, 4, 40, 16), None);
+        assert_eq!(rows(0, 1, 40, 16), None);
+    }
+
+    #[test]
+    fn two_ranks_share_a_split_and_gather_exactly_what_one_process_predicts() {
+        let one = image_learner();
+        let want = [
+            one.predict(Split::Valid).unwrap(),
+            one.predict_augmented(Split::Valid, 0).unwrap(),
+            one.predict_augmented(Split::Valid, 1).unwrap(),
+        ];
+        let ls: Vec<TcpListener> = (0..2).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let peers: Vec<String> = ls.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
+        let handles: Vec<_> = ls
+            .into_iter()
+            .enumerate()
+            .map(|(rank, l)| {
+                let cfg =
+                    RingConfig { timeout: Duration::from_secs(20), ..RingConfig::new(rank, peers.clone()) };
+                std::thread::spawn(move || {
+                    let ring = Ring::connect_with(l, cfg).unwrap();
+                    let mut learner = image_learner();
+                    learner
+                        .join(Box::new(HostRing::new(Box::new(ring), Duration::from_secs(20)).unwrap()))
+                        .unwrap();
+                    // rank 0 predicts one batch of the split and rank 1 two: the part is not the whole
+                    let part = learner.task.predict_part(Split::Valid, None, learner.shard(), &learner.abort);
+                    let part_rows = part.unwrap().unwrap().probs.size()[0];
+                    let got = [
+                        learner.predict(Split::Valid).unwrap(),
+                        learner.predict_augmented(Split::Valid, 0).unwrap(),
+                        learner.predict_augmented(Split::Valid, 1).unwrap(),
+                    ];
+                    (part_rows, got.map(|t| Vec::<f32>::try_from(t.reshape([-1])).unwrap()))
+                })
+            })
+            .collect();
+        let want = want.map(|t| Vec::<f32>::try_from(t.reshape([-1])).unwrap());
+        for (rank, h) in handles.into_iter().enumerate() {
+            let (part_rows, got) = h.join().unwrap();
+            assert_eq!(part_rows, [16, 24][rank]);
+            for (view, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.len(), 40 * 3);
+                assert!(g == w, "rank {rank}, prediction {view}: not the one process's, bit for bit");
+            }
+        }
+        // the TTA views differ from the plain prediction: the check above compared real views
+        assert!(want[1] != want[0] && want[2] != want[1]);
     }
 
     /// On a CUDA machine built with `nccl`: the NCCL path (device buckets, loss in the last

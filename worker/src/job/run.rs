@@ -161,6 +161,7 @@ impl<'a> JobRun<'a> {
                 valid_probs,
                 eval_probs,
                 eval_tta,
+                step: None,
             })
             .collect();
         Ok(Position { stage: r.state.stage, epochs: r.state.stage_epochs })
@@ -305,7 +306,14 @@ impl<'a> JobRun<'a> {
             retention: None,
         };
         checkpoint::hand_off(&mut self.l.opt, pending, &self.uploader)?;
-        let at = SnapshotAt { index, stage: si, cycle: p.cycle, epoch: p.epoch, run: None };
+        let at = SnapshotAt {
+            index,
+            stage: si,
+            cycle: p.cycle,
+            epoch: p.epoch,
+            run: None,
+            step: Some(self.l.global_step),
+        };
         self.taken.push(score_snapshot(&self.l, self.spec.tta.as_ref(), at)?);
         Ok(())
     }
@@ -350,12 +358,20 @@ impl<'a> JobRun<'a> {
         let uploader = self.uploader;
         phase(&mut self.rec, "uploading checkpoints", || uploader.finish(deadline))?;
         let l = &self.l;
-        let final_probs = l.predict(Split::Eval)?;
-        let final_model = l.task.metrics(&final_probs, Split::Eval);
-        let final_tta = match &self.spec.tta {
-            Some(t) => crate::tta::predict(l, Split::Eval, t, Some(final_probs))?
-                .map(|p| l.task.metrics(&p, Split::Eval)),
-            None => None,
+        // training ended on a snapshot (an SGDR stage's last cycle end): the final model is that
+        // snapshot, scored already; otherwise predict (and TTA) the weights now
+        let (final_model, final_tta) = match self.taken.last().filter(|t| t.step == Some(l.global_step)) {
+            Some(last) => (last.result.metrics(), last.result.tta.clone()),
+            None => {
+                let final_probs = l.predict(Split::Eval)?;
+                let metrics = l.task.metrics(&final_probs, Split::Eval);
+                let tta = match &self.spec.tta {
+                    Some(t) => crate::tta::predict(l, Split::Eval, t, Some(final_probs))?
+                        .map(|p| l.task.metrics(&p, Split::Eval)),
+                    None => None,
+                };
+                (metrics, tta)
+            }
         };
         let ensemble = ensemble(l.task.as_ref(), &self.taken, &self.spec.ensemble);
         let results = TrainResults {

@@ -18,6 +18,9 @@ pub(crate) struct Taken {
     pub eval_probs: Tensor,
     /// With test-time augmentation, when the job has `[tta]`.
     pub eval_tta: Option<Tensor>,
+    /// The optimiser step of the scored weights, when this process trained them (not after a
+    /// resume): the final model is this snapshot when training ended on it.
+    pub step: Option<u64>,
 }
 
 /// Where a snapshot sits in the job: what its [`SnapshotResult`] says besides the scores.
@@ -27,6 +30,8 @@ pub(crate) struct SnapshotAt {
     pub cycle: u32,
     pub epoch: u32,
     pub run: Option<String>,
+    /// The learner's optimiser step at the snapshot, when this process trained it.
+    pub step: Option<u64>,
 }
 
 /// Score the learner's current weights as snapshot `at`: predictions on the validation and the
@@ -56,6 +61,7 @@ pub(crate) fn score_snapshot(l: &Learner, tta: Option<&TtaSpec>, at: SnapshotAt)
         valid_probs,
         eval_probs,
         eval_tta,
+        step: at.step,
     })
 }
 

@@ -10,6 +10,7 @@
 
 mod range;
 
+use std::cell::RefCell;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,7 +26,7 @@ use crate::event::{Event, Observer};
 use crate::models::Model;
 use crate::optim::Optimizer;
 use crate::precision::Autocast;
-use crate::task::{check_abort, Batch, Shard, Split, Task};
+use crate::task::{check_abort, Batch, Part, Shard, Split, Task};
 
 pub struct Learner {
     /// What is trained, and on what.
@@ -39,8 +40,9 @@ pub struct Learner {
     /// Optimiser steps over the whole job.
     pub global_step: u64,
     pub abort: Arc<AtomicBool>,
-    /// Gradient averaging over this process's data-parallel group.
-    grads: Box<dyn GradAverage>,
+    /// Gradient averaging over this process's data-parallel group (also gathers the ranks'
+    /// shares of a split's predictions, from `&self`: hence the cell).
+    grads: RefCell<Box<dyn GradAverage>>,
     /// Every parameter of the model, in its (name-sorted) order: the trainable ones are averaged.
     params: Vec<Tensor>,
     /// Gradients are scaled down to this global L2 norm when above it (`optimizer.clip`).
@@ -70,7 +72,7 @@ impl Learner {
             epochs_done: 0,
             global_step: 0,
             abort: Arc::new(AtomicBool::new(false)),
-            grads: Box::new(Alone),
+            grads: RefCell::new(Box::new(Alone)),
             params,
             comm_seconds: 0.0,
             clip: opt_spec.clip,
@@ -99,18 +101,19 @@ impl Learner {
             .filter(|t| t.kind() == Kind::Float)
             .collect();
         grads.broadcast(&vars)?;
-        self.grads = grads;
+        self.grads = RefCell::new(grads);
         Ok(())
     }
 
     /// The gradient averaging of this learner (a group's transport, or [`Alone`]).
     pub fn grad_average(&mut self) -> &mut dyn GradAverage {
-        self.grads.as_mut()
+        self.grads.get_mut().as_mut()
     }
 
     /// This process's part of every epoch.
     pub fn shard(&self) -> Shard {
-        Shard { rank: self.grads.rank(), world: self.grads.world_size() }
+        let grads = self.grads.borrow();
+        Shard { rank: grads.rank(), world: grads.world_size() }
     }
 
     /// Train `task` from now on (the same model: a precompute stage's head task, or back);
@@ -123,7 +126,7 @@ impl Learner {
 
     /// Full batches per epoch of the training split, over the whole group.
     pub fn steps_per_epoch(&self) -> Result<u64> {
-        self.task.steps_per_epoch(self.grads.world_size())
+        self.task.steps_per_epoch(self.shard().world)
     }
 
     /// Freeze the first `frozen` layer groups.
@@ -147,7 +150,7 @@ impl Learner {
         let trainable: Vec<Tensor> =
             self.params.iter().filter(|t| t.requires_grad()).map(Tensor::shallow_clone).collect();
         let averaging = Instant::now();
-        let mean = self.grads.average(&trainable, &loss)?;
+        let mean = self.grads.get_mut().average(&trainable, &loss)?;
         self.comm_seconds = averaging.elapsed().as_secs_f64();
         if let Some(max_norm) = self.clip {
             clip_grad_norm(&trainable, max_norm);
@@ -190,7 +193,7 @@ impl Learner {
                 *lr = peak * factor;
             }
             let stepped = Instant::now();
-            crate::fault::slow_step(self.grads.rank());
+            crate::fault::slow_step(self.shard().rank);
             let loss = self.step(&batch, &lrs)?;
             let seconds = stepped.elapsed().as_secs_f64();
             if !loss.is_finite() {
@@ -265,9 +268,43 @@ impl Learner {
         Ok(records)
     }
 
-    /// The task's predictions on `split`.
+    /// The task's predictions on `split`. In a data-parallel group every rank must call it (it
+    /// is collective): each predicts its share of the split ([`Task::predict_part`]) and the
+    /// shares are gathered, so every rank gets the whole split's predictions, row for row what
+    /// one process computes, in 1 / world of the time. Tasks that cannot share predict whole.
     pub fn predict(&self, split: Split) -> Result<Tensor> {
-        self.task.predict(split, &self.abort)
+        match self.task.predict_part(split, None, self.shard(), &self.abort)? {
+            Some(part) => self.gather(part),
+            None => self.task.predict(split, &self.abort),
+        }
+    }
+
+    /// The task's predictions on `split` under test-time augmentation view `view`; collective
+    /// and shared between the ranks like [`Learner::predict`].
+    pub fn predict_augmented(&self, split: Split, view: u64) -> Result<Tensor> {
+        match self.task.predict_part(split, Some(view), self.shard(), &self.abort)? {
+            Some(part) => self.gather(part),
+            None => self.task.predict_augmented(split, view, &self.abort),
+        }
+    }
+
+    /// The whole split's predictions from every rank's part: each rank writes its rows into a
+    /// zeroed buffer and the group sums them (exact: every element is one rank's value plus
+    /// zeros).
+    fn gather(&self, part: Part) -> Result<Tensor> {
+        let mut shape = part.probs.size();
+        let rows = shape[0].max(1) as usize;
+        let mine = Vec::<f32>::try_from(part.probs.to_kind(Kind::Float).reshape([-1]))?;
+        let per_row = mine.len() / rows;
+        let mut all = vec![0.0f64; part.items * per_row];
+        let at = part.first * per_row;
+        for (slot, &v) in all[at..at + mine.len()].iter_mut().zip(&mine) {
+            *slot = f64::from(v);
+        }
+        self.grads.borrow_mut().sum(&mut all)?;
+        shape[0] = part.items as i64;
+        let all: Vec<f32> = all.into_iter().map(|v| v as f32).collect();
+        Ok(crate::data::loader::cpu_tensor(&all, &shape))
     }
 
     /// The task's metrics on `split`.

@@ -10,7 +10,7 @@ use cyclotron_core::results::Metrics;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::{check_abort, classification_metrics, Batch, Batches, Shard, Split, Task};
+use super::{check_abort, classification_metrics, Batch, Batches, Part, Shard, Split, Task};
 use crate::data::augment::TTA_EPOCH;
 use crate::data::{rank_positions, Augmentation, Augmenter, Dataset, Loader, LoaderConfig, Normalize};
 use crate::error::{Error, Result};
@@ -234,6 +234,31 @@ impl Task for ImageClassification {
         };
         let aug = Arc::new(aug.tta_view(view));
         self.probabilities(self.data.split(split), TTA_EPOCH + view, Some(&aug), abort)
+    }
+
+    fn predict_part(
+        &self,
+        split: Split,
+        view: Option<u64>,
+        part: Shard,
+        abort: &AtomicBool,
+    ) -> Result<Option<Part>> {
+        let ds = self.data.split(split);
+        // the batches of `probabilities`: each row sees the same batch as in the whole split
+        let Some(rows) = part.rows_of(ds.len(), self.data.batch_size * 2) else {
+            return Ok(None);
+        };
+        let first = rows.start;
+        let mine = ds.subset(&rows.collect::<Vec<_>>());
+        let probs = match view {
+            None => self.probabilities(&mine, 0, None, abort)?,
+            Some(k) => {
+                let Some(aug) = &self.augmenter else { return Ok(None) };
+                let aug = Arc::new(aug.tta_view(k));
+                self.probabilities(&mine, TTA_EPOCH + k, Some(&aug), abort)?
+            }
+        };
+        Ok(Some(Part { first, items: ds.len(), probs }))
     }
 
     fn has_augmentation(&self) -> bool {

@@ -74,6 +74,28 @@ pub struct Shard {
 
 impl Shard {
     pub const ALONE: Shard = Shard { rank: 0, world: 1 };
+
+    /// This rank's rows `[first, end)` of a split of `items` predicted in batches of `batch`:
+    /// a contiguous run of whole batches, the batches dealt as evenly as they go. `None` when
+    /// there are fewer batches than ranks.
+    pub fn rows_of(&self, items: usize, batch: usize) -> Option<std::ops::Range<usize>> {
+        let batches = items.div_ceil(batch.max(1));
+        if self.world <= 1 || batches < self.world {
+            return None;
+        }
+        let first = self.rank * batches / self.world;
+        let end = (self.rank + 1) * batches / self.world;
+        Some(first * batch..(end * batch).min(items))
+    }
+}
+
+/// One rank's share of a split's predictions ([`Task::predict_part`]): rows `first..` of a
+/// split of `items` rows.
+#[derive(Debug)]
+pub struct Part {
+    pub first: usize,
+    pub items: usize,
+    pub probs: Tensor,
 }
 
 /// What a kind of training differs in; see the module docs for the contract.
@@ -98,6 +120,22 @@ pub trait Task {
 
     /// Predictions on `split` in evaluation mode, on the CPU, checking `abort` between batches.
     fn predict(&self, split: Split, abort: &AtomicBool) -> Result<Tensor>;
+
+    /// Rank `part.rank` of `part.world`'s share of the predictions on `split` (`view`: the TTA
+    /// view of [`Task::predict_augmented`], or `None` for the plain one), so that a data-parallel
+    /// group predicts a split once between its ranks instead of once on each. Each row must come
+    /// out exactly as the whole-split prediction computes it (whole evaluation batches, the same
+    /// views). `None` when the task predicts only whole splits, or the split is too small to give
+    /// every rank a batch — then every rank predicts the whole split.
+    fn predict_part(
+        &self,
+        _split: Split,
+        _view: Option<u64>,
+        _part: Shard,
+        _abort: &AtomicBool,
+    ) -> Result<Option<Part>> {
+        Ok(None)
+    }
 
     /// Whether the task has an augmentation pipeline (training batches, TTA views).
     fn has_augmentation(&self) -> bool {

@@ -15,7 +15,7 @@ use cyclotron_core::results::Metrics;
 use tch::Tensor;
 
 use super::image::{labels, ImageClassification};
-use super::{Batch, Batches, Shard, Split, Task};
+use super::{Batch, Batches, Part, Shard, Split, Task};
 use crate::data::rank_positions;
 use crate::error::{Error, Result};
 use crate::models::Model;
@@ -96,6 +96,16 @@ impl Task for HeadOnFeatures {
 
     fn predict(&self, split: Split, abort: &AtomicBool) -> Result<Tensor> {
         self.image.predict(split, abort)
+    }
+
+    fn predict_part(
+        &self,
+        split: Split,
+        view: Option<u64>,
+        part: Shard,
+        abort: &AtomicBool,
+    ) -> Result<Option<Part>> {
+        self.image.predict_part(split, view, part, abort)
     }
 
     fn has_augmentation(&self) -> bool {
