@@ -102,6 +102,33 @@ fn print_tta(r: &TrainResults) {
     }
 }
 
+/// Time to accuracy: after each snapshot, the ensemble the job would have delivered had it
+/// stopped there, and when (with more than one snapshot; runs that recorded it).
+fn print_so_far(r: &TrainResults) {
+    let points: Vec<_> = r.snapshots.iter().filter_map(|s| s.so_far.as_ref().map(|f| (s, f))).collect();
+    if points.len() < 2 {
+        return;
+    }
+    let (metric, _) = metric_titles(&r.final_model);
+    println!();
+    println!(
+        "{:<12} {:>5} {:>8} {:>10} {:>10} {:>10}",
+        "so far", "epoch", "seconds", "members", metric, "with TTA"
+    );
+    for (s, f) in points {
+        let members: Vec<String> = f.ensemble.members.iter().map(|m| m.to_string()).collect();
+        println!(
+            "{:<12} {:>5} {:>8.0} {:>10} {:>10} {:>10}",
+            format!("snapshot {}", s.index),
+            s.epoch,
+            f.seconds,
+            format!("[{}]", members.join(",")),
+            metric_cell(&f.ensemble.metrics()),
+            f.ensemble.tta.as_ref().map_or("-".into(), metric_cell)
+        );
+    }
+}
+
 /// A task's headline metric for a table cell: accuracy in percent, perplexity, or RMSPE.
 pub fn metric_cell(m: &cyclotron_core::results::Metrics) -> String {
     match m.headline() {
@@ -203,6 +230,7 @@ pub fn print_results(r: &TrainResults, store: &str, job: &str, run: &str) {
         metric_cell(&r.final_model)
     );
     print_tta(r);
+    print_so_far(r);
     println!();
     if r.runs.is_empty() {
         println!("loss and {metric} on the {split} split; {:.0}s of training; snapshots in {store}/{job}/{run}/snapshots/", r.train_seconds);

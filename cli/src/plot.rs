@@ -187,6 +187,7 @@ mod tests {
             valid: m,
             tta: None,
             run: None,
+            so_far: None,
         };
         let mut history = StepHistory::default();
         if with_history {

@@ -83,6 +83,20 @@ pub struct SnapshotResult {
     /// The independent run it belongs to, when the job trains several (`ensemble.runs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
+    /// What the job would have delivered had it stopped here (absent for snapshots scored after
+    /// training, and in results written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub so_far: Option<SoFar>,
+}
+
+/// The ensemble of the snapshots taken so far, chosen on the validation split as the job's final
+/// one is, and when it was ready: the job's time to accuracy, one point per snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SoFar {
+    /// Seconds since this process started the job (range test, epochs, validation and scoring
+    /// included) when this snapshot's ensemble was scored.
+    pub seconds: f64,
+    pub ensemble: EnsembleResult,
 }
 
 impl SnapshotResult {

@@ -52,6 +52,14 @@ fn quick_example_trains_snapshots_and_ensembles() {
     assert!(acc > 0.5, "ensemble accuracy {acc} is not far above chance");
     assert!(!ens["members"].as_array().unwrap().is_empty());
     assert_eq!(results["eval_split"], "test");
+    // time to accuracy: after each snapshot, the ensemble of the snapshots so far and when; the
+    // last is the job's ensemble
+    let so_far: Vec<&serde_json::Value> = snaps.iter().map(|s| &s["so_far"]).collect();
+    assert_eq!(so_far[0]["ensemble"]["members"], serde_json::json!([0]), "{}", so_far[0]);
+    assert_eq!(so_far[1]["ensemble"], *ens);
+    let seconds: Vec<f64> = so_far.iter().map(|f| f["seconds"].as_f64().unwrap()).collect();
+    assert!(seconds[0] > 0.0 && seconds[1] > seconds[0], "{seconds:?}");
+    assert!(ran.stdout.contains("so far"), "{}", ran.stdout);
 
     let lr = read_json(&out.join("lr_find.json"));
     let (lrs, losses) = (lr["lrs"].as_array().unwrap(), lr["losses"].as_array().unwrap());

@@ -187,6 +187,7 @@ mod tests {
                 valid: m,
                 tta: None,
                 run: None,
+                so_far: None,
             })
             .collect::<Vec<_>>();
         let members: Vec<usize> = (1..accuracies.len()).collect();

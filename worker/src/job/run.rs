@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use cyclotron_core::checkpoint::{Blob, CheckpointKind, CheckpointStore, RunLocation};
 use cyclotron_core::lr_range::LrFindReport;
-use cyclotron_core::results::{EpochRecord, StepHistory, TrainResults};
+use cyclotron_core::results::{EpochRecord, SoFar, StepHistory, TrainResults};
 use cyclotron_core::schedule::SnapshotPoint;
 use cyclotron_core::spec::{JobSpec, StageSpec};
 
@@ -315,6 +315,13 @@ impl<'a> JobRun<'a> {
             step: Some(self.l.global_step),
         };
         self.taken.push(score_snapshot(&self.l, self.spec.tta.as_ref(), at)?);
+        // what the job would deliver if it stopped now: its time to accuracy, point by point
+        if let Some(ensemble) = ensemble(self.l.task.as_ref(), &self.taken, &self.spec.ensemble) {
+            let seconds = self.started.elapsed().as_secs_f64();
+            if let Some(last) = self.taken.last_mut() {
+                last.result.so_far = Some(SoFar { seconds, ensemble });
+            }
+        }
         Ok(())
     }
 

@@ -57,6 +57,7 @@ pub(crate) fn score_snapshot(l: &Learner, tta: Option<&TtaSpec>, at: SnapshotAt)
             valid: l.task.metrics(&valid_probs, Split::Valid),
             tta: eval_tta.as_ref().map(|p| l.task.metrics(p, Split::Eval)),
             run: at.run,
+            so_far: None,
         },
         valid_probs,
         eval_probs,
