@@ -273,6 +273,7 @@ impl Learner {
     /// shares are gathered, so every rank gets the whole split's predictions, row for row what
     /// one process computes, in 1 / world of the time. Tasks that cannot share predict whole.
     pub fn predict(&self, split: Split) -> Result<Tensor> {
+        self.share_buffers()?;
         match self.task.predict_part(split, None, self.shard(), &self.abort)? {
             Some(part) => self.gather(part),
             None => self.task.predict(split, &self.abort),
@@ -282,10 +283,32 @@ impl Learner {
     /// The task's predictions on `split` under test-time augmentation view `view`; collective
     /// and shared between the ranks like [`Learner::predict`].
     pub fn predict_augmented(&self, split: Split, view: u64) -> Result<Tensor> {
+        self.share_buffers()?;
         match self.task.predict_part(split, Some(view), self.shard(), &self.abort)? {
             Some(part) => self.gather(part),
             None => self.task.predict_augmented(split, view, &self.abort),
         }
+    }
+
+    /// In a group, rank 0's buffers (BatchNorm running statistics) on every rank before a
+    /// prediction, as PyTorch DDP's `broadcast_buffers`: gradients keep the parameters equal, but
+    /// each rank's running statistics follow its own half-batches, and rank 0's model is the one
+    /// snapshots save and `predict` reloads, so every rank's share must be predicted with it.
+    fn share_buffers(&self) -> Result<()> {
+        if self.shard().world <= 1 {
+            return Ok(());
+        }
+        let model = self.task.model();
+        let buffers: Vec<Tensor> = model
+            .named_groups()
+            .into_iter()
+            .filter(|(name, _, t)| !model.is_parameter(name) && t.kind() == Kind::Float)
+            .map(|(_, _, t)| t)
+            .collect();
+        if buffers.is_empty() {
+            return Ok(());
+        }
+        self.grads.borrow_mut().broadcast(&buffers)
     }
 
     /// The whole split's predictions from every rank's part: each rank writes its rows into a
