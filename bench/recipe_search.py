@@ -98,6 +98,16 @@ def greedy(valid_probs, y_valid, max_members=4):
     return sorted(chosen)
 
 
+def ens_scores(snaps, members, y_valid, y_test):
+    """The ensemble of `members`: test accuracy plain and with TTA, and the TTA decision made on
+    the validation split (TTA kept when it lowers the ensemble's validation log-loss)."""
+    avg = lambda key: sum(snaps[i][key] for i in members) / len(members)
+    nll = lambda p: F.nll_loss(torch.log(p + 1e-12), y_valid).item()
+    use_tta = nll(avg("valid_tta")) < nll(avg("valid"))
+    plain, tta = acc(avg("test"), y_test), acc(avg("test_tta"), y_test)
+    return dict(test=plain, test_tta=tta, tta_on_valid=use_tta, delivered=tta if use_tta else plain)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
@@ -175,8 +185,15 @@ def main():
             s = dict(epoch=epoch + 1)
             s["valid"] = probs(model, x_valid, False)
             s["test"], s["test_tta"] = probs(model, x_test, False), probs(model, x_test, True)
+            s["valid_tta"] = probs(model, x_valid, True)
             snaps.append(s)
-            print(f"{a.name} epoch {epoch + 1}: test {acc(s['test'], y_test):.2%} (TTA {acc(s['test_tta'], y_test):.2%})", flush=True)
+            # what the product delivers at this cycle end: the ensemble of the snapshots so far
+            # (greedy on validation), with TTA when it lowers the ensemble's validation log-loss
+            so_far = greedy([q["valid"] for q in snaps], y_valid)
+            s["so_far"] = dict(members=so_far, **ens_scores(snaps, so_far, y_valid, y_test))
+            s["seconds"] = round(time.perf_counter() - t_start, 1)
+            print(f"{a.name} epoch {epoch + 1}: test {acc(s['test'], y_test):.2%} (TTA {acc(s['test_tta'], y_test):.2%}); "
+                  f"ensemble so far {s['so_far']}; {s['seconds']} s", flush=True)
     chosen = greedy([s["valid"] for s in snaps], y_valid)
     ens = lambda key: acc(sum(snaps[i][key] for i in chosen) / len(chosen), y_test)
     best = max(range(len(snaps)), key=lambda i: acc(snaps[i]["valid"], y_valid))
@@ -184,6 +201,8 @@ def main():
         name=a.name, args=vars(a), seconds=round(time.perf_counter() - t_start, 1),
         snapshots=[dict(epoch=int(s["epoch"]), test=acc(s["test"], y_test), test_tta=acc(s["test_tta"], y_test)) for s in snaps],
         members=chosen, ensemble=ens("test"), ensemble_tta=ens("test_tta"),
+        delivered=ens_scores(snaps, chosen, y_valid, y_test)["delivered"],
+        so_far=[dict(epoch=int(s["epoch"]), seconds=s["seconds"], **s["so_far"]) for s in snaps],
         best_single=acc(snaps[best]["test"], y_test), best_single_tta=acc(snaps[best]["test_tta"], y_test),
     )
     print(json.dumps(out), flush=True)
