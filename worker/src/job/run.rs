@@ -368,7 +368,7 @@ impl<'a> JobRun<'a> {
         // training ended on a snapshot (an SGDR stage's last cycle end): the final model is that
         // snapshot, scored already; otherwise predict (and TTA) the weights now
         let (final_model, final_tta) = match self.taken.last().filter(|t| t.step == Some(l.global_step)) {
-            Some(last) => (last.result.metrics(), last.result.tta.clone()),
+            Some(last) => (last.result.metrics(), last.result.tta),
             None => {
                 let final_probs = l.predict(Split::Eval)?;
                 let metrics = l.task.metrics(&final_probs, Split::Eval);
