@@ -94,7 +94,8 @@ pub struct SnapshotResult {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SoFar {
     /// Seconds since this process started the job (range test, epochs, validation and scoring
-    /// included) when this snapshot's ensemble was scored.
+    /// included) when this snapshot's ensemble was scored; a resumed job counts from its resume,
+    /// and snapshots restored from its checkpoint keep the seconds of the process that took them.
     pub seconds: f64,
     pub ensemble: EnsembleResult,
 }

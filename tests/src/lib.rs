@@ -369,3 +369,15 @@ pub fn last_training_pid(worker_log: &std::path::Path) -> Option<u32> {
     let line = text.lines().rev().find(|l| l.contains("training started"))?;
     line.split("pid=").nth(1)?.split_whitespace().next()?.parse().ok()
 }
+
+/// `results.json`'s `key` with the wall-clock seconds of the snapshots' `so_far` records left out:
+/// what two runs of the same steps (one of them resumed) must agree on exactly.
+pub fn without_seconds(results: &serde_json::Value, key: &str) -> serde_json::Value {
+    let mut v = results[key].clone();
+    for s in v.as_array_mut().into_iter().flatten() {
+        if let Some(f) = s.get_mut("so_far").and_then(|f| f.as_object_mut()) {
+            f.remove("seconds");
+        }
+    }
+    v
+}

@@ -294,28 +294,29 @@ impl Drop for Ring {
     }
 }
 
+/// For tests: rings of `n` ranks connected on threads, on 127.0.0.1 ports chosen by the kernel
+/// (20 s timeouts), rank `r` at index `r`.
+#[cfg(test)]
+pub(crate) fn local_rings(n: usize) -> Vec<Ring> {
+    let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let peers: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
+    let handles: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(rank, l)| {
+            let cfg = RingConfig { timeout: Duration::from_secs(20), ..RingConfig::new(rank, peers.clone()) };
+            std::thread::spawn(move || Ring::connect_with(l, cfg))
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Rings of `n` ranks on threads, on 127.0.0.1 ports chosen by the kernel.
-    pub(crate) fn rings(n: usize) -> Vec<Ring> {
-        let listeners: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-        let peers: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
-        let handles: Vec<_> = listeners
-            .into_iter()
-            .enumerate()
-            .map(|(rank, l)| {
-                let cfg =
-                    RingConfig { timeout: Duration::from_secs(20), ..RingConfig::new(rank, peers.clone()) };
-                std::thread::spawn(move || Ring::connect_with(l, cfg))
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
-    }
-
     fn make(n: usize) -> Vec<Box<dyn Collective>> {
-        rings(n).into_iter().map(|r| Box::new(r) as Box<dyn Collective>).collect()
+        local_rings(n).into_iter().map(|r| Box::new(r) as Box<dyn Collective>).collect()
     }
 
     crate::collective_suite!(ring_passes_the_shared_suite, make);

@@ -105,13 +105,12 @@ pub(crate) fn bucket_plan(sizes: impl Iterator<Item = usize>, bucket_elems: usiz
 
 #[cfg(test)]
 mod tests {
-    use std::net::TcpListener;
     use std::time::Duration;
 
     use tch::{Device, Kind};
 
     use super::*;
-    use crate::collective::{Ring, RingConfig};
+    use crate::collective::ring::local_rings;
     use crate::learner::Learner;
     use crate::models::GROUPS;
     use crate::task::{Batch, Shard, Split};
@@ -152,17 +151,12 @@ mod tests {
         let losses: Vec<f64> = (0..3).map(|_| one.step(&batch, &lrs).unwrap()).collect();
         let want = params(&one);
 
-        let ls: Vec<TcpListener> = (0..2).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-        let peers: Vec<String> = ls.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
-        let handles: Vec<_> = ls
+        let handles: Vec<_> = local_rings(2)
             .into_iter()
             .enumerate()
-            .map(|(rank, l)| {
-                let cfg =
-                    RingConfig { timeout: Duration::from_secs(20), ..RingConfig::new(rank, peers.clone()) };
+            .map(|(rank, ring)| {
                 let (x, y) = (x.narrow(0, 4 * rank as i64, 4), y.narrow(0, 4 * rank as i64, 4));
                 std::thread::spawn(move || {
-                    let ring = Ring::connect_with(l, cfg).unwrap();
                     // 40 elements per bucket: the small CNN's gradients span many buckets
                     let grads =
                         HostRing::new(Box::new(ring), Duration::from_secs(20)).unwrap().with_bucket_elems(40);
@@ -233,16 +227,11 @@ mod tests {
             one.predict_augmented(Split::Valid, 0).unwrap(),
             one.predict_augmented(Split::Valid, 1).unwrap(),
         ];
-        let ls: Vec<TcpListener> = (0..2).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-        let peers: Vec<String> = ls.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
-        let handles: Vec<_> = ls
+        let handles: Vec<_> = local_rings(2)
             .into_iter()
             .enumerate()
-            .map(|(rank, l)| {
-                let cfg =
-                    RingConfig { timeout: Duration::from_secs(20), ..RingConfig::new(rank, peers.clone()) };
+            .map(|(rank, ring)| {
                 std::thread::spawn(move || {
-                    let ring = Ring::connect_with(l, cfg).unwrap();
                     let mut learner = image_learner();
                     learner
                         .join(Box::new(HostRing::new(Box::new(ring), Duration::from_secs(20)).unwrap()))

@@ -313,20 +313,34 @@ impl Learner {
 
     /// The whole split's predictions from every rank's part: each rank writes its rows into a
     /// zeroed buffer and the group sums them (exact: every element is one rank's value plus
-    /// zeros).
+    /// zeros), a bounded chunk at a time so a large split needs no second full-size copy.
     fn gather(&self, part: Part) -> Result<Tensor> {
+        // unit tests cross chunk boundaries at odd places
+        const CHUNK: usize = if cfg!(test) { 7 } else { 1 << 20 };
         let mut shape = part.probs.size();
         let rows = shape[0].max(1) as usize;
         let mine = Vec::<f32>::try_from(part.probs.to_kind(Kind::Float).reshape([-1]))?;
         let per_row = mine.len() / rows;
-        let mut all = vec![0.0f64; part.items * per_row];
-        let at = part.first * per_row;
-        for (slot, &v) in all[at..at + mine.len()].iter_mut().zip(&mine) {
-            *slot = f64::from(v);
+        let mine_at = part.first * per_row..part.first * per_row + mine.len();
+        let mut all = vec![0.0f32; part.items * per_row];
+        let mut scratch = Vec::with_capacity(CHUNK.min(all.len()));
+        let mut grads = self.grads.borrow_mut();
+        for (c, out) in all.chunks_mut(CHUNK).enumerate() {
+            let at = c * CHUNK;
+            scratch.clear();
+            scratch.extend((at..at + out.len()).map(|i| {
+                if mine_at.contains(&i) {
+                    f64::from(mine[i - mine_at.start])
+                } else {
+                    0.0
+                }
+            }));
+            grads.sum(&mut scratch)?;
+            for (o, &v) in out.iter_mut().zip(&scratch) {
+                *o = v as f32;
+            }
         }
-        self.grads.borrow_mut().sum(&mut all)?;
         shape[0] = part.items as i64;
-        let all: Vec<f32> = all.into_iter().map(|v| v as f32).collect();
         Ok(crate::data::loader::cpu_tensor(&all, &shape))
     }
 

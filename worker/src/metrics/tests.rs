@@ -121,23 +121,17 @@ fn every_worker_metric_name_is_registered() {
 
 #[test]
 fn two_ranks_record_the_bytes_and_time_of_their_all_reduces() {
-    use std::net::TcpListener;
-
-    use crate::collective::{Ring, RingConfig};
+    use crate::collective::ring::local_rings;
     use crate::distributed::{GradAverage, HostRing};
     use crate::task::Batch;
 
     let m = WorkerMetrics::new();
-    let ls: Vec<TcpListener> = (0..2).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    let peers: Vec<String> = ls.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
-    let handles: Vec<_> = ls
+    let handles: Vec<_> = local_rings(2)
         .into_iter()
         .enumerate()
-        .map(|(rank, l)| {
-            let cfg = RingConfig { timeout: Duration::from_secs(20), ..RingConfig::new(rank, peers.clone()) };
+        .map(|(rank, ring)| {
             let comm = m.job("dp", rank).comm;
             std::thread::spawn(move || {
-                let ring = Ring::connect_with(l, cfg).unwrap();
                 let grads = HostRing::new(Box::new(ring), Duration::from_secs(20)).unwrap();
                 grads.set_metrics(comm);
                 let items = synthetic(1, 1, 12, 0);

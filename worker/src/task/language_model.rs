@@ -318,14 +318,13 @@ pub fn lstm_config(spec: &cyclotron_core::spec::JobSpec, vocab: i64) -> crate::m
 
 #[cfg(test)]
 mod tests {
-    use std::net::TcpListener;
     use std::time::Duration;
 
     use cyclotron_core::spec::{OptimizerKind, OptimizerSpec};
     use tch::nn;
 
     use super::*;
-    use crate::collective::{Ring, RingConfig};
+    use crate::collective::ring::local_rings;
     use crate::distributed::HostRing;
     use crate::learner::Learner;
     use crate::models::lstm::LstmConfig;
@@ -450,16 +449,10 @@ mod tests {
             .map(|b| one.step(b, &[0.5; GROUPS]).unwrap())
             .collect();
         let want = flat_params(&one);
-        let ls: Vec<TcpListener> = (0..2).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-        let peers: Vec<String> = ls.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
-        let handles: Vec<_> = ls
+        let handles: Vec<_> = local_rings(2)
             .into_iter()
-            .enumerate()
-            .map(|(rank, listener)| {
-                let cfg =
-                    RingConfig { timeout: Duration::from_secs(30), ..RingConfig::new(rank, peers.clone()) };
+            .map(|ring| {
                 std::thread::spawn(move || {
-                    let ring = Ring::connect_with(listener, cfg).unwrap();
                     let grads = HostRing::new(Box::new(ring), Duration::from_secs(30)).unwrap();
                     let mut l = learner(task(4, 0.0));
                     l.join(Box::new(grads)).unwrap();
