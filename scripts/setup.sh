@@ -30,8 +30,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# what the venv holds, from package metadata: importing torch to ask takes seconds, every `make`
+venv_has() {
+  "$CYCLOTRON_VENV/bin/python" - "$1" "$2" 2>/dev/null <<'PY'
+import importlib.metadata as m, sys
+name, want = sys.argv[1], sys.argv[2]
+try:
+    have = m.version(name).split("+")[0]
+except m.PackageNotFoundError:
+    sys.exit(1)
+sys.exit(0 if want in ("any", have) else 1)
+PY
+}
+
 want_torch="2.11.0"
-if ! "$CYCLOTRON_VENV/bin/python" -c "import torch,sys; sys.exit(0 if torch.__version__.split('+')[0]=='$want_torch' else 1)" 2>/dev/null; then
+if ! venv_has torch "$want_torch"; then
   say "installing torch==$want_torch into $CYCLOTRON_VENV (about 5 GB with its CUDA libraries; once)"
   python3 -m venv "$CYCLOTRON_VENV"
   "$CYCLOTRON_VENV/bin/pip" install -q --upgrade pip
@@ -40,21 +53,21 @@ fi
 
 # torchvision (matching torch 2.11) and safetensors: the cross-framework oracle of the vision models
 want_tv="0.26.0"
-if ! "$CYCLOTRON_VENV/bin/python" -c "import torchvision,safetensors,sys; sys.exit(0 if torchvision.__version__.split('+')[0]=='$want_tv' else 1)" 2>/dev/null; then
+if ! venv_has torchvision "$want_tv" || ! venv_has safetensors any; then
   say "installing torchvision==$want_tv and safetensors into $CYCLOTRON_VENV (once)"
   "$CYCLOTRON_VENV/bin/pip" install -q "torchvision==$want_tv" safetensors
 fi
 
 # scikit-learn: the bag-of-words baseline of the text benchmark (bench/text_baseline.py)
 want_skl="1.7.2"
-if ! "$CYCLOTRON_VENV/bin/python" -c "import sklearn,sys; sys.exit(0 if sklearn.__version__=='$want_skl' else 1)" 2>/dev/null; then
+if ! venv_has scikit-learn "$want_skl"; then
   say "installing scikit-learn==$want_skl into $CYCLOTRON_VENV (once)"
   "$CYCLOTRON_VENV/bin/pip" install -q "scikit-learn==$want_skl"
 fi
 
 # NCCL for the `nccl` feature: cudarc dlopens libnccl.so, the wheel ships libnccl.so.2; the link
-# lives next to it, and worker/build.rs puts that folder on the rpath
-nccl_dir=$("$CYCLOTRON_VENV/bin/python" -c "import torch,os;print(os.path.join(os.path.dirname(torch.__file__),'..','nvidia','nccl','lib'))")
+# lives next to it, and worker/build.rs puts that folder on the rpath (found without importing torch)
+nccl_dir=$("$CYCLOTRON_VENV/bin/python" -c "import importlib.util as u,os;print(os.path.join(os.path.dirname(u.find_spec('torch').origin),'..','nvidia','nccl','lib'))")
 if [ -e "$nccl_dir/libnccl.so.2" ] && [ ! -e "$nccl_dir/libnccl.so" ]; then
   ln -s libnccl.so.2 "$nccl_dir/libnccl.so"
 fi
