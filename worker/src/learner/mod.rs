@@ -273,20 +273,23 @@ impl Learner {
     /// shares are gathered, so every rank gets the whole split's predictions, row for row what
     /// one process computes, in 1 / world of the time. Tasks that cannot share predict whole.
     pub fn predict(&self, split: Split) -> Result<Tensor> {
-        self.share_buffers()?;
-        match self.task.predict_part(split, None, self.shard(), &self.abort)? {
-            Some(part) => self.gather(part),
-            None => self.task.predict(split, &self.abort),
-        }
+        self.predict_view(split, None)
     }
 
     /// The task's predictions on `split` under test-time augmentation view `view`; collective
     /// and shared between the ranks like [`Learner::predict`].
     pub fn predict_augmented(&self, split: Split, view: u64) -> Result<Tensor> {
+        self.predict_view(split, Some(view))
+    }
+
+    /// The plain view (`None`) or TTA view `k` of `split`, shared between the ranks when the
+    /// task can split it.
+    fn predict_view(&self, split: Split, view: Option<u64>) -> Result<Tensor> {
         self.share_buffers()?;
-        match self.task.predict_part(split, Some(view), self.shard(), &self.abort)? {
-            Some(part) => self.gather(part),
-            None => self.task.predict_augmented(split, view, &self.abort),
+        match (self.task.predict_part(split, view, self.shard(), &self.abort)?, view) {
+            (Some(part), _) => self.gather(part),
+            (None, None) => self.task.predict(split, &self.abort),
+            (None, Some(k)) => self.task.predict_augmented(split, k, &self.abort),
         }
     }
 

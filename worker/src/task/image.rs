@@ -174,6 +174,22 @@ impl ImageClassification {
         Ok(Tensor::cat(&parts, 0))
     }
 
+    /// Probabilities on `ds` of the plain view (`view = None`) or of TTA view `k`
+    /// ([`Task::predict_augmented`]).
+    fn view_probabilities(&self, ds: &Dataset, view: Option<u64>, abort: &AtomicBool) -> Result<Tensor> {
+        let Some(k) = view else {
+            return self.probabilities(ds, 0, None, abort);
+        };
+        let Some(aug) = &self.augmenter else {
+            return Err(Error::Invalid {
+                what: "tta".into(),
+                message: "the job has no [data.augment]".into(),
+            });
+        };
+        let aug = Arc::new(aug.tta_view(k));
+        self.probabilities(ds, TTA_EPOCH + k, Some(&aug), abort)
+    }
+
     /// Labels of `split` as an i64 tensor.
     pub fn labels(&self, split: Split) -> Tensor {
         labels(self.data.split(split))
@@ -218,7 +234,7 @@ impl Task for ImageClassification {
     }
 
     fn predict(&self, split: Split, abort: &AtomicBool) -> Result<Tensor> {
-        self.probabilities(self.data.split(split), 0, None, abort)
+        self.view_probabilities(self.data.split(split), None, abort)
     }
 
     /// View `k` takes the `k + 1`-th of the pipeline's flips and rotations for every item
@@ -226,14 +242,7 @@ impl Task for ImageClassification {
     /// reserved epoch [`TTA_EPOCH`]` + k`, so every snapshot sees the same views and a rerun
     /// repeats them.
     fn predict_augmented(&self, split: Split, view: u64, abort: &AtomicBool) -> Result<Tensor> {
-        let Some(aug) = &self.augmenter else {
-            return Err(Error::Invalid {
-                what: "tta".into(),
-                message: "the job has no [data.augment]".into(),
-            });
-        };
-        let aug = Arc::new(aug.tta_view(view));
-        self.probabilities(self.data.split(split), TTA_EPOCH + view, Some(&aug), abort)
+        self.view_probabilities(self.data.split(split), Some(view), abort)
     }
 
     fn predict_part(
@@ -249,15 +258,7 @@ impl Task for ImageClassification {
             return Ok(None);
         };
         let first = rows.start;
-        let mine = ds.subset(&rows.collect::<Vec<_>>());
-        let probs = match view {
-            None => self.probabilities(&mine, 0, None, abort)?,
-            Some(k) => {
-                let Some(aug) = &self.augmenter else { return Ok(None) };
-                let aug = Arc::new(aug.tta_view(k));
-                self.probabilities(&mine, TTA_EPOCH + k, Some(&aug), abort)?
-            }
-        };
+        let probs = self.view_probabilities(&ds.subset(&rows.collect::<Vec<_>>()), view, abort)?;
         Ok(Some(Part { first, items: ds.len(), probs }))
     }
 
