@@ -39,11 +39,13 @@ fn lm_spec() -> String {
     )
 }
 
+/// The classifier: a frozen epoch, then two 4-epoch cycles at 3e-2 (converged on every seed tried;
+/// two 2-epoch cycles at 1e-1 stopped at 84 % on an AVX2-only CPU with seed 3, 100 % elsewhere).
 fn clf_spec(encoder: Option<&str>, lstm: &str) -> String {
     let enc = encoder.map_or(String::new(), |e| format!("encoder = \"{e}\"\n"));
     let model = lstm.replace("[model.lstm]", &format!("{enc}[model.lstm]"));
     format!(
-        "name = \"clf\"\nseed = 3\noutput = \"file://runs\"\n[data]\nsource = \"text_csv\"\npath = \"reviews.csv\"\nbatch_size = 16\nvalid_pct = 0.2\ntest_pct = 0.2\n[data.text]\nlabels = [\"rotten\", \"fresh\"]\nvocab_size = 80\n{model}[optimizer]\nkind = \"adamw\"\nweight_decay = 0.01\n[[stage]]\nfreeze = true\nlr = 3e-2\nepochs = 1\n[[stage]]\nlr = 1e-1\ncycles = 2\ncycle_len = 2\n[runtime]\nthreads = 1\n"
+        "name = \"clf\"\nseed = 3\noutput = \"file://runs\"\n[data]\nsource = \"text_csv\"\npath = \"reviews.csv\"\nbatch_size = 16\nvalid_pct = 0.2\ntest_pct = 0.2\n[data.text]\nlabels = [\"rotten\", \"fresh\"]\nvocab_size = 80\n{model}[optimizer]\nkind = \"adamw\"\nweight_decay = 0.01\n[[stage]]\nfreeze = true\nlr = 3e-2\nepochs = 1\n[[stage]]\nlr = 3e-2\ncycles = 2\ncycle_len = 4\n[runtime]\nthreads = 1\n"
     )
 }
 
