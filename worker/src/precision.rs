@@ -64,8 +64,8 @@ pub struct Autocast {
 impl Autocast {
     /// Autocast for `device` at `precision` until the guard drops; `None` for fp32.
     pub fn enter(precision: Precision, device: Device) -> Result<Option<Autocast>> {
-        let dtype = match precision {
-            Precision::Fp32 => return Ok(None),
+        let dtype = match resolve(precision, device).0 {
+            Precision::Fp32 | Precision::Auto => return Ok(None),
             Precision::Bf16 => BFLOAT16,
             Precision::Fp16 => {
                 return Err(Error::Invalid {
@@ -111,6 +111,21 @@ pub fn cpu_has_native_bf16() -> Option<bool> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
     let flags = info.lines().find(|l| l.starts_with("flags"))?;
     Some(flags.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16"))
+}
+
+/// What `precision` computes in on `device`: `auto` becomes `bf16` on a GPU or a CPU with native
+/// bfloat16 and `fp32` elsewhere (or where the CPU's flags cannot be read), with the reason;
+/// the others stay as they are.
+pub fn resolve(precision: Precision, device: Device) -> (Precision, &'static str) {
+    match (precision, device) {
+        (Precision::Auto, Device::Cpu) => match cpu_has_native_bf16() {
+            Some(true) => (Precision::Bf16, "this CPU has AMX or AVX-512 BF16"),
+            Some(false) => (Precision::Fp32, "this CPU has neither AMX nor AVX-512 BF16"),
+            None => (Precision::Fp32, "this CPU's flags cannot be read"),
+        },
+        (Precision::Auto, _) => (Precision::Bf16, "a GPU"),
+        (p, _) => (p, "as the spec says"),
+    }
 }
 
 /// A warning for `precision` on `device` when it is likely to be slower than fp32.

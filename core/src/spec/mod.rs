@@ -519,19 +519,23 @@ pub enum Precision {
     Bf16,
     /// Half precision: needs dynamic loss scaling, which is not built; refused by validation.
     Fp16,
+    /// `bf16` where it computes natively — a GPU, or a CPU with AMX or AVX-512 BF16 — and `fp32`
+    /// elsewhere: on a CPU without either libtorch emulates bfloat16, many times slower. The
+    /// worker logs which it chose.
+    Auto,
 }
 
 impl std::str::FromStr for Precision {
     type Err = String;
 
-    /// The spec's names (`fp32`, `bf16`, `fp16`), for command-line flags.
+    /// The spec's names (`fp32`, `bf16`, `fp16`, `auto`), for command-line flags.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         #[derive(Deserialize)]
         struct Named {
             precision: Precision,
         }
         toml::from_str::<Named>(&format!("precision = {s:?}")).map(|n| n.precision).map_err(|_| {
-            format!("unknown precision {s:?}: fp32 or bf16 (fp16 needs loss scaling, not built)")
+            format!("unknown precision {s:?}: fp32, bf16 or auto (fp16 needs loss scaling, not built)")
         })
     }
 }
@@ -753,6 +757,7 @@ mod precision_tests {
         assert_eq!("fp32".parse::<Precision>(), Ok(Precision::Fp32));
         assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Bf16));
         assert_eq!("fp16".parse::<Precision>(), Ok(Precision::Fp16));
+        assert_eq!("auto".parse::<Precision>(), Ok(Precision::Auto));
         let err = "half".parse::<Precision>().unwrap_err();
         assert!(err.contains("\"half\"") && err.contains("bf16"), "{err}");
     }

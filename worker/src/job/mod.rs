@@ -8,7 +8,7 @@ pub(crate) mod scoring;
 use cyclotron_core::checkpoint::CheckpointStore;
 use cyclotron_core::lr_range::{LrFindReport, LrRange};
 use cyclotron_core::results::TrainResults;
-use cyclotron_core::spec::{JobSpec, LrFindSpec};
+use cyclotron_core::spec::{JobSpec, LrFindSpec, Precision};
 
 use crate::error::{Error, Result};
 use crate::event::Observer;
@@ -40,7 +40,11 @@ pub struct TrainOptions {
 pub fn build_learner(spec: &JobSpec, obs: &mut dyn Observer) -> Result<Learner> {
     let task = crate::task::registry::build(spec, obs)?;
     let mut learner = Learner::new(task, &spec.optimizer, spec.seed);
-    learner.precision = spec.runtime.precision;
+    let (precision, why) = crate::precision::resolve(spec.runtime.precision, learner.device());
+    if spec.runtime.precision == Precision::Auto {
+        tracing::info!("runtime.precision = \"auto\": {} ({why})", format!("{precision:?}").to_lowercase());
+    }
+    learner.precision = precision;
     if let Some(warning) = crate::precision::slow_precision_warning(learner.precision, learner.device()) {
         tracing::warn!("{warning}");
     }

@@ -68,3 +68,15 @@ fn a_cpu_without_native_bf16_is_warned_about_and_fp32_never_is() {
     let warning = super::slow_precision_warning(Precision::Bf16, Device::Cpu);
     assert_eq!(warning.is_some(), native == Some(false), "{native:?} {warning:?}");
 }
+
+#[test]
+fn auto_is_bf16_where_it_is_native_and_fp32_elsewhere() {
+    let (cpu, why) = super::resolve(Precision::Auto, Device::Cpu);
+    let expect = if super::cpu_has_native_bf16() == Some(true) { Precision::Bf16 } else { Precision::Fp32 };
+    assert_eq!(cpu, expect, "{why}");
+    assert_eq!(super::slow_precision_warning(cpu, Device::Cpu), None, "auto never chooses the slow path");
+    assert_eq!(super::resolve(Precision::Auto, Device::Cuda(0)).0, Precision::Bf16);
+    for p in [Precision::Fp32, Precision::Bf16] {
+        assert_eq!(super::resolve(p, Device::Cpu).0, p, "an explicit choice is kept");
+    }
+}
