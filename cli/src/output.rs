@@ -76,29 +76,39 @@ pub fn print_lr_find(r: &LrFindReport) {
     }
 }
 
-/// Accuracy with test-time augmentation, beside the plain one, when the job ran TTA.
+/// Accuracy with test-time augmentation, beside the plain one, when the job ran TTA; and the
+/// validation log-loss of each, which tells whether TTA helps without looking at the test set.
 fn print_tta(r: &TrainResults) {
-    let mut rows: Vec<(String, f64, f64)> = r
+    use cyclotron_core::results::Metrics;
+    type Row = (String, f64, f64, Option<(Metrics, Metrics)>);
+    let valid = |plain: Metrics, tta: Option<Metrics>| tta.map(|t| (plain, t));
+    let mut rows: Vec<Row> = r
         .snapshots
         .iter()
-        .filter_map(|s| s.tta.map(|t| (format!("snapshot {}", s.index), s.accuracy, t.accuracy)))
+        .filter_map(|s| {
+            s.tta.map(|t| {
+                (format!("snapshot {}", s.index), s.accuracy, t.accuracy, valid(s.valid, s.valid_tta))
+            })
+        })
         .collect();
     if let Some((e, t)) = r.ensemble.as_ref().and_then(|e| e.tta.map(|t| (e, t))) {
-        rows.push(("ensemble".into(), e.accuracy, t.accuracy));
+        rows.push(("ensemble".into(), e.accuracy, t.accuracy, valid(e.valid, e.valid_tta)));
     }
     if let Some((e, t)) = r.all_snapshots.as_ref().and_then(|e| e.tta.map(|t| (e, t))) {
-        rows.push(("all averaged".into(), e.accuracy, t.accuracy));
+        rows.push(("all averaged".into(), e.accuracy, t.accuracy, valid(e.valid, e.valid_tta)));
     }
     if let Some(t) = r.final_tta {
-        rows.push(("final".into(), r.final_model.accuracy, t.accuracy));
+        rows.push(("final".into(), r.final_model.accuracy, t.accuracy, None));
     }
     if rows.is_empty() {
         return;
     }
     println!();
-    println!("{:<12} {:>10} {:>10}", "TTA", "plain", "with TTA");
-    for (name, plain, tta) in rows {
-        println!("{name:<12} {:>9.2}% {:>9.2}%", 100.0 * plain, 100.0 * tta);
+    println!("{:<12} {:>10} {:>10} {:>12} {:>10}", "TTA", "plain", "with TTA", "valid loss", "with TTA");
+    for (name, plain, tta, valid) in rows {
+        let (vp, vt) = valid
+            .map_or(("-".into(), "-".into()), |(p, t)| (format!("{:.4}", p.loss), format!("{:.4}", t.loss)));
+        println!("{name:<12} {:>9.2}% {:>9.2}% {vp:>12} {vt:>10}", 100.0 * plain, 100.0 * tta);
     }
 }
 

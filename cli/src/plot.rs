@@ -186,6 +186,7 @@ mod tests {
             rmspe: None,
             valid: m,
             tta: None,
+            valid_tta: None,
             run: None,
             so_far: None,
         };
@@ -212,6 +213,7 @@ mod tests {
                 rmspe: None,
                 valid: m,
                 tta: None,
+                valid_tta: None,
             }),
             final_model: m,
             final_tta: None,

@@ -80,6 +80,10 @@ pub struct SnapshotResult {
     /// With test-time augmentation, on the evaluation split (absent when the job has no `[tta]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tta: Option<Metrics>,
+    /// With test-time augmentation, on the validation split: whether TTA helps, told without the
+    /// test set (absent without `[tta]`, and in results written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_tta: Option<Metrics>,
     /// The independent run it belongs to, when the job trains several (`ensemble.runs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
@@ -93,9 +97,9 @@ pub struct SnapshotResult {
 /// one is, and when it was ready: the job's time to accuracy, one point per snapshot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SoFar {
-    /// Seconds since this process started the job (range test, epochs, validation and scoring
-    /// included) when this snapshot's ensemble was scored; a resumed job counts from its resume,
-    /// and snapshots restored from its checkpoint keep the seconds of the process that took them.
+    /// Seconds the job had run (range test, epochs, validation and scoring included) when this
+    /// snapshot's ensemble was scored; a resumed job goes on from its checkpoint's count, so the
+    /// time between a stop and the resume is not counted, and the work redone after it is.
     pub seconds: f64,
     pub ensemble: EnsembleResult,
 }
@@ -148,6 +152,10 @@ pub struct EnsembleResult {
     /// Average of the members' TTA probabilities, on the evaluation split (absent without `[tta]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tta: Option<Metrics>,
+    /// The same on the validation split, where the members were chosen (absent without `[tta]`,
+    /// and in results written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_tta: Option<Metrics>,
 }
 
 /// Per-epoch record of one stage.
@@ -192,6 +200,8 @@ pub struct TrainResults {
     /// LR-range tests run during the job (stage index, report).
     pub lr_finds: Vec<(usize, LrFindReport)>,
     pub history: StepHistory,
+    /// Seconds the job ran, from its start to its results (a resumed job's count goes on from its
+    /// checkpoint's, as [`SoFar::seconds`] does).
     pub train_seconds: f64,
     /// The parallel LR sweep the coordinator ran before training (candidates compared, the grid's
     /// merged curve); absent when the run did its own range test.

@@ -80,31 +80,25 @@ pub struct Ran {
 /// Run `cyclotron ARGS` in `cwd`, waiting at most `deadline`; the child is killed past it.
 /// Output goes to files (no pipe to fill up and block the child).
 pub fn run(args: &[&str], cwd: &std::path::Path, deadline: Duration) -> Ran {
+    run_with(args, cwd, deadline, &[])
+}
+
+/// [`run`] with environment variables `env` set for the child.
+pub fn run_with(args: &[&str], cwd: &std::path::Path, deadline: Duration, env: &[(&str, &str)]) -> Ran {
     let logs = tempfile::tempdir().expect("temp dir");
     let (out_path, err_path) = (logs.path().join("stdout"), logs.path().join("stderr"));
     let child = Command::new(cyclotron_bin())
         .args(args)
         .current_dir(cwd)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).expect("stdout file"))
         .stderr(std::fs::File::create(&err_path).expect("stderr file"))
         .spawn()
         .expect("spawn cyclotron");
     let mut p = Proc(Some(child));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = p.0.as_mut().expect("child").try_wait().expect("wait") {
-            p.0 = None;
-            break status;
-        }
-        assert!(started.elapsed() < deadline, "cyclotron {args:?} did not finish within {deadline:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Ran {
-        code: status.code(),
-        stdout: std::fs::read_to_string(out_path).unwrap_or_default(),
-        stderr: std::fs::read_to_string(err_path).unwrap_or_default(),
-    }
+    let code = p.wait(deadline, &format!("cyclotron {args:?}"));
+    Ran { code, stdout: read(&out_path), stderr: read(&err_path) }
 }
 
 // ---- multi-process cluster helpers (tests/tests/cluster_*.rs) ---------------------------------
@@ -283,20 +277,7 @@ impl Worker {
 
 /// Run `cyclotron ARGS` (a short client command) in `cwd` with the cluster's tag; bounded by `deadline`.
 pub fn run_tagged(args: &[&str], cwd: &std::path::Path, deadline: Duration, tag: &str) -> Ran {
-    let logs = tempfile::tempdir().expect("temp dir");
-    let (out_path, err_path) = (logs.path().join("stdout"), logs.path().join("stderr"));
-    let child = Command::new(cyclotron_bin())
-        .args(args)
-        .current_dir(cwd)
-        .env(TAG_VAR, tag)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
-        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
-        .spawn()
-        .expect("spawn cyclotron");
-    let mut p = Proc(Some(child));
-    let code = p.wait(deadline, &format!("cyclotron {args:?}"));
-    Ran { code, stdout: read(&out_path), stderr: read(&err_path) }
+    run_with(args, cwd, deadline, &[(TAG_VAR, tag)])
 }
 
 /// A small, fast data-parallel job on a slice of Fashion-MNIST: `epochs` epochs of `limit`

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cyclotron_tests::{fashion_mnist_present, run, without_seconds};
+use cyclotron_tests::{fashion_mnist_present, run, run_with, without_seconds};
 
 /// Two stages (a constant-LR epoch, then an LR-range test and two SGDR cycles with snapshots):
 /// the interruption after epoch 2 falls inside stage 2, after its first snapshot.
@@ -59,9 +59,13 @@ fn read_json(path: &Path) -> serde_json::Value {
 }
 
 fn train(work: &Path, out: &str, run_name: &str, extra: &[&str]) -> String {
+    train_with(work, out, run_name, extra, &[])
+}
+
+fn train_with(work: &Path, out: &str, run_name: &str, extra: &[&str], env: &[(&str, &str)]) -> String {
     let mut args = vec!["--quiet", "train", "job.toml", "--out", out, "--run", run_name];
     args.extend_from_slice(extra);
-    let ran = run(&args, work, Duration::from_secs(300));
+    let ran = run_with(&args, work, Duration::from_secs(300), env);
     assert_eq!(ran.code, Some(0), "{args:?}\nstdout:\n{}\nstderr:\n{}", ran.stdout, ran.stderr);
     ran.stdout + &ran.stderr
 }
@@ -75,7 +79,10 @@ fn interrupted_and_resumed_run_matches_the_uninterrupted_one() {
     std::fs::write(work.path().join("job.toml"), SPEC).unwrap();
 
     train(work.path(), "whole", "whole", &[]);
-    let said = train(work.path(), "part", "split", &["--stop-after-epochs", "2"]);
+    // the first part is made slow (300 ms a step, 6 s over its 20 steps) so that its seconds
+    // outweigh the resumed part's: the job's clock must go on from them, not start again
+    let slow = [("CYCLOTRON_FAULT_SLOW_RANK", "0:300")];
+    let said = train_with(work.path(), "part", "split", &["--stop-after-epochs", "2"], &slow);
     assert!(said.contains("stopped after 2 epochs"), "{said}");
     let run_dir = work.path().join("store/resume/split");
     let ckpts: Vec<String> = std::fs::read_dir(&run_dir)
@@ -87,7 +94,11 @@ fn interrupted_and_resumed_run_matches_the_uninterrupted_one() {
     assert_eq!(ckpts, vec!["ckpt-0000000020"], "10 steps per epoch, 2 epochs");
     assert!(run_dir.join("ckpt-0000000020/MANIFEST.json").exists());
     assert!(run_dir.join("snapshots/cycle-0/MANIFEST.json").exists());
+    let before = read_json(&run_dir.join("ckpt-0000000020/state.json"))["seconds"].as_f64().unwrap();
+    assert!(before >= 6.0, "the checkpoint counts the first part's seconds: {before}");
+    let resuming = std::time::Instant::now();
     train(work.path(), "resumed", "split", &["--resume"]);
+    let resumed_wall = resuming.elapsed().as_secs_f64();
 
     let whole = read_json(&work.path().join("whole/results.json"));
     let resumed = read_json(&work.path().join("resumed/results.json"));
@@ -109,6 +120,18 @@ fn interrupted_and_resumed_run_matches_the_uninterrupted_one() {
             .collect()
     };
     assert_eq!(epochs(&whole), epochs(&resumed));
+
+    // time to accuracy counts the whole job: the snapshot taken after the resume, and the job's
+    // total, go on from the checkpoint's seconds (plus at most the resumed process's wall time)
+    let seconds = |v: &serde_json::Value| v["snapshots"][1]["so_far"]["seconds"].as_f64().unwrap();
+    let total = resumed["train_seconds"].as_f64().unwrap();
+    assert!(
+        before < seconds(&resumed) && seconds(&resumed) <= total,
+        "{before} {} {total}",
+        seconds(&resumed)
+    );
+    assert!(total <= before + resumed_wall, "{total} > {before} + {resumed_wall}");
+    assert!(resumed_wall < before, "the resumed part ({resumed_wall} s) must be the shorter for this check");
 }
 
 /// `--resume` of a run that never committed a checkpoint trains from the start, says so, and

@@ -15,5 +15,5 @@ pub mod snapshot;
 pub mod state;
 pub mod uploader;
 
-pub use state::{capture, hand_off, restore_latest, share_weights, Restored, TrainState};
+pub use state::{capture, hand_off, restore_latest, share_weights, Restored, SnapshotProbs, TrainState};
 pub use uploader::{Pending, Uploader};

@@ -37,10 +37,73 @@ pub struct TrainState {
     pub history: StepHistory,
     /// Snapshots taken so far; their predictions are in `ensemble.safetensors`.
     pub snapshots: Vec<SnapshotResult>,
+    /// Seconds the job had run when this checkpoint was taken (its processes' time, not the time
+    /// between a stop and the resume): a resumed job's clock goes on from here, so its records of
+    /// time to accuracy count the whole job. 0 in checkpoints written before it existed.
+    #[serde(default)]
+    pub seconds: f64,
 }
 
-/// A snapshot's predictions, as the ensemble needs them.
-pub type SnapshotProbs = (Tensor, Tensor, Option<Tensor>);
+/// A snapshot's predictions, as the ensemble needs them: class probabilities (or the task's
+/// prediction tensor) on the validation and the evaluation split, in each split's order.
+pub struct SnapshotProbs {
+    pub valid: Tensor,
+    pub eval: Tensor,
+    /// With test-time augmentation (`[tta]`, a task that augments), on the validation split:
+    /// what lets the ensemble choose its members on the predictions it delivers. `None` in
+    /// checkpoints written before it was kept.
+    pub valid_tta: Option<Tensor>,
+    /// With test-time augmentation, on the evaluation split.
+    pub eval_tta: Option<Tensor>,
+}
+
+impl SnapshotProbs {
+    /// The same tensors, shared (for a checkpoint of the predictions held in memory).
+    pub fn shallow_clone(&self) -> SnapshotProbs {
+        let opt = |t: &Option<Tensor>| t.as_ref().map(|t| t.shallow_clone());
+        SnapshotProbs {
+            valid: self.valid.shallow_clone(),
+            eval: self.eval.shallow_clone(),
+            valid_tta: opt(&self.valid_tta),
+            eval_tta: opt(&self.eval_tta),
+        }
+    }
+}
+
+/// The snapshots' predictions as `ensemble.safetensors` names them: `{i}.valid`, `{i}.eval`,
+/// `{i}.tta` (the evaluation split's, the name it had before validation TTA was kept) and
+/// `{i}.valid_tta`.
+fn probs_to_named(snapshots: &[SnapshotProbs]) -> Vec<(String, Tensor)> {
+    let mut named = vec![];
+    for (i, p) in snapshots.iter().enumerate() {
+        named.push((format!("{i}.valid"), p.valid.shallow_clone()));
+        named.push((format!("{i}.eval"), p.eval.shallow_clone()));
+        if let Some(t) = &p.eval_tta {
+            named.push((format!("{i}.tta"), t.shallow_clone()));
+        }
+        if let Some(t) = &p.valid_tta {
+            named.push((format!("{i}.valid_tta"), t.shallow_clone()));
+        }
+    }
+    named
+}
+
+/// The predictions of snapshots `0..n` back from [`probs_to_named`]'s names; a snapshot without
+/// its plain predictions is an error (the TTA ones are optional).
+fn probs_from_named(named: &[(String, Tensor)], n: usize) -> std::result::Result<Vec<SnapshotProbs>, String> {
+    let get = |k: String| named.iter().find(|(name, _)| *name == k).map(|(_, t)| t.shallow_clone());
+    (0..n)
+        .map(|i| match (get(format!("{i}.valid")), get(format!("{i}.eval"))) {
+            (Some(valid), Some(eval)) => Ok(SnapshotProbs {
+                valid,
+                eval,
+                valid_tta: get(format!("{i}.valid_tta")),
+                eval_tta: get(format!("{i}.tta")),
+            }),
+            _ => Err(format!("predictions of snapshot {i} are missing")),
+        })
+        .collect()
+}
 
 /// A CPU copy that later training steps cannot change.
 fn cpu_copy(t: &Tensor) -> Tensor {
@@ -125,14 +188,7 @@ pub fn capture(
     keep_last: usize,
 ) -> Pending {
     let (model, optim, counts) = share_weights_and_optimiser(l.model().vs(), &l.opt);
-    let mut ensemble = vec![];
-    for (i, (valid, eval, tta)) in snapshots.iter().enumerate() {
-        ensemble.push((format!("{i}.valid"), valid.shallow_clone()));
-        ensemble.push((format!("{i}.eval"), eval.shallow_clone()));
-        if let Some(t) = tta {
-            ensemble.push((format!("{i}.tta"), t.shallow_clone()));
-        }
-    }
+    let ensemble = probs_to_named(snapshots);
     state.opt_counts = counts;
     let position = (state.global_step, state.stage, state.stage_epochs, None);
     Pending {
@@ -199,17 +255,8 @@ pub fn restore_latest(
     l.global_step = state.global_step;
     l.epochs_done = state.epochs_done;
     let ens = from_safetensors(blob("ensemble.safetensors")?, "ensemble.safetensors")?;
-    let get = |k: String| ens.iter().find(|(n, _)| *n == k).map(|(_, t)| t.shallow_clone());
-    let mut snapshots = vec![];
-    for i in 0..state.snapshots.len() {
-        let (Some(valid), Some(eval)) = (get(format!("{i}.valid")), get(format!("{i}.eval"))) else {
-            return Err(Error::Checkpoint {
-                key: format!("{}/ensemble.safetensors", v.dir),
-                message: format!("predictions of snapshot {i} are missing"),
-            });
-        };
-        snapshots.push((valid, eval, get(format!("{i}.tta"))));
-    }
+    let snapshots = probs_from_named(&ens, state.snapshots.len())
+        .map_err(|message| Error::Checkpoint { key: format!("{}/ensemble.safetensors", v.dir), message })?;
     tracing::info!(checkpoint = %v.dir, step = state.global_step, epochs = state.epochs_done, "resumed");
     Ok(Some(Restored { dir: v.dir, state, snapshots }))
 }
@@ -224,6 +271,29 @@ mod tests {
     use super::*;
     use crate::checkpoint::Uploader;
     use crate::optim::Optimizer;
+
+    #[test]
+    fn snapshot_predictions_round_trip_with_and_without_tta() {
+        let t = |v: f32| Tensor::from_slice(&[v, 1.0 - v]).view([1, 2]);
+        let with =
+            SnapshotProbs { valid: t(0.1), eval: t(0.2), valid_tta: Some(t(0.3)), eval_tta: Some(t(0.4)) };
+        let without = SnapshotProbs { valid: t(0.5), eval: t(0.6), valid_tta: None, eval_tta: None };
+        let named = probs_to_named(&[with, without]);
+        let back = probs_from_named(&named, 2).unwrap();
+        let first = |o: &Option<Tensor>| o.as_ref().map(|t| t.double_value(&[0, 0]));
+        assert_eq!(back[0].valid.double_value(&[0, 0]), t(0.1).double_value(&[0, 0]));
+        assert_eq!(back[0].eval.double_value(&[0, 0]), t(0.2).double_value(&[0, 0]));
+        assert_eq!(first(&back[0].valid_tta), Some(t(0.3).double_value(&[0, 0])));
+        assert_eq!(first(&back[0].eval_tta), Some(t(0.4).double_value(&[0, 0])));
+        assert_eq!((first(&back[1].valid_tta), first(&back[1].eval_tta)), (None, None));
+        // a checkpoint written before validation TTA was kept: `{i}.tta` is the evaluation split's
+        let old: Vec<_> = named.into_iter().filter(|(n, _)| !n.ends_with("valid_tta")).collect();
+        let back = probs_from_named(&old, 2).unwrap();
+        assert_eq!(first(&back[0].valid_tta), None);
+        assert_eq!(first(&back[0].eval_tta), Some(t(0.4).double_value(&[0, 0])));
+        let err = probs_from_named(&old, 3).err().unwrap();
+        assert!(err.contains("snapshot 2"), "{err}");
+    }
 
     #[test]
     fn handed_off_checkpoint_holds_the_weights_before_the_next_update() {

@@ -156,14 +156,12 @@ impl<'a> JobRun<'a> {
             .snapshots
             .into_iter()
             .zip(r.snapshots)
-            .map(|(result, (valid_probs, eval_probs, eval_tta))| Taken {
-                result,
-                valid_probs,
-                eval_probs,
-                eval_tta,
-                step: None,
-            })
+            .map(|(result, probs)| Taken { result, probs, step: None })
             .collect();
+        // the job's clock goes on from the checkpoint's: its records of time to accuracy count the
+        // processes before the stop too (this one's start-up included, the time stopped not)
+        let before = Duration::from_secs_f64(r.state.seconds.max(0.0));
+        self.started = self.started.checked_sub(before).unwrap_or(self.started);
         Ok(Position { stage: r.state.stage, epochs: r.state.stage_epochs })
     }
 
@@ -341,18 +339,9 @@ impl<'a> JobRun<'a> {
             epochs: self.epochs.clone(),
             history: self.rec.history.clone(),
             snapshots: self.taken.iter().map(|t| t.result.clone()).collect(),
+            seconds: self.started.elapsed().as_secs_f64(),
         };
-        let probs: Vec<_> = self
-            .taken
-            .iter()
-            .map(|t| {
-                (
-                    t.valid_probs.shallow_clone(),
-                    t.eval_probs.shallow_clone(),
-                    t.eval_tta.as_ref().map(|x| x.shallow_clone()),
-                )
-            })
-            .collect();
+        let probs: Vec<_> = self.taken.iter().map(|t| t.probs.shallow_clone()).collect();
         let pending = checkpoint::capture(&self.l, &self.run, state, &probs, self.spec.checkpoint.keep_last);
         checkpoint::hand_off(&mut self.l.opt, pending, &self.uploader)
     }
