@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cyclotron_tests::{fashion_mnist_present, run, run_with, without_seconds};
+use cyclotron_tests::{fashion_mnist_present, run_with, without_seconds};
 
 /// Two stages (a constant-LR epoch, then an LR-range test and two SGDR cycles with snapshots):
 /// the interruption after epoch 2 falls inside stage 2, after its first snapshot.
