@@ -106,11 +106,15 @@ impl Drop for Autocast {
 
 /// Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX, per /proc/cpuinfo's flags);
 /// without either libtorch converts to fp32 and back, and a bf16 step can be slower than fp32's.
-/// `None` where the flags cannot be read.
+/// `None` where the flags cannot be read. Read once per process: [`Autocast::enter`] resolves
+/// `auto` with it at every forward pass of a caller that did not resolve it first.
 pub fn cpu_has_native_bf16() -> Option<bool> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let flags = info.lines().find(|l| l.starts_with("flags"))?;
-    Some(flags.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16"))
+    static NATIVE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    *NATIVE.get_or_init(|| {
+        let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+        let flags = info.lines().find(|l| l.starts_with("flags"))?;
+        Some(flags.split_whitespace().any(|f| f == "avx512_bf16" || f == "amx_bf16"))
+    })
 }
 
 /// What `precision` computes in on `device`: `auto` becomes `bf16` on a GPU or a CPU with native
