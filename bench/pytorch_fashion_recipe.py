@@ -102,6 +102,9 @@ def main():
     ap.add_argument("--crop-pad", type=int, default=0, help="Cyclotron's crop_pad:<n> after the flip (0: none)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                     help="bf16: torch.autocast around the training forward pass and loss (Cyclotron's [runtime] precision); evaluations stay fp32")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="model.to(memory_format=torch.channels_last), as Cyclotron's [runtime] memory_format "
+                         "(\"auto\": channels-last on a CPU)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--json")
@@ -125,6 +128,8 @@ def main():
     y_test = torch.from_numpy(idx("t10k-labels-idx1-ubyte.gz").astype(np.int64))
 
     model = SmallResNet(a.width, blocks=a.blocks)
+    if a.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, weight_decay=5e-4)
     spe = len(x_train) // a.batch_size
     step, train_s, cycles = 0, 0.0, []

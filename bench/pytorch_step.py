@@ -136,6 +136,9 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="on cuda each step reads the loss (loss.item()), as Cyclotron's learner does")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="model.to(memory_format=torch.channels_last): 4-D weights NHWC, as Cyclotron's "
+                         "[runtime] memory_format = \"channels_last\" (its default on a CPU)")
     ap.add_argument("--json", help="write the result here")
     ap.add_argument("--malloc-tuning", action="store_true", help="apply Cyclotron's mallopt settings first")
     ap.add_argument("--fused", action="store_true", help="SGD(fused=True)")
@@ -154,6 +157,8 @@ def main():
     dev = torch.device(args.device)
     net, shape = build(args.model, args.width)
     net = net.to(dev)
+    if args.channels_last:
+        net = net.to(memory_format=torch.channels_last)
     net.train()
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4,
                           fused=True if args.fused else None)
@@ -186,11 +191,12 @@ def main():
               "step_ms_median": 1000 * statistics.median(times),
               "torch": torch.__version__, "threads": args.threads, "device": args.device,
               "malloc_tuning": args.malloc_tuning, "fused": args.fused,
-              "precision": args.precision}
+              "precision": args.precision, "channels_last": args.channels_last}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
-    print(f"pytorch {args.model} batch {args.batch_size} threads {args.threads} {args.precision}: "
+    layout = "channels-last" if args.channels_last else "contiguous"
+    print(f"pytorch {args.model} batch {args.batch_size} threads {args.threads} {args.precision} {layout}: "
           f"{result['samples_per_s']:.1f} samples/s, median step {result['step_ms_median']:.2f} ms "
           f"(torch {torch.__version__})")
 

@@ -190,6 +190,9 @@ enum Cmd {
         /// fp32, or bf16 (autocast around the forward pass and loss, as `[runtime] precision`)
         #[arg(long, default_value = "fp32")]
         precision: cyclotron_core::spec::Precision,
+        /// auto (channels-last on a CPU), channels_last or contiguous, as `[runtime] memory_format`
+        #[arg(long, default_value = "auto")]
+        memory_format: cyclotron_core::spec::MemoryFormat,
         /// Write the result as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -577,6 +580,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             device,
             torchscript,
             precision,
+            memory_format,
             json,
         } => {
             let device = parse_device(&device)?;
@@ -598,9 +602,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 warmup,
                 device,
                 module.as_deref(),
-                precision,
+                (precision, memory_format),
             )?;
-            println!("cyclotron {model} batch {batch_size} threads {threads} {precision:?}: {:.1} samples/s (median step {:.2} ms)", r.samples_per_s, r.step_ms_median);
+            let layout = if r.channels_last { "channels-last" } else { "contiguous" };
+            println!("cyclotron {model} batch {batch_size} threads {threads} {precision:?} {layout}: {:.1} samples/s (median step {:.2} ms)", r.samples_per_s, r.step_ms_median);
             if let Some(path) = json {
                 output::write_json(&path, &r)?;
             }

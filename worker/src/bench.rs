@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use cyclotron_core::spec::{OptimizerSpec, Precision};
+use cyclotron_core::spec::{MemoryFormat, OptimizerSpec, Precision};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
@@ -26,6 +26,8 @@ pub struct StepBench {
     pub steps: usize,
     pub device: String,
     pub precision: Precision,
+    /// Whether the model's 4-D weights were channels-last (`[runtime] memory_format` resolved).
+    pub channels_last: bool,
     pub samples_per_s: f64,
     pub step_ms_median: f64,
 }
@@ -80,20 +82,24 @@ pub fn step_throughput(
     warmup: usize,
     device: Device,
     module: Option<&[u8]>,
-    precision: Precision,
+    (precision, memory_format): (Precision, MemoryFormat),
 ) -> Result<StepBench> {
     tch::set_num_threads(threads);
     tch::manual_seed(0);
     let (channels, side) = synthetic_input(arch);
     let items = crate::metrics::synthetic(1, channels as usize, side as usize, 0);
-    let mut l = match module {
+    let net = match module {
         Some(bytes) => {
-            let net =
-                models::build_torchscript(bytes, "bench module", None, [channels, side, side], 10, device)?;
-            learner_of(net, (items, 1))
+            models::build_torchscript(bytes, "bench module", None, [channels, side, side], 10, device)?
         }
-        None => bench_learner(arch, width, 10, (items, 1), device)?,
+        None => models::build(arch, width, channels, 10, device)?,
     };
+    // as `build_learner` does, before the optimiser exists
+    let channels_last = crate::memory_format::resolve(memory_format, arch, device).0;
+    if channels_last {
+        crate::memory_format::to_channels_last(&net);
+    }
+    let mut l = learner_of(net, (items, 1));
     l.precision = precision;
     let batch = random_batch(batch_size, (channels, side), 10, device);
     let lrs = [0.01; GROUPS];
@@ -116,6 +122,7 @@ pub fn step_throughput(
         steps,
         device: format!("{device:?}").to_lowercase(),
         precision,
+        channels_last,
         samples_per_s: (steps as f64 * batch_size as f64) / total,
         step_ms_median: 1000.0 * times[times.len() / 2],
     })

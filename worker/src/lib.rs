@@ -25,6 +25,7 @@ pub mod event;
 pub mod fault;
 pub mod job;
 pub mod learner;
+pub mod memory_format;
 pub mod metrics;
 pub mod models;
 pub mod optim;

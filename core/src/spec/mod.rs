@@ -506,6 +506,26 @@ pub struct RuntimeSpec {
     /// scaling exists.
     #[serde(default)]
     pub precision: Precision,
+    /// How convolution weights (and so activations) are laid out in memory: `channels_last`
+    /// (NHWC, what oneDNN's CPU convolutions run fastest on), `contiguous` (NCHW, PyTorch's
+    /// default), or `auto` (the default): channels-last for Cyclotron's own convolutional models
+    /// on a CPU, contiguous elsewhere. The values and the results are the same either way.
+    #[serde(default)]
+    pub memory_format: MemoryFormat,
+}
+
+/// `[runtime] memory_format`: the layout of 4-D weights and activations (PyTorch's
+/// `model.to(memory_format=torch.channels_last)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryFormat {
+    /// Channels-last for the built-in convolutional models on a CPU (measured faster there, fp32,
+    /// on Xeon and EPYC), contiguous on a GPU (not measured there) and for TorchScript models
+    /// (their code may `view` activations, which needs the default layout).
+    #[default]
+    Auto,
+    ChannelsLast,
+    Contiguous,
 }
 
 /// `[runtime] precision`: what the forward pass computes in (torch.autocast's choice).
@@ -537,6 +557,21 @@ impl std::str::FromStr for Precision {
         toml::from_str::<Named>(&format!("precision = {s:?}")).map(|n| n.precision).map_err(|_| {
             format!("unknown precision {s:?}: fp32, bf16 or auto (fp16 needs loss scaling, not built)")
         })
+    }
+}
+
+impl std::str::FromStr for MemoryFormat {
+    type Err = String;
+
+    /// The spec's names (`auto`, `channels_last`, `contiguous`), for command-line flags.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        #[derive(Deserialize)]
+        struct Named {
+            memory_format: MemoryFormat,
+        }
+        toml::from_str::<Named>(&format!("memory_format = {s:?}"))
+            .map(|n| n.memory_format)
+            .map_err(|_| format!("unknown memory format {s:?}: auto, channels_last or contiguous"))
     }
 }
 
@@ -758,6 +793,11 @@ mod precision_tests {
         assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Bf16));
         assert_eq!("fp16".parse::<Precision>(), Ok(Precision::Fp16));
         assert_eq!("auto".parse::<Precision>(), Ok(Precision::Auto));
+        assert_eq!("channels_last".parse::<super::MemoryFormat>(), Ok(super::MemoryFormat::ChannelsLast));
+        assert!("nhwc"
+            .parse::<super::MemoryFormat>()
+            .unwrap_err()
+            .contains("auto, channels_last or contiguous"));
         let err = "half".parse::<Precision>().unwrap_err();
         assert!(err.contains("\"half\"") && err.contains("bf16"), "{err}");
     }

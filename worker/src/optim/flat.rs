@@ -11,17 +11,22 @@
 
 use tch::{Device, Kind, Tensor};
 
+use crate::memory_format::{channels_last, is_channels_last, is_nhwc_only};
+
 /// Slots start on multiples of this many elements (64 bytes of `f32`), so every parameter is
 /// aligned for vector loads. The gaps stay zero in every buffer, which every update keeps zero.
 const ALIGN: i64 = 16;
 
-/// A parameter's place: buffer `buf`, elements `off..off + numel`, viewed as `shape`.
+/// A parameter's place: buffer `buf`, elements `off..off + numel`, viewed as `shape`; in NHWC
+/// order when `channels_last` (a 4-D weight laid out channels-last, [`crate::memory_format`]), so
+/// the parameter keeps its layout as a view, and its gradient and state share the order.
 #[derive(Debug, Clone)]
 pub(super) struct Slot {
     pub buf: usize,
     pub off: i64,
     pub numel: i64,
     pub shape: Vec<i64>,
+    pub channels_last: bool,
 }
 
 /// One layer group's tensors of one dtype on one device.
@@ -97,22 +102,48 @@ pub(super) fn layout(params: &[(usize, &Tensor)]) -> (Vec<Buffer>, Vec<Slot>) {
         };
         let b = &mut buffers[buf];
         let numel = t.numel() as i64;
-        slots.push(Slot { buf, off: b.len, numel, shape: t.size() });
+        slots.push(Slot { buf, off: b.len, numel, shape: t.size(), channels_last: is_nhwc_only(t) });
         b.members.push(i);
         b.len += (numel + ALIGN - 1) / ALIGN * ALIGN;
     }
     (buffers, slots)
 }
 
-/// `flat`'s elements of `slot`, shaped like the parameter.
+/// `flat`'s elements of `slot`, shaped like the parameter (and strided like it).
 pub(super) fn view(flat: &Tensor, slot: &Slot) -> Tensor {
-    flat.narrow(0, slot.off, slot.numel).view(slot.shape.as_slice())
+    let run = flat.narrow(0, slot.off, slot.numel);
+    if slot.channels_last {
+        let s = &slot.shape;
+        run.view([s[0], s[2], s[3], s[1]]).permute([0, 3, 1, 2])
+    } else {
+        run.view(slot.shape.as_slice())
+    }
 }
 
-/// Whether `t`'s storage is `slot` of `flat` (a variable given other storage is not).
+/// Whether `t`'s storage is `slot` of `flat`, in the slot's order (a variable given other
+/// storage, or another layout, is not).
 pub(super) fn attached(t: &Tensor, flat: &Tensor, slot: &Slot) -> bool {
     let start = flat.data_ptr() as usize + slot.off as usize * flat.kind().elt_size_in_bytes();
-    t.data_ptr() as usize == start && t.is_contiguous()
+    t.data_ptr() as usize == start && in_slot_order(t, slot)
+}
+
+/// Whether `t`'s elements lie densely in memory in `slot`'s order (NCHW, or NHWC).
+pub(super) fn in_slot_order(t: &Tensor, slot: &Slot) -> bool {
+    if slot.channels_last {
+        is_channels_last(t)
+    } else {
+        t.is_contiguous()
+    }
+}
+
+/// `t` (a gradient of `slot`'s parameter) as a dense tensor whose memory is in the slot's order:
+/// `t` itself when it is, else a copy.
+pub(super) fn dense_in_slot_order(t: &Tensor, slot: &Slot) -> Tensor {
+    match (in_slot_order(t, slot), slot.channels_last) {
+        (true, _) => t.shallow_clone(),
+        (false, true) => channels_last(t),
+        (false, false) => t.contiguous(),
+    }
 }
 
 /// Copy `t`'s values into `slot` of `flat` and make `t` a view of it. Call without gradient

@@ -280,11 +280,10 @@ impl Optimizer {
         if active.is_empty() {
             return;
         }
-        // the gradients as contiguous tensors, alive while the slices into them are
-        let grads: Vec<Tensor> = active
-            .iter()
-            .map(|(_, g)| if g.is_contiguous() { g.shallow_clone() } else { g.contiguous() })
-            .collect();
+        // the gradients as dense tensors in their parameter's memory order (NCHW, or NHWC for a
+        // channels-last weight), alive while the slices into them are
+        let grads: Vec<Tensor> =
+            active.iter().map(|(i, g)| flat::dense_in_slot_order(g, &self.params[*i].slot)).collect();
         let mut items = Vec::with_capacity(active.len());
         for ((i, _), grad) in active.iter().zip(&grads) {
             let p = &self.params[*i];
@@ -295,7 +294,7 @@ impl Optimizer {
             // SAFETY: `flat_p`, `b.m` and `b.v` are contiguous f32 CPU buffers owned by this
             // optimiser, alive for this call; slot `p.slot` lies inside each, and slots of different
             // parameters do not overlap, so no two slices alias. `grad` is the parameter's own
-            // contiguous f32 CPU gradient of `n` elements, held in `grads`, which no other slice
+            // dense f32 CPU gradient of `n` elements in the slot's order, held in `grads`, which no other slice
             // covers. Nothing else runs on these tensors during the update (no autograd, readers
             // waited for).
             #[allow(unsafe_code)]

@@ -284,3 +284,45 @@ fn zero_grad_releases_or_zeroes_the_gradients() {
         assert_eq!(p.grad(), Tensor::from_slice(&[3.0f32, 3.0]), "{grads:?}");
     }
 }
+
+/// Channels-last weights (`[runtime] memory_format`): the flat buffers keep each such weight's
+/// slot in NHWC order, so after every step with every rule, update path and gradient layout the
+/// weights are the per-tensor optimiser's on a contiguous copy of the model (to the rounding of
+/// NHWC vs NCHW convolution kernels), they stay channels-last views of their buffer, and a
+/// checkpoint's state resumes exactly.
+#[test]
+fn channels_last_weights_update_in_their_own_order_and_keep_it() {
+    use crate::memory_format::{is_nhwc_only, to_channels_last};
+    let nhwc_weights = |n: &Net| n.parameters().iter().filter(|(_, _, t)| is_nhwc_only(t)).count();
+    for s in specs() {
+        for how in MAKES {
+            let what = format!("{how:?} {s:?}");
+            let (a, b) = (net(), net());
+            let moved = to_channels_last(&b);
+            assert!(moved >= 4 && nhwc_weights(&b) >= 4, "{what}: the 3×3 convolutions move ({moved})");
+            let mut ra = Reference::new(&s, a.parameters());
+            let mut ob = make(how, &s, &b);
+            for i in 0..8 {
+                ra.train(&a, i, &LRS);
+                ob.train(&b, i, &LRS);
+                let d = max_diff(&a, &b);
+                assert!(d <= 1e-4, "{what}: step {i}: parameters differ by {d}");
+            }
+            assert_eq!(nhwc_weights(&b), moved, "{what}: the weights left channels-last");
+            // exact resume of the channels-last model from its checkpointed state
+            let (tensors, counts) = ob.state();
+            let saved: Vec<(String, Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t.copy())).collect();
+            let c = net();
+            to_channels_last(&c);
+            let mut c = c;
+            c.vs.copy(&b.vs).unwrap();
+            let mut oc = make(how, &s, &c);
+            oc.load_state(&saved, &counts);
+            for i in 8..11 {
+                ob.train(&b, i, &LRS);
+                oc.train(&c, i, &LRS);
+                assert_eq!(max_diff(&b, &c), 0.0, "{what}: step {i} after resume");
+            }
+        }
+    }
+}
