@@ -1,7 +1,10 @@
 //! `ensemble.png`: a bar per snapshot and one for the ensemble, each the task's own metric on the
 //! evaluation split (`results.eval_split`: accuracy in percent, a language model's perplexity, a
 //! regression's RMSPE), with its value written above it. Ensemble members are drawn darker than
-//! the snapshots left out.
+//! the snapshots left out. When the job had `[tta]`, each slot holds two bars: the plain
+//! prediction's on the left and, lighter with an outline, the one with test-time augmentation on
+//! the right (what `predict` and the results table's "with TTA" column deliver); the dashed line
+//! is then at the ensemble's TTA value.
 
 use std::path::Path;
 
@@ -17,7 +20,15 @@ struct Bar {
     label: String,
     /// Accuracy in percent; NaN when it was not measured.
     accuracy: f64,
+    /// The same with test-time augmentation, when the job had `[tta]`.
+    tta: Option<f64>,
     colour: RGBColor,
+}
+
+/// `c` halfway to white: a TTA bar's fill.
+fn lighter(c: RGBColor) -> RGBColor {
+    let half = |v: u8| ((u16::from(v) + 255) / 2) as u8;
+    RGBColor(half(c.0), half(c.1), half(c.2))
 }
 
 /// Draw `results` to the PNG at `path` (see the module doc). Accuracies are fractions in [0, 1]
@@ -25,7 +36,7 @@ struct Bar {
 /// [`NoData`] when there is neither a snapshot nor an ensemble with a finite accuracy.
 pub fn ensemble_png(results: &TrainResults, path: &Path) -> Result<()> {
     let bars = bars(results);
-    let finite = bars.iter().map(|b| b.accuracy).filter(|a| a.is_finite());
+    let finite = bars.iter().flat_map(|b| [Some(b.accuracy), b.tta]).flatten().filter(|a| a.is_finite());
     let Some((lo, hi)) = style::min_max(finite) else {
         let n = results.snapshots.len();
         return Err(
@@ -33,16 +44,18 @@ pub fn ensemble_png(results: &TrainResults, path: &Path) -> Result<()> {
         );
     };
     let (y_lo, y_hi) = accuracy_window(lo, hi);
+    let with_tta = bars.iter().any(|b| b.tta.is_some());
 
     style::ensure_font()?;
     let root = BitMapBackend::new(path, style::ENSEMBLE_SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let caption = match &results.ensemble {
         Some(e) => format!(
-            "Snapshots and their ensemble ({} of {} snapshots, selection \"{}\" on the validation split)",
+            "Snapshots and their ensemble ({} of {}, selection \"{}\" on the validation split){}",
             e.members.len(),
             results.snapshots.len(),
-            e.selection
+            e.selection,
+            if with_tta { "; lighter: with TTA" } else { "" }
         ),
         None => "Snapshots (no ensemble was evaluated)".to_string(),
     };
@@ -75,39 +88,60 @@ pub fn ensemble_png(results: &TrainResults, path: &Path) -> Result<()> {
         .light_line_style(BLACK.mix(0.04))
         .draw()?;
 
-    // a quarter of each slot is gap
+    // a quarter of each slot is gap; with TTA the rest is split between the two bars
     let (plot_w, _) = chart.plotting_area().dim_in_pixel();
-    let gap = (plot_w / (2 * bars.len() as u32) / 4).max(1);
+    let slot = plot_w / bars.len() as u32;
+    let gap = (slot / 8).max(1);
+    let half = slot / 2;
     let value_style = style::label_style().pos(Pos::new(HPos::Center, VPos::Bottom));
     for (i, bar) in (0..).zip(&bars) {
-        let centre = SegmentValue::CenterOf(i);
-        if !bar.accuracy.is_finite() {
-            let text = Text::new("n/a", (0, -4), value_style.clone());
-            chart.plotting_area().draw(&(EmptyElement::at((centre, y_lo)) + text))?;
-            continue;
+        let centre = || SegmentValue::CenterOf(i);
+        // (value, fill, outline, left and right margins in pixels, label offset)
+        let mut drawn = vec![];
+        if with_tta {
+            let shift = (half / 2) as i32 - (gap / 2) as i32;
+            drawn.push((bar.accuracy, bar.colour, None, (gap, half), -shift));
+            let tta = bar.tta.unwrap_or(f64::NAN);
+            drawn.push((tta, lighter(bar.colour), Some(bar.colour), (half, gap), shift));
+        } else {
+            drawn.push((bar.accuracy, bar.colour, None, (gap, gap), 0));
         }
-        let mut rect = Rectangle::new(
-            [(SegmentValue::Exact(i), y_lo), (SegmentValue::Exact(i + 1), bar.accuracy)],
-            bar.colour.filled(),
-        );
-        rect.set_margin(0, 0, gap, gap);
-        chart.plotting_area().draw(&rect)?;
-        let text = Text::new(format!("{:.2}", bar.accuracy), (0, -4), value_style.clone());
-        chart.plotting_area().draw(&(EmptyElement::at((centre, bar.accuracy)) + text))?;
+        for (value, fill, outline, (left, right), dx) in drawn {
+            if !value.is_finite() {
+                let text = Text::new("n/a", (dx, -4), value_style.clone());
+                chart.plotting_area().draw(&(EmptyElement::at((centre(), y_lo)) + text))?;
+                continue;
+            }
+            let corners = || [(SegmentValue::Exact(i), y_lo), (SegmentValue::Exact(i + 1), value)];
+            let mut rect = Rectangle::new(corners(), fill.filled());
+            rect.set_margin(0, 0, left, right);
+            chart.plotting_area().draw(&rect)?;
+            if let Some(edge) = outline {
+                let mut rect = Rectangle::new(corners(), edge.stroke_width(2));
+                rect.set_margin(0, 0, left, right);
+                chart.plotting_area().draw(&rect)?;
+            }
+            let text = Text::new(format!("{value:.2}"), (dx, -4), value_style.clone());
+            chart.plotting_area().draw(&(EmptyElement::at((centre(), value)) + text))?;
+        }
     }
-    if let Some(e) =
-        results.ensemble.as_ref().map(|_| bars[bars.len() - 1].accuracy).filter(|a| a.is_finite())
-    {
+    let ensemble_bar = &bars[bars.len() - 1];
+    let headline = if with_tta { ensemble_bar.tta.unwrap_or(f64::NAN) } else { ensemble_bar.accuracy };
+    if let Some(e) = results.ensemble.as_ref().map(|_| headline).filter(|a| a.is_finite()) {
         let level = [(SegmentValue::Exact(0), e), (SegmentValue::Exact(n), e)];
         chart.draw_series(DashedLineSeries::new(level, 8, 5, style::ORANGE.mix(0.8).stroke_width(1)))?;
     }
 
-    // legend: the three bar colours
-    for (colour, label) in [
+    // legend: the three bar colours (and the lighter TTA bars)
+    let mut legend = vec![
         (style::BLUE_T, "ensemble member"),
         (style::LIGHT_BLUE, "snapshot left out"),
         (style::ORANGE, "ensemble"),
-    ] {
+    ];
+    if with_tta {
+        legend.push((lighter(style::BLUE_T), "right of each: with TTA (lighter)"));
+    }
+    for (colour, label) in legend {
         chart
             .draw_series(std::iter::empty::<Circle<(SegmentValue<i32>, f64), i32>>())?
             .label(label)
@@ -138,6 +172,7 @@ fn bars(results: &TrainResults) -> Vec<Bar> {
         .map(|s| Bar {
             label: format!("snapshot {}", s.index),
             accuracy: s.metrics().headline().1,
+            tta: s.tta.map(|m| m.headline().1),
             colour: if members.contains(&s.index) { style::BLUE_T } else { style::LIGHT_BLUE },
         })
         .collect();
@@ -145,12 +180,17 @@ fn bars(results: &TrainResults) -> Vec<Bar> {
         bars.push(Bar {
             label: "ensemble".into(),
             accuracy: e.metrics().headline().1,
+            tta: e.tta.map(|m| m.headline().1),
             colour: style::ORANGE,
         });
     }
-    let fractions = bars.iter().all(|b| b.accuracy.is_nan() || b.accuracy <= 1.0);
+    let values = || bars.iter().flat_map(|b| [Some(b.accuracy), b.tta]).flatten();
+    let fractions = values().all(|a| a.is_nan() || a <= 1.0);
     if fractions && metric_name(results) == "accuracy" {
-        bars.iter_mut().for_each(|b| b.accuracy *= 100.0);
+        for b in &mut bars {
+            b.accuracy *= 100.0;
+            b.tta = b.tta.map(|t| t * 100.0);
+        }
     }
     bars
 }
@@ -232,9 +272,36 @@ mod tests {
     }
 
     #[test]
+    fn with_tta_each_slot_has_a_lighter_outlined_tta_bar() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("ensemble.png");
+        let mut r = results(&[0.886, 0.918, 0.931], Some(0.924));
+        let tta = |a: f64| Some(Metrics::classification(0.25, a));
+        for (s, a) in r.snapshots.iter_mut().zip([0.889, 0.921, 0.936]) {
+            s.tta = tta(a);
+        }
+        r.ensemble.as_mut().unwrap().tta = tta(0.935);
+        let b = bars(&r);
+        let tenths = |v: f64| (v * 10.0).round() / 10.0;
+        let got: Vec<_> = b.iter().map(|b| (tenths(b.accuracy), b.tta.map(tenths))).collect();
+        assert_eq!(got, [(88.6, Some(88.9)), (91.8, Some(92.1)), (93.1, Some(93.6)), (92.4, Some(93.5))]);
+        ensemble_png(&r, &path).unwrap();
+        let img = assert_png(&path, style::ENSEMBLE_SIZE);
+        for colour in [style::BLUE_T, style::LIGHT_BLUE, style::ORANGE] {
+            assert!(count_colour(&img, colour) > 1500, "too little of {colour:?}");
+            assert!(count_colour(&img, lighter(colour)) > 1500, "no TTA bar of {colour:?}");
+        }
+        // without TTA, no lighter bars
+        ensemble_png(&results(&[0.886, 0.918, 0.931], Some(0.924)), &path).unwrap();
+        let img = assert_png(&path, style::ENSEMBLE_SIZE);
+        assert!(count_colour(&img, lighter(style::ORANGE)) < 100);
+    }
+
+    #[test]
     fn accuracies_become_percent_and_members_are_marked() {
         let b = bars(&results(&[0.5, 0.75], Some(0.8)));
         let got: Vec<_> = b.iter().map(|b| (b.label.as_str(), b.accuracy, b.colour)).collect();
+        assert!(b.iter().all(|b| b.tta.is_none()));
         assert_eq!(
             got,
             [
