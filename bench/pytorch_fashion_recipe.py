@@ -11,9 +11,19 @@ one process with `--threads` threads. After every cycle: test accuracy of that c
 with and without flip TTA (original and flipped views averaged). Training seconds exclude the
 evaluations, as Cyclotron's epoch seconds exclude its snapshot scoring.
 Writes {"cycles": [{"epoch", "train_seconds", "test_accuracy", "test_accuracy_tta"}], ...}.
+
+`--swa-last K` also measures ensembles whose members differ in other ways than the snapshots
+(issue 16: "cycle design, ensemble.runs, or checkpoint-averaging variants like SWA — measure
+which"): the weights at the ends of the last K epochs are kept; after training, the SWA model (their
+average, batch-norm statistics recomputed over the training images) and every kept model predict
+the validation and test images with flip TTA; greedy selection on validation log-loss (Cyclotron's
+rule: start from the best, add the member that lowers it most, while it does) picks ensembles from
+(a) the cycle snapshots, (b) those and the epoch-end models, (c) those and the SWA model. Written
+as {"variants": {...}} with each one's validation loss and test accuracy.
 """
 
 import argparse
+import copy
 import gzip
 import json
 import math
@@ -89,6 +99,50 @@ def accuracy(model, x, y, tta, batch=1000):
     return correct / len(x)
 
 
+def probs(model, x, batch=1000):
+    """Softmax of `model` on `x` and on its mirror image (eval mode): (plain, flip TTA)."""
+    model.eval()
+    plain, tta = [], []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            xb = x[i : i + batch]
+            p = F.softmax(model(xb), 1)
+            plain.append(p)
+            tta.append(0.5 * (p + F.softmax(model(torch.flip(xb, dims=[3])), 1)))
+    model.train()
+    return torch.cat(plain), torch.cat(tta)
+
+
+def nll(p, y):
+    return F.nll_loss(torch.log(p.clamp_min(1e-12)), y).item()
+
+
+def greedy(valid, y_valid, names):
+    """Cyclotron's greedy selection on validation log-loss: the best member, then, while the
+    average's loss falls, the member (repeats allowed) that lowers it most."""
+    chosen = [min(names, key=lambda n: nll(valid[n], y_valid))]
+    best = nll(valid[chosen[0]], y_valid)
+    while True:
+        trials = [(nll(sum(valid[m] for m in chosen + [n]) / (len(chosen) + 1), y_valid), n) for n in names]
+        loss, n = min(trials)
+        if loss >= best - 1e-6:
+            return chosen, best
+        chosen.append(n)
+        best = loss
+
+
+def update_bn(model, x, batch=256):
+    """Batch-norm running statistics recomputed as the plain average over `x` (torch.optim.swa_utils.update_bn)."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            model(x[i : i + batch])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--width", type=int, default=24)
@@ -107,6 +161,9 @@ def main():
                          "(\"auto\": channels-last on a CPU)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--swa-last", type=int, default=0,
+                    help="keep the weights of the last K epoch ends; measure SWA and other ensembles (see above)")
+    ap.add_argument("--train-limit", type=int, default=0, help="train on the first N training images only (a quick check of this script)")
     ap.add_argument("--json")
     ap.add_argument("--malloc-tuning", action="store_true", help="apply Cyclotron's mallopt settings first")
     a = ap.parse_args()
@@ -123,7 +180,10 @@ def main():
     train = order[n_valid:]
     mean, std = xs[train].mean(), xs[train].std()
     norm = lambda v: torch.from_numpy((v - mean) / std).unsqueeze(1)
+    if a.train_limit:
+        train = train[: a.train_limit]
     x_train, y_train = norm(xs[train]), torch.from_numpy(ys[train])
+    x_valid, y_valid = norm(xs[order[:n_valid]]), torch.from_numpy(ys[order[:n_valid]])
     x_test = norm(idx("t10k-images-idx3-ubyte.gz").astype(np.float32) / 255.0)
     y_test = torch.from_numpy(idx("t10k-labels-idx1-ubyte.gz").astype(np.int64))
 
@@ -133,6 +193,7 @@ def main():
     opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=0.9, weight_decay=5e-4)
     spe = len(x_train) // a.batch_size
     step, train_s, cycles = 0, 0.0, []
+    kept = {}  # name -> state_dict copy (cycle snapshots and the last K epoch ends)
     ends = cycle_ends(a.cycles, a.cycle_len, a.cycle_mult)
     fill = float((0.0 - mean) / std)
     for epoch in range(ends[-1]):
@@ -154,13 +215,44 @@ def main():
             opt.step()
             step += 1
         train_s += time.perf_counter() - t0
+        if a.swa_last and epoch + 1 > ends[-1] - a.swa_last:
+            kept[f"epoch{epoch + 1}"] = copy.deepcopy(model.state_dict())
+        if a.swa_last and epoch + 1 in ends:
+            kept[f"snapshot{len(cycles)}"] = copy.deepcopy(model.state_dict())
         if epoch + 1 in ends:
             acc, acc_tta = accuracy(model, x_test, y_test, False), accuracy(model, x_test, y_test, True)
             cycles.append(dict(epoch=epoch + 1, train_seconds=train_s, test_accuracy=acc, test_accuracy_tta=acc_tta))
             print(f"epoch {epoch + 1}: {train_s:.0f} s of training, test {acc:.2%} (flip TTA {acc_tta:.2%})", flush=True)
-    out = dict(torch=torch.__version__, malloc_tuning=a.malloc_tuning, threads=a.threads, width=a.width, blocks=a.blocks, batch_size=a.batch_size, lr=a.lr, cycle_ends=ends, crop_pad=a.crop_pad, label_smoothing=a.label_smoothing, precision=a.precision, cycles=cycles)
+    variants = measure_variants(a, model, kept, (x_train, x_valid, y_valid, x_test, y_test)) if a.swa_last else None
+    out = dict(variants=variants, torch=torch.__version__, malloc_tuning=a.malloc_tuning, threads=a.threads, width=a.width, blocks=a.blocks, batch_size=a.batch_size, lr=a.lr, cycle_ends=ends, crop_pad=a.crop_pad, label_smoothing=a.label_smoothing, precision=a.precision, cycles=cycles)
     if a.json:
         pathlib.Path(a.json).write_text(json.dumps(out, indent=1))
+
+
+def measure_variants(a, model, kept, data):
+    """The ensembles of `--swa-last` (see the module doc)."""
+    x_train, x_valid, y_valid, x_test, y_test = data
+    valid, test = {}, {}
+    epoch_ends = [n for n in kept if n.startswith("epoch")]
+    avg = {k: sum(kept[n][k].double() for n in epoch_ends) / len(epoch_ends) for k in kept[epoch_ends[0]]}
+    kept["swa"] = {k: v.to(kept[epoch_ends[0]][k].dtype) for k, v in avg.items()}
+    for name, state in kept.items():
+        model.load_state_dict(state)
+        if name == "swa":
+            update_bn(model, x_train)
+        (_, valid[name]), (_, test[name]) = probs(model, x_valid), probs(model, x_test)
+    acc = lambda p: (p.argmax(1) == y_test).float().mean().item()  # noqa: E731
+    snaps = [n for n in kept if n.startswith("snapshot")]
+    out = {"members": {n: dict(valid_loss=nll(valid[n], y_valid), test_accuracy_tta=acc(test[n])) for n in kept}}
+    for label, pool in [("snapshots", snaps), ("snapshots+epoch_ends", snaps + epoch_ends),
+                        ("snapshots+swa", snaps + ["swa"]), ("all", snaps + epoch_ends + ["swa"])]:
+        chosen, loss = greedy(valid, y_valid, pool)
+        p = sum(test[n] for n in chosen) / len(chosen)
+        out[label] = dict(members=chosen, valid_loss=loss, test_accuracy_tta=acc(p))
+        print(f"greedy over {label}: {chosen} valid loss {loss:.4f}, test with TTA {acc(p):.2%}", flush=True)
+    for n in kept:
+        print(f"{n}: valid loss {out['members'][n]['valid_loss']:.4f}, test with TTA {out['members'][n]['test_accuracy_tta']:.2%}")
+    return out
 
 
 if __name__ == "__main__":

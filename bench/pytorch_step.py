@@ -114,12 +114,12 @@ def tune_malloc():
     return libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
 
 
-def build(model, width):
+def build(model, width, blocks=1):
     """(module, input shape without the batch dimension)"""
     if model == "small_resnet":
-        if width <= 0:
-            raise SystemExit(f"small_resnet needs --width > 0, got {width}")
-        return SmallResNet(width), (1, 28, 28)
+        if width <= 0 or blocks < 1:
+            raise SystemExit(f"small_resnet needs --width > 0 and --blocks >= 1, got {width}, {blocks}")
+        return SmallResNet(width, blocks=blocks), (1, 28, 28)
     if model == "resnet18":  # --width is ignored: the width of ResNet-18 is fixed
         return ResNet18(), (3, 32, 32)
     raise SystemExit(f"unknown --model {model!r}: small_resnet or resnet18")
@@ -129,6 +129,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="small_resnet", choices=["small_resnet", "resnet18"])
     ap.add_argument("--width", type=int, default=32, help="small_resnet base width")
+    ap.add_argument("--blocks", type=int, default=1, help="small_resnet residual blocks per stage")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     ap.add_argument("--steps", type=int, default=50, help="timed steps")
@@ -155,7 +156,7 @@ def main():
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible")
     dev = torch.device(args.device)
-    net, shape = build(args.model, args.width)
+    net, shape = build(args.model, args.width, args.blocks)
     net = net.to(dev)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)

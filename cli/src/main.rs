@@ -173,6 +173,9 @@ enum Cmd {
         model: String,
         #[arg(long, default_value_t = 32)]
         width: i64,
+        /// small_resnet's residual blocks per stage (`[model] blocks`)
+        #[arg(long, default_value_t = 1)]
+        blocks: i64,
         #[arg(long, default_value_t = 128)]
         batch_size: i64,
         #[arg(long, default_value_t = 2)]
@@ -573,6 +576,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::BenchStep {
             model,
             width,
+            blocks,
             batch_size,
             threads,
             steps,
@@ -595,7 +599,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let r = cyclotron_worker::bench::step_throughput(
                 &model,
-                width,
+                (width, blocks),
                 batch_size,
                 threads,
                 steps,

@@ -75,7 +75,7 @@ pub(crate) fn random_batch(b: i64, (c, side): (i64, i64), classes: i64, device: 
 #[allow(clippy::too_many_arguments)]
 pub fn step_throughput(
     arch: &str,
-    width: i64,
+    (width, blocks): (i64, i64),
     batch_size: i64,
     threads: i32,
     steps: usize,
@@ -92,7 +92,7 @@ pub fn step_throughput(
         Some(bytes) => {
             models::build_torchscript(bytes, "bench module", None, [channels, side, side], 10, device)?
         }
-        None => models::build(arch, width, channels, 10, device)?,
+        None => models::build_with_blocks(arch, (width, blocks), channels, 10, device)?,
     };
     // as `build_learner` does, before the optimiser exists
     let channels_last = crate::memory_format::resolve(memory_format, arch, device).0;

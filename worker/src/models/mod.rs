@@ -199,6 +199,17 @@ pub fn build_for(
     build_shaped(&model.arch, shape, device)
 }
 
+/// [`build`] with `blocks` residual blocks per stage (`small_resnet`'s `[model] blocks`).
+pub fn build_with_blocks(
+    arch: &str,
+    (width, blocks): (i64, i64),
+    in_channels: i64,
+    num_classes: i64,
+    device: Device,
+) -> Result<Net> {
+    build_shaped(arch, registry::Shape { in_channels, width, blocks, num_classes }, device)
+}
+
 fn build_shaped(arch: &str, shape: registry::Shape, device: Device) -> Result<Net> {
     let Some((_, builder)) = ARCHS.iter().find(|(name, _)| *name == arch) else {
         return Err(Error::UnknownModel { arch: arch.to_string() });
