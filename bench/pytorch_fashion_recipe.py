@@ -157,8 +157,7 @@ def main():
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                     help="bf16: torch.autocast around the training forward pass and loss (Cyclotron's [runtime] precision); evaluations stay fp32")
     ap.add_argument("--channels-last", action="store_true",
-                    help="model.to(memory_format=torch.channels_last), as Cyclotron's [runtime] memory_format "
-                         "(\"auto\": channels-last on a CPU)")
+                    help="model.to(memory_format=torch.channels_last), as Cyclotron's [runtime] memory_format = \"channels_last\"")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--swa-last", type=int, default=0,

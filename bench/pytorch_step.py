@@ -139,7 +139,7 @@ def main():
                     help="on cuda each step reads the loss (loss.item()), as Cyclotron's learner does")
     ap.add_argument("--channels-last", action="store_true",
                     help="model.to(memory_format=torch.channels_last): 4-D weights NHWC, as Cyclotron's "
-                         "[runtime] memory_format = \"channels_last\" (its default on a CPU)")
+                         "[runtime] memory_format = \"channels_last\"")
     ap.add_argument("--json", help="write the result here")
     ap.add_argument("--malloc-tuning", action="store_true", help="apply Cyclotron's mallopt settings first")
     ap.add_argument("--fused", action="store_true", help="SGD(fused=True)")

@@ -13,13 +13,10 @@ UNTUNED = {"CYCLOTRON_MALLOC_TUNING": "0"}
 
 
 def step_commands(r, model, width, batch):
-    """The command lines of `cyclotron bench-step` and its PyTorch peer for one configuration, on
-    the same settings: Cyclotron's default memory format on a CPU is channels-last
-    (`[runtime] memory_format = "auto"`), so the peer gets `--channels-last`."""
+    """The command lines of `cyclotron bench-step` and its PyTorch peer for one configuration."""
     common = ["--model", model, "--width", str(width), "--batch-size", str(batch),
               "--threads", str(r.threads), "--steps", os.environ.get("BENCH_STEPS", "40")]
-    peer = [r.py, os.path.join(HERE, "pytorch_step.py"), "--channels-last"] + common
-    return [r.bin, "bench-step"] + common, peer
+    return [r.bin, "bench-step"] + common, [r.py, os.path.join(HERE, "pytorch_step.py")] + common
 
 
 def paired_ratios(got, **pairs):
@@ -40,9 +37,9 @@ def samples_per_s(r, variants, tag):
 def step(r, report):
     """Samples/s of the training step, seven variants per round: Cyclotron (allocator tuning on,
     its default, and off), PyTorch eager with glibc's defaults, with the same mallopt settings as
-    Cyclotron, and with those plus its fused SGD (PyTorch at its fastest on this CPU) — all with
-    channels-last weights, Cyclotron's default on a CPU — and both sides tuned with contiguous
-    weights (what channels-last buys each)."""
+    Cyclotron, and with those plus its fused SGD (PyTorch at its fastest on this CPU); and both
+    sides tuned with channels-last weights (`[runtime] memory_format = "channels_last"`, what it
+    buys each)."""
     report("== single-process training step: Cyclotron vs PyTorch eager (same model, batch, threads, libtorch, SGD) ==")
     report("samples/s, median / worst of the rounds; ratios are paired per round")
     out = {"configs": []}
@@ -54,15 +51,15 @@ def step(r, report):
             ("pytorch", theirs, None),
             ("pytorch_tuned", theirs + ["--malloc-tuning"], None),
             ("pytorch_tuned_fused", theirs + ["--malloc-tuning", "--fused"], None),
-            ("cyclotron_contiguous", ours + ["--memory-format", "contiguous"], None),
-            ("pytorch_tuned_contiguous", [a for a in theirs if a != "--channels-last"] + ["--malloc-tuning"], None),
+            ("cyclotron_channels_last", ours + ["--memory-format", "channels_last"], None),
+            ("pytorch_tuned_channels_last", theirs + ["--malloc-tuning", "--channels-last"], None),
         ]
         got = samples_per_s(r, variants, f"step-{model}-{batch}")
         ratios = paired_ratios(got, same_settings=("cyclotron", "pytorch_tuned"), as_before=("cyclotron", "pytorch"),
                                both_untuned=("cyclotron_untuned", "pytorch"), vs_fused=("cyclotron", "pytorch_tuned_fused"),
-                               both_contiguous=("cyclotron_contiguous", "pytorch_tuned_contiguous"),
-                               cyclotron_channels_last_gain=("cyclotron", "cyclotron_contiguous"),
-                               pytorch_channels_last_gain=("pytorch_tuned", "pytorch_tuned_contiguous"))
+                               both_channels_last=("cyclotron_channels_last", "pytorch_tuned_channels_last"),
+                               cyclotron_channels_last_gain=("cyclotron_channels_last", "cyclotron"),
+                               pytorch_channels_last_gain=("pytorch_tuned_channels_last", "pytorch_tuned"))
         report()
         report(f"{model} batch {batch}" + (f" width {width}" if model == "small_resnet" else "") + f", {r.threads} threads")
         h_rows = [[name, h.mw(v)] for name, v in got.items()]
@@ -71,7 +68,7 @@ def step(r, report):
             ["ratio, Cyclotron tuned vs PyTorch defaults (the old table)", h.mw(ratios["as_before"], 3)],
             ["ratio, both on glibc defaults", h.mw(ratios["both_untuned"], 3)],
             ["ratio vs PyTorch tuned + fused SGD", h.mw(ratios["vs_fused"], 3)],
-            ["ratio, both tuned, contiguous weights", h.mw(ratios["both_contiguous"], 3)],
+            ["ratio, both tuned, channels-last weights", h.mw(ratios["both_channels_last"], 3)],
             ["channels-last / contiguous, Cyclotron", h.mw(ratios["cyclotron_channels_last_gain"], 3)],
             ["channels-last / contiguous, PyTorch", h.mw(ratios["pytorch_channels_last_gain"], 3)],
         ]

@@ -193,8 +193,8 @@ enum Cmd {
         /// fp32, or bf16 (autocast around the forward pass and loss, as `[runtime] precision`)
         #[arg(long, default_value = "fp32")]
         precision: cyclotron_core::spec::Precision,
-        /// auto (channels-last on a CPU), channels_last or contiguous, as `[runtime] memory_format`
-        #[arg(long, default_value = "auto")]
+        /// contiguous or channels_last, as `[runtime] memory_format`
+        #[arg(long, default_value = "contiguous")]
         memory_format: cyclotron_core::spec::MemoryFormat,
         /// Write the result as JSON here.
         #[arg(long)]

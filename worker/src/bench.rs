@@ -26,7 +26,7 @@ pub struct StepBench {
     pub steps: usize,
     pub device: String,
     pub precision: Precision,
-    /// Whether the model's 4-D weights were channels-last (`[runtime] memory_format` resolved).
+    /// Whether the model's 4-D weights were channels-last (`[runtime] memory_format`).
     pub channels_last: bool,
     pub samples_per_s: f64,
     pub step_ms_median: f64,
@@ -95,9 +95,9 @@ pub fn step_throughput(
         None => models::build_with_blocks(arch, (width, blocks), channels, 10, device)?,
     };
     // as `build_learner` does, before the optimiser exists
-    let channels_last = crate::memory_format::resolve(memory_format, arch, device).0;
+    let channels_last = memory_format == MemoryFormat::ChannelsLast;
     if channels_last {
-        crate::memory_format::to_channels_last(&net);
+        crate::memory_format::to_channels_last(&net)?;
     }
     let mut l = learner_of(net, (items, 1));
     l.precision = precision;

@@ -8,39 +8,51 @@
 //!
 //! The optimiser's flat buffers keep such a weight's slot in NHWC order ([`crate::optim`]), so the
 //! weight stays a view into its buffer.
+//!
+//! Not the default, and refused for models with narrow convolutions: libtorch 2.11's oneDNN
+//! corrupts the heap (`double free or corruption`) or hangs (both threads spinning in
+//! `jit_avx2_1x1_convolution_bwd_weights_t`) when it trains NHWC small_resnets of width 4 or 6 on
+//! an AVX2 CPU — PyTorch's own `model.to(memory_format=torch.channels_last)` the same — while
+//! widths 8 to 24 trained cleanly in the same probe
+//! (`bench/results/memory-format-cpu-2core-2026-12-04.md`).
 
-use cyclotron_core::spec::{MemoryFormat, TORCHSCRIPT_ARCH};
-use tch::{Device, Tensor};
+use tch::Tensor;
 
+use crate::error::{Error, Result};
 use crate::models::Model;
 
-/// Whether `format` means channels-last for a model of `arch` on `device`, and why (for the log).
-pub fn resolve(format: MemoryFormat, arch: &str, device: Device) -> (bool, &'static str) {
-    match format {
-        MemoryFormat::ChannelsLast => (true, "as the spec says"),
-        MemoryFormat::Contiguous => (false, "as the spec says"),
-        MemoryFormat::Auto if arch == TORCHSCRIPT_ARCH => {
-            (false, "a TorchScript model's code may view activations, which needs the default layout")
-        }
-        MemoryFormat::Auto if device == Device::Cpu => {
-            (true, "oneDNN's NHWC convolutions are the faster ones on a CPU")
-        }
-        MemoryFormat::Auto => (false, "channels-last is not measured on this device yet"),
-    }
-}
+/// Fewest channels a convolution may have in NHWC (see the module doc).
+pub const MIN_CHANNELS: i64 = 8;
 
 /// Lay every 4-D floating-point variable of `model` out channels-last; returns how many moved.
 /// Call before an optimiser is made over the model (its buffers take the layout they find).
-pub fn to_channels_last(model: &dyn Model) -> usize {
+/// Refuses a model with a convolution of fewer than [`MIN_CHANNELS`] output channels, or a 1×1
+/// convolution of fewer input channels, and changes nothing then.
+pub fn to_channels_last(model: &dyn Model) -> Result<usize> {
+    let mut vars: Vec<_> = model.vs().variables().into_iter().filter(|(_, t)| t.dim() == 4).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, t) in &vars {
+        let s = t.size();
+        let (out_c, in_c, one_by_one) = (s[0], s[1], s[2] * s[3] == 1);
+        if out_c < MIN_CHANNELS || (one_by_one && in_c < MIN_CHANNELS) {
+            return Err(Error::Invalid {
+                what: "runtime.memory_format".into(),
+                message: format!(
+                    "\"channels_last\" needs convolutions of at least {MIN_CHANNELS} channels, and {name} is {s:?} \
+                     (libtorch's oneDNN corrupts memory on narrower ones); widen the model or use \"contiguous\""
+                ),
+            });
+        }
+    }
     let _guard = tch::no_grad_guard();
     let mut moved = 0;
-    for (_, mut t) in model.vs().variables() {
-        if t.dim() == 4 && t.is_floating_point() && !is_channels_last(&t) {
+    for (_, mut t) in vars {
+        if t.is_floating_point() && !is_channels_last(&t) {
             t.set_data(&channels_last(&t));
             moved += 1;
         }
     }
-    moved
+    Ok(moved)
 }
 
 /// A channels-last copy of the 4-D tensor `t` (same shape and values).
@@ -72,7 +84,7 @@ fn strides_match(shape: &[i64], strides: &[i64], want: &[i64]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Kind;
+    use tch::{Device, Kind};
 
     #[test]
     fn a_channels_last_copy_keeps_shape_and_values_and_changes_strides() {
@@ -89,11 +101,17 @@ mod tests {
     }
 
     #[test]
-    fn auto_is_channels_last_on_a_cpu_for_built_in_models_only() {
-        assert!(resolve(MemoryFormat::Auto, "small_resnet", Device::Cpu).0);
-        assert!(!resolve(MemoryFormat::Auto, TORCHSCRIPT_ARCH, Device::Cpu).0);
-        assert!(!resolve(MemoryFormat::Auto, "small_resnet", Device::Cuda(0)).0);
-        assert!(resolve(MemoryFormat::ChannelsLast, TORCHSCRIPT_ARCH, Device::Cuda(0)).0);
-        assert!(!resolve(MemoryFormat::Contiguous, "small_resnet", Device::Cpu).0);
+    fn narrow_convolutions_are_refused_and_left_alone() {
+        let net = |width| crate::models::build("small_resnet", width, 1, 10, Device::Cpu).unwrap();
+        let narrow = net(4);
+        let err = to_channels_last(&narrow).unwrap_err().to_string();
+        assert!(err.contains("runtime.memory_format") && err.contains("at least 8 channels"), "{err}");
+        assert!(narrow.vs().variables().values().all(|t| !is_nhwc_only(t)), "nothing moved");
+        let wide = net(8);
+        let moved = to_channels_last(&wide).unwrap();
+        let nhwc = wide.vs().variables().values().filter(|t| is_nhwc_only(t)).count();
+        // the 3×3 convolutions after the stem (a 1-channel stem and the 1×1 shortcuts are the same
+        // in memory either way)
+        assert!(moved >= 4 && nhwc >= 4, "the 3×3 convolutions move: {moved} moved, {nhwc} NHWC");
     }
 }

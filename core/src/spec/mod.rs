@@ -506,10 +506,9 @@ pub struct RuntimeSpec {
     /// scaling exists.
     #[serde(default)]
     pub precision: Precision,
-    /// How convolution weights (and so activations) are laid out in memory: `channels_last`
-    /// (NHWC, what oneDNN's CPU convolutions run fastest on), `contiguous` (NCHW, PyTorch's
-    /// default), or `auto` (the default): channels-last for Cyclotron's own convolutional models
-    /// on a CPU, contiguous elsewhere. The values and the results are the same either way.
+    /// How convolution weights (and so activations) are laid out in memory: `contiguous` (NCHW,
+    /// PyTorch's default, and ours) or `channels_last` (NHWC: oneDNN's NHWC convolutions, about
+    /// 1.15x the step of the demo's model on an AVX2 CPU). Values and results are the same.
     #[serde(default)]
     pub memory_format: MemoryFormat,
 }
@@ -519,13 +518,12 @@ pub struct RuntimeSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum MemoryFormat {
-    /// Channels-last for the built-in convolutional models on a CPU (measured faster there, fp32,
-    /// on Xeon and EPYC), contiguous on a GPU (not measured there) and for TorchScript models
-    /// (their code may `view` activations, which needs the default layout).
     #[default]
-    Auto,
-    ChannelsLast,
     Contiguous,
+    /// NHWC weights and activations. Not the default: libtorch 2.11's oneDNN corrupts the heap or
+    /// hangs in the AVX2 1x1-convolution backward pass of NHWC tensors with fewer than 8 input
+    /// channels (seen on an AMD EPYC), so the worker refuses such models in this layout.
+    ChannelsLast,
 }
 
 /// `[runtime] precision`: what the forward pass computes in (torch.autocast's choice).
@@ -563,7 +561,7 @@ impl std::str::FromStr for Precision {
 impl std::str::FromStr for MemoryFormat {
     type Err = String;
 
-    /// The spec's names (`auto`, `channels_last`, `contiguous`), for command-line flags.
+    /// The spec's names (`contiguous`, `channels_last`), for command-line flags.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         #[derive(Deserialize)]
         struct Named {
@@ -571,7 +569,7 @@ impl std::str::FromStr for MemoryFormat {
         }
         toml::from_str::<Named>(&format!("memory_format = {s:?}"))
             .map(|n| n.memory_format)
-            .map_err(|_| format!("unknown memory format {s:?}: auto, channels_last or contiguous"))
+            .map_err(|_| format!("unknown memory format {s:?}: contiguous or channels_last"))
     }
 }
 
@@ -794,10 +792,7 @@ mod precision_tests {
         assert_eq!("fp16".parse::<Precision>(), Ok(Precision::Fp16));
         assert_eq!("auto".parse::<Precision>(), Ok(Precision::Auto));
         assert_eq!("channels_last".parse::<super::MemoryFormat>(), Ok(super::MemoryFormat::ChannelsLast));
-        assert!("nhwc"
-            .parse::<super::MemoryFormat>()
-            .unwrap_err()
-            .contains("auto, channels_last or contiguous"));
+        assert!("auto".parse::<super::MemoryFormat>().unwrap_err().contains("contiguous or channels_last"));
         let err = "half".parse::<Precision>().unwrap_err();
         assert!(err.contains("\"half\"") && err.contains("bf16"), "{err}");
     }

@@ -8,7 +8,7 @@ pub(crate) mod scoring;
 use cyclotron_core::checkpoint::CheckpointStore;
 use cyclotron_core::lr_range::{LrFindReport, LrRange};
 use cyclotron_core::results::TrainResults;
-use cyclotron_core::spec::{JobSpec, LrFindSpec, Precision};
+use cyclotron_core::spec::{JobSpec, LrFindSpec, MemoryFormat, Precision};
 
 use crate::error::{Error, Result};
 use crate::event::Observer;
@@ -39,12 +39,10 @@ pub struct TrainOptions {
 /// its optimiser, alone until it joins a group.
 pub fn build_learner(spec: &JobSpec, obs: &mut dyn Observer) -> Result<Learner> {
     let task = crate::task::registry::build(spec, obs)?;
-    let device = task.model().vs().device();
-    let (channels_last, why) =
-        crate::memory_format::resolve(spec.runtime.memory_format, &spec.model.arch, device);
     // before the optimiser exists: its buffers take the layout they find
-    if channels_last && crate::memory_format::to_channels_last(task.model()) > 0 {
-        tracing::info!("runtime.memory_format: channels-last weights ({why})");
+    if spec.runtime.memory_format == MemoryFormat::ChannelsLast {
+        let moved = crate::memory_format::to_channels_last(task.model())?;
+        tracing::info!("runtime.memory_format = \"channels_last\": {moved} weights laid out NHWC");
     }
     let mut learner = Learner::new(task, &spec.optimizer, spec.seed);
     let (precision, why) = crate::precision::resolve(spec.runtime.precision, learner.device());
