@@ -16,8 +16,9 @@ Writes {"cycles": [{"epoch", "train_seconds", "test_accuracy", "test_accuracy_tt
 (issue 16: "cycle design, ensemble.runs, or checkpoint-averaging variants like SWA — measure
 which"): the weights at the ends of the last K epochs are kept; after training, the SWA model (their
 average, batch-norm statistics recomputed over the training images) and every kept model predict
-the validation and test images with flip TTA; greedy selection on validation log-loss (Cyclotron's
-rule: start from the best, add the member that lowers it most, while it does) picks ensembles from
+the validation and test images with flip TTA; greedy selection on validation log-loss (start from
+the best, add the member that lowers it most while one does; unlike Cyclotron's `greedy`, a member
+may be added again, Caruana's weighting, and there is no cap on members) picks ensembles from
 (a) the cycle snapshots, (b) those and the epoch-end models, (c) those and the SWA model. Written
 as {"variants": {...}} with each one's validation loss and test accuracy.
 """
@@ -118,8 +119,9 @@ def nll(p, y):
 
 
 def greedy(valid, y_valid, names):
-    """Cyclotron's greedy selection on validation log-loss: the best member, then, while the
-    average's loss falls, the member (repeats allowed) that lowers it most."""
+    """Greedy selection on validation log-loss: the best member, then, while the average's loss
+    falls, the member that lowers it most (repeats allowed, so members get weights; Cyclotron's
+    `greedy` takes each snapshot at most once, up to `ensemble.members`)."""
     chosen = [min(names, key=lambda n: nll(valid[n], y_valid))]
     best = nll(valid[chosen[0]], y_valid)
     while True:
