@@ -62,23 +62,19 @@ pub fn channels_last(t: &Tensor) -> Tensor {
 
 /// Whether the 4-D tensor `t` is dense in NHWC order (dimensions of size 1 may have any stride).
 pub fn is_channels_last(t: &Tensor) -> bool {
-    t.dim() == 4 && strides_match(&t.size(), &t.stride(), &nhwc_strides(&t.size()))
+    if t.dim() != 4 {
+        return false;
+    }
+    let (size, stride) = (t.size(), t.stride());
+    let (c, h, w) = (size[1], size[2], size[3]);
+    let nhwc = [h * w * c, 1, w * c, c];
+    size.iter().zip(&stride).zip(nhwc).all(|((&n, &s), want)| n == 1 || s == want)
 }
 
 /// Whether `t` is stored channels-last and not also plain contiguous: the tensors whose elements
 /// lie in memory in an order other than their logical (row-major) one.
 pub fn is_nhwc_only(t: &Tensor) -> bool {
     is_channels_last(t) && !t.is_contiguous()
-}
-
-/// The strides of a dense NHWC tensor of NCHW `shape`.
-pub fn nhwc_strides(shape: &[i64]) -> Vec<i64> {
-    let (c, h, w) = (shape[1], shape[2], shape[3]);
-    vec![h * w * c, 1, w * c, c]
-}
-
-fn strides_match(shape: &[i64], strides: &[i64], want: &[i64]) -> bool {
-    shape.iter().zip(strides).zip(want).all(|((&n, &s), &w)| n == 1 || s == w)
 }
 
 #[cfg(test)]

@@ -543,16 +543,19 @@ pub enum Precision {
     Auto,
 }
 
+/// A unit variant of a spec enum from its name in the spec (`"bf16"`, `"channels_last"`), as the
+/// TOML reader would take it: for command-line flags that take the spec's names.
+fn from_spec_name<T: serde::de::DeserializeOwned>(s: &str) -> Option<T> {
+    use serde::de::IntoDeserializer;
+    T::deserialize(IntoDeserializer::<serde::de::value::Error>::into_deserializer(s)).ok()
+}
+
 impl std::str::FromStr for Precision {
     type Err = String;
 
     /// The spec's names (`fp32`, `bf16`, `fp16`, `auto`), for command-line flags.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        #[derive(Deserialize)]
-        struct Named {
-            precision: Precision,
-        }
-        toml::from_str::<Named>(&format!("precision = {s:?}")).map(|n| n.precision).map_err(|_| {
+        from_spec_name(s).ok_or_else(|| {
             format!("unknown precision {s:?}: fp32, bf16 or auto (fp16 needs loss scaling, not built)")
         })
     }
@@ -563,13 +566,7 @@ impl std::str::FromStr for MemoryFormat {
 
     /// The spec's names (`contiguous`, `channels_last`), for command-line flags.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        #[derive(Deserialize)]
-        struct Named {
-            memory_format: MemoryFormat,
-        }
-        toml::from_str::<Named>(&format!("memory_format = {s:?}"))
-            .map(|n| n.memory_format)
-            .map_err(|_| format!("unknown memory format {s:?}: contiguous or channels_last"))
+        from_spec_name(s).ok_or_else(|| format!("unknown memory format {s:?}: contiguous or channels_last"))
     }
 }
 

@@ -184,7 +184,7 @@ impl Model for Net {
 /// Build `arch` (looked up in [`ARCHS`]) for `in_channels`-channel images and `num_classes`
 /// classes on `device`.
 pub fn build(arch: &str, width: i64, in_channels: i64, num_classes: i64, device: Device) -> Result<Net> {
-    build_shaped(arch, registry::Shape { in_channels, width, blocks: 1, num_classes }, device)
+    build_with_blocks(arch, (width, 1), in_channels, num_classes, device)
 }
 
 /// Build the model a job spec's `[model]` names (arch, width, blocks) for `in_channels`-channel
