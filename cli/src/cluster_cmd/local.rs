@@ -46,7 +46,8 @@ pub struct LocalArgs {
     /// Output folder (default: runs/<job name>); logs go to OUT/logs/.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Workers per data-parallel run (default: all of them).
+    /// Workers per data-parallel run (default: all of them, or an equal share of them for each of
+    /// the job's `ensemble.runs` independent runs, so that the runs train side by side).
     #[arg(long)]
     workers_per_run: Option<u32>,
     /// Restarts allowed after a worker dies or stalls (0: the coordinator's default).
@@ -292,7 +293,8 @@ impl Drop for LocalCluster {
 pub fn local(args: LocalArgs, quiet: bool) -> anyhow::Result<()> {
     anyhow::ensure!(args.workers >= 1, "--workers must be at least 1");
     let spec = JobSpec::load(&args.job)?;
-    let workers_per_run = args.workers_per_run.unwrap_or(args.workers as u32);
+    let workers_per_run =
+        args.workers_per_run.unwrap_or_else(|| default_workers_per_run(args.workers, spec.ensemble.runs));
     anyhow::ensure!(
         workers_per_run >= 1 && workers_per_run as usize <= args.workers,
         "--workers-per-run {workers_per_run} must be between 1 and --workers {}",
@@ -377,6 +379,13 @@ pub fn local(args: LocalArgs, quiet: bool) -> anyhow::Result<()> {
 /// N workers on one machine share its cores: unless the spec sets `runtime.threads`, each
 /// training process gets `cores / N` threads (at least one) instead of all of them (oversubscribed
 /// libtorch threads spin against each other). Returns the spec text to submit and the threads.
+/// Workers per run when `--workers-per-run` is not given: all `workers` for one run; for
+/// `runs` independent runs an equal share (at least 1), so they train at once on separate
+/// groups instead of one after another on the whole cluster.
+fn default_workers_per_run(workers: usize, runs: usize) -> u32 {
+    (workers / runs.max(1)).max(1) as u32
+}
+
 fn share_cores(spec_toml: &str, threads: Option<usize>, cores: usize, workers: usize) -> (String, usize) {
     if let Some(t) = threads {
         return (spec_toml.to_string(), t);
@@ -407,6 +416,15 @@ mod tests {
     fn threads_of(text: &str) -> Option<usize> {
         let spec = JobSpec::from_toml_str(text, "t").unwrap();
         spec.runtime.threads
+    }
+
+    #[test]
+    fn independent_runs_split_the_workers_between_them() {
+        assert_eq!(default_workers_per_run(2, 1), 2, "one run: data-parallel on every worker");
+        assert_eq!(default_workers_per_run(2, 2), 1, "two runs on two workers: one each, side by side");
+        assert_eq!(default_workers_per_run(4, 2), 2);
+        assert_eq!(default_workers_per_run(5, 2), 2, "a spare worker rather than unequal groups");
+        assert_eq!(default_workers_per_run(2, 3), 1, "more runs than workers: one worker each, queued");
     }
 
     #[test]
