@@ -100,6 +100,8 @@ pub fn step_throughput(
         crate::memory_format::to_channels_last(&net)?;
     }
     let mut l = learner_of(net, (items, 1));
+    // resolved once, as `build_learner` does: `auto` is a choice per machine, not per forward pass
+    let precision = crate::precision::resolve(precision, device).0;
     l.precision = precision;
     let batch = random_batch(batch_size, (channels, side), 10, device);
     let lrs = [0.01; GROUPS];

@@ -35,6 +35,8 @@ pub mod runtime;
 pub mod sweep;
 pub mod task;
 pub mod tensor_io;
+#[cfg(test)]
+mod test_support;
 pub mod tta;
 
 pub use error::{Error, Result};

@@ -62,27 +62,18 @@ pub fn predict(
 mod tests {
     use std::sync::Arc;
 
-    use cyclotron_core::spec::{OptimizerSpec, Transform};
-    use tch::{Device, Kind};
+    use cyclotron_core::spec::Transform;
+    use tch::Kind;
 
     use super::*;
-    use crate::data::{Augmenter, Dataset};
-    use crate::models;
-    use crate::task::image::{ImageClassification, ImageData};
+    use crate::data::Augmenter;
 
     fn aug() -> Arc<Augmenter> {
         Arc::new(Augmenter::new(vec![Transform::FlipH, Transform::CropPad { pad: 2 }]))
     }
 
     fn learner_with(augmenter: Option<Arc<Augmenter>>) -> Learner {
-        tch::manual_seed(0);
-        let mut rng = crate::data::SplitMix64::new(5);
-        let images: Vec<u8> = (0..40 * 64).map(|_| rng.below(256) as u8).collect();
-        let labels: Vec<i64> = (0..40).map(|i| i % 3).collect();
-        let ds = Dataset::new(images, (1, 8, 8), labels, vec!["a".into(), "b".into(), "c".into()]);
-        let net = models::build("small_resnet", 4, 1, 3, Device::Cpu).unwrap();
-        let task = ImageClassification::new(net, ImageData::new(ds.clone(), ds, 8, 2), 1, augmenter);
-        Learner::new(Box::new(task), &OptimizerSpec::default(), 1)
+        crate::test_support::tiny_image_learner(40, 5, augmenter)
     }
 
     fn learner() -> Learner {

@@ -134,26 +134,16 @@ pub(crate) fn ensemble(task: &dyn Task, taken: &[Taken], spec: &EnsembleSpec) ->
 mod tests {
     use std::sync::Arc;
 
-    use cyclotron_core::spec::{OptimizerSpec, Transform};
-    use tch::Device;
+    use cyclotron_core::spec::Transform;
 
     use super::*;
-    use crate::data::{Augmenter, Dataset};
-    use crate::models;
-    use crate::task::image::{ImageClassification, ImageData};
+    use crate::data::Augmenter;
 
     /// A tiny image task of 30 items in 3 classes (label `i % 3`), trained on and validated on the
     /// same items, with flips as its augmentation.
     fn learner() -> Learner {
-        tch::manual_seed(0);
-        let mut rng = crate::data::SplitMix64::new(3);
-        let images: Vec<u8> = (0..30 * 64).map(|_| rng.below(256) as u8).collect();
-        let labels: Vec<i64> = (0..30).map(|i| i % 3).collect();
-        let ds = Dataset::new(images, (1, 8, 8), labels, vec!["a".into(), "b".into(), "c".into()]);
-        let net = models::build("small_resnet", 4, 1, 3, Device::Cpu).unwrap();
-        let aug = Some(Arc::new(Augmenter::new(vec![Transform::FlipH])));
-        let task = ImageClassification::new(net, ImageData::new(ds.clone(), ds, 8, 2), 1, aug);
-        Learner::new(Box::new(task), &OptimizerSpec::default(), 1)
+        let flips = Arc::new(Augmenter::new(vec![Transform::FlipH]));
+        crate::test_support::tiny_image_learner(30, 3, Some(flips))
     }
 
     /// Probabilities for the 30 items: `sure` on the true class (`i % 3`), the rest shared.
