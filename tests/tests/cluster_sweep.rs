@@ -64,12 +64,14 @@ fn a_grid_sweep_over_candidates_and_two_runs_match_one_process_doing_the_same_in
     }
     let tag = new_tag();
     let ran = run_tagged(
-        &["local", "--workers", "2", "--workers-per-run", "1", "job.toml", "--out", "out"],
+        // no --workers-per-run: a job of 2 runs on 2 workers gets 1 worker per run by default
+        &["local", "--workers", "2", "job.toml", "--out", "out"],
         cluster.path(),
         Duration::from_secs(300),
         &tag,
     );
     assert_eq!(ran.code, Some(0), "stdout:\n{}\nstderr:\n{}", ran.stdout, ran.stderr);
+    assert!(ran.stderr.contains("2 workers (1 per run, 1 threads each)"), "{}", ran.stderr);
 
     // the sweep's points ran on both workers, the runs too, then one evaluation (which worker
     // takes which task depends on the order they registered in)
