@@ -71,7 +71,7 @@ fn a_grid_sweep_over_candidates_and_two_runs_match_one_process_doing_the_same_in
         &tag,
     );
     assert_eq!(ran.code, Some(0), "stdout:\n{}\nstderr:\n{}", ran.stdout, ran.stderr);
-    assert!(ran.stderr.contains("2 workers (1 per run, 1 threads each)"), "{}", ran.stderr);
+    assert!(ran.stderr.contains("2 workers (1 per run, 1 thread each)"), "{}", ran.stderr);
 
     // the sweep's points ran on both workers, the runs too, then one evaluation (which worker
     // takes which task depends on the order they registered in)

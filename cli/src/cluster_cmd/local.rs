@@ -340,8 +340,9 @@ pub fn local(args: LocalArgs, quiet: bool) -> anyhow::Result<()> {
         }
         if !quiet && !args.json {
             eprintln!(
-                "job {job}: a coordinator on {addr} and {} workers ({workers_per_run} per run, {threads} threads each); logs in {}",
+                "job {job}: a coordinator on {addr} and {} workers ({workers_per_run} per run, {threads} thread{} each); logs in {}",
                 args.workers,
+                if threads == 1 { "" } else { "s" },
                 logs.display()
             );
         }
