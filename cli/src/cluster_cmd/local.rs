@@ -377,9 +377,6 @@ pub fn local(args: LocalArgs, quiet: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// N workers on one machine share its cores: unless the spec sets `runtime.threads`, each
-/// training process gets `cores / N` threads (at least one) instead of all of them (oversubscribed
-/// libtorch threads spin against each other). Returns the spec text to submit and the threads.
 /// Workers per run when `--workers-per-run` is not given: all `workers` for one run; for
 /// `runs` independent runs an equal share (at least 1), so they train at once on separate
 /// groups instead of one after another on the whole cluster.
@@ -387,6 +384,9 @@ fn default_workers_per_run(workers: usize, runs: usize) -> u32 {
     (workers / runs.max(1)).max(1) as u32
 }
 
+/// N workers on one machine share its cores: unless the spec sets `runtime.threads`, each
+/// training process gets `cores / N` threads (at least one) instead of all of them (oversubscribed
+/// libtorch threads spin against each other). Returns the spec text to submit and the threads.
 fn share_cores(spec_toml: &str, threads: Option<usize>, cores: usize, workers: usize) -> (String, usize) {
     if let Some(t) = threads {
         return (spec_toml.to_string(), t);
