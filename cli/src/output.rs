@@ -86,9 +86,7 @@ fn print_tta(r: &TrainResults) {
         .snapshots
         .iter()
         .filter_map(|s| {
-            s.tta.map(|t| {
-                (format!("snapshot {}", s.index), s.accuracy, t.accuracy, valid(s.valid, s.valid_tta))
-            })
+            s.tta.map(|t| (snapshot_name(r, s), s.accuracy, t.accuracy, valid(s.valid, s.valid_tta)))
         })
         .collect();
     if let Some((e, t)) = r.ensemble.as_ref().and_then(|e| e.tta.map(|t| (e, t))) {
@@ -139,6 +137,18 @@ fn print_so_far(r: &TrainResults) {
     }
 }
 
+/// How the tables and `ensemble.png` name snapshot `s` of `r`: `snapshot i`, or `run k snap j` (the
+/// j-th snapshot of run k) in the results of several independent runs (`ensemble.runs`).
+pub fn snapshot_name(r: &TrainResults, s: &cyclotron_core::results::SnapshotResult) -> String {
+    match s.run.as_ref().and_then(|run| r.runs.iter().position(|x| &x.run == run)) {
+        Some(ri) => {
+            let within = r.runs[ri].snapshots.iter().position(|&i| i == s.index).unwrap_or(0);
+            format!("run {ri} snap {within}")
+        }
+        None => format!("snapshot {}", s.index),
+    }
+}
+
 /// A task's headline metric for a table cell: accuracy in percent, perplexity, or RMSPE.
 pub fn metric_cell(m: &cyclotron_core::results::Metrics) -> String {
     match m.headline() {
@@ -178,13 +188,7 @@ pub fn print_results(r: &TrainResults, store: &str, job: &str, run: &str) {
         "model", "stage", "cycle", "epoch", "loss", metric, valid_metric
     );
     for s in &r.snapshots {
-        let name = match s.run.as_ref().and_then(|run| r.runs.iter().position(|x| &x.run == run)) {
-            Some(ri) => {
-                let within = r.runs[ri].snapshots.iter().position(|&i| i == s.index).unwrap_or(0);
-                format!("run {ri} snap {within}")
-            }
-            None => format!("snapshot {}", s.index),
-        };
+        let name = snapshot_name(r, s);
         println!(
             "{:<12} {:>5} {:>5} {:>5} {:>10.4} {:>10} {:>12}",
             name,

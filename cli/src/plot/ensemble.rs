@@ -170,7 +170,7 @@ fn bars(results: &TrainResults) -> Vec<Bar> {
         .snapshots
         .iter()
         .map(|s| Bar {
-            label: format!("snapshot {}", s.index),
+            label: crate::output::snapshot_name(results, s),
             accuracy: s.metrics().headline().1,
             tta: s.tta.map(|m| m.headline().1),
             colour: if members.contains(&s.index) { style::BLUE_T } else { style::LIGHT_BLUE },
@@ -206,7 +206,7 @@ fn accuracy_window(lo: f64, hi: f64) -> (f64, f64) {
 
 #[cfg(test)]
 mod tests {
-    use cyclotron_core::results::{EnsembleResult, Metrics, SnapshotResult, StepHistory};
+    use cyclotron_core::results::{EnsembleResult, Metrics, RunSummary, SnapshotResult, StepHistory};
     use tempfile::TempDir;
 
     use super::super::test_png::{assert_png, count_colour};
@@ -312,6 +312,25 @@ mod tests {
         );
         // already in percent: left alone
         assert_eq!(bars(&results(&[88.6], None))[0].accuracy, 88.6);
+    }
+
+    #[test]
+    fn snapshots_of_independent_runs_are_named_by_run_as_in_the_table() {
+        let mut r = results(&[0.90, 0.93, 0.91, 0.94], Some(0.95));
+        for (s, run) in r.snapshots.iter_mut().zip(["r0", "r0", "r1", "r1"]) {
+            s.run = Some(run.into());
+        }
+        let summary = |run: &str, snapshots: Vec<usize>| RunSummary {
+            run: run.into(),
+            seed: 1,
+            final_model: Metrics::classification(0.3, 0.9),
+            ensemble: None,
+            snapshots,
+            train_seconds: 1.0,
+        };
+        r.runs = vec![summary("r0", vec![0, 1]), summary("r1", vec![2, 3])];
+        let labels: Vec<String> = bars(&r).into_iter().map(|b| b.label).collect();
+        assert_eq!(labels, ["run 0 snap 0", "run 0 snap 1", "run 1 snap 0", "run 1 snap 1", "ensemble"]);
     }
 
     #[test]
