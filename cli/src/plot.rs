@@ -71,7 +71,11 @@ pub fn plot_run_dir(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     if results_json.is_file() {
         let results: TrainResults = read_json(&results_json)?;
-        out.attempt(dir.join("training.png"), |p| training_png(&results.history, p))?;
+        let title = match which_run(&results) {
+            Some(run) => format!("Training ({run})"),
+            None => "Training".to_string(),
+        };
+        out.attempt(dir.join("training.png"), |p| training_png(&results.history, &title, p))?;
         out.attempt(dir.join("validation.png"), |p| validation_png(&results, p))?;
         out.attempt(dir.join("ensemble.png"), |p| ensemble_png(&results, p))?;
         if let Some(sweep) = &results.sweep {
@@ -107,6 +111,15 @@ impl Outcome {
             },
         }
         Ok(())
+    }
+}
+
+/// For the results of several independent runs (`ensemble.runs`), whose step history and epochs
+/// are the first run's: which run the training and validation plots show (`run 0 of 2, seed 42`).
+pub(crate) fn which_run(results: &TrainResults) -> Option<String> {
+    match &results.runs[..] {
+        [first, _, ..] => Some(format!("run 0 of {}, seed {}", results.runs.len(), first.seed)),
+        _ => None,
     }
 }
 
@@ -247,6 +260,26 @@ mod tests {
             };
             assert_png(p, size);
         }
+    }
+
+    #[test]
+    fn plots_of_several_runs_say_whose_history_they_draw() {
+        let mut r = results(true);
+        assert_eq!(which_run(&r), None, "one run: nothing to say");
+        let summary = |seed: u64| cyclotron_core::results::RunSummary {
+            run: format!("r{seed}"),
+            seed,
+            final_model: Metrics::classification(0.3, 0.9),
+            ensemble: None,
+            snapshots: vec![],
+            train_seconds: 1.0,
+        };
+        r.runs = vec![summary(42), summary(43)];
+        assert_eq!(which_run(&r).as_deref(), Some("run 0 of 2, seed 42"));
+        let dir = TempDir::new().unwrap();
+        std::fs::write(dir.path().join("results.json"), serde_json::to_vec(&r).unwrap()).unwrap();
+        let drawn = plot_run_dir(dir.path()).unwrap();
+        assert!(drawn.iter().any(|p| p.ends_with("training.png")), "{drawn:?}");
     }
 
     #[test]

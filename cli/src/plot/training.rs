@@ -20,9 +20,9 @@ const EMA_BETA: f64 = 0.98;
 type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 type Chart<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
-/// Draw `history` to the PNG at `path` (see the module doc). [`NoData`] when no step has a
-/// finite loss or learning rate.
-pub fn training_png(history: &StepHistory, path: &Path) -> Result<()> {
+/// Draw `history` to the PNG at `path` (see the module doc) under the title `title`. [`NoData`]
+/// when no step has a finite loss or learning rate.
+pub fn training_png(history: &StepHistory, title: &str, path: &Path) -> Result<()> {
     let h = Curves::new(history);
     if h.loss.is_empty() && h.lr.is_empty() {
         let steps = history.steps.len();
@@ -41,7 +41,7 @@ pub fn training_png(history: &StepHistory, path: &Path) -> Result<()> {
     style::ensure_font()?;
     let root = BitMapBackend::new(path, style::TRAINING_SIZE).into_drawing_area();
     root.fill(&WHITE)?;
-    let root = root.margin(8, 0, 0, 0).titled("Training", style::caption_style())?;
+    let root = root.margin(8, 0, 0, 0).titled(title, style::caption_style())?;
     let (legend, panels) = root.split_vertically(30);
     draw_legend(&legend, &h)?;
     let height = panels.dim_in_pixel().1;
@@ -285,7 +285,7 @@ mod tests {
     fn draws_loss_and_lr_panels_with_events() {
         let dir = TempDir::new().unwrap();
         let path = dir.path().join("training.png");
-        training_png(&history(), &path).unwrap();
+        training_png(&history(), "Training", &path).unwrap();
         let img = assert_png(&path, style::TRAINING_SIZE);
         assert!(count_colour(&img, style::BLUE_T) > 500, "no smoothed loss");
         assert!(count_colour(&img, style::ORANGE) > 500, "no lr curve");
@@ -306,7 +306,7 @@ mod tests {
     fn degenerate_histories_fail_cleanly_or_draw() {
         let dir = TempDir::new().unwrap();
         let path = dir.path().join("t.png");
-        let err = training_png(&StepHistory::default(), &path).unwrap_err();
+        let err = training_png(&StepHistory::default(), "Training", &path).unwrap_err();
         assert!(err.downcast_ref::<NoData>().is_some(), "{err}");
         let nan = StepHistory {
             steps: vec![0, 1],
@@ -314,11 +314,11 @@ mod tests {
             lrs: vec![f64::NAN; 2],
             ..StepHistory::default()
         };
-        assert!(training_png(&nan, &path).unwrap_err().downcast_ref::<NoData>().is_some());
+        assert!(training_png(&nan, "Training", &path).unwrap_err().downcast_ref::<NoData>().is_some());
 
         // NaN losses with good lrs: the loss panel says so, the lr panel is drawn
         let diverged = StepHistory { lrs: vec![0.1, 0.1], ..nan.clone() };
-        training_png(&diverged, &path).unwrap();
+        training_png(&diverged, "Training", &path).unwrap();
         assert_png(&path, style::TRAINING_SIZE);
         // a single step, zero lr, lengths that disagree, events beyond the steps
         let one = StepHistory {
@@ -328,7 +328,7 @@ mod tests {
             stage_starts: vec![0],
             cycle_ends: vec![(10, true)],
         };
-        training_png(&one, &path).unwrap();
+        training_png(&one, "Training", &path).unwrap();
         assert_png(&path, style::TRAINING_SIZE);
     }
 }
