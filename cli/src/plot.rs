@@ -71,10 +71,8 @@ pub fn plot_run_dir(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     if results_json.is_file() {
         let results: TrainResults = read_json(&results_json)?;
-        let title = match which_run(&results) {
-            Some(run) => format!("Training ({run})"),
-            None => "Training".to_string(),
-        };
+        let title =
+            which_run(&results).map_or_else(|| "Training".to_string(), |run| format!("Training ({run})"));
         out.attempt(dir.join("training.png"), |p| training_png(&results.history, &title, p))?;
         out.attempt(dir.join("validation.png"), |p| validation_png(&results, p))?;
         out.attempt(dir.join("ensemble.png"), |p| ensemble_png(&results, p))?;

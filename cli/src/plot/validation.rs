@@ -46,10 +46,8 @@ pub fn validation_png(results: &TrainResults, path: &Path) -> Result<()> {
     let root = BitMapBackend::new(path, style::ENSEMBLE_SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let unit = if name == "accuracy" { " (%)" } else { "" };
-    let caption = match super::which_run(results) {
-        Some(run) => format!("Validation {name} and training loss per epoch ({}, {run})", results.job),
-        None => format!("Validation {name} and training loss per epoch ({})", results.job),
-    };
+    let run = super::which_run(results).map(|r| format!(", {r}")).unwrap_or_default();
+    let caption = format!("Validation {name} and training loss per epoch ({}{run})", results.job);
     let mut chart = ChartBuilder::on(&root)
         .caption(caption, (FONT, 20))
         .margin(20)
