@@ -10,6 +10,7 @@ mod output;
 mod plot;
 mod predict_cmd;
 mod predict_rows;
+mod predict_text;
 mod progress;
 mod task_cmd;
 

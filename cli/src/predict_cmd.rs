@@ -1,7 +1,8 @@
 //! `cyclotron predict RUN INPUT…`: a finished run's ensemble (with TTA when the job used it) or one
 //! of its snapshots applied to image files, folders of images or idx files (the top classes of
-//! each input with their probabilities), or to the rows of CSV files for a tabular run
-//! ([`crate::predict_rows`]); as a table, JSON or CSV.
+//! each input with their probabilities), to the rows of CSV files for a tabular run
+//! ([`crate::predict_rows`]), or to texts for a text classifier ([`crate::predict_text`]); as a
+//! table, JSON or CSV.
 
 use std::path::PathBuf;
 
@@ -18,7 +19,9 @@ pub struct PredictArgs {
     /// (`…/snapshots/cycle-N`).
     pub run: String,
     /// Image files (PNG, JPEG), folders of them, or idx files of images (MNIST's format); for a
-    /// tabular run, CSV files with (at least) the columns it was trained on.
+    /// tabular run, CSV files with (at least) the columns it was trained on; for a text
+    /// classifier, CSV files with its text column (its label column, when there, is scored), text
+    /// files (one text each), folders of `.txt` files, or `-` (standard input, a text a line).
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
     /// Classes printed per input, most probable first.
@@ -61,6 +64,9 @@ pub(crate) struct Ranked {
 #[derive(Serialize)]
 pub(crate) struct Prediction {
     pub(crate) input: String,
+    /// The input's text (a text classifier's inputs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) text: Option<String>,
     pub(crate) top: Vec<Ranked>,
 }
 
@@ -72,6 +78,9 @@ pub(crate) struct Report {
     pub(crate) accuracy: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) loss: Option<f64>,
+    /// How many inputs the accuracy and loss are over (those with a label the model knows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) labelled: Option<usize>,
     pub(crate) predictions: Vec<Prediction>,
 }
 
@@ -89,6 +98,7 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     match open(&args.run, &options, members)? {
         Opened::Image(predictor) => predict_images(&args, &predictor),
         Opened::Tabular(predictor) => crate::predict_rows::predict_rows(&args, &predictor),
+        Opened::Text(predictor) => crate::predict_text::predict_texts(&args, &predictor),
     }
 }
 
@@ -126,6 +136,7 @@ fn predict_images(args: &PredictArgs, predictor: &Predictor) -> anyhow::Result<(
         tta,
         accuracy,
         loss,
+        labelled: accuracy.map(|_| inputs.names.len()),
         predictions: ranked(&probs, &inputs.names, &predictor.card.classes, args.top)?,
     };
     emit(args, &report)
@@ -147,6 +158,7 @@ pub(crate) fn ranked(
         .zip(values.iter().zip(&indices))
         .map(|(name, (ps, ixs))| Prediction {
             input: name.clone(),
+            text: None,
             top: ps
                 .iter()
                 .zip(ixs)
@@ -193,13 +205,28 @@ pub(crate) fn print_table(r: &Report) {
         many => println!("ensemble of {} snapshots{how}: {}", many.len(), many.join(", ")),
     }
     let width = r.predictions.iter().map(|p| p.input.chars().count()).max().unwrap_or(5).clamp(5, 60);
-    for p in &r.predictions {
+    let texts: Vec<Option<String>> = r.predictions.iter().map(|p| p.text.as_deref().map(excerpt)).collect();
+    let text_width = texts.iter().flatten().map(|t| t.chars().count()).max().unwrap_or(0);
+    for (p, text) in r.predictions.iter().zip(&texts) {
         let top: Vec<String> =
             p.top.iter().map(|t| format!("{} {:.1}%", t.class, 100.0 * t.probability)).collect();
-        println!("{:<width$}  {}", p.input, top.join("   "));
+        match text {
+            Some(t) => println!("{:<width$}  {t:<text_width$}  {}", p.input, top.join("   ")),
+            None => println!("{:<width$}  {}", p.input, top.join("   ")),
+        }
     }
     if let (Some(a), Some(l)) = (r.accuracy, r.loss) {
-        println!("accuracy {:.2}%  loss {l:.4}  on {} labelled inputs", 100.0 * a, r.predictions.len());
+        let n = r.labelled.unwrap_or(r.predictions.len());
+        println!("accuracy {:.2}%  loss {l:.4}  on {n} labelled inputs", 100.0 * a);
+    }
+}
+
+/// A text as the table shows it: on one line, quoted, cut to 40 characters.
+pub(crate) fn excerpt(text: &str) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(40) {
+        Some((cut, _)) => format!("\"{}…\"", &flat[..cut]),
+        None => format!("\"{flat}\""),
     }
 }
 
@@ -212,5 +239,12 @@ mod tests {
         assert_eq!(csv_field("T-shirt/top"), "T-shirt/top");
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+
+    #[test]
+    fn excerpts_are_one_quoted_line_of_at_most_forty_characters() {
+        assert_eq!(excerpt("a fine\n  warm film"), "\"a fine warm film\"");
+        let long = "é".repeat(50);
+        assert_eq!(excerpt(&long), format!("\"{}…\"", "é".repeat(40)));
     }
 }

@@ -86,6 +86,7 @@ pub fn predict_rows(args: &PredictArgs, p: &TabularPredictor) -> anyhow::Result<
                 tta: false,
                 accuracy: metrics.as_ref().map(|m| m.accuracy),
                 loss: metrics.as_ref().map(|m| m.loss),
+                labelled: metrics.as_ref().map(|_| inputs.names.len()),
                 predictions: ranked(&out, &inputs.names, classes, args.top)?,
             };
             emit(args, &report)?;

@@ -85,13 +85,31 @@ pub fn run(args: &[&str], cwd: &std::path::Path, deadline: Duration) -> Ran {
 
 /// [`run`] with environment variables `env` set for the child.
 pub fn run_with(args: &[&str], cwd: &std::path::Path, deadline: Duration, env: &[(&str, &str)]) -> Ran {
+    run_child(args, cwd, deadline, env, Stdio::null())
+}
+
+/// [`run`] with `input` on the child's standard input.
+pub fn run_fed(args: &[&str], cwd: &std::path::Path, deadline: Duration, input: &str) -> Ran {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("stdin");
+    std::fs::write(&path, input).expect("stdin file");
+    run_child(args, cwd, deadline, &[], Stdio::from(std::fs::File::open(&path).expect("stdin file")))
+}
+
+fn run_child(
+    args: &[&str],
+    cwd: &std::path::Path,
+    deadline: Duration,
+    env: &[(&str, &str)],
+    stdin: Stdio,
+) -> Ran {
     let logs = tempfile::tempdir().expect("temp dir");
     let (out_path, err_path) = (logs.path().join("stdout"), logs.path().join("stderr"));
     let child = Command::new(cyclotron_bin())
         .args(args)
         .current_dir(cwd)
         .envs(env.iter().copied())
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(std::fs::File::create(&out_path).expect("stdout file"))
         .stderr(std::fs::File::create(&err_path).expect("stderr file"))
         .spawn()

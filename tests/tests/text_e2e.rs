@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use cyclotron_tests::run;
+use cyclotron_tests::{run, run_fed};
 
 /// A small corpus with structure a model can learn: sentences of "good"/"bad" words.
 fn write_corpus(dir: &Path) {
@@ -88,6 +88,11 @@ fn a_language_model_trains_and_its_encoder_starts_a_classifier() {
     let blobs: Vec<&str> =
         manifest["blobs"].as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect();
     assert!(blobs.contains(&"tokenizer.json") && blobs.contains(&"model.safetensors"), "{blobs:?}");
+    // predict does not take a language model, and says where its encoder goes
+    std::fs::write(work.path().join("one.txt"), "the critic said").unwrap();
+    let ran = run(&["predict", "lm-out", "one.txt"], work.path(), Duration::from_secs(120));
+    assert_ne!(ran.code, Some(0));
+    assert!(ran.stderr.contains("LanguageModel") && ran.stderr.contains("model.encoder"), "{}", ran.stderr);
 
     // the classifier from the run's best snapshot: its encoder and tokenizer
     std::fs::write(work.path().join("clf.toml"), clf_spec(Some("file://runs/lm/r1"), LSTM)).unwrap();
@@ -110,6 +115,123 @@ fn a_language_model_trains_and_its_encoder_starts_a_classifier() {
     let ran = run(&["train", "bad.toml", "--out", "bad-out"], work.path(), Duration::from_secs(300));
     assert_ne!(ran.code, Some(0));
     assert!(ran.stderr.contains("model.encoder") && ran.stderr.contains("[model.lstm]"), "{}", ran.stderr);
+}
+
+/// Reviews in a folder, split by file: `train.csv`, `valid.csv`, `test.csv`.
+fn write_review_folder(dir: &Path) {
+    let good = ["a fine warm film", "great acting and a lovely story", "funny smart and moving"];
+    let bad = ["a dull cold film", "awful acting and a boring story", "silly flat and tedious"];
+    std::fs::create_dir_all(dir.join("reviews")).unwrap();
+    for (name, from, to) in [("train", 0, 240), ("valid", 240, 300), ("test", 300, 360)] {
+        let mut csv = String::from("label,text\n");
+        for i in from..to {
+            let (t, l) = if i % 2 == 0 { (good[i % 3], "fresh") } else { (bad[i % 3], "rotten") };
+            csv.push_str(&format!("{l},\"{t}, said critic {i}\"\n"));
+        }
+        std::fs::write(dir.join(format!("reviews/{name}.csv")), csv).unwrap();
+    }
+}
+
+#[test]
+fn a_text_classifier_predicts_new_texts_as_it_scored_its_test_split() {
+    let work = tempfile::tempdir().unwrap();
+    write_review_folder(work.path());
+    let spec = format!(
+        "name = \"reviews\"\nseed = 5\noutput = \"file://runs\"\n[data]\nsource = \"text_csv\"\npath = \"reviews\"\nbatch_size = 16\n[data.text]\nlabels = [\"rotten\", \"fresh\"]\nvocab_size = 80\n{LSTM}[optimizer]\nkind = \"adamw\"\nweight_decay = 0.01\n[[stage]]\nlr = 3e-2\ncycles = 2\ncycle_len = 4\n[ensemble]\nmembers = 2\nselection = \"last\"\n[runtime]\nthreads = 1\n"
+    );
+    std::fs::write(work.path().join("r.toml"), spec).unwrap();
+    let ran = run(&["train", "r.toml", "--out", "out"], work.path(), Duration::from_secs(600));
+    assert_eq!(ran.code, Some(0), "stdout:\n{}\nstderr:\n{}", ran.stdout, ran.stderr);
+    let results = read_json(&work.path().join("out/results.json"));
+    assert_eq!(results["eval_split"], "test");
+    let snap = &results["snapshots"][1];
+    let ensemble = &results["ensemble"];
+    assert_eq!(ensemble["members"].as_array().unwrap().len(), 2, "{ensemble}");
+
+    // the test split again, through predict: the run's figures exactly, alone and as an ensemble
+    for (args, want) in [(vec!["--snapshot", "1"], snap), (vec![], ensemble)] {
+        let mut all = vec!["predict", "out", "reviews/test.csv", "--json"];
+        all.extend(args);
+        let p = run(&all, work.path(), Duration::from_secs(120));
+        assert_eq!(p.code, Some(0), "stdout:\n{}\nstderr:\n{}", p.stdout, p.stderr);
+        let p: serde_json::Value = serde_json::from_str(&p.stdout).unwrap();
+        assert_eq!(p["predictions"].as_array().unwrap().len(), 60);
+        assert_eq!(p["labelled"], 60);
+        assert_eq!(p["accuracy"], want["accuracy"], "{p}\nvs {want}");
+        let (ours, theirs) = (p["loss"].as_f64().unwrap(), want["loss"].as_f64().unwrap());
+        assert!((ours - theirs).abs() < 1e-9, "predict loss {ours} vs the run's {theirs}");
+        assert_eq!(p["predictions"][0]["input"], "reviews/test.csv:2");
+        assert_eq!(p["predictions"][0]["text"], "a fine warm film, said critic 300");
+    }
+    let acc = ensemble["accuracy"].as_f64().unwrap();
+    assert!(acc > 0.9, "the reviews are separable by their words: accuracy {acc}");
+
+    // new texts: a line each on standard input, a review per .txt file, a CSV row whose label the
+    // model does not know (predicted, not scored)
+    std::fs::write(work.path().join("mine.txt"), "Great acting\nand a lovely story.\n").unwrap();
+    std::fs::write(
+        work.path().join("more.csv"),
+        "text,label\n\"a plot summary, not a review\",plot\n\"awful acting, dull film\",rotten\n",
+    )
+    .unwrap();
+    let p = run_fed(
+        &["predict", "out", "-", "mine.txt", "more.csv", "--csv", "--top", "1"],
+        work.path(),
+        Duration::from_secs(120),
+        "a fine warm film\n\nawful acting and a boring story\n",
+    );
+    assert_eq!(p.code, Some(0), "stdout:\n{}\nstderr:\n{}", p.stdout, p.stderr);
+    let rows: Vec<&str> = p.stdout.lines().collect();
+    assert_eq!(rows[0], "input,rank,class,probability");
+    let top: Vec<(&str, &str)> = rows[1..]
+        .iter()
+        .map(|r| {
+            let f: Vec<&str> = r.split(',').collect();
+            (f[0], f[2])
+        })
+        .collect();
+    assert_eq!(
+        top,
+        vec![
+            ("stdin:1", "fresh"),
+            ("stdin:3", "rotten"),
+            ("mine.txt", "fresh"),
+            ("more.csv:2", top[3].1),
+            ("more.csv:3", "rotten"),
+        ],
+        "{}",
+        p.stdout
+    );
+    assert!(
+        p.stderr.contains("1 inputs have a `label` that is not one of the model's classes"),
+        "{}",
+        p.stderr
+    );
+    // the table shows the texts and scores the one row it can
+    let p = run(&["predict", "out", "more.csv"], work.path(), Duration::from_secs(120));
+    assert_eq!(p.code, Some(0), "stdout:\n{}\nstderr:\n{}", p.stdout, p.stderr);
+    assert!(
+        p.stdout.contains("\"awful acting, dull film\"") && p.stdout.contains("on 1 labelled inputs"),
+        "{}",
+        p.stdout
+    );
+
+    // inputs it cannot take are named
+    let bad = run(&["predict", "out", "mine.txt", "--labels", "x"], work.path(), Duration::from_secs(60));
+    assert_ne!(bad.code, Some(0));
+    assert!(bad.stderr.contains("--labels applies to image runs"), "{}", bad.stderr);
+    std::fs::write(work.path().join("no_text.csv"), "review,label\nfine,fresh\n").unwrap();
+    let bad = run(&["predict", "out", "no_text.csv"], work.path(), Duration::from_secs(60));
+    assert_ne!(bad.code, Some(0));
+    assert!(
+        bad.stderr.contains("has no column \"text\"") && bad.stderr.contains("no_text.csv"),
+        "{}",
+        bad.stderr
+    );
+    std::fs::create_dir_all(work.path().join("nothing")).unwrap();
+    let bad = run(&["predict", "out", "nothing"], work.path(), Duration::from_secs(60));
+    assert_ne!(bad.code, Some(0));
+    assert!(bad.stderr.contains("holds no .txt file"), "{}", bad.stderr);
 }
 
 #[test]

@@ -8,11 +8,13 @@
 //! manifest. The predictions go through the same task code as the run's evaluation
 //! ([`ImageClassification`]), so an input the run scored gets the same probabilities.
 //!
-//! Image classification and tabular runs ([`TabularPredictor`]: CSV rows through the run's fitted
-//! `tabular.json`), so far; other tasks are refused with a message saying so.
+//! Image classification, tabular runs ([`TabularPredictor`]: CSV rows through the run's fitted
+//! `tabular.json`) and text classifiers ([`TextPredictor`]: texts through the run's tokenizer);
+//! a language model is refused with a message saying so.
 
 pub mod inputs;
 mod tabular;
+mod text;
 
 use std::sync::atomic::AtomicBool;
 
@@ -34,6 +36,7 @@ use crate::tensor_io::{from_safetensors, load_into_keeping};
 
 pub use inputs::{load_inputs, Inputs};
 pub use tabular::{TabularInputs, TabularPredictor};
+pub use text::{TextInputs, TextPredictor};
 
 /// Which snapshots of a run predict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -235,14 +238,21 @@ fn read_members(
 pub enum Opened {
     Image(Predictor),
     Tabular(TabularPredictor),
+    /// Boxed: a tokenizer is large.
+    Text(Box<TextPredictor>),
 }
 
-/// The model of the run (or snapshot) at `place`, for the task its job trained (image
-/// classification or tabular; other tasks are refused with a message saying so).
+/// What `predict` says of a model it does not take.
+const TAKES: &str = "predict takes image classifiers, text classifiers and tabular models \
+                     (a language model's encoder goes to a text classifier through model.encoder)";
+
+/// The model of the run (or snapshot) at `place`, for the task its job trained (image or text
+/// classification, tabular; a language model is refused with a message saying so).
 pub fn open(place: &str, options: &StoreOptions, members: Members) -> Result<Opened> {
     let read = read_members(place, options, members)?;
     match read.first().map(|(_, spec)| spec.data.source.task()) {
         Some(TaskKind::Tabular) => Ok(Opened::Tabular(TabularPredictor::from_members(read)?)),
+        Some(TaskKind::TextClassification) => Ok(Opened::Text(Box::new(TextPredictor::from_members(read)?))),
         _ => Ok(Opened::Image(Predictor::from_members(read)?)),
     }
 }
@@ -259,10 +269,7 @@ impl Predictor {
             let url = files.url.clone();
             let kind = spec.data.source.task();
             if kind != TaskKind::ImageClassification {
-                return Err(invalid(
-                    "predict",
-                    format!("{url} is a {kind:?} model; predict takes image classifiers and tabular models so far"),
-                ));
+                return Err(invalid("predict", format!("{url} is a {kind:?} model; {TAKES}")));
             }
             let card: ImageCard = json(&files, IMAGE_CARD)?;
             let weights = from_safetensors(blob(&files, "model.safetensors")?, &url)?;

@@ -96,6 +96,62 @@ pub fn read_documents(paths: &[PathBuf]) -> Result<Vec<String>> {
     Ok(docs)
 }
 
+/// One row of a CSV file of texts: its line in the file (the header is line 1), its text, and its
+/// label when the file has the label column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CsvText {
+    pub line: u64,
+    pub text: String,
+    pub label: Option<String>,
+}
+
+/// A CSV file of texts, read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CsvTexts {
+    pub rows: Vec<CsvText>,
+    /// The header's column names.
+    pub columns: Vec<String>,
+    /// Whether the file has the label column.
+    pub has_label: bool,
+}
+
+/// The rows of a CSV file with a header: the text of column `text_column` and, when the file has
+/// one, the label of column `label_column`.
+pub fn read_csv_texts(path: &Path, text_column: &str, label_column: &str) -> Result<CsvTexts> {
+    let len = std::fs::metadata(path).map_err(io(path))?.len();
+    if len > MAX_FILE_BYTES {
+        return Err(invalid(path, format!("{len} bytes is over the limit of {MAX_FILE_BYTES}")));
+    }
+    let mut reader =
+        csv::ReaderBuilder::new().flexible(false).from_path(path).map_err(|e| csv_error(path, e))?;
+    let columns: Vec<String> =
+        reader.headers().map_err(|e| csv_error(path, e))?.iter().map(String::from).collect();
+    let column = |name: &str| columns.iter().position(|h| h == name);
+    let Some(ti) = column(text_column) else {
+        return Err(no_column(path, text_column, &columns));
+    };
+    let li = column(label_column);
+    let mut rows = vec![];
+    for (i, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| csv_error(path, e))?;
+        let line = record.position().map_or(i as u64 + 2, |p| p.line());
+        let text = record.get(ti).unwrap_or_default();
+        if text.len() > MAX_DOC_BYTES {
+            return Err(invalid(
+                path,
+                format!("row {}: the text is {} bytes, over the limit of {MAX_DOC_BYTES}", i + 2, text.len()),
+            ));
+        }
+        let label = li.map(|li| record.get(li).unwrap_or_default().to_string());
+        rows.push(CsvText { line, text: text.to_string(), label });
+    }
+    Ok(CsvTexts { rows, has_label: li.is_some(), columns })
+}
+
+fn no_column(path: &Path, name: &str, columns: &[String]) -> TextError {
+    invalid(path, format!("has no column {name:?}; its columns are {columns:?}"))
+}
+
 /// Labelled examples from a CSV file with a header: the text of column `text_column` and the
 /// label of column `label_column`; rows whose label is not in `keep` (when given) are skipped.
 pub fn read_labelled_csv(
@@ -104,38 +160,18 @@ pub fn read_labelled_csv(
     label_column: &str,
     keep: Option<&[String]>,
 ) -> Result<Vec<(String, String)>> {
-    let len = std::fs::metadata(path).map_err(io(path))?.len();
-    if len > MAX_FILE_BYTES {
-        return Err(invalid(path, format!("{len} bytes is over the limit of {MAX_FILE_BYTES}")));
+    let read = read_csv_texts(path, text_column, label_column)?;
+    if !read.has_label {
+        return Err(no_column(path, label_column, &read.columns));
     }
-    let mut reader =
-        csv::ReaderBuilder::new().flexible(false).from_path(path).map_err(|e| csv_error(path, e))?;
-    let headers = reader.headers().map_err(|e| csv_error(path, e))?.clone();
-    let column = |name: &str| {
-        headers.iter().position(|h| h == name).ok_or_else(|| {
-            invalid(
-                path,
-                format!("has no column {name:?}; its columns are {:?}", headers.iter().collect::<Vec<_>>()),
-            )
+    Ok(read
+        .rows
+        .into_iter()
+        .filter_map(|r| {
+            let label = r.label.unwrap_or_default();
+            keep.is_none_or(|k| k.contains(&label)).then_some((r.text, label))
         })
-    };
-    let (ti, li) = (column(text_column)?, column(label_column)?);
-    let mut rows = vec![];
-    for (i, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| csv_error(path, e))?;
-        let (text, label) = (record.get(ti).unwrap_or_default(), record.get(li).unwrap_or_default());
-        if keep.is_some_and(|k| !k.iter().any(|l| l == label)) {
-            continue;
-        }
-        if text.len() > MAX_DOC_BYTES {
-            return Err(invalid(
-                path,
-                format!("row {}: the text is {} bytes, over the limit of {MAX_DOC_BYTES}", i + 2, text.len()),
-            ));
-        }
-        rows.push((text.to_string(), label.to_string()));
-    }
-    Ok(rows)
+        .collect())
 }
 
 fn csv_error(path: &Path, e: csv::Error) -> TextError {
@@ -246,5 +282,22 @@ mod tests {
         std::fs::write(&ragged, "text,label\nok,fresh\nthree,fields,here\n").unwrap();
         let e = read_labelled_csv(&ragged, "text", "label", None).unwrap_err().to_string();
         assert!(e.contains("not a well-formed CSV (line 3)"), "{e}");
+    }
+
+    #[test]
+    fn csv_texts_keep_their_lines_and_need_no_label_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.csv");
+        // a quoted text over two lines: the next row starts on line 4
+        std::fs::write(&path, "id,text\n1,\"first\nand more\"\n2,second\n").unwrap();
+        let read = read_csv_texts(&path, "text", "label").unwrap();
+        assert!(!read.has_label);
+        assert_eq!(read.columns, vec!["id".to_string(), "text".into()]);
+        let got: Vec<(u64, &str)> = read.rows.iter().map(|r| (r.line, r.text.as_str())).collect();
+        assert_eq!(got, vec![(2, "first\nand more"), (4, "second")]);
+        assert!(read.rows.iter().all(|r| r.label.is_none()));
+        // training needs the label column, and says which columns the file has
+        let e = read_labelled_csv(&path, "text", "label", None).unwrap_err().to_string();
+        assert!(e.contains("has no column \"label\"") && e.contains("\"id\""), "{e}");
     }
 }

@@ -22,6 +22,38 @@ use crate::error::{Error, Result};
 use crate::models::lstm::ClassifierNet;
 use crate::models::Model;
 
+/// What a text classifier's snapshot keeps beside its weights and `tokenizer.json` so that
+/// `cyclotron predict` can name what it predicts: the class names in index order.
+pub const TEXT_CARD: &str = "text.json";
+
+/// The contents of [`TEXT_CARD`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TextCard {
+    pub classes: Vec<String>,
+}
+
+/// The token ids of `text` as the classifier reads it, in training, evaluation and `predict`
+/// alike: `<bos>`, then the tokenizer's ids, at most `max_len` in all.
+pub fn encode_example(tokenizer: &Tokenizer, text: &str, max_len: usize) -> Result<Vec<i64>> {
+    let mut ids = vec![crate::data::text::BOS_ID];
+    ids.extend(crate::data::text::encode(tokenizer, text)?);
+    ids.truncate(max_len.max(1));
+    Ok(ids)
+}
+
+/// The classifier network of `spec` for a vocabulary of `vocab` tokens and `classes` classes,
+/// fresh weights from the torch seed in force.
+pub fn classifier_net(
+    spec: &cyclotron_core::spec::JobSpec,
+    vocab: i64,
+    classes: i64,
+    device: Device,
+) -> ClassifierNet {
+    let cfg = super::language_model::lstm_config(spec, vocab);
+    let l = spec.model.lstm.clone().unwrap_or_default();
+    ClassifierNet::new(tch::nn::VarStore::new(device), cfg, l.head_hidden, classes, l.head_dropout)
+}
+
 /// Tokenised examples of one split: token ids (each at least one, `<bos>`) and class indices.
 #[derive(Debug, Clone, Default)]
 pub struct Examples {
@@ -176,7 +208,9 @@ impl Task for TextClassifier {
 
     fn artifacts(&self) -> Result<Vec<(String, Vec<u8>)>> {
         let json = crate::data::text::tokenizer_json(&self.tokenizer)?;
-        Ok(vec![("tokenizer.json".into(), json.into_bytes())])
+        let card = serde_json::to_vec(&TextCard { classes: self.data.classes.clone() })
+            .map_err(|e| Error::Invalid { what: TEXT_CARD.into(), message: e.to_string() })?;
+        Ok(vec![("tokenizer.json".into(), json.into_bytes()), (TEXT_CARD.into(), card)])
     }
 }
 
@@ -237,7 +271,7 @@ pub fn build(
     spec: &cyclotron_core::spec::JobSpec,
     obs: &mut dyn crate::event::Observer,
 ) -> Result<TextClassifier> {
-    use crate::data::text::{class_names, encode, load_tokenizer, train_tokenizer, vocab_size, BOS_ID};
+    use crate::data::text::{class_names, load_tokenizer, train_tokenizer, vocab_size};
     let t = spec.data.text.clone().unwrap_or_default();
     let options = crate::runtime::store_options(spec);
     let encoder = match &spec.model.encoder {
@@ -282,10 +316,7 @@ pub fn build(
                         message: format!("the {split} split has label {label:?}, which the training split lacks (classes: {classes:?}); list data.text.labels"),
                     });
                 };
-                let mut ids = vec![BOS_ID];
-                ids.extend(encode(&tokenizer, text)?);
-                ids.truncate(t.max_len.max(1));
-                ex.tokens.push(ids);
+                ex.tokens.push(encode_example(&tokenizer, text, t.max_len)?);
                 ex.labels.push(y as i64);
             }
             Ok(ex)
@@ -303,15 +334,7 @@ pub fn build(
     tch::manual_seed(spec.seed as i64);
     let device = crate::runtime::device(spec)?;
     let vocab = vocab_size(&tokenizer) as i64;
-    let cfg = super::language_model::lstm_config(spec, vocab);
-    let l = spec.model.lstm.clone().unwrap_or_default();
-    let net = ClassifierNet::new(
-        tch::nn::VarStore::new(device),
-        cfg,
-        l.head_hidden,
-        data.classes.len() as i64,
-        l.head_dropout,
-    );
+    let net = classifier_net(spec, vocab, data.classes.len() as i64, device);
     if let Some(snap) = &encoder {
         load_encoder(&net, snap, vocab)?;
     }
