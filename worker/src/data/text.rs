@@ -139,7 +139,7 @@ pub fn read_csv_texts(path: &Path, text_column: &str, label_column: &str) -> Res
         if text.len() > MAX_DOC_BYTES {
             return Err(invalid(
                 path,
-                format!("row {}: the text is {} bytes, over the limit of {MAX_DOC_BYTES}", i + 2, text.len()),
+                format!("row {line}: the text is {} bytes, over the limit of {MAX_DOC_BYTES}", text.len()),
             ));
         }
         let label = li.map(|li| record.get(li).unwrap_or_default().to_string());
