@@ -9,7 +9,7 @@ use tch::Tensor;
 use crate::predict_cmd::{emit, ranked, PredictArgs, Report};
 
 pub fn predict_texts(args: &PredictArgs, p: &TextPredictor) -> anyhow::Result<()> {
-    let label_column = p.spec.data.text.clone().unwrap_or_default().label_column;
+    let (_, label_column) = p.columns();
     for (set, flag) in
         [(args.no_tta, "--no-tta"), (args.resize, "--resize"), (args.labels.is_some(), "--labels")]
     {

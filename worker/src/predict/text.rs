@@ -33,6 +33,8 @@ pub struct TextPredictor {
     pub classes: Vec<String>,
     /// The tokenizer every member was trained with (they must agree).
     pub tokenizer: Tokenizer,
+    /// `data.text.max_len` of every member (they must agree): a text is encoded once for all.
+    pub max_len: usize,
     /// The first member's job spec.
     pub spec: JobSpec,
     pub members: Vec<Member>,
@@ -73,36 +75,37 @@ impl TextInputs {
 impl TextPredictor {
     pub(super) fn from_members(read: Vec<(SnapshotFiles, JobSpec)>) -> Result<TextPredictor> {
         let mut members: Vec<Member> = vec![];
-        let mut first: Option<(TextCard, Vec<u8>)> = None;
+        let mut first: Option<(TextCard, Vec<u8>, usize)> = None;
         for (files, spec) in read {
             let card: TextCard = json(&files, TEXT_CARD)?;
             let tokenizer = blob(&files, "tokenizer.json")?.to_vec();
+            let max_len = spec.data.text.clone().unwrap_or_default().max_len;
             match &first {
-                Some((c, t)) if *c != card || *t != tokenizer => {
+                Some((c, t, m)) if *c != card || *t != tokenizer || *m != max_len => {
                     return Err(invalid(
                         "predict",
                         format!(
-                            "{} was trained on other classes or another tokenizer than {}",
+                            "{} was trained on other classes, another tokenizer or another max_len than {}",
                             files.url, members[0].url
                         ),
                     ))
                 }
                 Some(_) => {}
-                None => first = Some((card, tokenizer)),
+                None => first = Some((card, tokenizer, max_len)),
             }
             let weights = from_safetensors(blob(&files, "model.safetensors")?, &files.url)?;
             members.push(Member { url: files.url.clone(), spec, weights, module: None });
         }
-        let Some((card, tokenizer)) = first else {
+        let Some((card, tokenizer, max_len)) = first else {
             return Err(invalid("predict", "the run names no snapshot to predict with"));
         };
         let tokenizer = load_tokenizer(&String::from_utf8_lossy(&tokenizer))?;
         let spec = members[0].spec.clone();
-        Ok(TextPredictor { classes: card.classes, tokenizer, spec, members })
+        Ok(TextPredictor { classes: card.classes, tokenizer, max_len, spec, members })
     }
 
-    /// The CSV column of the texts and of their labels.
-    fn columns(&self) -> (String, String) {
+    /// The CSV column of the texts and of their labels (`[data.text]`'s).
+    pub fn columns(&self) -> (String, String) {
         let t = self.spec.data.text.clone().unwrap_or_default();
         (t.text_column, t.label_column)
     }
@@ -173,15 +176,14 @@ impl TextPredictor {
         let device = Device::cuda_if_available();
         let vocab = vocab_size(&self.tokenizer) as i64;
         let classes = self.classes.len() as i64;
+        let tokens = inputs
+            .texts
+            .iter()
+            .map(|t| encode_example(&self.tokenizer, t, self.max_len))
+            .collect::<Result<Vec<_>>>()?;
+        let examples = Examples { labels: vec![0; tokens.len()], tokens };
         let mut probs = vec![];
         for m in &self.members {
-            let max_len = m.spec.data.text.clone().unwrap_or_default().max_len;
-            let tokens = inputs
-                .texts
-                .iter()
-                .map(|t| encode_example(&self.tokenizer, t, max_len))
-                .collect::<Result<Vec<_>>>()?;
-            let examples = Examples { labels: vec![0; tokens.len()], tokens };
             let net = classifier_net(&m.spec, vocab, classes, device);
             super::load_member(&net, &m.weights, &m.url, false)?;
             let none = Rc::new(Examples::default());
